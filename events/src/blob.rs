@@ -1,0 +1,122 @@
+//! The blob store port and its adapters: image, label, model and session files.
+//!
+//! Blobs are content-addressed: the key is the SHA-256 of the bytes plus the file
+//! extension (readers such as NIfTI loaders go by the extension), so writing the same
+//! file twice stores it once, and a blob is always written before the event that
+//! references it (invariant 3). Blobs no event references can be swept.
+//!
+//! Adapters: [`fs::FolderBlobStore`] (a local folder) and, with the `aws` feature,
+//! [`s3::S3BlobStore`].
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncRead;
+
+use crate::id::Extension;
+
+pub mod fs;
+#[cfg(feature = "aws")]
+pub mod s3;
+
+/// A reference to stored bytes, as events carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BlobRef {
+    /// Lower-case hex SHA-256 of the content.
+    pub sha256: String,
+    pub size: u64,
+    pub ext: Extension,
+}
+
+impl BlobRef {
+    /// The storage key: `sha256/<first two hex>/<hex><ext>`.
+    pub fn key(&self) -> String {
+        format!("sha256/{}/{}{}", &self.sha256[..2], self.sha256, self.ext)
+    }
+
+    /// MONAI Label's checksum notation, `SHA256:<hex>`.
+    pub fn checksum(&self) -> String {
+        format!("SHA256:{}", self.sha256)
+    }
+}
+
+/// A streaming reader over a blob's bytes.
+pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// Why a blob operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob {0} not found")]
+    NotFound(String),
+    #[error("upload {0} not found")]
+    UploadNotFound(String),
+    #[error("blob is {size} bytes; the limit is {limit}")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("blob store I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("blob store backend error: {0}")]
+    Backend(String),
+}
+
+/// The blob store port.
+#[async_trait]
+pub trait BlobStore: Send + Sync + 'static {
+    /// Stores the file at `path` (streamed, never read whole into memory) and returns
+    /// its content address. The file itself is left where it is.
+    async fn put_file(&self, path: &Path, ext: &Extension) -> Result<BlobRef, BlobError>;
+
+    /// Stores bytes already in memory (small payloads: configs, generated masks).
+    async fn put_bytes(&self, bytes: Vec<u8>, ext: &Extension) -> Result<BlobRef, BlobError>;
+
+    /// Streams a blob's bytes.
+    async fn get(&self, blob: &BlobRef) -> Result<BlobReader, BlobError>;
+
+    /// The stored size, or `None` if the blob is absent.
+    async fn head(&self, blob: &BlobRef) -> Result<Option<u64>, BlobError>;
+
+    /// Deletes a blob (for the sweeper; absent blobs are not an error).
+    async fn delete(&self, blob: &BlobRef) -> Result<(), BlobError>;
+
+    /// Every stored blob, for sweeping the unreferenced ones.
+    async fn list(&self) -> Result<Vec<BlobRef>, BlobError>;
+
+    /// A file path for the blob when the store is a local folder (MONAI Label's
+    /// `get_image_uri` returns a local path); `None` for remote stores.
+    fn local_path(&self, blob: &BlobRef) -> Option<PathBuf>;
+
+    /// A time-limited URL to GET the blob directly, where the store supports it.
+    async fn presign_get(
+        &self,
+        blob: &BlobRef,
+        expires_in: Duration,
+    ) -> Result<Option<String>, BlobError>;
+
+    /// A time-limited URL to PUT an upload under a staging id, where supported. The
+    /// upload becomes a blob through [`BlobStore::adopt_upload`], which checks it.
+    async fn presign_upload(
+        &self,
+        upload_id: &str,
+        expires_in: Duration,
+    ) -> Result<Option<String>, BlobError>;
+
+    /// Moves a finished upload to its content address and returns it; refuses uploads
+    /// over `max_size`.
+    async fn adopt_upload(
+        &self,
+        upload_id: &str,
+        ext: &Extension,
+        max_size: u64,
+    ) -> Result<BlobRef, BlobError>;
+}
+
+/// Reads a whole blob into memory (for small blobs: labels to score, configs).
+pub async fn read_to_vec(store: &dyn BlobStore, blob: &BlobRef) -> Result<Vec<u8>, BlobError> {
+    use tokio::io::AsyncReadExt;
+    let mut reader = store.get(blob).await?;
+    let mut bytes = Vec::with_capacity(blob.size as usize);
+    reader.read_to_end(&mut bytes).await?;
+    Ok(bytes)
+}

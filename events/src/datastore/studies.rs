@@ -1,0 +1,244 @@
+//! Import of an existing MONAI Label studies folder, and export back to that layout.
+//!
+//! A studies folder holds images flat at its top level, labels in `labels/<tag>/` named
+//! like their image, and `datastore_v2.json` with names, descriptions and info. Import
+//! records an event per image and label and content-addresses the files in place
+//! (hard links, see [`FolderBlobStore::link_file`]), so the user's files are neither
+//! moved nor duplicated. Import is idempotent: files already recorded with the same
+//! content are skipped, and request ids derive from the content, so re-running it after
+//! a crash records nothing twice.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::blob::fs::FolderBlobStore;
+use crate::event::Info;
+use crate::id::{ImageId, KNOWN_EXTENSIONS, Tag, split_file_name};
+
+use super::{Datastore, Result, WriteContext};
+
+/// What an import did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ImportReport {
+    pub images_added: usize,
+    pub labels_added: usize,
+    pub unchanged: usize,
+    /// Files skipped, with the reason (bad names, orphan labels, unreadable files).
+    pub skipped: Vec<(PathBuf, String)>,
+}
+
+fn is_volume_file(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    KNOWN_EXTENSIONS.iter().any(|ext| lower.ends_with(ext)) && !name.starts_with('.')
+}
+
+/// Reads the names of the files directly in `dir` that look like images or labels.
+fn volume_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    if !dir.is_dir() {
+        return Ok(files);
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type()?.is_file() && is_volume_file(&name) {
+            files.push(entry.path());
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// The info recorded in `datastore_v2.json`, keyed by image id.
+struct StoredMetadata {
+    name: Option<String>,
+    description: Option<String>,
+    objects: BTreeMap<String, Value>,
+}
+
+fn read_metadata(studies: &Path) -> StoredMetadata {
+    let doc: Value = std::fs::read(studies.join("datastore_v2.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or(Value::Null);
+    StoredMetadata {
+        name: doc["name"].as_str().map(str::to_owned),
+        description: doc["description"].as_str().map(str::to_owned),
+        objects: doc["objects"]
+            .as_object()
+            .map(|m| m.clone().into_iter().collect())
+            .unwrap_or_default(),
+    }
+}
+
+fn info_at(value: &Value) -> Info {
+    let mut info = value.as_object().cloned().unwrap_or_default();
+    // `name` is derived from the id and extension; an old `checksum` is recomputed.
+    info.remove("name");
+    info.remove("checksum");
+    info
+}
+
+/// Imports `studies` into `datastore`, whose blob store must be `blobs`.
+pub async fn import_studies(
+    datastore: &Datastore,
+    blobs: &FolderBlobStore,
+    studies: &Path,
+    ctx: &WriteContext,
+) -> Result<ImportReport> {
+    let metadata = read_metadata(studies);
+    let mut report = ImportReport::default();
+    {
+        let view = datastore.view().await?;
+        let (name, description) = (view.name.clone(), view.description.clone());
+        drop(view);
+        if let Some(new) = metadata.name.as_deref().filter(|n| *n != name) {
+            datastore
+                .set_name(&derived(ctx, &format!("import-name:{new}")), new)
+                .await?;
+        }
+        if let Some(new) = metadata
+            .description
+            .as_deref()
+            .filter(|d| *d != description)
+        {
+            datastore
+                .set_description(&derived(ctx, &format!("import-description:{new}")), new)
+                .await?;
+        }
+    }
+
+    let mut images: BTreeMap<ImageId, ()> = BTreeMap::new();
+    for path in volume_files(studies)? {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let (id, ext) = match split_file_name(&name) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                report.skipped.push((path.clone(), err.to_string()));
+                continue;
+            }
+        };
+        let blob = blobs.link_file(&path, &ext).await?;
+        images.insert(id.clone(), ());
+        let current = datastore.view().await?.image(&id).map(|r| r.blob.clone());
+        if current.as_ref() == Some(&blob) {
+            report.unchanged += 1;
+            continue;
+        }
+        let info = info_at(
+            &metadata
+                .objects
+                .get(id.as_str())
+                .cloned()
+                .unwrap_or_default()["image"]["info"],
+        );
+        let request = derived(ctx, &format!("import-image:{id}:{}", blob.sha256));
+        datastore.add_image_blob(&request, &id, blob, info).await?;
+        report.images_added += 1;
+    }
+
+    let labels_dir = studies.join("labels");
+    if labels_dir.is_dir() {
+        let mut tags: Vec<PathBuf> = std::fs::read_dir(&labels_dir)?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        tags.sort();
+        for tag_dir in tags {
+            let tag_name = tag_dir.file_name().unwrap_or_default().to_string_lossy();
+            let tag = match Tag::parse(tag_name.as_ref()) {
+                Ok(tag) => tag,
+                Err(err) => {
+                    report.skipped.push((tag_dir.clone(), err.to_string()));
+                    continue;
+                }
+            };
+            for path in volume_files(&tag_dir)? {
+                let name = path.file_name().unwrap_or_default().to_string_lossy();
+                let Ok((id, ext)) = split_file_name(&name) else {
+                    report
+                        .skipped
+                        .push((path.clone(), "invalid label file name".into()));
+                    continue;
+                };
+                if !images.contains_key(&id) && datastore.view().await?.image(&id).is_none() {
+                    report
+                        .skipped
+                        .push((path.clone(), "label without an image".into()));
+                    continue;
+                }
+                let blob = blobs.link_file(&path, &ext).await?;
+                let current = datastore
+                    .view()
+                    .await?
+                    .label(&id, &tag)
+                    .map(|l| l.latest().blob.clone());
+                if current.as_ref() == Some(&blob) {
+                    report.unchanged += 1;
+                    continue;
+                }
+                let info = info_at(
+                    &metadata
+                        .objects
+                        .get(id.as_str())
+                        .cloned()
+                        .unwrap_or_default()["labels"][tag.as_str()]["info"],
+                );
+                let request = derived(ctx, &format!("import-label:{id}:{tag}:{}", blob.sha256));
+                datastore
+                    .save_label_blob(&request, &id, &tag, blob, info)
+                    .await?;
+                report.labels_added += 1;
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// A per-item request id under the import's own, bounded to the store's 128 characters.
+fn derived(ctx: &WriteContext, suffix: &str) -> WriteContext {
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(format!("{}|{suffix}", ctx.request_id)));
+    WriteContext::new(ctx.actor.clone(), format!("import-{}", &digest[..48]))
+}
+
+/// Writes the current datastore to `dir` in MONAI Label's layout: images flat,
+/// `labels/<tag>/<id><ext>` (latest versions) and `datastore_v2.json`.
+pub async fn export_studies(datastore: &Datastore, dir: &Path) -> Result<()> {
+    let (json, files) = {
+        let view = datastore.view().await?;
+        let mut files = Vec::new();
+        for (id, record) in view.images() {
+            files.push((PathBuf::from(record.file_name(id)), record.blob.clone()));
+            for (tag, label) in &record.labels {
+                let latest = label.latest();
+                files.push((
+                    Path::new("labels")
+                        .join(tag.as_str())
+                        .join(format!("{id}{}", latest.ext)),
+                    latest.blob.clone(),
+                ));
+            }
+        }
+        (view.to_json(), files)
+    };
+    for tag in ["final", "original"] {
+        tokio::fs::create_dir_all(dir.join("labels").join(tag)).await?;
+    }
+    for (relative, blob) in files {
+        let target = dir.join(&relative);
+        if let Some(parent) = target.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        let mut reader = datastore.blob_store().get(&blob).await?;
+        let mut file = tokio::fs::File::create(&target).await?;
+        tokio::io::copy(&mut reader, &mut file).await?;
+        file.sync_all().await?;
+    }
+    let doc = serde_json::to_string_pretty(&json).unwrap_or_default();
+    tokio::fs::write(dir.join("datastore_v2.json"), doc).await?;
+    Ok(())
+}

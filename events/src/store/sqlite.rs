@@ -1,0 +1,430 @@
+//! The embedded event store: one SQLite file, shared safely by several processes.
+//!
+//! Layout: `events` holds every event under its global `position` (the rowid, so the
+//! global order is the table's own order) with `UNIQUE(stream, sequence)` guarding
+//! per-stream order; `requests` maps each request id to the [`Appended`] it produced,
+//! which is what makes retries idempotent.
+//!
+//! An append is one `BEGIN IMMEDIATE` transaction: taking the write lock up front
+//! serialises writers (across processes too, through SQLite's file lock and the busy
+//! timeout), so reading the request record, the stream version and the global head and
+//! then inserting at `head + 1` cannot race, and positions stay gapless: a position is
+//! only ever assigned by the one transaction holding the lock, and a rolled-back one
+//! leaves nothing behind. The file runs in WAL mode with `synchronous = FULL`, so a
+//! commit returns only after the log is fsynced: an acknowledged append survives a
+//! killed process and a power cut. Readers use their own connection and never wait
+//! behind an append's fsync.
+//!
+//! SQLite calls block, so they run on tokio's blocking pool, one connection per role
+//! behind a mutex. Appends made through this handle (or its clones) wake
+//! [`EventStore::wait_for_append`] at once; appends from other processes are noticed by
+//! polling the head.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use tokio::sync::watch;
+
+use crate::event::{self, Actor, NewEvent, RecordedEvent, StreamId};
+use crate::store::{Appended, EventStore, ExpectedVersion, StoreError, check_append};
+
+/// Version of the table layout this build writes (`PRAGMA user_version`).
+const LAYOUT_VERSION: i64 = 1;
+
+/// How long a connection waits for another process's write lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often [`EventStore::wait_for_append`] looks for appends from other processes.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+const LAYOUT: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    position       INTEGER PRIMARY KEY,
+    stream         TEXT    NOT NULL,
+    sequence       INTEGER NOT NULL,
+    timestamp_ms   INTEGER NOT NULL,
+    actor          TEXT    NOT NULL,
+    request_id     TEXT    NOT NULL,
+    event_type     TEXT    NOT NULL,
+    schema_version INTEGER NOT NULL,
+    payload        TEXT    NOT NULL,
+    UNIQUE (stream, sequence)
+);
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY,
+    result     TEXT NOT NULL
+) WITHOUT ROWID;
+";
+
+const COLUMNS: &str = "position, stream, sequence, timestamp_ms, actor, request_id, \
+                       event_type, schema_version, payload";
+
+/// An [`EventStore`] in a local SQLite file. Cheap to clone; clones share connections.
+#[derive(Clone)]
+pub struct SqliteEventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Connection>,
+    reader: Mutex<Connection>,
+    /// Highest position this handle has committed, to wake waiters without polling.
+    appended: watch::Sender<u64>,
+}
+
+impl SqliteEventStore {
+    /// Opens the store at `path`, creating the file and its tables if needed.
+    ///
+    /// Several handles, in one process or many, may open the same file: appends from all
+    /// of them share one gapless global order. Blocks on file I/O (and, if another
+    /// process holds the write lock, up to 30 s); call it at start-up or from a
+    /// blocking context.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        let mut writer = connect(path)?;
+        prepare_layout(&mut writer)?;
+        let reader = connect(path)?;
+        let head = query_head(&reader)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(writer),
+                reader: Mutex::new(reader),
+                appended: watch::Sender::new(head),
+            }),
+        })
+    }
+
+    /// Runs `work` on the blocking pool with the writer or the reader connection.
+    async fn run<T, F>(&self, write: bool, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || {
+            let lock = if write { &inner.writer } else { &inner.reader };
+            // A panic inside `work` drops its transaction (rolling it back) before the
+            // lock is poisoned, so the connection is still sound.
+            let mut conn = lock.lock().unwrap_or_else(PoisonError::into_inner);
+            work(&mut conn)
+        })
+        .await
+        .map_err(|err| StoreError::Backend(format!("sqlite worker failed: {err}")))?
+    }
+}
+
+/// Opens one connection with the durability and sharing settings every handle needs.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Backend(format!(
+            "{} cannot use write-ahead logging (journal mode {mode})",
+            path.display()
+        )));
+    }
+    conn.execute_batch("PRAGMA synchronous = FULL;")?;
+    Ok(conn)
+}
+
+/// Creates the tables in a fresh file and refuses files laid out by a newer build.
+fn prepare_layout(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |row| row.get(0))?;
+    if version > LAYOUT_VERSION {
+        return Err(StoreError::Corrupt(format!(
+            "event store layout version {version} is newer than this build's {LAYOUT_VERSION}"
+        )));
+    }
+    if version < LAYOUT_VERSION {
+        tx.execute_batch(LAYOUT)?;
+        tx.pragma_update(None, "user_version", LAYOUT_VERSION)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn query_head(conn: &Connection) -> Result<u64, StoreError> {
+    let head: i64 = conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| {
+        row.get(0)
+    })?;
+    stored_u64("position", head)
+}
+
+/// The validated, pre-encoded arguments of one append.
+struct Batch {
+    stream: StreamId,
+    expected: ExpectedVersion,
+    request_id: String,
+    /// Per event: timestamp, actor JSON, type name, payload JSON.
+    rows: Vec<(i64, String, &'static str, String)>,
+}
+
+fn append_locked(conn: &mut Connection, batch: Batch) -> Result<Appended, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let earlier: Option<String> = tx
+        .query_row(
+            "SELECT result FROM requests WHERE request_id = ?1",
+            [&batch.request_id],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(earlier) = earlier {
+        let mut appended: Appended = serde_json::from_str(&earlier)
+            .map_err(|err| StoreError::Corrupt(format!("request {}: {err}", batch.request_id)))?;
+        appended.replayed = true;
+        return Ok(appended);
+    }
+
+    let version: i64 = tx.query_row(
+        "SELECT COALESCE(MAX(sequence), 0) FROM events WHERE stream = ?1",
+        [batch.stream.as_str()],
+        |row| row.get(0),
+    )?;
+    let version = stored_u64("sequence", version)?;
+    if !batch.expected.matches(version) {
+        return Err(StoreError::Conflict {
+            stream: batch.stream,
+            expected: batch.expected,
+            actual: version,
+        });
+    }
+    let head = query_head(&tx)?;
+
+    let count = batch.rows.len() as u64;
+    {
+        let mut insert = tx.prepare_cached(
+            "INSERT INTO events (position, stream, sequence, timestamp_ms, actor, request_id, \
+             event_type, schema_version, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?;
+        for (offset, (timestamp_ms, actor, event_type, payload)) in (1u64..).zip(&batch.rows) {
+            insert.execute(params![
+                head + offset,
+                batch.stream.as_str(),
+                version + offset,
+                timestamp_ms,
+                actor,
+                batch.request_id,
+                event_type,
+                event::SCHEMA_VERSION,
+                payload,
+            ])?;
+        }
+    }
+    let appended = Appended {
+        stream: batch.stream,
+        first_sequence: version + 1,
+        last_sequence: version + count,
+        first_position: head + 1,
+        last_position: head + count,
+        replayed: false,
+    };
+    let record = serde_json::to_string(&appended)
+        .map_err(|err| StoreError::Backend(format!("encoding the request record: {err}")))?;
+    tx.execute(
+        "INSERT INTO requests (request_id, result) VALUES (?1, ?2)",
+        params![batch.request_id, record],
+    )?;
+    tx.commit()?;
+    Ok(appended)
+}
+
+/// Runs a query whose rows are events and decodes them.
+fn read_events(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let mut statement = conn.prepare_cached(sql)?;
+    let rows = statement.query_map(params, |row| {
+        Ok(StoredRow {
+            position: row.get(0)?,
+            stream: row.get(1)?,
+            sequence: row.get(2)?,
+            timestamp_ms: row.get(3)?,
+            actor: row.get(4)?,
+            request_id: row.get(5)?,
+            event_type: row.get(6)?,
+            schema_version: row.get(7)?,
+            payload: row.get(8)?,
+        })
+    })?;
+    rows.map(|row| row?.decode()).collect()
+}
+
+/// One `events` row as stored, before its JSON is decoded.
+struct StoredRow {
+    position: i64,
+    stream: String,
+    sequence: i64,
+    timestamp_ms: i64,
+    actor: String,
+    request_id: String,
+    event_type: String,
+    schema_version: i64,
+    payload: String,
+}
+
+impl StoredRow {
+    fn decode(self) -> Result<RecordedEvent, StoreError> {
+        let at = |what: &str, err: &dyn std::fmt::Display| {
+            StoreError::Corrupt(format!(
+                "{what} of event at position {}: {err}",
+                self.position
+            ))
+        };
+        let actor: Actor = serde_json::from_str(&self.actor).map_err(|err| at("actor", &err))?;
+        let event = event::decode(&self.payload).map_err(|err| at("payload", &err))?;
+        let schema_version =
+            u16::try_from(self.schema_version).map_err(|err| at("schema version", &err))?;
+        Ok(RecordedEvent {
+            stream: StreamId::from_stored(self.stream),
+            sequence: stored_u64("sequence", self.sequence)?,
+            position: stored_u64("position", self.position)?,
+            timestamp_ms: self.timestamp_ms,
+            actor,
+            request_id: self.request_id,
+            event_type: self.event_type,
+            schema_version,
+            event,
+        })
+    }
+}
+
+/// Positions and sequences are stored as SQLite's signed integers but never negative.
+fn stored_u64(what: &str, value: i64) -> Result<u64, StoreError> {
+    u64::try_from(value).map_err(|_| StoreError::Corrupt(format!("negative {what} {value}")))
+}
+
+/// Clamps a caller's bound into SQLite's integer range (no stored value exceeds it).
+fn bound(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        match err {
+            // A column holding the wrong type is damage, not a backend failure.
+            rusqlite::Error::FromSqlConversionFailure(..)
+            | rusqlite::Error::InvalidColumnType(..)
+            | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::Corrupt(err.to_string()),
+            other => StoreError::Backend(format!("sqlite: {other}")),
+        }
+    }
+}
+
+#[async_trait]
+impl EventStore for SqliteEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        request_id: &str,
+    ) -> Result<Appended, StoreError> {
+        let payloads = check_append(&events, request_id)?;
+        let rows = events
+            .iter()
+            .zip(payloads)
+            .map(|(new, payload)| {
+                let actor = serde_json::to_string(&new.actor)
+                    .map_err(|err| StoreError::Backend(format!("encoding the actor: {err}")))?;
+                Ok((new.timestamp_ms, actor, new.event.event_type(), payload))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let batch = Batch {
+            stream: stream.clone(),
+            expected,
+            request_id: request_id.to_owned(),
+            rows,
+        };
+        let appended = self
+            .run(true, move |conn| append_locked(conn, batch))
+            .await?;
+        if !appended.replayed {
+            self.inner.appended.send_if_modified(|head| {
+                let newer = appended.last_position > *head;
+                if newer {
+                    *head = appended.last_position;
+                }
+                newer
+            });
+        }
+        Ok(appended)
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        from_sequence: u64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let stream = stream.as_str().to_owned();
+        self.run(false, move |conn| {
+            read_events(
+                conn,
+                &format!(
+                    "SELECT {COLUMNS} FROM events WHERE stream = ?1 AND sequence >= ?2 \
+                     ORDER BY sequence"
+                ),
+                params![stream, bound(from_sequence)],
+            )
+        })
+        .await
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
+        let stream = stream.as_str().to_owned();
+        self.run(false, move |conn| {
+            let version: i64 = conn
+                .prepare_cached("SELECT COALESCE(MAX(sequence), 0) FROM events WHERE stream = ?1")?
+                .query_row([stream], |row| row.get(0))?;
+            stored_u64("sequence", version)
+        })
+        .await
+    }
+
+    async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(false, move |conn| {
+            read_events(
+                conn,
+                &format!(
+                    "SELECT {COLUMNS} FROM events WHERE position > ?1 ORDER BY position LIMIT ?2"
+                ),
+                params![bound(after), limit],
+            )
+        })
+        .await
+    }
+
+    async fn head(&self) -> Result<u64, StoreError> {
+        self.run(false, |conn| query_head(conn)).await
+    }
+
+    async fn wait_for_append(&self, after: u64, timeout: Duration) -> Result<(), StoreError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut appended = self.inner.appended.subscribe();
+        loop {
+            // The file's head covers appends from other handles and processes.
+            if self.head().await? > after {
+                return Ok(());
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(());
+            }
+            let nap = POLL_INTERVAL.min(deadline - now);
+            // The sender lives as long as `self`, so `wait_for` only ends on an append.
+            if tokio::time::timeout(nap, appended.wait_for(|&head| head > after))
+                .await
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+    }
+}

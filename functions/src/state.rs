@@ -1,0 +1,93 @@
+//! Configuration and the state every handler shares.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use medlabel_events::blob::BlobStore;
+use medlabel_events::clock::{Clock, SystemClock};
+use medlabel_events::datastore::{Datastore, DatastoreError};
+use medlabel_events::session::{DEFAULT_MAX_EXPIRY_S, Sessions};
+use medlabel_events::store::EventStore;
+
+use crate::logging::LogBuffer;
+use crate::runner::{NoRunner, Runner};
+
+/// MONAI Label's default upload ceiling for the local server: 2 GB.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 2_000_000_000;
+
+/// Keycloak settings `/auth/` reports when authentication is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthConfig {
+    pub client_id: String,
+    pub realm: String,
+}
+
+/// Settings of the HTTP surface.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Largest request body accepted by upload routes; more gets 413.
+    pub max_upload_bytes: u64,
+    /// MONAI Label's `MONAI_LABEL_SESSION_EXPIRY` (≤ 60 means 3600).
+    pub max_session_expiry_s: u64,
+    /// Where uploads are spooled before they reach the blob store.
+    pub temp_dir: PathBuf,
+    /// `None`: auth off (every caller is `admin`, `/auth/` is 404, as in MONAI Label).
+    pub auth: Option<AuthConfig>,
+    /// App name and description shown by `/info/`.
+    pub app_name: String,
+    pub app_description: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            max_session_expiry_s: DEFAULT_MAX_EXPIRY_S,
+            temp_dir: std::env::temp_dir(),
+            auth: None,
+            app_name: "medlabel".into(),
+            app_description: "medlabel: MONAI Label compatible, event-sourced annotation server"
+                .into(),
+        }
+    }
+}
+
+/// What handlers share: the datastore, the sessions, the runner and the settings.
+#[derive(Clone)]
+pub struct AppState {
+    pub datastore: Arc<Datastore>,
+    pub sessions: Arc<Sessions>,
+    pub runner: Arc<dyn Runner>,
+    pub config: Arc<Config>,
+    pub logs: LogBuffer,
+}
+
+impl AppState {
+    /// Opens the datastore over `store` and `blobs` (folding the log) with no runner.
+    pub async fn open(
+        store: Arc<dyn EventStore>,
+        blobs: Arc<dyn BlobStore>,
+        config: Config,
+    ) -> Result<Self, DatastoreError> {
+        Self::open_with(store, blobs, Arc::new(SystemClock), Arc::new(NoRunner), config).await
+    }
+
+    pub async fn open_with(
+        store: Arc<dyn EventStore>,
+        blobs: Arc<dyn BlobStore>,
+        clock: Arc<dyn Clock>,
+        runner: Arc<dyn Runner>,
+        config: Config,
+    ) -> Result<Self, DatastoreError> {
+        let datastore =
+            Datastore::open_with_clock(store.clone(), blobs.clone(), clock.clone()).await?;
+        let sessions = Sessions::new(store, blobs, clock, config.max_session_expiry_s);
+        Ok(Self {
+            datastore: Arc::new(datastore),
+            sessions: Arc::new(sessions),
+            runner,
+            config: Arc::new(config),
+            logs: LogBuffer::global().clone(),
+        })
+    }
+}

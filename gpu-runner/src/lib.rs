@@ -1,0 +1,67 @@
+//! medlabel's libtorch runner: MONAI-compatible 3D UNet, preprocessing, sliding-window
+//! inference, training, MC-dropout uncertainty and GPU kernels, plus the process-level
+//! setup every binary needs ([`init_runtime`]).
+//!
+//! Models live in a folder with `config.json` ([`ModelConfig`]) and `model.safetensors`.
+
+pub mod config;
+pub mod dataset;
+pub mod error;
+pub mod infer;
+pub mod io;
+pub mod loss;
+pub mod model;
+pub mod serve;
+pub mod sliding;
+pub mod stats;
+pub mod synth;
+pub mod train;
+pub mod uncertainty;
+pub mod transforms;
+pub mod unet;
+
+pub use config::{Intensity, ModelConfig};
+pub use error::{Result, RunnerError};
+pub use infer::{InferOptions, Latencies};
+pub use model::Model;
+pub use stats::TrainStats;
+pub use train::{TrainOutcome, TrainRequest, train};
+pub use unet::{Mode, Norm, UNet, UNetConfig};
+
+/// Process setup for binaries: registers libtorch's CUDA backend when it is installed
+/// and sets the intra-op thread count from `OMP_NUM_THREADS`.
+///
+/// Nothing references `libtorch_cuda.so` directly, so the linker's `--as-needed` drops it
+/// and CUDA would look absent on a GPU machine (tch issues #907, #980); loading it by
+/// name registers the backend where it exists and is a no-op elsewhere.
+pub fn init_runtime() {
+    // SAFETY: dlopen with a valid C string; the handle is intentionally kept open for the
+    // life of the process, and failure (CPU-only libtorch) is simply ignored.
+    unsafe {
+        libc::dlopen(c"libtorch_cuda.so".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+    }
+    if let Some(n) = std::env::var("OMP_NUM_THREADS").ok().and_then(|v| v.parse::<i32>().ok()).filter(|&n| n > 0) {
+        tch::set_num_threads(n);
+    }
+}
+
+/// Parses `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available).
+pub fn parse_device(s: &str) -> Result<tch::Device> {
+    match s {
+        "cpu" => Ok(tch::Device::Cpu),
+        "auto" => Ok(tch::Device::cuda_if_available()),
+        "cuda" => cuda_device(0),
+        _ => match s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(i) => cuda_device(i),
+            None => Err(RunnerError::invalid(format!("unknown device {s:?}: use cpu, cuda, cuda:N or auto"))),
+        },
+    }
+}
+
+fn cuda_device(i: usize) -> Result<tch::Device> {
+    if tch::Cuda::is_available() && (i as i64) < tch::Cuda::device_count() {
+        Ok(tch::Device::Cuda(i))
+    } else {
+        Err(RunnerError::invalid(format!("CUDA device {i} is not available")))
+    }
+}

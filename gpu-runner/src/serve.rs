@@ -1,0 +1,239 @@
+//! The runner's HTTP contract (SageMaker real-time endpoint shape; the local `medlabel`
+//! starts the same server on loopback).
+//!
+//! - `GET /ping` → `200 {"status":"ok","models":[…]}` once the models are loaded.
+//! - `POST /invocations` with a JSON body:
+//!   ```json
+//!   {"model": "segmentation_spleen",            // optional when only one model is served
+//!    "image": "/data/img.nii.gz",               // a file the runner can read, or …
+//!    "image_b64": "<base64>", "image_ext": ".nii.gz",   // … the file's bytes inline
+//!    "output": "/data/out/label.nii.gz",        // optional: write the mask there
+//!    "result_extension": ".nii.gz",             // format of an inline mask
+//!    "params": {"overlap": 0.25, "sw_batch_size": 1, "mode": "gaussian", "amp": true}}
+//!   ```
+//!   Reply `200 {"label": path|null, "label_b64": base64|null, "params": {"model",
+//!   "label_names", "latencies"}}`: the mask is written to `output` when given, else
+//!   returned inline. `params` is what MONAI Label puts in an infer result's JSON.
+//! - Errors are `{"detail": "…"}`: 400 for a malformed request or unreadable image, 404
+//!   for an unknown model, 500 when inference itself fails.
+//!
+//! Paths in requests are only accepted below the configured `data_root` (after
+//! canonicalisation), so a caller cannot make the runner read or write elsewhere.
+//! Models are the sub-folders of the model directory holding a `config.json` (or the
+//! directory itself); a model whose `model.safetensors` changes on disk is reloaded on
+//! its next request, the way MONAI Label picks up a newly trained model. Inference runs
+//! on the blocking pool, one request per model at a time.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tch::Device;
+
+use crate::config::{CONFIG_FILE, WEIGHTS_FILE};
+use crate::error::{Result, RunnerError};
+use crate::infer::{InferOptions, Latencies, segment};
+use crate::model::Model;
+
+/// Largest accepted request body (an inline CT is tens of MB; base64 adds a third).
+const MAX_BODY: usize = 1 << 30;
+
+/// An inference request (see the module docs).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Invocation {
+    pub model: Option<String>,
+    pub image: Option<PathBuf>,
+    pub image_b64: Option<String>,
+    pub image_ext: Option<String>,
+    pub output: Option<PathBuf>,
+    pub result_extension: Option<String>,
+    #[serde(default)]
+    pub params: InferOptions,
+}
+
+/// The reply to a successful invocation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InvocationResult {
+    pub label: Option<PathBuf>,
+    pub label_b64: Option<String>,
+    pub params: ResultParams,
+}
+
+/// MONAI Label's infer result JSON fields the runner knows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResultParams {
+    pub model: String,
+    pub label_names: BTreeMap<String, i64>,
+    pub latencies: Latencies,
+}
+
+struct Slot {
+    dir: PathBuf,
+    loaded: Option<(SystemTime, Model)>,
+}
+
+/// Shared server state: the model slots and where request paths may point.
+pub struct Runner {
+    models: BTreeMap<String, Mutex<Slot>>,
+    device: Device,
+    data_root: PathBuf,
+}
+
+impl Runner {
+    /// Finds and loads the models under `model_dir`; `data_root` bounds request paths.
+    pub fn new(model_dir: &Path, device: Device, data_root: &Path) -> Result<Self> {
+        let mut dirs = Vec::new();
+        if model_dir.join(CONFIG_FILE).is_file() {
+            dirs.push(model_dir.to_path_buf());
+        } else {
+            for entry in std::fs::read_dir(model_dir).map_err(|e| RunnerError::io(model_dir, e))? {
+                let p = entry.map_err(|e| RunnerError::io(model_dir, e))?.path();
+                if p.join(CONFIG_FILE).is_file() {
+                    dirs.push(p);
+                }
+            }
+        }
+        if dirs.is_empty() {
+            return Err(RunnerError::invalid(format!("no model folders (with {CONFIG_FILE}) in {}", model_dir.display())));
+        }
+        let mut models = BTreeMap::new();
+        for dir in dirs {
+            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model").to_owned();
+            let mut slot = Slot { dir, loaded: None };
+            slot.current(device)?;
+            models.insert(name, Mutex::new(slot));
+        }
+        let data_root = data_root.canonicalize().map_err(|e| RunnerError::io(data_root, e))?;
+        Ok(Self {
+            models,
+            device,
+            data_root,
+        })
+    }
+
+    /// Names of the served models.
+    pub fn model_names(&self) -> Vec<String> {
+        self.models.keys().cloned().collect()
+    }
+
+    /// Runs one invocation synchronously (the HTTP handler calls this on the blocking pool).
+    pub fn invoke(&self, req: &Invocation) -> Result<InvocationResult, (StatusCode, String)> {
+        let bad = |e: RunnerError| (StatusCode::BAD_REQUEST, e.to_string());
+        let name = match &req.model {
+            Some(m) => m.clone(),
+            None if self.models.len() == 1 => self.models.keys().next().cloned().unwrap_or_default(),
+            None => return Err((StatusCode::BAD_REQUEST, format!("`model` is required; served: {:?}", self.model_names()))),
+        };
+        let slot = self.models.get(&name).ok_or((StatusCode::NOT_FOUND, format!("unknown model {name:?}")))?;
+        let image = match (&req.image, &req.image_b64) {
+            (Some(p), None) => crate::io::read_image(&self.checked_path(p, true).map_err(bad)?).map_err(bad)?,
+            (None, Some(b)) => {
+                let bytes = B64.decode(b).map_err(|e| (StatusCode::BAD_REQUEST, format!("image_b64: {e}")))?;
+                crate::io::read_image_bytes(&bytes, req.image_ext.as_deref().unwrap_or(".nii.gz")).map_err(bad)?
+            }
+            _ => return Err((StatusCode::BAD_REQUEST, "give exactly one of `image` and `image_b64`".into())),
+        };
+        let output = req.output.as_ref().map(|p| self.checked_path(p, false)).transpose().map_err(bad)?;
+        let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
+        let model = slot.current(self.device).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let internal = |e: RunnerError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        let (mask, mut latencies) = segment(model, &image, &req.params).map_err(internal)?;
+        let t = std::time::Instant::now();
+        let (label, label_b64) = match output {
+            Some(path) => {
+                crate::io::write_mask(&path, &mask).map_err(internal)?;
+                (Some(path), None)
+            }
+            None => {
+                let ext = req.result_extension.as_deref().unwrap_or(".nii.gz");
+                (None, Some(B64.encode(crate::io::mask_bytes(&mask, ext).map_err(bad)?)))
+            }
+        };
+        latencies.write = t.elapsed().as_secs_f64();
+        latencies.total += latencies.write;
+        Ok(InvocationResult {
+            label,
+            label_b64,
+            params: ResultParams {
+                model: name,
+                label_names: model.config.label_names(),
+                latencies,
+            },
+        })
+    }
+
+    /// Resolves a request path and checks it lies under `data_root`; an output's parent
+    /// must exist (the file itself need not).
+    fn checked_path(&self, p: &Path, must_exist: bool) -> Result<PathBuf> {
+        let resolved = if must_exist {
+            p.canonicalize().map_err(|e| RunnerError::io(p, e))?
+        } else {
+            let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let name = p.file_name().ok_or_else(|| RunnerError::invalid(format!("{} is not a file path", p.display())))?;
+            parent.canonicalize().map_err(|e| RunnerError::io(parent, e))?.join(name)
+        };
+        if !resolved.starts_with(&self.data_root) {
+            return Err(RunnerError::invalid(format!("{} is outside the runner's data root", p.display())));
+        }
+        Ok(resolved)
+    }
+}
+
+impl Slot {
+    /// The model, reloaded first if its weights file changed since it was loaded.
+    fn current(&mut self, device: Device) -> Result<&Model> {
+        let weights = self.dir.join(WEIGHTS_FILE);
+        let mtime = std::fs::metadata(&weights).and_then(|m| m.modified()).map_err(|e| RunnerError::io(&weights, e))?;
+        if self.loaded.as_ref().is_none_or(|(t, _)| *t != mtime) {
+            self.loaded = Some((mtime, Model::load(&self.dir, device)?));
+        }
+        Ok(&self.loaded.as_ref().expect("loaded just above").1)
+    }
+}
+
+/// The axum router for `runner`.
+pub fn router(runner: Arc<Runner>) -> Router {
+    Router::new()
+        .route("/ping", get(ping))
+        .route("/invocations", post(invocations))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(runner)
+}
+
+async fn ping(State(runner): State<Arc<Runner>>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "models": runner.model_names()}))
+}
+
+async fn invocations(State(runner): State<Arc<Runner>>, body: axum::body::Bytes) -> Response {
+    let req: Invocation = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
+    };
+    match tokio::task::spawn_blocking(move || runner.invoke(&req)).await {
+        Ok(Ok(result)) => Json(result).into_response(),
+        Ok(Err((status, msg))) => error(status, msg),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("inference task failed: {e}")),
+    }
+}
+
+fn error(status: StatusCode, detail: String) -> Response {
+    (status, Json(json!({ "detail": detail }))).into_response()
+}
+
+/// Serves `router` on `addr` until the process is stopped.
+pub async fn serve(addr: &str, runner: Arc<Runner>) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| RunnerError::io(addr, e))?;
+    tracing::info!(%addr, models = ?runner.model_names(), "runner serving");
+    axum::serve(listener, router(runner)).await.map_err(|e| RunnerError::io(addr, e))
+}

@@ -1,0 +1,176 @@
+//! The AWS emulator the AWS-backed tests run against.
+//!
+//! [`aws`] connects to `MEDLABEL_AWS_ENDPOINT` when it is set (`.ci/run` starts one
+//! moto server for the whole run and exports it). Otherwise the first call in a test
+//! binary starts its own server, `scripts/moto_server.py` under the venv that
+//! `scripts/setup.sh` creates, on a free loopback port. That server is started through a
+//! small `sh` watchdog that kills it once the test binary's process is gone, so no
+//! emulator outlives the tests, whichever way they end. There is deliberately no
+//! fallback that skips: without an emulator the AWS tests fail and say why.
+//!
+//! Only the endpoint is shared process-wide. Every test gets its own SDK config and
+//! clients (an SDK client's connection pool belongs to the tokio runtime that made it,
+//! and each `#[tokio::test]` has its own runtime) and, through
+//! [`AwsTestEnv::event_store`] and [`AwsTestEnv::blob_store`], its own table or bucket,
+//! so tests never see each other's data.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_dynamodb::config::Credentials;
+use medlabel_events::blob::s3::S3BlobStore;
+use medlabel_events::store::dynamo::DynamoEventStore;
+
+/// Environment variable naming a running emulator (`http://127.0.0.1:5000`).
+pub const ENDPOINT_VAR: &str = "MEDLABEL_AWS_ENDPOINT";
+
+/// How long a freshly started emulator may take to listen.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// SDK configuration and helpers for one test against the emulator.
+#[derive(Debug, Clone)]
+pub struct AwsTestEnv {
+    /// Region us-east-1, credentials test/test, the emulator as endpoint.
+    pub config: SdkConfig,
+    /// The emulator's base URL.
+    pub endpoint: String,
+}
+
+/// Connects to the emulator (starting one if needed) and returns a fresh SDK config.
+///
+/// # Panics
+/// When no emulator is configured and none can be started: the message says what to do.
+pub async fn aws() -> AwsTestEnv {
+    let endpoint = shared_endpoint().to_owned();
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(&endpoint)
+        .credentials_provider(Credentials::new("test", "test", None, None, "medlabel-tests"))
+        .load()
+        .await;
+    AwsTestEnv { config, endpoint }
+}
+
+impl AwsTestEnv {
+    pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&self.config)
+    }
+
+    /// An S3 client with path-style addressing, as the emulator needs.
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        S3BlobStore::client(&self.config)
+    }
+
+    /// A new table, returned as its name.
+    pub async fn fresh_table(&self) -> String {
+        let table = unique_name("events");
+        DynamoEventStore::create_table(&self.dynamodb(), &table)
+            .await
+            .unwrap_or_else(|err| panic!("creating table {table} on the emulator: {err}"));
+        table
+    }
+
+    /// A new, empty bucket, returned as its name.
+    pub async fn fresh_bucket(&self) -> String {
+        let bucket = unique_name("blobs");
+        S3BlobStore::create_bucket(&self.s3(), &bucket)
+            .await
+            .unwrap_or_else(|err| panic!("creating bucket {bucket} on the emulator: {err}"));
+        bucket
+    }
+
+    /// An event store over a new table.
+    pub async fn event_store(&self) -> DynamoEventStore {
+        DynamoEventStore::new(self.dynamodb(), self.fresh_table().await)
+    }
+
+    /// A blob store over a new bucket.
+    pub async fn blob_store(&self) -> S3BlobStore {
+        S3BlobStore::new(self.s3(), self.fresh_bucket().await)
+    }
+}
+
+/// A name no other test uses, valid as a table and as a bucket name (lower case,
+/// digits and dashes, at most 63 characters for a prefix of up to 16).
+pub fn unique_name(prefix: &str) -> String {
+    format!("medlabel-{prefix}-{}", uuid::Uuid::new_v4().simple())
+}
+
+fn shared_endpoint() -> &'static str {
+    static ENDPOINT: OnceLock<String> = OnceLock::new();
+    ENDPOINT.get_or_init(|| match std::env::var(ENDPOINT_VAR) {
+        Ok(endpoint) if !endpoint.is_empty() => endpoint,
+        _ => start_emulator(),
+    })
+}
+
+/// Starts `scripts/moto_server.py` under a watchdog tied to this process and waits
+/// until it listens.
+fn start_emulator() -> String {
+    let cache = std::env::var_os("MEDLABEL_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/medlabel")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cache/medlabel"));
+    let python = cache.join("py/bin/python");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/moto_server.py");
+    if !python.exists() {
+        panic!(
+            "no AWS emulator: {ENDPOINT_VAR} is not set and {} does not exist; run \
+             scripts/setup.sh (or .ci/run, which also starts the emulator)",
+            python.display()
+        );
+    }
+    let port = free_port();
+    let log = std::env::temp_dir().join(format!("medlabel-moto-{port}.log"));
+    let log_file = std::fs::File::create(&log)
+        .unwrap_or_else(|err| panic!("creating the emulator log {}: {err}", log.display()));
+    // The watchdog polls this process once a second and kills the emulator when it is
+    // gone (or when the watchdog itself is told to stop).
+    let script_text = r#""$1" "$2" -H 127.0.0.1 -p "$3" & moto=$!
+trap 'kill $moto 2>/dev/null' EXIT INT TERM HUP
+while kill -0 "$4" 2>/dev/null && kill -0 $moto 2>/dev/null; do sleep 1; done"#;
+    let mut watchdog = Command::new("sh")
+        .arg("-c")
+        .arg(script_text)
+        .arg("medlabel-moto-watchdog")
+        .arg(&python)
+        .arg(&script)
+        .arg(port.to_string())
+        .arg(std::process::id().to_string())
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("duplicating the emulator log handle"))
+        .stderr(log_file)
+        .spawn()
+        .unwrap_or_else(|err| panic!("starting the AWS emulator with sh: {err}"));
+
+    let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let started = Instant::now();
+    while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
+        if let Ok(Some(status)) = watchdog.try_wait() {
+            panic!(
+                "the AWS emulator exited ({status}) before listening on {address}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        if started.elapsed() > STARTUP_TIMEOUT {
+            panic!(
+                "the AWS emulator did not listen on {address} within {STARTUP_TIMEOUT:?}; \
+                 see {}",
+                log.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    format!("http://{address}")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|listener| listener.local_addr())
+        .map(|address| address.port())
+        .expect("no free loopback port for the AWS emulator")
+}
