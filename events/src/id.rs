@@ -220,7 +220,7 @@ impl Extension {
             });
         }
         for suffix in value[1..].split('.') {
-            if suffix.is_empty() || suffix.len() > 10 {
+            if suffix.is_empty() || suffix.len() > 16 {
                 return Err(invalid("an empty or over-long suffix"));
             }
             if !suffix.chars().all(|c| c.is_ascii_alphanumeric()) {

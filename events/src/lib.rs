@@ -16,6 +16,8 @@ pub mod clock;
 pub mod datastore;
 pub mod event;
 pub mod id;
+pub mod jobs;
+pub mod projection;
 pub mod session;
 pub mod store;
 

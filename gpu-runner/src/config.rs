@@ -59,6 +59,26 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// MONAI Label's radiology `segmentation_spleen` model: UNet (16, 32, 64, 128, 256),
+    /// strides 2, two residual units, batch norm, 96³ windows at 1.5 × 1.5 × 2 mm.
+    pub fn spleen() -> Self {
+        Self {
+            labels: BTreeMap::from([("background".into(), 0), ("spleen".into(), 1)]),
+            spacing: [1.5, 1.5, 2.0],
+            intensity: Intensity::spleen_ct(),
+            roi_size: [96, 96, 96],
+            network: UNetConfig {
+                in_channels: 1,
+                out_channels: 2,
+                channels: vec![16, 32, 64, 128, 256],
+                strides: vec![2, 2, 2, 2],
+                num_res_units: 2,
+                norm: crate::unet::Norm::Batch,
+                dropout: 0.0,
+            },
+        }
+    }
+
     /// Checks that sizes fit the network and labels fit its outputs.
     pub fn validate(&self) -> Result<()> {
         self.network.validate()?;

@@ -29,6 +29,9 @@ pub enum RunnerError {
     /// A request or configuration is inconsistent (bad sizes, unknown device, empty data).
     #[error("invalid input: {0}")]
     Invalid(String),
+    /// The CUDA driver or NVRTC failed (only on machines that have them).
+    #[error("cuda: {0}")]
+    Cuda(String),
     /// Training was stopped on request before it finished.
     #[error("stopped on request")]
     Stopped,

@@ -373,6 +373,25 @@ mod tests {
     }
 
     #[test]
+    fn parameter_counts_equal_monai_for_real_configs() {
+        // Counted with MONAI 1.6.1: sum(p.numel() for p in UNet(3, 1, 2, …).parameters()).
+        for (c, s, res, norm, monai) in [
+            (vec![16, 32, 64, 128, 256], vec![2, 2, 2, 2], 2, Norm::Batch, 4_808_917),
+            (vec![8, 16, 32], vec![2, 2], 1, Norm::Instance, 34_886),
+            (vec![4, 8], vec![2], 0, Norm::Instance, 1_636),
+            (vec![4, 8], vec![2], 1, Norm::Instance, 1_899),
+        ] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let config = UNetConfig {
+                out_channels: 2,
+                ..cfg(&c, &s, res, norm)
+            };
+            UNet::new(&vs.root(), &config).unwrap();
+            assert_eq!(parameter_count(&vs), monai, "{c:?} res {res} {norm:?}");
+        }
+    }
+
+    #[test]
     fn invalid_configs_are_errors() {
         let vs = nn::VarStore::new(Device::Cpu);
         assert!(UNet::new(&vs.root(), &cfg(&[4], &[], 0, Norm::Instance)).is_err());

@@ -19,7 +19,8 @@ pub fn apply(a: &Affine, p: [f64; 3]) -> [f64; 3] {
 /// non-finite) 3×3 part is an [`ImageError::InvalidArgument`].
 pub fn invert(a: &Affine) -> Result<Affine, ImageError> {
     let m = |r: usize, c: usize| a[r][c];
-    let cof = |r0: usize, r1: usize, c0: usize, c1: usize| m(r0, c0) * m(r1, c1) - m(r0, c1) * m(r1, c0);
+    let cof =
+        |r0: usize, r1: usize, c0: usize, c1: usize| m(r0, c0) * m(r1, c1) - m(r0, c1) * m(r1, c0);
     let det = m(0, 0) * cof(1, 2, 1, 2) - m(0, 1) * cof(1, 2, 0, 2) + m(0, 2) * cof(1, 2, 0, 1);
     if !det.is_finite() || det.abs() < 1e-12 {
         return Err(ImageError::InvalidArgument(format!(
@@ -81,9 +82,21 @@ pub(crate) fn from_qform(q: &QForm) -> Affine {
         (1.0 - sq).sqrt()
     };
     let r = [
-        [a * a + b * b - c * c - d * d, 2.0 * (b * c - a * d), 2.0 * (b * d + a * c)],
-        [2.0 * (b * c + a * d), a * a + c * c - b * b - d * d, 2.0 * (c * d - a * b)],
-        [2.0 * (b * d - a * c), 2.0 * (c * d + a * b), a * a + d * d - b * b - c * c],
+        [
+            a * a + b * b - c * c - d * d,
+            2.0 * (b * c - a * d),
+            2.0 * (b * d + a * c),
+        ],
+        [
+            2.0 * (b * c + a * d),
+            a * a + c * c - b * b - d * d,
+            2.0 * (c * d - a * b),
+        ],
+        [
+            2.0 * (b * d - a * c),
+            2.0 * (c * d + a * b),
+            a * a + d * d - b * b - c * c,
+        ],
     ];
     let scale = [q.spacing[0], q.spacing[1], q.spacing[2] * q.qfac];
     let mut out = IDENTITY;
@@ -119,16 +132,36 @@ pub(crate) fn to_qform(a: &Affine) -> QForm {
     // Pick the numerically largest quaternion component first (Shepperd's method).
     let (qa, qb, qc, qd) = if trace > 0.0 {
         let s = (trace + 1.0).sqrt() * 2.0;
-        (0.25 * s, (r[2][1] - r[1][2]) / s, (r[0][2] - r[2][0]) / s, (r[1][0] - r[0][1]) / s)
+        (
+            0.25 * s,
+            (r[2][1] - r[1][2]) / s,
+            (r[0][2] - r[2][0]) / s,
+            (r[1][0] - r[0][1]) / s,
+        )
     } else if r[0][0] > r[1][1] && r[0][0] > r[2][2] {
         let s = (1.0 + r[0][0] - r[1][1] - r[2][2]).sqrt() * 2.0;
-        ((r[2][1] - r[1][2]) / s, 0.25 * s, (r[0][1] + r[1][0]) / s, (r[0][2] + r[2][0]) / s)
+        (
+            (r[2][1] - r[1][2]) / s,
+            0.25 * s,
+            (r[0][1] + r[1][0]) / s,
+            (r[0][2] + r[2][0]) / s,
+        )
     } else if r[1][1] > r[2][2] {
         let s = (1.0 + r[1][1] - r[0][0] - r[2][2]).sqrt() * 2.0;
-        ((r[0][2] - r[2][0]) / s, (r[0][1] + r[1][0]) / s, 0.25 * s, (r[1][2] + r[2][1]) / s)
+        (
+            (r[0][2] - r[2][0]) / s,
+            (r[0][1] + r[1][0]) / s,
+            0.25 * s,
+            (r[1][2] + r[2][1]) / s,
+        )
     } else {
         let s = (1.0 + r[2][2] - r[0][0] - r[1][1]).sqrt() * 2.0;
-        ((r[1][0] - r[0][1]) / s, (r[0][2] + r[2][0]) / s, (r[1][2] + r[2][1]) / s, 0.25 * s)
+        (
+            (r[1][0] - r[0][1]) / s,
+            (r[0][2] + r[2][0]) / s,
+            (r[1][2] + r[2][1]) / s,
+            0.25 * s,
+        )
     };
     let sign = if qa < 0.0 { -1.0 } else { 1.0 };
     QForm {
@@ -178,7 +211,12 @@ mod tests {
     fn qform_round_trips_rotations_and_left_handed_axes() {
         let mut left_handed = rotated_lps();
         (0..3).for_each(|r| left_handed[r][2] = -left_handed[r][2]);
-        let diag = [[-2.0, 0.0, 0.0, 1.0], [0.0, 3.0, 0.0, 2.0], [0.0, 0.0, -4.0, 3.0], [0.0, 0.0, 0.0, 1.0]];
+        let diag = [
+            [-2.0, 0.0, 0.0, 1.0],
+            [0.0, 3.0, 0.0, 2.0],
+            [0.0, 0.0, -4.0, 3.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
         for a in [rotated_lps(), left_handed, diag, IDENTITY] {
             let q = to_qform(&a);
             let back = from_qform(&q);

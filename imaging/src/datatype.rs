@@ -85,7 +85,9 @@ impl DataType {
 
     /// Inverse of [`DataType::nifti_code`]; `None` for complex, RGB and other codes.
     pub fn from_nifti_code(code: i32) -> Option<Self> {
-        Self::ALL.into_iter().find(|t| i32::from(t.nifti_code()) == code)
+        Self::ALL
+            .into_iter()
+            .find(|t| i32::from(t.nifti_code()) == code)
     }
 
     /// The canonical NRRD `type` field value.
@@ -110,16 +112,23 @@ impl DataType {
         let t = match name.trim() {
             "uchar" | "unsigned char" | "uint8" | "uint8_t" => Self::U8,
             "signed char" | "int8" | "int8_t" => Self::I8,
-            "short" | "short int" | "signed short" | "signed short int" | "int16"
-            | "int16_t" => Self::I16,
-            "ushort" | "unsigned short" | "unsigned short int" | "uint16" | "uint16_t" => {
-                Self::U16
+            "short" | "short int" | "signed short" | "signed short int" | "int16" | "int16_t" => {
+                Self::I16
             }
+            "ushort" | "unsigned short" | "unsigned short int" | "uint16" | "uint16_t" => Self::U16,
             "int" | "signed int" | "int32" | "int32_t" => Self::I32,
             "uint" | "unsigned int" | "uint32" | "uint32_t" => Self::U32,
-            "longlong" | "long long" | "long long int" | "signed long long"
-            | "signed long long int" | "int64" | "int64_t" => Self::I64,
-            "ulonglong" | "unsigned long long" | "unsigned long long int" | "uint64"
+            "longlong"
+            | "long long"
+            | "long long int"
+            | "signed long long"
+            | "signed long long int"
+            | "int64"
+            | "int64_t" => Self::I64,
+            "ulonglong"
+            | "unsigned long long"
+            | "unsigned long long int"
+            | "uint64"
             | "uint64_t" => Self::U64,
             "float" => Self::F32,
             "double" => Self::F64,
@@ -252,7 +261,10 @@ mod tests {
         let raw = DataType::I16.encode_le(&[2.6, -2.6]).unwrap();
         assert_eq!(raw, [3, 0, 0xfd, 0xff]);
         let err = DataType::U8.encode_le(&[1.0, 256.0]).unwrap_err();
-        assert!(matches!(err, ImageError::ValueOutOfRange { index: 1, .. }), "{err}");
+        assert!(
+            matches!(err, ImageError::ValueOutOfRange { index: 1, .. }),
+            "{err}"
+        );
         assert!(DataType::I16.encode_le(&[f32::NAN]).is_err());
         assert!(DataType::U8.encode_le(&[-0.7]).is_err());
         assert!("complex64".parse::<DataType>().is_err());

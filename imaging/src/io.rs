@@ -22,7 +22,11 @@ impl Format {
     /// The format of a file name or bare extension (`"a.nii.gz"`, `".nrrd"`, `"nii"`).
     pub fn from_name(name: &str) -> Result<Self, ImageError> {
         let lower = name.trim().to_ascii_lowercase();
-        let dotted = if lower.starts_with('.') { lower } else { format!(".{lower}") };
+        let dotted = if lower.starts_with('.') {
+            lower
+        } else {
+            format!(".{lower}")
+        };
         if dotted.ends_with(".nii.gz") {
             Ok(Self::NiftiGz)
         } else if dotted.ends_with(".nii") {
@@ -74,7 +78,11 @@ pub fn read_volume_bytes_with_limits(
     read_format(bytes, Format::from_name(ext)?, limits)
 }
 
-fn read_format(bytes: &[u8], format: Format, limits: &ReadLimits) -> Result<Volume<f32>, ImageError> {
+fn read_format(
+    bytes: &[u8],
+    format: Format,
+    limits: &ReadLimits,
+) -> Result<Volume<f32>, ImageError> {
     match format {
         Format::Nifti => nifti::read_nifti_bytes_with_limits(bytes, false, limits),
         Format::NiftiGz => nifti::read_nifti_bytes_with_limits(bytes, true, limits),
@@ -114,13 +122,19 @@ mod tests {
 
     #[test]
     fn formats_from_names() {
-        assert_eq!(Format::from_name("spleen_3.nii.gz").unwrap(), Format::NiftiGz);
+        assert_eq!(
+            Format::from_name("spleen_3.nii.gz").unwrap(),
+            Format::NiftiGz
+        );
         assert_eq!(Format::from_name("A.NII").unwrap(), Format::Nifti);
         assert_eq!(Format::from_name("nii.gz").unwrap(), Format::NiftiGz);
         assert_eq!(Format::from_name(".seg.nrrd").unwrap(), Format::Nrrd);
         assert_eq!(Format::from_name("x.nrrd").unwrap(), Format::Nrrd);
         for bad in ["x.png", "x.gz", "xnii", "", "x.nii.gz.bak"] {
-            assert!(matches!(Format::from_name(bad), Err(ImageError::UnknownFormat(_))), "{bad}");
+            assert!(
+                matches!(Format::from_name(bad), Err(ImageError::UnknownFormat(_))),
+                "{bad}"
+            );
         }
     }
 }

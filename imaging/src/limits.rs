@@ -42,7 +42,11 @@ impl Default for ReadLimits {
 impl ReadLimits {
     /// Checks `dims` of `datatype` against the limit and returns (voxel count, raw
     /// payload bytes). All arithmetic is checked, so absurd dims cannot overflow.
-    pub(crate) fn budget(&self, dims: [u64; 3], datatype: DataType) -> Result<(usize, u64), ImageError> {
+    pub(crate) fn budget(
+        &self,
+        dims: [u64; 3],
+        datatype: DataType,
+    ) -> Result<(usize, u64), ImageError> {
         let too_large = |needed| ImageError::TooLarge {
             needed,
             limit: self.max_voxel_bytes,
@@ -51,7 +55,9 @@ impl ReadLimits {
             .iter()
             .try_fold(1u64, |acc, &d| acc.checked_mul(d))
             .ok_or(too_large(u64::MAX))?;
-        let raw = voxels.checked_mul(datatype.size() as u64).ok_or(too_large(u64::MAX))?;
+        let raw = voxels
+            .checked_mul(datatype.size() as u64)
+            .ok_or(too_large(u64::MAX))?;
         let decoded = voxels.checked_mul(4).ok_or(too_large(u64::MAX))?;
         let needed = raw.max(decoded);
         if needed > self.max_voxel_bytes {
@@ -134,7 +140,9 @@ mod tests {
 
     #[test]
     fn budget_rejects_overflow_and_limit() {
-        let limits = ReadLimits { max_voxel_bytes: 1000 };
+        let limits = ReadLimits {
+            max_voxel_bytes: 1000,
+        };
         assert_eq!(limits.budget([10, 5, 5], DataType::U8).unwrap(), (250, 250));
         assert!(matches!(
             limits.budget([10, 5, 6], DataType::U8),
@@ -151,11 +159,18 @@ mod tests {
 
     #[test]
     fn payload_exact_short_and_long() {
-        let data = vec![7u8; 100];
-        assert_eq!(read_payload(&mut &data[..], 100, None, "T").unwrap().len(), 100);
+        let data = [7u8; 100];
+        assert_eq!(
+            read_payload(&mut &data[..], 100, None, "T").unwrap().len(),
+            100
+        );
         assert!(matches!(
             read_payload(&mut &data[..], 101, None, "T"),
-            Err(ImageError::Truncated { expected: 101, found: 100, .. })
+            Err(ImageError::Truncated {
+                expected: 101,
+                found: 100,
+                ..
+            })
         ));
         assert!(matches!(
             read_payload(&mut &data[..], 101, Some(100), "T"),

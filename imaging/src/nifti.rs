@@ -12,7 +12,7 @@
 //! ("scanner"), units mm, `scl_slope` 1 and `scl_inter` 0.
 //!
 //! Every header field that sizes something is validated before use, and the payload
-//! is read through [`crate::limits`], so hostile files fail with an [`ImageError`].
+//! is read under [`ReadLimits`], so hostile files fail with an [`ImageError`].
 
 use std::io::{Read, Write};
 use std::path::Path;
@@ -120,7 +120,9 @@ fn check_writable(volume: &Volume<f32>) -> Result<(), ImageError> {
         )));
     }
     if volume.affine.iter().flatten().any(|v| !v.is_finite()) {
-        return Err(ImageError::InvalidArgument("affine has non-finite values".into()));
+        return Err(ImageError::InvalidArgument(
+            "affine has non-finite values".into(),
+        ));
     }
     Ok(())
 }
@@ -276,7 +278,9 @@ fn read_stream(
     let remaining = known_len.map(|n| n.saturating_sub(header.vox_offset));
     let raw = read_payload(reader, raw_len, remaining, FORMAT)?;
     let mut data = Vec::with_capacity(voxels);
-    header.datatype.decode_into(&raw, header.big_endian, &mut data);
+    header
+        .datatype
+        .decode_into(&raw, header.big_endian, &mut data);
     drop(raw);
     if header.slope != 1.0 || header.inter != 0.0 {
         let (s, i) = (header.slope as f32, header.inter as f32);
@@ -332,7 +336,10 @@ fn parse_header(buf: &[u8], layout: &Layout, big: bool) -> Result<Header, ImageE
     // `datatype` is an int16 in both versions.
     let code = f.i16(layout.datatype);
     let datatype = DataType::from_nifti_code(code as i32).ok_or_else(|| {
-        ImageError::unsupported(FORMAT, format!("datatype code {code} is not a supported scalar type"))
+        ImageError::unsupported(
+            FORMAT,
+            format!("datatype code {code} is not a supported scalar type"),
+        )
     })?;
 
     let header_len = layout.header_len as u64;
@@ -405,14 +412,32 @@ fn encode_header(volume: &Volume<f32>, datatype: DataType) -> Vec<u8> {
     let mut h = vec![0u8; NIFTI1_HEADER + 4];
     let mut put = |off: usize, bytes: &[u8]| h[off..off + bytes.len()].copy_from_slice(bytes);
     put(0, &(NIFTI1_HEADER as i32).to_le_bytes());
-    let dims = [3, volume.dims[0], volume.dims[1], volume.dims[2], 1, 1, 1, 1];
+    let dims = [
+        3,
+        volume.dims[0],
+        volume.dims[1],
+        volume.dims[2],
+        1,
+        1,
+        1,
+        1,
+    ];
     for (i, d) in dims.into_iter().enumerate() {
         put(40 + 2 * i, &(d as i16).to_le_bytes());
     }
     put(70, &datatype.nifti_code().to_le_bytes());
     put(72, &((datatype.size() * 8) as i16).to_le_bytes());
     let q = to_qform(&volume.affine);
-    let pixdim = [q.qfac, q.spacing[0], q.spacing[1], q.spacing[2], 1.0, 1.0, 1.0, 1.0];
+    let pixdim = [
+        q.qfac,
+        q.spacing[0],
+        q.spacing[1],
+        q.spacing[2],
+        1.0,
+        1.0,
+        1.0,
+        1.0,
+    ];
     for (i, p) in pixdim.into_iter().enumerate() {
         put(76 + 4 * i, &(p as f32).to_le_bytes());
     }
@@ -424,13 +449,23 @@ fn encode_header(volume: &Volume<f32>, datatype: DataType) -> Vec<u8> {
     put(148, b"medlabel-imaging");
     put(252, &1i16.to_le_bytes());
     put(254, &1i16.to_le_bytes());
-    let qvals = [q.quat[0], q.quat[1], q.quat[2], q.offset[0], q.offset[1], q.offset[2]];
+    let qvals = [
+        q.quat[0],
+        q.quat[1],
+        q.quat[2],
+        q.offset[0],
+        q.offset[1],
+        q.offset[2],
+    ];
     for (i, v) in qvals.into_iter().enumerate() {
         put(256 + 4 * i, &(v as f32).to_le_bytes());
     }
     for r in 0..3 {
         for c in 0..4 {
-            put(280 + 4 * (4 * r + c), &(volume.affine[r][c] as f32).to_le_bytes());
+            put(
+                280 + 4 * (4 * r + c),
+                &(volume.affine[r][c] as f32).to_le_bytes(),
+            );
         }
     }
     put(344, b"n+1\0");

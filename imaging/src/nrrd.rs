@@ -64,18 +64,26 @@ pub fn read_nrrd_bytes_with_limits(
     } else {
         Box::new(body)
     };
-    let skipped = std::io::copy(&mut (&mut reader).take(header.byte_skip), &mut std::io::sink())
-        .map_err(|e| header_read_error(e, FORMAT, "skipped bytes"))?;
+    let skipped = std::io::copy(
+        &mut (&mut reader).take(header.byte_skip),
+        &mut std::io::sink(),
+    )
+    .map_err(|e| header_read_error(e, FORMAT, "skipped bytes"))?;
     if skipped < header.byte_skip {
         return Err(ImageError::header(
             FORMAT,
-            format!("byte skip {} is beyond the end of the data", header.byte_skip),
+            format!(
+                "byte skip {} is beyond the end of the data",
+                header.byte_skip
+            ),
         ));
     }
     let known_len = (!header.gzip).then(|| (body.len() as u64).saturating_sub(skipped));
     let raw = read_payload(&mut reader, raw_len, known_len, FORMAT)?;
     let mut data = Vec::with_capacity(voxels);
-    header.datatype.decode_into(&raw, header.big_endian, &mut data);
+    header
+        .datatype
+        .decode_into(&raw, header.big_endian, &mut data);
     Ok(Volume {
         data,
         dims: header.sizes,
@@ -110,7 +118,9 @@ pub fn write_nrrd_bytes(
         )));
     }
     if volume.affine.iter().flatten().any(|v| !v.is_finite()) {
-        return Err(ImageError::InvalidArgument("affine has non-finite values".into()));
+        return Err(ImageError::InvalidArgument(
+            "affine has non-finite values".into(),
+        ));
     }
     let payload = datatype.encode_le(&volume.data)?;
     let a = &volume.affine;
@@ -197,18 +207,30 @@ fn parse_header(bytes: &[u8]) -> Result<(Header, usize), ImageError> {
         let key = key.trim().to_ascii_lowercase().replace(' ', "");
         fields.push((key, value.trim().to_string()));
     };
-    let get = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str());
+    let get = |k: &str| {
+        fields
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
     let require = |k: &str| get(k).ok_or_else(|| bad(format!("required field {k:?} is missing")));
 
     if get("datafile").is_some() {
-        return Err(ImageError::unsupported(FORMAT, "detached data files are not supported"));
+        return Err(ImageError::unsupported(
+            FORMAT,
+            "detached data files are not supported",
+        ));
     }
     if get("lineskip").is_some_and(|v| v != "0") {
-        return Err(ImageError::unsupported(FORMAT, "line skip is not supported"));
+        return Err(ImageError::unsupported(
+            FORMAT,
+            "line skip is not supported",
+        ));
     }
     let type_name = require("type")?;
-    let datatype = DataType::from_nrrd_name(type_name)
-        .ok_or_else(|| ImageError::unsupported(FORMAT, format!("type {type_name:?} is not supported")))?;
+    let datatype = DataType::from_nrrd_name(type_name).ok_or_else(|| {
+        ImageError::unsupported(FORMAT, format!("type {type_name:?} is not supported"))
+    })?;
     let dimension: i64 = require("dimension")?
         .parse()
         .map_err(|_| bad("dimension is not an integer".into()))?;
@@ -252,7 +274,10 @@ fn parse_header(bytes: &[u8]) -> Result<(Header, usize), ImageError> {
         Some(v) => match v.parse::<i64>() {
             Ok(n) if (0..=MAX_BYTE_SKIP as i64).contains(&n) => n as u64,
             Ok(-1) => {
-                return Err(ImageError::unsupported(FORMAT, "byte skip -1 is not supported"));
+                return Err(ImageError::unsupported(
+                    FORMAT,
+                    "byte skip -1 is not supported",
+                ));
             }
             _ => return Err(bad(format!("byte skip {v:?} is not a sane byte count"))),
         },
@@ -297,7 +322,13 @@ fn parse_geometry<'a>(get: &dyn Fn(&str) -> Option<&'a str>) -> Result<Affine, I
         let sp = parse_numbers::<f64>(sp)
             .filter(|s| s.len() == 3)
             .ok_or_else(|| bad(format!("spacings {sp:?} are not three numbers")))?;
-        (0..3).for_each(|i| a[i][i] = if sp[i].is_finite() && sp[i] != 0.0 { sp[i] } else { 1.0 });
+        (0..3).for_each(|i| {
+            a[i][i] = if sp[i].is_finite() && sp[i] != 0.0 {
+                sp[i]
+            } else {
+                1.0
+            }
+        });
     }
     if let Some(origin) = get("spaceorigin") {
         let o = parse_vectors(origin)
@@ -306,7 +337,9 @@ fn parse_geometry<'a>(get: &dyn Fn(&str) -> Option<&'a str>) -> Result<Affine, I
         (0..3).for_each(|r| a[r][3] = o[0][r] * flip[r]);
     }
     if a.iter().flatten().any(|v| !v.is_finite()) {
-        return Err(bad("space directions or origin contain non-finite values".into()));
+        return Err(bad(
+            "space directions or origin contain non-finite values".into()
+        ));
     }
     Ok(a)
 }

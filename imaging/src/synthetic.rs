@@ -1,8 +1,8 @@
 //! Deterministic synthetic CT-like cases for tests and demo training.
 //!
 //! A case is air (−1000 HU) around a body ellipsoid (0 HU) holding a "spleen"
-//! ellipsoid (label 1, +60 HU) on one side and, optionally, a "liver" ellipsoid
-//! (label 2, +100 HU) on the other, plus Gaussian noise. Organ centres and radii are
+//! ellipsoid (label 1, +60 HU) on the subject's left (low `i`) and, optionally, a
+//! "liver" ellipsoid (label 2, +100 HU) on the right, plus Gaussian noise. Organ centres and radii are
 //! drawn per seed from ranges that keep each organ inside the body, clear of the other
 //! organ, and several thousand voxels large, so a small UNet separates them quickly.
 //! The affine is RAS-diagonal with the configured spacing and the volume centred on the
@@ -66,7 +66,14 @@ impl Ellipsoid {
 
     /// Centre drawn from `lo..hi` fractions of `dims` per axis, radii from
     /// `rlo..rhi` fractions.
-    fn random(rng: &mut ChaCha8Rng, dims: [usize; 3], lo: [f64; 3], hi: [f64; 3], rlo: f64, rhi: f64) -> Self {
+    fn random(
+        rng: &mut ChaCha8Rng,
+        dims: [usize; 3],
+        lo: [f64; 3],
+        hi: [f64; 3],
+        rlo: f64,
+        rhi: f64,
+    ) -> Self {
         Self {
             centre: std::array::from_fn(|a| rng.random_range(lo[a]..hi[a]) * dims[a] as f64),
             radii: std::array::from_fn(|a| rng.random_range(rlo..rhi) * dims[a] as f64),
@@ -75,7 +82,10 @@ impl Ellipsoid {
 }
 
 /// One (image, label) pair for `seed`. Dims below 16 are an error.
-pub fn generate_case(seed: u64, config: &SyntheticConfig) -> Result<(Volume<f32>, Volume<f32>), ImageError> {
+pub fn generate_case(
+    seed: u64,
+    config: &SyntheticConfig,
+) -> Result<(Volume<f32>, Volume<f32>), ImageError> {
     let dims = config.dims;
     if dims.iter().any(|&d| d < 16) || !(config.spacing.is_finite() && config.spacing > 0.0) {
         return Err(ImageError::InvalidArgument(format!(
@@ -84,17 +94,42 @@ pub fn generate_case(seed: u64, config: &SyntheticConfig) -> Result<(Volume<f32>
         )));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let body = Ellipsoid::random(&mut rng, dims, [0.47, 0.47, 0.47], [0.53, 0.53, 0.53], 0.40, 0.46);
+    let body = Ellipsoid::random(
+        &mut rng,
+        dims,
+        [0.47, 0.47, 0.47],
+        [0.53, 0.53, 0.53],
+        0.40,
+        0.46,
+    );
     // Spleen on the low-i side, liver on the high-i side: never overlapping, both
     // well inside the body (centre ±0.16 stays within the body's ≥0.40 radius).
-    let spleen = Ellipsoid::random(&mut rng, dims, [0.28, 0.38, 0.38], [0.36, 0.62, 0.62], 0.10, 0.15);
-    let liver = Ellipsoid::random(&mut rng, dims, [0.64, 0.40, 0.40], [0.70, 0.60, 0.60], 0.11, 0.16);
+    let spleen = Ellipsoid::random(
+        &mut rng,
+        dims,
+        [0.28, 0.38, 0.38],
+        [0.36, 0.62, 0.62],
+        0.10,
+        0.15,
+    );
+    let liver = Ellipsoid::random(
+        &mut rng,
+        dims,
+        [0.64, 0.40, 0.40],
+        [0.70, 0.60, 0.60],
+        0.11,
+        0.16,
+    );
 
     let mut affine = IDENTITY;
     for a in 0..3 {
         affine[a][a] = config.spacing;
         affine[a][3] = -(dims[a] as f64 - 1.0) / 2.0 * config.spacing;
     }
+    let mut noise = Noise {
+        state: rng.random(),
+        spare: None,
+    };
     let n = dims.iter().product();
     let mut image = Vec::with_capacity(n);
     let mut label = Vec::with_capacity(n);
@@ -111,23 +146,58 @@ pub fn generate_case(seed: u64, config: &SyntheticConfig) -> Result<(Volume<f32>
                 } else {
                     (AIR_HU, 0.0)
                 };
-                image.push(hu + config.noise_sd * standard_normal(&mut rng));
+                image.push(hu + config.noise_sd * noise.standard_normal());
                 label.push(lab);
             }
         }
     }
     Ok((
-        Volume { data: image, dims, affine },
-        Volume { data: label, dims, affine },
+        Volume {
+            data: image,
+            dims,
+            affine,
+        },
+        Volume {
+            data: label,
+            dims,
+            affine,
+        },
     ))
 }
 
-/// Box–Muller; one of the pair is discarded to keep the code short (the generator is
-/// nowhere near a bottleneck next to gzip).
-fn standard_normal(rng: &mut ChaCha8Rng) -> f32 {
-    let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1], so ln is finite
-    let u2: f64 = rng.random();
-    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+/// Gaussian noise from SplitMix64 + Box–Muller, seeded from the case's ChaCha stream.
+///
+/// Millions of samples per case: the generator lives in this crate so that it runs at
+/// this crate's opt-level 3 even in dev builds, where `rand_chacha` (opt-level 0) is
+/// ~50× slower per sample.
+struct Noise {
+    state: u64,
+    spare: Option<f32>,
+}
+
+impl Noise {
+    fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1) with 53 random bits.
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn standard_normal(&mut self) -> f32 {
+        if let Some(s) = self.spare.take() {
+            return s;
+        }
+        let r = (-2.0 * (1.0 - self.unit()).ln()).sqrt(); // 1 − u ∈ (0, 1]: finite ln
+        let (sin, cos) = (std::f64::consts::TAU * self.unit()).sin_cos();
+        self.spare = Some((r * sin) as f32);
+        (r * cos) as f32
+    }
 }
 
 /// Writes `n` cases (seeds `first_seed..first_seed + n`) into `dir` in MONAI Label's
@@ -166,7 +236,10 @@ mod tests {
             .filter(|(_, l)| **l == want)
             .map(|(v, _)| f64::from(*v))
             .collect();
-        (vals.iter().sum::<f64>() / vals.len().max(1) as f64, vals.len())
+        (
+            vals.iter().sum::<f64>() / vals.len().max(1) as f64,
+            vals.len(),
+        )
     }
 
     #[test]
@@ -179,17 +252,32 @@ mod tests {
         assert_ne!(a.data, c.data);
         assert_ne!(la.data, lc.data);
         assert_eq!(a.spacing(), [1.5; 3]);
-        assert!(generate_case(1, &SyntheticConfig { dims: [8, 64, 64], ..cfg }).is_err());
+        assert!(
+            generate_case(
+                1,
+                &SyntheticConfig {
+                    dims: [8, 64, 64],
+                    ..cfg
+                }
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn organs_are_large_and_have_their_intensity() {
-        let cfg = SyntheticConfig { with_liver: true, ..SyntheticConfig::default() };
+        let cfg = SyntheticConfig {
+            with_liver: true,
+            ..SyntheticConfig::default()
+        };
         for seed in 0..5 {
             let (img, lab) = generate_case(seed, &cfg).unwrap();
             let (spleen_hu, spleen_n) = mean_where(&img, &lab, SPLEEN);
             let (liver_hu, liver_n) = mean_where(&img, &lab, LIVER);
-            assert!(spleen_n > 1500 && liver_n > 1500, "seed {seed}: {spleen_n} {liver_n}");
+            assert!(
+                spleen_n > 1500 && liver_n > 1500,
+                "seed {seed}: {spleen_n} {liver_n}"
+            );
             assert!((spleen_hu - 60.0).abs() < 2.0, "{spleen_hu}");
             assert!((liver_hu - 100.0).abs() < 2.0, "{liver_hu}");
             // Corners are air.

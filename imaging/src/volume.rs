@@ -102,8 +102,7 @@ pub const GRID_TOLERANCE: f64 = 1e-3;
 pub fn check_same_grid<A, B>(a: &Volume<A>, b: &Volume<B>) -> Result<(), ImageError> {
     check_same_dims(a, b)?;
     let max_diff = max_abs_diff(&a.affine, &b.affine);
-    // `!(x <= t)` also rejects NaN.
-    if !(max_diff <= GRID_TOLERANCE) {
+    if max_diff.is_nan() || max_diff > GRID_TOLERANCE {
         return Err(ImageError::AffineMismatch {
             max_diff,
             tolerance: GRID_TOLERANCE,
@@ -135,7 +134,10 @@ mod tests {
         b.affine[0][3] = 5e-4;
         assert!(check_same_grid(&a, &b).is_ok());
         b.affine[0][3] = 0.01;
-        assert!(matches!(check_same_grid(&a, &b), Err(ImageError::AffineMismatch { .. })));
+        assert!(matches!(
+            check_same_grid(&a, &b),
+            Err(ImageError::AffineMismatch { .. })
+        ));
         assert!(check_same_dims(&a, &b).is_ok());
         let c = Volume::filled([2, 4, 3], IDENTITY, 0u8);
         let err = check_same_grid(&a, &c).unwrap_err();

@@ -2,9 +2,9 @@
 //! nibabel itself reads them: big-endian NIfTI-1 with qform only and scaling, and
 //! NIfTI-2 float64.
 
+use medlabel_imaging::Affine;
 use medlabel_imaging::affine::max_abs_diff;
 use medlabel_imaging::io::read_volume;
-use medlabel_imaging::Affine;
 
 struct Expected {
     dims: [usize; 3],
@@ -14,7 +14,8 @@ struct Expected {
 
 fn expected(name: &str) -> Expected {
     let path = format!("{}/tests/data/{name}.json", env!("CARGO_MANIFEST_DIR"));
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let dims: Vec<usize> = serde_json::from_value(v["dims"].clone()).unwrap();
     let rows: Vec<Vec<f64>> = serde_json::from_value(v["affine"].clone()).unwrap();
     let mut affine = [[0.0; 4]; 4];
@@ -33,10 +34,17 @@ fn check(name: &str, value_tolerance: f64) {
     let got = read_volume(format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
     assert_eq!(got.dims, want.dims, "{name}");
     let diff = max_abs_diff(&got.affine, &want.affine);
-    assert!(diff < 1e-5, "{name}: affine differs by {diff}: {:?}", got.affine);
+    assert!(
+        diff < 1e-5,
+        "{name}: affine differs by {diff}: {:?}",
+        got.affine
+    );
     assert_eq!(got.data.len(), want.data.len());
     for (i, (&g, &w)) in got.data.iter().zip(&want.data).enumerate() {
-        assert!((f64::from(g) - w).abs() <= value_tolerance * w.abs().max(1.0), "{name}[{i}]: {g} vs {w}");
+        assert!(
+            (f64::from(g) - w).abs() <= value_tolerance * w.abs().max(1.0),
+            "{name}[{i}]: {g} vs {w}"
+        );
     }
 }
 

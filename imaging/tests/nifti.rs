@@ -25,7 +25,11 @@ fn oblique_lps() -> Affine {
 fn sample(dims: [usize; 3]) -> Volume<f32> {
     let n = dims.iter().product::<usize>();
     let data = (0..n).map(|i| ((i * 7) % 101) as f32).collect();
-    Volume { data, dims, affine: oblique_lps() }
+    Volume {
+        data,
+        dims,
+        affine: oblique_lps(),
+    }
 }
 
 fn gz(bytes: &[u8]) -> Vec<u8> {
@@ -63,12 +67,20 @@ fn every_datatype_round_trips_through_files() {
             let path = dir.path().join(format!("{dt}-{name}"));
             write_nifti(&path, &vol, dt).unwrap();
             let raw = std::fs::read(&path).unwrap();
-            assert_eq!(raw.starts_with(&[0x1f, 0x8b]), name.ends_with(".gz"), "{dt} {name}");
+            assert_eq!(
+                raw.starts_with(&[0x1f, 0x8b]),
+                name.ends_with(".gz"),
+                "{dt} {name}"
+            );
             let back = read_nifti(&path).unwrap();
             assert_eq!(back.dims, vol.dims);
             assert_eq!(back.data, vol.data, "{dt} {name}");
             // The sform is stored as float32.
-            assert!(max_abs_diff(&back.affine, &vol.affine) < 1e-4, "{:?}", back.affine);
+            assert!(
+                max_abs_diff(&back.affine, &vol.affine) < 1e-4,
+                "{:?}",
+                back.affine
+            );
         }
     }
 }
@@ -76,10 +88,18 @@ fn every_datatype_round_trips_through_files() {
 #[test]
 fn float_values_and_negative_ints_survive() {
     let mut vol = sample([4, 4, 4]);
-    vol.data.iter_mut().enumerate().for_each(|(i, v)| *v = -1000.0 + i as f32 * 0.37);
-    let back = read_nifti_bytes(&write_nifti_bytes(&vol, DataType::F32, true).unwrap(), true).unwrap();
+    vol.data
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = -1000.0 + i as f32 * 0.37);
+    let back =
+        read_nifti_bytes(&write_nifti_bytes(&vol, DataType::F32, true).unwrap(), true).unwrap();
     assert_eq!(back.data, vol.data);
-    let back = read_nifti_bytes(&write_nifti_bytes(&vol, DataType::I16, false).unwrap(), false).unwrap();
+    let back = read_nifti_bytes(
+        &write_nifti_bytes(&vol, DataType::I16, false).unwrap(),
+        false,
+    )
+    .unwrap();
     let rounded: Vec<f32> = vol.data.iter().map(|v| v.round()).collect();
     assert_eq!(back.data, rounded);
 }
@@ -92,12 +112,19 @@ fn affine_falls_back_to_qform_then_pixdim() {
     put_f32(&mut bytes, 280, 99.0);
     put_i16(&mut bytes, 254, 0);
     let q = read_nifti_bytes(&bytes, false).unwrap();
-    assert!(max_abs_diff(&q.affine, &vol.affine) < 1e-4, "qform gave {:?}", q.affine);
+    assert!(
+        max_abs_diff(&q.affine, &vol.affine) < 1e-4,
+        "qform gave {:?}",
+        q.affine
+    );
 
     put_i16(&mut bytes, 252, 0);
     let p = read_nifti_bytes(&bytes, false).unwrap();
     let mut expected = IDENTITY;
-    [0.75, 0.8, 2.5].iter().enumerate().for_each(|(i, &s)| expected[i][i] = s);
+    [0.75, 0.8, 2.5]
+        .iter()
+        .enumerate()
+        .for_each(|(i, &s)| expected[i][i] = s);
     assert!(max_abs_diff(&p.affine, &expected) < 1e-6, "{:?}", p.affine);
 
     // A left-handed affine (det < 0) must come back through qfac.
@@ -115,10 +142,17 @@ fn scl_slope_and_inter_are_applied_unless_slope_is_zero() {
     put_f32(&mut bytes, 112, 2.0);
     put_f32(&mut bytes, 116, -10.0);
     let v = read_nifti_bytes(&bytes, false).unwrap();
-    let expected: Vec<f32> = sample([2, 2, 2]).data.iter().map(|x| x * 2.0 - 10.0).collect();
+    let expected: Vec<f32> = sample([2, 2, 2])
+        .data
+        .iter()
+        .map(|x| x * 2.0 - 10.0)
+        .collect();
     assert_eq!(v.data, expected);
     put_f32(&mut bytes, 112, 0.0);
-    assert_eq!(read_nifti_bytes(&bytes, false).unwrap().data, sample([2, 2, 2]).data);
+    assert_eq!(
+        read_nifti_bytes(&bytes, false).unwrap().data,
+        sample([2, 2, 2]).data
+    );
 }
 
 #[test]
@@ -143,11 +177,20 @@ fn gzip_flag_is_not_needed_when_content_is_gzip() {
 
 fn expect_header_error(bytes: &[u8], needle: &str) {
     let err = expect_err(read_nifti_bytes(bytes, false));
-    assert!(matches!(err, ImageError::InvalidHeader { .. }), "{needle}: {err:?}");
-    assert!(err.to_string().contains(needle), "expected {needle:?} in {err}");
+    assert!(
+        matches!(err, ImageError::InvalidHeader { .. }),
+        "{needle}: {err:?}"
+    );
+    assert!(
+        err.to_string().contains(needle),
+        "expected {needle:?} in {err}"
+    );
     // The same file gzipped must fail the same way.
     let err = expect_err(read_nifti_bytes(&gz(bytes), true));
-    assert!(err.to_string().contains(needle), "gz: expected {needle:?} in {err}");
+    assert!(
+        err.to_string().contains(needle),
+        "gz: expected {needle:?} in {err}"
+    );
 }
 
 #[test]
@@ -217,9 +260,14 @@ fn absurd_dims_fail_before_allocating() {
     // Within the default cap but over a configured one.
     let vol = sample([64, 64, 64]);
     let bytes = write_nifti_bytes(&vol, DataType::U8, true).unwrap();
-    let small = ReadLimits { max_voxel_bytes: (1 << 20) - 1 };
+    let small = ReadLimits {
+        max_voxel_bytes: (1 << 20) - 1,
+    };
     let err = expect_err(read_nifti_bytes_with_limits(&bytes, true, &small));
-    assert!(matches!(err, ImageError::TooLarge { needed, .. } if needed == 64 * 64 * 64 * 4), "{err:?}");
+    assert!(
+        matches!(err, ImageError::TooLarge { needed, .. } if needed == 64 * 64 * 64 * 4),
+        "{err:?}"
+    );
     assert!(read_nifti_bytes_with_limits(&bytes, true, &ReadLimits::default()).is_ok());
 }
 
@@ -229,11 +277,28 @@ fn truncated_data_is_reported() {
     let cut = &good[..good.len() - 10];
     let err = expect_err(read_nifti_bytes(cut, false));
     assert!(
-        matches!(err, ImageError::Truncated { expected: 1024, found: 1014, .. }),
+        matches!(
+            err,
+            ImageError::Truncated {
+                expected: 1024,
+                found: 1014,
+                ..
+            }
+        ),
         "{err:?}"
     );
     let err = expect_err(read_nifti_bytes(&gz(cut), true));
-    assert!(matches!(err, ImageError::Truncated { expected: 1024, found: 1014, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ImageError::Truncated {
+                expected: 1024,
+                found: 1014,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     // A gzip stream cut mid-way (no trailer) is also an error, not a panic.
     let zipped = write_nifti_bytes(&sample([8, 8, 8]), DataType::I16, true).unwrap();
     assert!(read_nifti_bytes(&zipped[..zipped.len() / 2], true).is_err());
@@ -255,7 +320,14 @@ fn gzip_bomb_with_tiny_header_is_rejected_quickly() {
     assert!(bomb.len() < 2 << 20, "bomb is {} bytes", bomb.len());
     let start = std::time::Instant::now();
     let err = expect_err(read_nifti_bytes(&bomb, true));
-    assert!(matches!(err, ImageError::ExcessData { expected: 8, .. }), "{err:?}");
+    assert!(
+        matches!(err, ImageError::ExcessData { expected: 8, .. }),
+        "{err:?}"
+    );
     // Inflating all 200 MB would take far longer than stopping after the first block.
-    assert!(start.elapsed().as_millis() < 1000, "took {:?}", start.elapsed());
+    assert!(
+        start.elapsed().as_millis() < 1000,
+        "took {:?}",
+        start.elapsed()
+    );
 }

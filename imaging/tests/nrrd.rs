@@ -56,7 +56,13 @@ fn slicer_header(dimension_line: &str, sizes: &str, dirs: &str, kinds: &str) -> 
 #[test]
 fn round_trips_raw_and_gzip_with_exact_affine() {
     let vol = sample([6, 4, 3]);
-    for dt in [DataType::U8, DataType::I16, DataType::U16, DataType::F32, DataType::F64] {
+    for dt in [
+        DataType::U8,
+        DataType::I16,
+        DataType::U16,
+        DataType::F32,
+        DataType::F64,
+    ] {
         for gzip in [false, true] {
             let bytes = write_nrrd_bytes(&vol, dt, gzip).unwrap();
             let back = read_nrrd_bytes(&bytes).unwrap();
@@ -65,7 +71,9 @@ fn round_trips_raw_and_gzip_with_exact_affine() {
             assert_eq!(back.affine, vol.affine, "{dt} gzip={gzip}");
         }
     }
-    let text = String::from_utf8_lossy(&write_nrrd_bytes(&vol, DataType::U8, false).unwrap()[..300]).to_string();
+    let text =
+        String::from_utf8_lossy(&write_nrrd_bytes(&vol, DataType::U8, false).unwrap()[..300])
+            .to_string();
     assert!(text.contains("space: left-posterior-superior"), "{text}");
     assert!(text.contains("encoding: raw"), "{text}");
 }
@@ -80,9 +88,15 @@ fn files_dispatch_on_extension() {
         let back = read_volume(&path).unwrap();
         assert_eq!(back.data, vol.data, "{name}");
         let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(read_volume_bytes(&bytes, name).unwrap().data, vol.data, "{name}");
+        assert_eq!(
+            read_volume_bytes(&bytes, name).unwrap().data,
+            vol.data,
+            "{name}"
+        );
     }
-    let err = expect_err(write_volume(dir.path().join("x.png"), &vol, DataType::U8).map(|()| vol.clone()));
+    let err = expect_err(
+        write_volume(dir.path().join("x.png"), &vol, DataType::U8).map(|()| vol.clone()),
+    );
     assert!(matches!(err, ImageError::UnknownFormat(_)), "{err}");
     let err = expect_err(read_volume(dir.path().join("missing.nii")));
     assert!(matches!(err, ImageError::Io { .. }), "{err}");
@@ -101,7 +115,10 @@ fn slicer_3d_labelmap_seg_nrrd_reads_in_ras() {
     file.extend(gz(&voxels));
     let v = read_volume_bytes(&file, "label.seg.nrrd").unwrap();
     assert_eq!(v.dims, [4, 3, 2]);
-    assert_eq!(v.data, voxels.iter().map(|&b| f32::from(b)).collect::<Vec<_>>());
+    assert_eq!(
+        v.data,
+        voxels.iter().map(|&b| f32::from(b)).collect::<Vec<_>>()
+    );
     // LPS → RAS flips the sign of x and y, for the directions and the origin.
     let want = [
         [-0.5, 0.0, 0.0, -10.5],
@@ -125,7 +142,10 @@ fn multi_layer_4d_seg_nrrd_is_refused_clearly() {
     let err = expect_err(read_nrrd_bytes(&file));
     assert!(matches!(err, ImageError::Unsupported { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(msg.contains("dimension is 4") && msg.contains(".seg.nrrd"), "{msg}");
+    assert!(
+        msg.contains("dimension is 4") && msg.contains(".seg.nrrd"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -147,7 +167,10 @@ fn ras_space_big_endian_and_spacings_fallback() {
     file.extend(4.25f32.to_le_bytes());
     let v = read_nrrd_bytes(&file).unwrap();
     assert_eq!(v.data, [4.25]);
-    assert_eq!([v.affine[0][0], v.affine[1][1], v.affine[2][2]], [1.5, 2.5, 1.0]);
+    assert_eq!(
+        [v.affine[0][0], v.affine[1][1], v.affine[2][2]],
+        [1.5, 2.5, 1.0]
+    );
 }
 
 fn header_with(field_lines: &str) -> Vec<u8> {
@@ -160,39 +183,101 @@ const GOOD_FIELDS: &str = "type: uchar\ndimension: 3\nsizes: 2 2 2\nencoding: ra
 fn malformed_headers_are_rejected() {
     let cases: &[(&[u8], &str)] = &[
         (b"NIFTI\n\n", "magic"),
-        (b"NRRD0004\ntype: uchar\ndimension: 3\n", "not ended by a blank line"),
-        (&header_with("dimension: 3\nsizes: 2 2 2\nencoding: raw\n"), "\"type\" is missing"),
-        (&header_with("type: uchar\ndimension: 3\nsizes: 2 -2 2\nencoding: raw\n"), "size -2"),
-        (&header_with("type: uchar\ndimension: 3\nsizes: 2 0 2\nencoding: raw\n"), "size 0"),
-        (&header_with("type: uchar\ndimension: 3\nsizes: 2 2\nencoding: raw\n"), "sizes must be"),
-        (&header_with("type: uchar\ndimension: x\nsizes: 2 2 2\nencoding: raw\n"), "dimension is not"),
-        (&header_with(&format!("{GOOD_FIELDS}endian: middle\n")), "endian"),
-        (&header_with(&format!("{GOOD_FIELDS}space directions: (1,0) (0,1,0) (0,0,1)\n")), "space directions"),
-        (&header_with(&format!("{GOOD_FIELDS}space origin: (1,nan0,0)\n")), "space origin"),
-        (&header_with(&format!("{GOOD_FIELDS}byte skip: 999999999999\n")), "byte skip"),
-        (&header_with(&format!("{GOOD_FIELDS}byte skip: 100\n")), "beyond the end"),
-        (&header_with("type: uchar\ndimension: 3\nsizes: 2 2 2\nencoding: raw\nno colon here\n"), "no ':'"),
+        (
+            b"NRRD0004\ntype: uchar\ndimension: 3\n",
+            "not ended by a blank line",
+        ),
+        (
+            &header_with("dimension: 3\nsizes: 2 2 2\nencoding: raw\n"),
+            "\"type\" is missing",
+        ),
+        (
+            &header_with("type: uchar\ndimension: 3\nsizes: 2 -2 2\nencoding: raw\n"),
+            "size -2",
+        ),
+        (
+            &header_with("type: uchar\ndimension: 3\nsizes: 2 0 2\nencoding: raw\n"),
+            "size 0",
+        ),
+        (
+            &header_with("type: uchar\ndimension: 3\nsizes: 2 2\nencoding: raw\n"),
+            "sizes must be",
+        ),
+        (
+            &header_with("type: uchar\ndimension: x\nsizes: 2 2 2\nencoding: raw\n"),
+            "dimension is not",
+        ),
+        (
+            &header_with(&format!("{GOOD_FIELDS}endian: middle\n")),
+            "endian",
+        ),
+        (
+            &header_with(&format!(
+                "{GOOD_FIELDS}space directions: (1,0) (0,1,0) (0,0,1)\n"
+            )),
+            "space directions",
+        ),
+        (
+            &header_with(&format!("{GOOD_FIELDS}space origin: (1,nan0,0)\n")),
+            "space origin",
+        ),
+        (
+            &header_with(&format!("{GOOD_FIELDS}byte skip: 999999999999\n")),
+            "byte skip",
+        ),
+        (
+            &header_with(&format!("{GOOD_FIELDS}byte skip: 100\n")),
+            "beyond the end",
+        ),
+        (
+            &header_with("type: uchar\ndimension: 3\nsizes: 2 2 2\nencoding: raw\nno colon here\n"),
+            "no ':'",
+        ),
     ];
     for (bytes, needle) in cases {
         let err = expect_err(read_nrrd_bytes(bytes));
-        assert!(matches!(err, ImageError::InvalidHeader { .. }), "{needle}: {err:?}");
-        assert!(err.to_string().contains(needle), "expected {needle:?} in {err}");
+        assert!(
+            matches!(err, ImageError::InvalidHeader { .. }),
+            "{needle}: {err:?}"
+        );
+        assert!(
+            err.to_string().contains(needle),
+            "expected {needle:?} in {err}"
+        );
     }
 }
 
 #[test]
 fn unsupported_features_are_named() {
     let cases = [
-        ("type: uchar\ndimension: 3\nsizes: 2 2 2\nencoding: ascii\n", "encoding \"ascii\""),
-        ("type: complex\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n", "type \"complex\""),
-        ("type: uchar\ndimension: 2\nsizes: 2 2\nencoding: raw\n", "dimension is 2"),
+        (
+            "type: uchar\ndimension: 3\nsizes: 2 2 2\nencoding: ascii\n",
+            "encoding \"ascii\"",
+        ),
+        (
+            "type: complex\ndimension: 3\nsizes: 2 2 2\nencoding: raw\n",
+            "type \"complex\"",
+        ),
+        (
+            "type: uchar\ndimension: 2\nsizes: 2 2\nencoding: raw\n",
+            "dimension is 2",
+        ),
         (&format!("{GOOD_FIELDS}data file: other.raw\n"), "detached"),
-        (&format!("{GOOD_FIELDS}space: scanner-xyz\n"), "space \"scanner-xyz\""),
+        (
+            &format!("{GOOD_FIELDS}space: scanner-xyz\n"),
+            "space \"scanner-xyz\"",
+        ),
     ];
     for (fields, needle) in cases {
         let err = expect_err(read_nrrd_bytes(&header_with(fields)));
-        assert!(matches!(err, ImageError::Unsupported { .. }), "{needle}: {err:?}");
-        assert!(err.to_string().contains(needle), "expected {needle:?} in {err}");
+        assert!(
+            matches!(err, ImageError::Unsupported { .. }),
+            "{needle}: {err:?}"
+        );
+        assert!(
+            err.to_string().contains(needle),
+            "expected {needle:?} in {err}"
+        );
     }
 }
 
@@ -201,17 +286,33 @@ fn truncated_oversized_and_bomb_payloads_fail() {
     let mut raw = header_with(GOOD_FIELDS);
     raw.extend([1u8; 5]);
     let err = expect_err(read_nrrd_bytes(&raw));
-    assert!(matches!(err, ImageError::Truncated { expected: 8, found: 5, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ImageError::Truncated {
+                expected: 8,
+                found: 5,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
 
-    let huge = header_with("type: double\ndimension: 3\nsizes: 100000 100000 100000\nencoding: gzip\n");
+    let huge =
+        header_with("type: double\ndimension: 3\nsizes: 100000 100000 100000\nencoding: gzip\n");
     let err = expect_err(read_nrrd_bytes(&huge));
     assert!(matches!(err, ImageError::TooLarge { .. }), "{err:?}");
 
-    let small = ReadLimits { max_voxel_bytes: 31 };
+    let small = ReadLimits {
+        max_voxel_bytes: 31,
+    };
     let mut ok = header_with(GOOD_FIELDS);
     ok.extend([0u8; 8]);
     assert!(read_nrrd_bytes(&ok).is_ok());
-    assert!(matches!(read_nrrd_bytes_with_limits(&ok, &small), Err(ImageError::TooLarge { needed: 32, .. })));
+    assert!(matches!(
+        read_nrrd_bytes_with_limits(&ok, &small),
+        Err(ImageError::TooLarge { needed: 32, .. })
+    ));
 
     // 200 MB of zeros behind a header that needs 8 bytes.
     let mut bomb = header_with("type: uchar\ndimension: 3\nsizes: 2 2 2\nencoding: gzip\n");
@@ -221,10 +322,19 @@ fn truncated_oversized_and_bomb_payloads_fail() {
     bomb.extend(enc.finish().unwrap());
     let start = std::time::Instant::now();
     let err = expect_err(read_nrrd_bytes(&bomb));
-    assert!(matches!(err, ImageError::ExcessData { expected: 8, .. }), "{err:?}");
-    assert!(start.elapsed().as_millis() < 1000, "took {:?}", start.elapsed());
+    assert!(
+        matches!(err, ImageError::ExcessData { expected: 8, .. }),
+        "{err:?}"
+    );
+    assert!(
+        start.elapsed().as_millis() < 1000,
+        "took {:?}",
+        start.elapsed()
+    );
 
     let mut corrupt = header_with("type: uchar\ndimension: 3\nsizes: 2 2 2\nencoding: gzip\n");
-    corrupt.extend([0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff, 0xde, 0xad, 0xbe, 0xef]);
+    corrupt.extend([
+        0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff, 0xde, 0xad, 0xbe, 0xef,
+    ]);
     assert!(read_nrrd_bytes(&corrupt).is_err());
 }

@@ -49,7 +49,13 @@ pub async fn aws() -> AwsTestEnv {
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(&endpoint)
-        .credentials_provider(Credentials::new("test", "test", None, None, "medlabel-tests"))
+        .credentials_provider(Credentials::new(
+            "test",
+            "test",
+            None,
+            None,
+            "medlabel-tests",
+        ))
         .load()
         .await;
     AwsTestEnv { config, endpoint }
@@ -113,7 +119,9 @@ fn shared_endpoint() -> &'static str {
 fn start_emulator() -> String {
     let cache = std::env::var_os("MEDLABEL_CACHE")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/medlabel")))
+        .or_else(|| {
+            std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/medlabel"))
+        })
         .unwrap_or_else(|| PathBuf::from("/root/.cache/medlabel"));
     let python = cache.join("py/bin/python");
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/moto_server.py");
@@ -142,7 +150,11 @@ while kill -0 "$4" 2>/dev/null && kill -0 $moto 2>/dev/null; do sleep 1; done"#;
         .arg(port.to_string())
         .arg(std::process::id().to_string())
         .stdin(Stdio::null())
-        .stdout(log_file.try_clone().expect("duplicating the emulator log handle"))
+        .stdout(
+            log_file
+                .try_clone()
+                .expect("duplicating the emulator log handle"),
+        )
         .stderr(log_file)
         .spawn()
         .unwrap_or_else(|err| panic!("starting the AWS emulator with sh: {err}"));

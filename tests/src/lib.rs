@@ -4,3 +4,4 @@
 pub mod datastore_contract;
 pub mod emulator;
 pub mod store_contract;
+pub mod jobs_contract;

@@ -22,7 +22,9 @@ use medlabel_events::{
     Appended, BlobError, BlobStore, EventStore, ExpectedVersion, Extension, NewEvent, StoreError,
 };
 use medlabel_tests::emulator::{self, AwsTestEnv};
-use medlabel_tests::store_contract::{self as contract, fresh_request, fresh_stream, named, unique_bytes};
+use medlabel_tests::store_contract::{
+    self as contract, fresh_request, fresh_stream, named, unique_bytes,
+};
 use sha2::{Digest, Sha256};
 
 macro_rules! event_store_contract {
@@ -67,7 +69,12 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// One raw item of the event table, as DynamoDB holds it.
-async fn raw_item(env: &AwsTestEnv, table: &str, stream: &str, sequence: u64) -> HashMap<String, AttributeValue> {
+async fn raw_item(
+    env: &AwsTestEnv,
+    table: &str,
+    stream: &str,
+    sequence: u64,
+) -> HashMap<String, AttributeValue> {
     env.dynamodb()
         .get_item()
         .table_name(table)
@@ -98,18 +105,31 @@ async fn full_batch_is_one_transaction() {
     let store = env.event_store().await;
     let stream = fresh_stream("full-batch");
     store
-        .append(&stream, ExpectedVersion::NoStream, vec![named("first")], &fresh_request())
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![named("first")],
+            &fresh_request(),
+        )
         .await
         .unwrap();
 
     let full = MAX_EVENTS_PER_APPEND as u64;
-    let batch = (0..MAX_EVENTS_PER_APPEND).map(|i| named(format!("{i}"))).collect();
+    let batch = (0..MAX_EVENTS_PER_APPEND)
+        .map(|i| named(format!("{i}")))
+        .collect();
     let appended = store
         .append(&stream, ExpectedVersion::Exact(1), batch, &fresh_request())
         .await
         .unwrap();
-    assert_eq!((appended.first_sequence, appended.last_sequence), (2, 1 + full));
-    assert_eq!((appended.first_position, appended.last_position), (2, 1 + full));
+    assert_eq!(
+        (appended.first_sequence, appended.last_sequence),
+        (2, 1 + full)
+    );
+    assert_eq!(
+        (appended.first_position, appended.last_position),
+        (2, 1 + full)
+    );
     assert_eq!(store.head().await.unwrap(), 1 + full);
     let all = store.read_all(0, 1000).await.unwrap();
     let positions: Vec<u64> = all.iter().map(|e| e.position).collect();
@@ -123,7 +143,12 @@ async fn full_batch_is_one_transaction() {
     };
     let request = fresh_request();
     let err = store
-        .append(&stream, ExpectedVersion::Any, (0..12).map(big).collect(), &request)
+        .append(
+            &stream,
+            ExpectedVersion::Any,
+            (0..12).map(big).collect(),
+            &request,
+        )
         .await
         .unwrap_err();
     assert!(
@@ -140,7 +165,10 @@ async fn full_batch_is_one_transaction() {
         .await
         .unwrap();
     assert!(!single.replayed);
-    let read = store.read_stream(&stream, single.first_sequence).await.unwrap();
+    let read = store
+        .read_stream(&stream, single.first_sequence)
+        .await
+        .unwrap();
     assert_eq!(read[0].event, big(7).event);
 }
 
@@ -157,26 +185,50 @@ async fn retried_request_is_replayed_by_another_instance() {
     let request = fresh_request();
 
     let original = first
-        .append(&stream, ExpectedVersion::NoStream, vec![named("a"), named("b")], &request)
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![named("a"), named("b")],
+            &request,
+        )
         .await
         .unwrap();
     second
-        .append(&stream, ExpectedVersion::Exact(2), vec![named("c")], &fresh_request())
+        .append(
+            &stream,
+            ExpectedVersion::Exact(2),
+            vec![named("c")],
+            &fresh_request(),
+        )
         .await
         .unwrap();
     let retried = second
-        .append(&stream, ExpectedVersion::NoStream, vec![named("a"), named("b")], &request)
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![named("a"), named("b")],
+            &request,
+        )
         .await
         .unwrap();
     assert!(retried.replayed);
-    assert_eq!(Appended { replayed: false, ..retried }, original);
+    assert_eq!(
+        Appended {
+            replayed: false,
+            ..retried
+        },
+        original
+    );
     assert_eq!(first.stream_version(&stream).await.unwrap(), 3);
     assert_eq!(first.read_all(0, 100).await.unwrap().len(), 3);
 
     let record = raw_item(&env, &table, &format!("$request#{request}"), 0).await;
     let stored: Appended = serde_json::from_str(s_attr(&record, "result")).unwrap();
     assert_eq!(stored, original);
-    assert_eq!(n_attr(&raw_item(&env, &table, "$head", 0).await, "position"), 3);
+    assert_eq!(
+        n_attr(&raw_item(&env, &table, "$head", 0).await, "position"),
+        3
+    );
     let event = raw_item(&env, &table, stream.as_str(), 2).await;
     assert_eq!(n_attr(&event, "position"), 2);
     assert_eq!(s_attr(&event, "pos_bucket"), "b#0");
@@ -198,19 +250,42 @@ async fn read_all_crosses_buckets_and_stops_at_gaps() {
     for round in 0..7u64 {
         let batch = (0..5).map(|i| named(format!("{round}.{i}"))).collect();
         store
-            .append(&stream, ExpectedVersion::from_version(round * 5), batch, &fresh_request())
+            .append(
+                &stream,
+                ExpectedVersion::from_version(round * 5),
+                batch,
+                &fresh_request(),
+            )
             .await
             .unwrap();
     }
     let positions = |events: &[medlabel_events::RecordedEvent]| -> Vec<u64> {
         events.iter().map(|e| e.position).collect()
     };
-    assert_eq!(positions(&store.read_all(0, 100).await.unwrap()), (1..=35).collect::<Vec<_>>());
-    assert_eq!(positions(&store.read_all(8, 5).await.unwrap()), [9, 10, 11, 12, 13]);
+    assert_eq!(
+        positions(&store.read_all(0, 100).await.unwrap()),
+        (1..=35).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        positions(&store.read_all(8, 5).await.unwrap()),
+        [9, 10, 11, 12, 13]
+    );
     assert_eq!(positions(&store.read_all(19, 1).await.unwrap()), [20]);
     assert!(store.read_all(35, 10).await.unwrap().is_empty());
-    assert_eq!(s_attr(&raw_item(&env, &table, stream.as_str(), 9).await, "pos_bucket"), "b#0");
-    assert_eq!(s_attr(&raw_item(&env, &table, stream.as_str(), 10).await, "pos_bucket"), "b#1");
+    assert_eq!(
+        s_attr(
+            &raw_item(&env, &table, stream.as_str(), 9).await,
+            "pos_bucket"
+        ),
+        "b#0"
+    );
+    assert_eq!(
+        s_attr(
+            &raw_item(&env, &table, stream.as_str(), 10).await,
+            "pos_bucket"
+        ),
+        "b#1"
+    );
 
     env.dynamodb()
         .delete_item()
@@ -223,8 +298,14 @@ async fn read_all_crosses_buckets_and_stops_at_gaps() {
     let started = Instant::now();
     let prefix = store.read_all(0, 100).await.unwrap();
     assert_eq!(positions(&prefix), (1..=14).collect::<Vec<_>>());
-    assert!(started.elapsed() >= Duration::from_millis(500), "returned without waiting for the index");
-    assert_eq!(positions(&store.read_all(15, 100).await.unwrap()), (16..=35).collect::<Vec<_>>());
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "returned without waiting for the index"
+    );
+    assert_eq!(
+        positions(&store.read_all(15, 100).await.unwrap()),
+        (16..=35).collect::<Vec<_>>()
+    );
 }
 
 /// Single-event appends in a row: each lands at the next sequence and position. Prints
@@ -238,11 +319,19 @@ async fn sequential_appends_and_their_latency() {
     for version in 0..50u64 {
         let started = Instant::now();
         let appended = store
-            .append(&stream, ExpectedVersion::from_version(version), vec![named("x")], &fresh_request())
+            .append(
+                &stream,
+                ExpectedVersion::from_version(version),
+                vec![named("x")],
+                &fresh_request(),
+            )
             .await
             .unwrap();
         latencies.push(started.elapsed());
-        assert_eq!((appended.last_sequence, appended.last_position), (version + 1, version + 1));
+        assert_eq!(
+            (appended.last_sequence, appended.last_position),
+            (version + 1, version + 1)
+        );
     }
     latencies.sort();
     eprintln!(
@@ -269,9 +358,19 @@ async fn multipart_upload_round_trips() {
     for (len, parts) in [(PART_SIZE, None), (2 * PART_SIZE + 12_345, Some(3))] {
         let bytes = unique_bytes(len);
         let blob = put_file_bytes(&store, dir.path(), &bytes).await;
-        assert_eq!((blob.sha256.as_str(), blob.size), (sha256_hex(&bytes).as_str(), len as u64));
+        assert_eq!(
+            (blob.sha256.as_str(), blob.size),
+            (sha256_hex(&bytes).as_str(), len as u64)
+        );
         assert_eq!(read_to_vec(&store, &blob).await.unwrap(), bytes);
-        let head = env.s3().head_object().bucket(&bucket).key(blob.key()).send().await.unwrap();
+        let head = env
+            .s3()
+            .head_object()
+            .bucket(&bucket)
+            .key(blob.key())
+            .send()
+            .await
+            .unwrap();
         let etag = head.e_tag().unwrap().trim_matches('"').to_owned();
         match parts {
             Some(parts) => assert!(etag.ends_with(&format!("-{parts}")), "ETag {etag}"),
@@ -300,15 +399,25 @@ async fn presigned_upload_is_adopted_under_its_hash() {
                 .unwrap()
                 .expect("S3 presigns uploads");
             let response = http.put(&url).body(bytes).send().await.unwrap();
-            assert!(response.status().is_success(), "PUT {url}: {}", response.status());
+            assert!(
+                response.status().is_success(),
+                "PUT {url}: {}",
+                response.status()
+            );
             id
         }
     };
 
     let bytes = unique_bytes(3 << 20);
     let id = upload(uuid::Uuid::new_v4().to_string(), bytes.clone()).await;
-    let blob = store.adopt_upload(&id, &ext(".nii.gz"), 4 << 20).await.unwrap();
-    assert_eq!((blob.sha256.as_str(), blob.size), (sha256_hex(&bytes).as_str(), bytes.len() as u64));
+    let blob = store
+        .adopt_upload(&id, &ext(".nii.gz"), 4 << 20)
+        .await
+        .unwrap();
+    assert_eq!(
+        (blob.sha256.as_str(), blob.size),
+        (sha256_hex(&bytes).as_str(), bytes.len() as u64)
+    );
     assert_eq!(read_to_vec(&store, &blob).await.unwrap(), bytes);
     assert!(matches!(
         store.adopt_upload(&id, &ext(".nii.gz"), 4 << 20).await,
@@ -316,23 +425,48 @@ async fn presigned_upload_is_adopted_under_its_hash() {
     ));
     assert_eq!(store.list().await.unwrap(), [blob.clone()]);
 
-    let url = store.presign_get(&blob, Duration::from_secs(60)).await.unwrap().unwrap();
+    let url = store
+        .presign_get(&blob, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .unwrap();
     let served = http.get(&url).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(served.as_ref(), bytes.as_slice());
 
     let id = upload("too-large".into(), unique_bytes(2 << 20)).await;
-    let err = store.adopt_upload(&id, &ext(".nii"), 1 << 20).await.unwrap_err();
-    assert!(matches!(err, BlobError::TooLarge { size, limit } if size > limit && limit == 1 << 20), "{err:?}");
-    assert!(matches!(store.adopt_upload(&id, &ext(".nii"), 4 << 20).await, Err(BlobError::UploadNotFound(_))));
+    let err = store
+        .adopt_upload(&id, &ext(".nii"), 1 << 20)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, BlobError::TooLarge { size, limit } if size > limit && limit == 1 << 20),
+        "{err:?}"
+    );
+    assert!(matches!(
+        store.adopt_upload(&id, &ext(".nii"), 4 << 20).await,
+        Err(BlobError::UploadNotFound(_))
+    ));
     assert_eq!(store.list().await.unwrap(), [blob]);
 
-    for bad in [String::new(), "../x".into(), "a/b".into(), "with space".into(), "x".repeat(65)] {
+    for bad in [
+        String::new(),
+        "../x".into(),
+        "a/b".into(),
+        "with space".into(),
+        "x".repeat(65),
+    ] {
         assert!(
-            matches!(store.presign_upload(&bad, Duration::from_secs(60)).await, Err(BlobError::UploadNotFound(_))),
+            matches!(
+                store.presign_upload(&bad, Duration::from_secs(60)).await,
+                Err(BlobError::UploadNotFound(_))
+            ),
             "{bad:?}"
         );
         assert!(
-            matches!(store.adopt_upload(&bad, &ext(".nii"), 1 << 20).await, Err(BlobError::UploadNotFound(_))),
+            matches!(
+                store.adopt_upload(&bad, &ext(".nii"), 1 << 20).await,
+                Err(BlobError::UploadNotFound(_))
+            ),
             "{bad:?}"
         );
     }
@@ -345,10 +479,19 @@ async fn prefixes_keep_stores_apart() {
     let bucket = env.fresh_bucket().await;
     let tenant = S3BlobStore::new(env.s3(), &bucket).with_prefix("tenant-a");
     let plain = S3BlobStore::new(env.s3(), &bucket);
-    let blob = tenant.put_bytes(unique_bytes(1000), &ext(".json")).await.unwrap();
+    let blob = tenant
+        .put_bytes(unique_bytes(1000), &ext(".json"))
+        .await
+        .unwrap();
 
     let key = format!("tenant-a/{}", blob.key());
-    env.s3().head_object().bucket(&bucket).key(&key).send().await.unwrap();
+    env.s3()
+        .head_object()
+        .bucket(&bucket)
+        .key(&key)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(tenant.list().await.unwrap(), [blob.clone()]);
     assert_eq!(plain.head(&blob).await.unwrap(), None);
     assert!(plain.list().await.unwrap().is_empty());

@@ -93,3 +93,9 @@ async fn epistemic_follows_scores() {
     let (dir, stores) = (scratch(), stores().await);
     contract::epistemic_follows_scores(&open(&stores).await, dir.path()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_lifecycle() {
+    let (store, blobs) = stores().await;
+    medlabel_tests::jobs_contract::lifecycle(store, blobs).await;
+}

@@ -91,3 +91,11 @@ async fn epistemic_follows_scores() {
     let dir = tempfile::tempdir().unwrap();
     contract::epistemic_follows_scores(&open(dir.path()).await, dir.path()).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_lifecycle() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
+    let blobs = FolderBlobStore::open(dir.path().join("blobs")).unwrap();
+    medlabel_tests::jobs_contract::lifecycle(Arc::new(store), Arc::new(blobs)).await;
+}

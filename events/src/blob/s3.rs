@@ -144,7 +144,12 @@ impl S3BlobStore {
 
     /// Uploads the file at `path` in parts to `key`, re-hashing each part, and completes
     /// the upload only if the file still hashes to `expected`.
-    async fn put_multipart(&self, path: &Path, key: &str, expected: &BlobRef) -> Result<(), BlobError> {
+    async fn put_multipart(
+        &self,
+        path: &Path,
+        key: &str,
+        expected: &BlobRef,
+    ) -> Result<(), BlobError> {
         let created = self
             .client
             .create_multipart_upload()
@@ -155,7 +160,9 @@ impl S3BlobStore {
             .map_err(backend)?;
         let upload_id = created
             .upload_id()
-            .ok_or_else(|| BlobError::Backend("CreateMultipartUpload returned no upload id".into()))?
+            .ok_or_else(|| {
+                BlobError::Backend("CreateMultipartUpload returned no upload id".into())
+            })?
             .to_owned();
         let result = self.upload_parts(path, key, &upload_id, expected).await;
         if result.is_err() {
@@ -189,7 +196,10 @@ impl S3BlobStore {
         let mut parts = Vec::new();
         loop {
             let mut part = Vec::with_capacity(PART_SIZE);
-            (&mut file).take(PART_SIZE as u64).read_to_end(&mut part).await?;
+            (&mut file)
+                .take(PART_SIZE as u64)
+                .read_to_end(&mut part)
+                .await?;
             if part.is_empty() {
                 break;
             }
@@ -252,7 +262,9 @@ impl S3BlobStore {
         let rest = key.strip_prefix(&self.prefix)?.strip_prefix("sha256/")?;
         let (fan, name) = rest.split_once('/')?;
         let sha256 = name.get(..64)?;
-        let hex_ok = sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let hex_ok = sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !hex_ok || sha256.get(..2) != Some(fan) {
             return None;
         }
@@ -417,7 +429,12 @@ impl BlobStore for S3BlobStore {
         let size = if declared > max_size {
             declared
         } else {
-            hash_stream(&mut object.body.into_async_read(), &mut hasher, max_size + 1).await?
+            hash_stream(
+                &mut object.body.into_async_read(),
+                &mut hasher,
+                max_size + 1,
+            )
+            .await?
         };
         if size > max_size {
             self.delete_key(&staged).await?;

@@ -17,11 +17,10 @@ mod studies;
 mod view;
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLockReadGuard};
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::sync::Mutex;
 
 pub use archive::write_dataset_archive;
 pub use decide::Decision;
@@ -36,6 +35,7 @@ use crate::blob::{BlobError, BlobReader, BlobRef, BlobStore};
 use crate::clock::{Clock, SystemClock};
 use crate::event::{Actor, Info, NewEvent, RecordedEvent, StreamId};
 use crate::id::{Extension, ImageId, InvalidId, Tag};
+use crate::projection::Projected;
 use crate::store::{EventStore, StoreError};
 
 /// How many times a write re-decides after losing a version race before giving up.
@@ -93,9 +93,7 @@ pub struct Datastore {
     store: Arc<dyn EventStore>,
     blobs: Arc<dyn BlobStore>,
     clock: Arc<dyn Clock>,
-    view: RwLock<DatastoreView>,
-    /// Serialises catching up so events are applied once and in order.
-    catch_up_lock: Mutex<()>,
+    view: Projected<DatastoreView>,
 }
 
 impl Datastore {
@@ -110,11 +108,10 @@ impl Datastore {
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
         let datastore = Self {
+            view: Projected::new(store.clone()),
             store,
             blobs,
             clock,
-            view: RwLock::new(DatastoreView::default()),
-            catch_up_lock: Mutex::new(()),
         };
         datastore.refresh().await?;
         Ok(datastore)
@@ -134,30 +131,12 @@ impl Datastore {
 
     /// Applies every event recorded since the view's position (MONAI Label's `refresh`).
     pub async fn refresh(&self) -> Result<()> {
-        let _guard = self.catch_up_lock.lock().await;
-        loop {
-            let after = self.read_view().position;
-            let batch = self.store.read_all(after, 1000).await?;
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let mut view = self.view.write().expect("view lock poisoned");
-            for event in &batch {
-                if event.position > view.position {
-                    view.apply(event);
-                }
-            }
-        }
+        Ok(self.view.catch_up().await?)
     }
 
     /// A consistent snapshot of the view, caught up with the log.
     pub async fn view(&self) -> Result<RwLockReadGuard<'_, DatastoreView>> {
-        self.refresh().await?;
-        Ok(self.read_view())
-    }
-
-    fn read_view(&self) -> RwLockReadGuard<'_, DatastoreView> {
-        self.view.read().expect("view lock poisoned")
+        Ok(self.view.read().await?)
     }
 
     /// Decides against the current view and appends, re-deciding on version conflicts.

@@ -91,9 +91,10 @@ pub async fn import_studies(
     let metadata = read_metadata(studies);
     let mut report = ImportReport::default();
     {
-        let view = datastore.view().await?;
-        let (name, description) = (view.name.clone(), view.description.clone());
-        drop(view);
+        let (name, description) = {
+            let view = datastore.view().await?;
+            (view.name.clone(), view.description.clone())
+        };
         if let Some(new) = metadata.name.as_deref().filter(|n| *n != name) {
             datastore
                 .set_name(&derived(ctx, &format!("import-name:{new}")), new)

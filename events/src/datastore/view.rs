@@ -117,6 +117,16 @@ fn seconds(ms: i64) -> Value {
     json!(ms.div_euclid(1000))
 }
 
+impl crate::projection::Projection for DatastoreView {
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn apply(&mut self, event: &RecordedEvent) {
+        DatastoreView::apply(self, event);
+    }
+}
+
 impl DatastoreView {
     /// Folds one recorded event into the view. Events of other aggregates (sessions,
     /// models, jobs) are skipped; events must arrive in global order.

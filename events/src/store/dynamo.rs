@@ -33,8 +33,9 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, CancellationReason, GlobalSecondaryIndex,
-    KeySchemaElement, KeyType, Projection, ProjectionType, Put, ScalarAttributeType,
-    StreamSpecification, StreamViewType, TransactWriteItem, Update,
+    KeySchemaElement, KeyType, Projection, ProjectionType, Put,
+    ReturnValuesOnConditionCheckFailure, ScalarAttributeType, StreamSpecification, StreamViewType,
+    TransactWriteItem, Update,
 };
 
 use super::{Appended, EventStore, ExpectedVersion, StoreError, check_append};
@@ -86,11 +87,13 @@ pub struct DynamoEventStore {
     bucket_size: u64,
 }
 
-/// What a failed transaction tells the append loop to do before its next pre-read.
+/// What a failed transaction tells the append loop to do next.
 enum Retry {
-    /// The stream moved or the request id was recorded meanwhile: re-read at once.
+    /// The stream moved or the request id was recorded meanwhile: pre-read again now.
     Now,
-    /// The head moved or DynamoDB pushed back: re-read after a jittered backoff.
+    /// Only the global head moved, to this position: retry from there after a backoff.
+    Head(u64),
+    /// DynamoDB pushed back: pre-read again after a backoff.
     Later,
 }
 
@@ -223,6 +226,7 @@ impl DynamoEventStore {
             .key(A_STREAM, s(HEAD_STREAM))
             .key(A_SEQUENCE, n(META_SEQUENCE))
             .update_expression("SET #p = :new")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .expression_attribute_names("#p", A_POSITION)
             .expression_attribute_values(":new", n(appended.last_position));
         let head = if old_head == 0 {
@@ -354,8 +358,9 @@ impl EventStore for DynamoEventStore {
             });
         }
         let count = events.len() as u64;
-        for attempt in 1..=MAX_ATTEMPTS {
-            let (head, version, recorded) = tokio::try_join!(
+        let mut attempt = 0;
+        'read: while attempt < MAX_ATTEMPTS {
+            let (mut head, version, recorded) = tokio::try_join!(
                 self.head(),
                 self.stream_version(stream),
                 self.request_record(request_id),
@@ -370,21 +375,33 @@ impl EventStore for DynamoEventStore {
                     actual: version,
                 });
             }
-            let appended = Appended {
-                stream: stream.clone(),
-                first_sequence: version + 1,
-                last_sequence: version + count,
-                first_position: head + 1,
-                last_position: head + count,
-                replayed: false,
-            };
-            match self
-                .commit(&appended, &events, &payloads, request_id)
-                .await?
-            {
-                Ok(()) => return Ok(appended),
-                Err(Retry::Now) => {}
-                Err(Retry::Later) => tokio::time::sleep(backoff(attempt)).await,
+            while attempt < MAX_ATTEMPTS {
+                attempt += 1;
+                let appended = Appended {
+                    stream: stream.clone(),
+                    first_sequence: version + 1,
+                    last_sequence: version + count,
+                    first_position: head + 1,
+                    last_position: head + count,
+                    replayed: false,
+                };
+                match self
+                    .commit(&appended, &events, &payloads, request_id)
+                    .await?
+                {
+                    Ok(()) => return Ok(appended),
+                    // Only the head moved: stream and request id are still as read, so
+                    // the next attempt needs no new pre-read.
+                    Err(Retry::Head(current)) => {
+                        head = current;
+                        tokio::time::sleep(backoff(attempt)).await;
+                    }
+                    Err(Retry::Now) => continue 'read,
+                    Err(Retry::Later) => {
+                        tokio::time::sleep(backoff(attempt)).await;
+                        continue 'read;
+                    }
+                }
             }
         }
         Err(StoreError::Backend(format!(
@@ -504,15 +521,17 @@ fn retry_after_cancel(reasons: &[CancellationReason], head_index: usize) -> Opti
     for (index, reason) in reasons.iter().enumerate() {
         match reason.code().unwrap_or("None") {
             "None" => {}
+            // The head's old image names the position another writer moved it to.
             "ConditionalCheckFailed" if index == head_index => {
-                retry = retry.or(Some(Retry::Later));
+                let current = reason.item().and_then(|item| get_n(item, A_POSITION).ok());
+                retry = retry.or(Some(current.map_or(Retry::Later, Retry::Head)));
             }
             // An event slot was taken or the request record exists: the pre-read decides.
             "ConditionalCheckFailed" => retry = Some(Retry::Now),
             "TransactionConflict"
             | "ThrottlingError"
             | "ProvisionedThroughputExceeded"
-            | "RequestLimitExceeded" => retry = retry.or(Some(Retry::Later)),
+            | "RequestLimitExceeded" => retry = Some(Retry::Later),
             _ => return None,
         }
     }

@@ -78,12 +78,16 @@ struct Inner {
 impl SqliteEventStore {
     /// Opens the store at `path`, creating the file and its tables if needed.
     ///
-    /// Several handles, in one process or many, may open the same file: appends from all
+    /// Creates the file and its folder when missing. Several handles, in one process or many, may open the same file: appends from all
     /// of them share one gapless global order. Blocks on file I/O (and, if another
     /// process holds the write lock, up to 30 s); call it at start-up or from a
     /// blocking context.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref();
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|err| StoreError::Backend(format!("creating {}: {err}", parent.display())))?;
+        }
         let mut writer = connect(path)?;
         prepare_layout(&mut writer)?;
         let reader = connect(path)?;

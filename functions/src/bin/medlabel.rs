@@ -1,1 +1,140 @@
-fn main() {}
+//! `medlabel serve --studies DIR`: the whole API on one port, on embedded backends.
+//!
+//! Events go to `DIR/.medlabel/events.db` (SQLite), files to `DIR/.medlabel/blobs`
+//! (content-addressed; the studies folder's own files are hard-linked, not copied) and
+//! uploads are spooled in `DIR/.medlabel/tmp`. At start the studies folder is imported
+//! as MONAI Label lays it out (idempotent: a restart imports only what changed).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::{Arg, ArgMatches, Command, value_parser};
+use medlabel_events::blob::fs::FolderBlobStore;
+use medlabel_events::clock::SystemClock;
+use medlabel_events::datastore::{WriteContext, import_studies};
+use medlabel_events::store::sqlite::SqliteEventStore;
+use medlabel_events::Actor;
+use medlabel_functions::runner::NoRunner;
+use medlabel_functions::state::{AppState, Config};
+
+fn cli() -> Command {
+    Command::new("medlabel")
+        .about("MONAI Label compatible, event-sourced annotation server")
+        .subcommand_required(true)
+        .subcommand(
+            Command::new("serve")
+                .about("Serve a MONAI Label studies folder on one port")
+                .arg(
+                    Arg::new("studies")
+                        .long("studies")
+                        .required(true)
+                        .value_parser(value_parser!(PathBuf))
+                        .help("The studies folder (images flat, labels/<tag>/)"),
+                )
+                .arg(
+                    Arg::new("host")
+                        .long("host")
+                        .default_value("127.0.0.1")
+                        .help("Address to listen on"),
+                )
+                .arg(
+                    Arg::new("port")
+                        .long("port")
+                        .default_value("8000")
+                        .value_parser(value_parser!(u16))
+                        .help("Port to listen on (0: any free port)"),
+                )
+                .arg(
+                    Arg::new("max-upload-bytes")
+                        .long("max-upload-bytes")
+                        .default_value("2000000000")
+                        .value_parser(value_parser!(u64))
+                        .help("Largest accepted upload body; larger ones get 413"),
+                )
+                .arg(
+                    Arg::new("session-expiry")
+                        .long("session-expiry")
+                        .default_value("3600")
+                        .value_parser(value_parser!(u64))
+                        .help("Longest session lifetime in seconds (MONAI_LABEL_SESSION_EXPIRY)"),
+                ),
+        )
+}
+
+#[tokio::main]
+async fn main() {
+    let matches = cli().get_matches();
+    let result = match matches.subcommand() {
+        Some(("serve", args)) => serve(args).await,
+        _ => unreachable!("clap requires a subcommand"),
+    };
+    if let Err(err) = result {
+        eprintln!("medlabel: {err}");
+        std::process::exit(1);
+    }
+}
+
+async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
+    medlabel_functions::logging::init(false);
+    let studies: &PathBuf = args.get_one("studies").expect("required");
+    if !studies.is_dir() {
+        return Err(format!("{} is not a directory", studies.display()).into());
+    }
+    let home = studies.join(".medlabel");
+    let temp_dir = home.join("tmp");
+    std::fs::create_dir_all(&temp_dir)?;
+    let store = open_store(&home.join("events.db")).await?;
+    let blobs = FolderBlobStore::open(home.join("blobs"))?;
+    let config = Config {
+        max_upload_bytes: *args.get_one::<u64>("max-upload-bytes").expect("defaulted"),
+        max_session_expiry_s: *args.get_one::<u64>("session-expiry").expect("defaulted"),
+        temp_dir,
+        ..Config::default()
+    };
+    let state = AppState::open_with(
+        Arc::new(store),
+        Arc::new(blobs.clone()),
+        Arc::new(SystemClock),
+        Arc::new(NoRunner),
+        config,
+    )
+    .await?;
+    let report = import_studies(
+        &state.datastore,
+        &blobs,
+        studies,
+        &WriteContext::fresh(Actor::admin()),
+    )
+    .await?;
+    tracing::info!(
+        images = report.images_added,
+        labels = report.labels_added,
+        unchanged = report.unchanged,
+        skipped = report.skipped.len(),
+        "studies imported"
+    );
+    for (path, why) in &report.skipped {
+        tracing::warn!(path = %path.display(), reason = %why, "skipped while importing");
+    }
+    tokio::spawn(medlabel_functions::routes::session::sweep_forever(
+        state.sessions.clone(),
+    ));
+
+    let host: &String = args.get_one("host").expect("defaulted");
+    let port: u16 = *args.get_one("port").expect("defaulted");
+    let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
+    let address: SocketAddr = listener.local_addr()?;
+    println!("medlabel serving {} at http://{address}/", studies.display());
+    axum::serve(listener, medlabel_functions::app(state))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+async fn open_store(path: &Path) -> Result<SqliteEventStore, Box<dyn std::error::Error>> {
+    let path = path.to_owned();
+    Ok(tokio::task::spawn_blocking(move || SqliteEventStore::open(path)).await??)
+}

@@ -29,7 +29,12 @@ pub struct PosNegSampler {
 impl PosNegSampler {
     /// Indexes `label`. `roi` must fit inside the label (pad first with
     /// [`super::pad_to_min_size`]); `pos` and `neg` are non-negative, not both zero.
-    pub fn new(label: &Volume<f32>, roi: [usize; 3], pos: f64, neg: f64) -> Result<Self, ImageError> {
+    pub fn new(
+        label: &Volume<f32>,
+        roi: [usize; 3],
+        pos: f64,
+        neg: f64,
+    ) -> Result<Self, ImageError> {
         if roi.contains(&0) || (0..3).any(|a| roi[a] > label.dims[a]) {
             return Err(ImageError::InvalidArgument(format!(
                 "crop roi {roi:?} must be non-empty and fit in dims {:?}; pad the volume first",
@@ -42,7 +47,9 @@ impl PosNegSampler {
             )));
         }
         if u32::try_from(label.len()).is_err() {
-            return Err(ImageError::InvalidArgument("label has more than 2^32 voxels".into()));
+            return Err(ImageError::InvalidArgument(
+                "label has more than 2^32 voxels".into(),
+            ));
         }
         let foreground_count = label.data.iter().filter(|&&v| v > 0.0).count();
         let mut foreground = Vec::with_capacity(foreground_count);
@@ -66,7 +73,11 @@ impl PosNegSampler {
     /// Draws one crop box of size `roi`.
     pub fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> BoundingBox {
         let want_foreground = rng.random_bool(self.pos_fraction);
-        let pool = match (want_foreground, self.foreground.is_empty(), self.background.is_empty()) {
+        let pool = match (
+            want_foreground,
+            self.foreground.is_empty(),
+            self.background.is_empty(),
+        ) {
             (true, false, _) | (false, _, true) => &self.foreground,
             _ => &self.background,
         };
@@ -110,7 +121,11 @@ pub fn random_shift_intensity<R: Rng + ?Sized>(
         return None;
     }
     let m = max_offset.abs();
-    let offset = if m > 0.0 { rng.random_range(-m..=m) } else { 0.0 };
+    let offset = if m > 0.0 {
+        rng.random_range(-m..=m)
+    } else {
+        0.0
+    };
     vol.data.iter_mut().for_each(|v| *v += offset);
     Some(offset)
 }
@@ -147,11 +162,17 @@ mod tests {
         let a = boxes(1);
         assert_eq!(a, boxes(1));
         assert_ne!(a, boxes(2));
-        assert!(a.iter().all(|b| b.size() == [6, 6, 6] && b.end.iter().all(|&e| e <= 20)));
+        assert!(
+            a.iter()
+                .all(|b| b.size() == [6, 6, 6] && b.end.iter().all(|&e| e <= 20))
+        );
         // Foreground is 27 of 8000 voxels: uniform crops would rarely hit it, while
         // pos:neg 1:1 makes at least half of them contain it.
         let hits = a.iter().filter(|b| contains_foreground(b)).count();
-        assert!((200..=300).contains(&hits), "{hits} of 400 crops contain foreground");
+        assert!(
+            (200..=300).contains(&hits),
+            "{hits} of 400 crops contain foreground"
+        );
 
         let all_pos = PosNegSampler::new(&label(), [6, 6, 6], 1.0, 0.0).unwrap();
         let b = all_pos.sample_n(&mut ChaCha8Rng::seed_from_u64(3), 50);
@@ -162,7 +183,10 @@ mod tests {
     fn empty_class_falls_back_and_bad_arguments_fail() {
         let empty = Volume::filled([8, 8, 8], IDENTITY, 0.0f32);
         let s = PosNegSampler::new(&empty, [4, 4, 4], 1.0, 0.0).unwrap();
-        assert_eq!(s.sample(&mut ChaCha8Rng::seed_from_u64(0)).size(), [4, 4, 4]);
+        assert_eq!(
+            s.sample(&mut ChaCha8Rng::seed_from_u64(0)).size(),
+            [4, 4, 4]
+        );
         assert!(PosNegSampler::new(&empty, [9, 4, 4], 1.0, 1.0).is_err());
         assert!(PosNegSampler::new(&empty, [4, 0, 4], 1.0, 1.0).is_err());
         assert!(PosNegSampler::new(&empty, [4, 4, 4], 0.0, 0.0).is_err());
@@ -173,7 +197,9 @@ mod tests {
     fn flips_and_shifts_are_seeded() {
         let flips = |seed| {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            (0..32).map(|_| random_flip_axes(&mut rng, 0.5)).collect::<Vec<_>>()
+            (0..32)
+                .map(|_| random_flip_axes(&mut rng, 0.5))
+                .collect::<Vec<_>>()
         };
         assert_eq!(flips(5), flips(5));
         assert_ne!(flips(5), flips(6));
@@ -181,7 +207,9 @@ mod tests {
 
         let shift = |seed| {
             let mut v = Volume::filled([2, 2, 2], IDENTITY, 1.0f32);
-            let off = random_shift_intensity(&mut v, 0.1, 1.0, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
+            let off =
+                random_shift_intensity(&mut v, 0.1, 1.0, &mut ChaCha8Rng::seed_from_u64(seed))
+                    .unwrap();
             assert!(v.data.iter().all(|&x| x == 1.0 + off));
             off
         };
@@ -189,7 +217,10 @@ mod tests {
         assert_ne!(shift(9), shift(10));
         assert!(shift(9).abs() <= 0.1);
         let mut v = Volume::filled([2, 2, 2], IDENTITY, 1.0f32);
-        assert_eq!(random_shift_intensity(&mut v, 0.1, 0.0, &mut ChaCha8Rng::seed_from_u64(1)), None);
+        assert_eq!(
+            random_shift_intensity(&mut v, 0.1, 0.0, &mut ChaCha8Rng::seed_from_u64(1)),
+            None
+        );
         assert!(v.data.iter().all(|&x| x == 1.0));
     }
 }

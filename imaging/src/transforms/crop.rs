@@ -19,7 +19,10 @@ pub struct BoundingBox {
 impl BoundingBox {
     /// The box covering a whole volume of `dims`.
     pub fn full(dims: [usize; 3]) -> Self {
-        Self { start: [0; 3], end: dims }
+        Self {
+            start: [0; 3],
+            end: dims,
+        }
     }
 
     /// Voxels per axis.
@@ -65,7 +68,7 @@ pub fn foreground_bbox(vol: &Volume<f32>, threshold: f32, margin: usize) -> Opti
 }
 
 /// The voxels inside `bbox`, with the affine moved to the box's first voxel.
-pub fn crop<T: Copy>(vol: &Volume<T>, bbox: &BoundingBox) -> Result<Volume<T>, ImageError> {
+pub fn crop(vol: &Volume<f32>, bbox: &BoundingBox) -> Result<Volume<f32>, ImageError> {
     bbox.check_within(vol.dims)?;
     let size = bbox.size();
     let mut data = Vec::with_capacity(size.iter().product());
@@ -84,12 +87,12 @@ pub fn crop<T: Copy>(vol: &Volume<T>, bbox: &BoundingBox) -> Result<Volume<T>, I
 
 /// Inverse of [`crop`]: a volume on `original` filled with `fill`, with `cropped`
 /// written back at `bbox`.
-pub fn paste<T: Copy>(
-    cropped: &Volume<T>,
+pub fn paste(
+    cropped: &Volume<f32>,
     bbox: &BoundingBox,
     original: &Grid,
-    fill: T,
-) -> Result<Volume<T>, ImageError> {
+    fill: f32,
+) -> Result<Volume<f32>, ImageError> {
     bbox.check_within(original.dims)?;
     if cropped.dims != bbox.size() {
         return Err(ImageError::ShapeMismatch {
@@ -122,11 +125,11 @@ pub fn crop_foreground(
 /// an odd difference goes after), as MONAI's `SpatialPad` does before sliding-window
 /// inference. Returns the padded volume and the box where the input sits in it, for
 /// [`crop`] to undo the padding.
-pub fn pad_to_min_size<T: Copy>(
-    vol: &Volume<T>,
+pub fn pad_to_min_size(
+    vol: &Volume<f32>,
     min_dims: [usize; 3],
-    value: T,
-) -> Result<(Volume<T>, BoundingBox), ImageError> {
+    value: f32,
+) -> Result<(Volume<f32>, BoundingBox), ImageError> {
     let dims: [usize; 3] = std::array::from_fn(|a| vol.dims[a].max(min_dims[a]));
     let before: [usize; 3] = std::array::from_fn(|a| (dims[a] - vol.dims[a]) / 2);
     let bbox = BoundingBox {
@@ -141,7 +144,7 @@ pub fn pad_to_min_size<T: Copy>(
 }
 
 /// The affine whose voxel (0, 0, 0) is `vol`'s voxel `offset`.
-fn shifted_affine<T>(vol: &Volume<T>, offset: [f64; 3]) -> crate::Affine {
+fn shifted_affine(vol: &Volume<f32>, offset: [f64; 3]) -> crate::Affine {
     let mut a = vol.affine;
     let origin = apply(&vol.affine, offset);
     (0..3).for_each(|r| a[r][3] = origin[r]);
@@ -171,13 +174,22 @@ mod tests {
     fn foreground_box_with_margin_crop_and_paste_back() {
         let v = vol();
         let bbox = foreground_bbox(&v, 0.5, 1).unwrap();
-        assert_eq!(bbox, BoundingBox { start: [2, 1, 0], end: [7, 8, 5] });
+        assert_eq!(
+            bbox,
+            BoundingBox {
+                start: [2, 1, 0],
+                end: [7, 8, 5]
+            }
+        );
         let (c, b2) = crop_foreground(&v, 0.5, 1).unwrap();
         assert_eq!(b2, bbox);
         assert_eq!(c.dims, [5, 7, 5]);
         assert_eq!(c.get(1, 1, 1), 1.0);
         // Voxel (0,0,0) of the crop is voxel (2,1,0) of the original: 10+4, 20−1, 30.
-        assert_eq!([c.affine[0][3], c.affine[1][3], c.affine[2][3]], [14.0, 19.0, 30.0]);
+        assert_eq!(
+            [c.affine[0][3], c.affine[1][3], c.affine[2][3]],
+            [14.0, 19.0, 30.0]
+        );
         let back = paste(&c, &bbox, &v.grid(), 0.0).unwrap();
         assert_eq!(back, v);
         assert!(foreground_bbox(&v, 1.0, 0).is_none());
@@ -202,12 +214,31 @@ mod tests {
     #[test]
     fn bad_boxes_are_errors() {
         let v = vol();
-        let outside = BoundingBox { start: [0, 0, 0], end: [11, 1, 1] };
+        let outside = BoundingBox {
+            start: [0, 0, 0],
+            end: [11, 1, 1],
+        };
         assert!(crop(&v, &outside).is_err());
-        let empty = BoundingBox { start: [2, 0, 0], end: [2, 1, 1] };
+        let empty = BoundingBox {
+            start: [2, 0, 0],
+            end: [2, 1, 1],
+        };
         assert!(crop(&v, &empty).is_err());
-        let small = crop(&v, &BoundingBox { start: [0; 3], end: [2, 2, 2] }).unwrap();
-        let wrong = BoundingBox { start: [0; 3], end: [3, 2, 2] };
-        assert!(matches!(paste(&small, &wrong, &v.grid(), 0.0), Err(ImageError::ShapeMismatch { .. })));
+        let small = crop(
+            &v,
+            &BoundingBox {
+                start: [0; 3],
+                end: [2, 2, 2],
+            },
+        )
+        .unwrap();
+        let wrong = BoundingBox {
+            start: [0; 3],
+            end: [3, 2, 2],
+        };
+        assert!(matches!(
+            paste(&small, &wrong, &v.grid(), 0.0),
+            Err(ImageError::ShapeMismatch { .. })
+        ));
     }
 }

@@ -30,7 +30,9 @@ pub fn scale_intensity_range(
             .iter_mut()
             .for_each(|v| *v = ((*v - a_min) * scale + b_min).clamp(lo, hi));
     } else {
-        vol.data.iter_mut().for_each(|v| *v = (*v - a_min) * scale + b_min);
+        vol.data
+            .iter_mut()
+            .for_each(|v| *v = (*v - a_min) * scale + b_min);
     }
     Ok(())
 }
@@ -106,7 +108,11 @@ mod tests {
         assert!((std - 5f64.sqrt()).abs() < 1e-12);
         let s = 5f32.sqrt();
         let want = [-3.0 / s, -1.0 / s, 1.0 / s, 3.0 / s];
-        assert!(v.data.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6), "{:?}", v.data);
+        assert!(
+            v.data.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6),
+            "{:?}",
+            v.data
+        );
 
         // Non-zero only: stats from {2, 4} (mean 3, std 1); zeros untouched.
         let mut v = vol(&[0.0, 2.0, 0.0, 4.0]);

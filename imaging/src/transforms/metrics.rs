@@ -31,11 +31,14 @@ pub fn dice(y: &Volume<f32>, y_pred: &Volume<f32>) -> Result<f64, ImageError> {
 /// `y == index` against `ŷ == index`. Values are rounded to the nearest integer;
 /// negative or non-finite values count as background; an index above
 /// [`MAX_LABEL_INDEX`] is an error.
-pub fn dice_per_label(y: &Volume<f32>, y_pred: &Volume<f32>) -> Result<BTreeMap<u32, f64>, ImageError> {
+pub fn dice_per_label(
+    y: &Volume<f32>,
+    y_pred: &Volume<f32>,
+) -> Result<BTreeMap<u32, f64>, ImageError> {
     check_same_dims(y, y_pred)?;
     let index = |v: f32| -> Result<usize, ImageError> {
         let r = v.round();
-        if !(r > 0.0) {
+        if r.is_nan() || r <= 0.0 {
             return Ok(0);
         }
         if r > MAX_LABEL_INDEX as f32 {
@@ -69,7 +72,11 @@ pub fn dice_per_label(y: &Volume<f32>, y_pred: &Volume<f32>) -> Result<BTreeMap<
 }
 
 fn ratio(both: u64, total: u64) -> f64 {
-    if total == 0 { 1.0 } else { 2.0 * both as f64 / total as f64 }
+    if total == 0 {
+        1.0
+    } else {
+        2.0 * both as f64 / total as f64
+    }
 }
 
 /// MONAI Label's `sum` score of a label: (number of voxels > 0, number of slices
@@ -79,10 +86,13 @@ pub fn sum_and_slices(label: &Volume<f32>) -> (u64, u64) {
     if slice_len == 0 {
         return (0, 0);
     }
-    label.data.chunks_exact(slice_len).fold((0, 0), |(sum, slices), slice| {
-        let n = slice.iter().filter(|&&v| v > 0.0).count() as u64;
-        (sum + n, slices + u64::from(n > 0))
-    })
+    label
+        .data
+        .chunks_exact(slice_len)
+        .fold((0, 0), |(sum, slices), slice| {
+            let n = slice.iter().filter(|&&v| v > 0.0).count() as u64;
+            (sum + n, slices + u64::from(n > 0))
+        })
 }
 
 #[cfg(test)]
@@ -91,7 +101,11 @@ mod tests {
     use crate::IDENTITY;
 
     fn vol(dims: [usize; 3], values: Vec<f32>) -> Volume<f32> {
-        Volume { data: values, dims, affine: IDENTITY }
+        Volume {
+            data: values,
+            dims,
+            affine: IDENTITY,
+        }
     }
 
     #[test]
@@ -119,7 +133,10 @@ mod tests {
         assert_eq!(dice(&empty, &empty).unwrap(), 1.0);
         assert_eq!(dice(&y, &empty).unwrap(), 0.0);
         let other = vol([10, 10, 5], vec![0.0; 500]);
-        assert!(matches!(dice(&y, &other), Err(ImageError::ShapeMismatch { .. })));
+        assert!(matches!(
+            dice(&y, &other),
+            Err(ImageError::ShapeMismatch { .. })
+        ));
     }
 
     #[test]
@@ -136,7 +153,10 @@ mod tests {
         assert!(dice_per_label(&huge, &huge).is_err());
 
         // Slices along k: k=0 has 2 voxels > 0, k=1 none, k=2 one (value 5 counts once).
-        let label = vol([2, 2, 3], vec![1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0, 0.0, 0.0]);
+        let label = vol(
+            [2, 2, 3],
+            vec![1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0, 0.0, 0.0],
+        );
         assert_eq!(sum_and_slices(&label), (3, 2));
     }
 }

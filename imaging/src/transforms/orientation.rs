@@ -64,20 +64,19 @@ impl AxisMap {
     }
 
     /// Applies the map to voxels and affine.
-    pub fn apply<T: Copy>(&self, vol: &Volume<T>) -> Volume<T> {
+    pub fn apply(&self, vol: &Volume<f32>) -> Volume<f32> {
         let dims = vol.dims;
         let in_stride = [1, dims[0], dims[0] * dims[1]];
         let out_dims = self.output_dims(dims);
         let mut step = [0isize; 3];
         let mut base = 0isize;
-        for a in 0..3 {
-            let p = self.perm[a];
+        for ((step, &p), &flipped) in step.iter_mut().zip(&self.perm).zip(&self.flip) {
             let s = in_stride[p] as isize;
-            if self.flip[a] {
-                step[a] = -s;
+            if flipped {
+                *step = -s;
                 base += (dims[p] as isize - 1) * s;
             } else {
-                step[a] = s;
+                *step = s;
             }
         }
         let mut data = Vec::with_capacity(vol.data.len());
@@ -88,7 +87,9 @@ impl AxisMap {
                     let start = row as usize;
                     data.extend_from_slice(&vol.data[start..start + out_dims[0]]);
                 } else {
-                    data.extend((0..out_dims[0] as isize).map(|x| vol.data[(row + x * step[0]) as usize]));
+                    data.extend(
+                        (0..out_dims[0] as isize).map(|x| vol.data[(row + x * step[0]) as usize]),
+                    );
                 }
             }
         }
@@ -111,7 +112,14 @@ pub fn ras_axis_map(affine: &Affine) -> AxisMap {
             (0..3).for_each(|r| cos[r][c] = affine[r][c] / n);
         }
     }
-    const PERMS: [[usize; 3]; 6] = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+    const PERMS: [[usize; 3]; 6] = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
     let score = |p: &[usize; 3]| (0..3).map(|a| cos[a][p[a]].abs()).sum::<f64>();
     let mut best = PERMS[0];
     for p in &PERMS[1..] {
@@ -138,7 +146,7 @@ impl Orientation {
     /// Puts a volume on the RAS grid (e.g. a prediction) back on the original grid:
     /// voxels moved back, dims and affine exactly the original ones. A volume whose
     /// dims are not the reoriented dims is an [`ImageError::ShapeMismatch`].
-    pub fn invert<T: Copy>(&self, vol: &Volume<T>) -> Result<Volume<T>, ImageError> {
+    pub fn invert(&self, vol: &Volume<f32>) -> Result<Volume<f32>, ImageError> {
         let expected = self.map.output_dims(self.original.dims);
         if vol.dims != expected {
             return Err(ImageError::ShapeMismatch {
@@ -153,7 +161,7 @@ impl Orientation {
 }
 
 /// Reorients `vol` to RAS (see the module doc) and returns how to undo it.
-pub fn orient_to_ras<T: Copy>(vol: &Volume<T>) -> (Volume<T>, Orientation) {
+pub fn orient_to_ras(vol: &Volume<f32>) -> (Volume<f32>, Orientation) {
     let map = ras_axis_map(&vol.affine);
     let record = Orientation {
         map,
@@ -167,7 +175,7 @@ pub fn orient_to_ras<T: Copy>(vol: &Volume<T>) -> (Volume<T>, Orientation) {
 
 /// Reverses the voxel order along the axes marked `true` (the affine follows, so the
 /// anatomy stays where it was in world space). Used for flip augmentation.
-pub fn flip<T: Copy>(vol: &Volume<T>, axes: [bool; 3]) -> Volume<T> {
+pub fn flip(vol: &Volume<f32>, axes: [bool; 3]) -> Volume<f32> {
     AxisMap {
         perm: [0, 1, 2],
         flip: axes,
@@ -181,7 +189,7 @@ mod tests {
     use crate::IDENTITY;
     use crate::affine::{apply, max_abs_diff};
 
-    fn lps_permuted() -> Volume<u16> {
+    fn lps_permuted() -> Volume<f32> {
         // i runs along −y (posterior), j along −x (left), k along +z: a permuted LPS
         // acquisition with anisotropic spacing.
         let affine = [
@@ -192,7 +200,7 @@ mod tests {
         ];
         let dims = [4, 3, 2];
         Volume {
-            data: (0..24).collect(),
+            data: (0..24).map(|v| v as f32).collect(),
             dims,
             affine,
         }
@@ -230,7 +238,7 @@ mod tests {
     #[test]
     fn ras_input_is_left_alone_and_flip_round_trips() {
         let vol = Volume {
-            data: (0..24u16).collect(),
+            data: (0..24).map(|v| v as f32).collect(),
             dims: [2, 3, 4],
             affine: IDENTITY,
         };
@@ -250,7 +258,7 @@ mod tests {
             flip: [true, false, true],
         };
         let vol = Volume {
-            data: (0..60u32).collect(),
+            data: (0..60).map(|v| v as f32).collect(),
             dims: [3, 4, 5],
             affine: IDENTITY,
         };

@@ -37,8 +37,10 @@ pub fn resample_to_spacing(
         )));
     }
     let old = vol.spacing();
-    if old.iter().any(|s| *s == 0.0) {
-        return Err(ImageError::InvalidArgument("source affine has a zero-length axis".into()));
+    if old.contains(&0.0) {
+        return Err(ImageError::InvalidArgument(
+            "source affine has a zero-length axis".into(),
+        ));
     }
     let mut affine = vol.affine;
     let mut dims = [0; 3];
@@ -64,7 +66,10 @@ pub fn resample_to_grid(
         )));
     }
     if grid.dims.contains(&0) {
-        return Err(ImageError::InvalidArgument(format!("target dims {:?} contain 0", grid.dims)));
+        return Err(ImageError::InvalidArgument(format!(
+            "target dims {:?} contain 0",
+            grid.dims
+        )));
     }
     let m = mat_mul(&invert(&vol.affine)?, &grid.affine);
     let data = if is_axis_aligned(&m) {
@@ -96,7 +101,11 @@ fn tap(pos: f64, len: usize, interp: Interpolation) -> Tap {
     match interp {
         Interpolation::Nearest => {
             let i = p.round() as usize;
-            Tap { lo: i, hi: i, w: 0.0 }
+            Tap {
+                lo: i,
+                hi: i,
+                w: 0.0,
+            }
         }
         Interpolation::Linear => {
             let lo = p.floor() as usize;
@@ -157,7 +166,8 @@ fn general(vol: &Volume<f32>, out: [usize; 3], m: &Affine, interp: Interpolation
             let row: [f64; 3] = std::array::from_fn(|r| m[r][1] * j + m[r][2] * k + m[r][3]);
             data.extend((0..out[0]).map(|i| {
                 let i = i as f64;
-                let [tx, ty, tz] = std::array::from_fn(|r| tap(row[r] + m[r][0] * i, vol.dims[r], interp));
+                let [tx, ty, tz] =
+                    std::array::from_fn(|r| tap(row[r] + m[r][0] * i, vol.dims[r], interp));
                 if interp == Interpolation::Nearest {
                     return at(tx.lo, ty.lo, tz.lo);
                 }
@@ -206,7 +216,9 @@ mod tests {
     #[test]
     fn nearest_keeps_label_values_and_general_path_matches_separable() {
         let mut lab = ramp([6, 5, 4], IDENTITY);
-        lab.data.iter_mut().for_each(|v| *v = (*v as u32 % 3) as f32);
+        lab.data
+            .iter_mut()
+            .for_each(|v| *v = (*v as u32 % 3) as f32);
         let r = resample_to_spacing(&lab, [0.7, 1.3, 0.9], Interpolation::Nearest).unwrap();
         assert!(r.data.iter().all(|v| [0.0, 1.0, 2.0].contains(v)));
 
@@ -219,14 +231,21 @@ mod tests {
             [0.0, 0.0, 1.0, 0.0],
             [0.0, 0.0, 0.0, 1.0],
         ];
-        let grid = Grid { dims: [3, 4, 2], affine: rot };
+        let grid = Grid {
+            dims: [3, 4, 2],
+            affine: rot,
+        };
         for interp in [Interpolation::Linear, Interpolation::Nearest] {
             let r = resample_to_grid(&vol, &grid, interp).unwrap();
             // Output (i, j, k) is world (2 − j, i, k) = source voxel (2 − j, i, k).
             for k in 0..2 {
                 for j in 0..4 {
                     for i in 0..3 {
-                        assert_eq!(r.get(i, j, k), vol.get(2 - j.min(2), i, k), "{interp:?} {i} {j} {k}");
+                        assert_eq!(
+                            r.get(i, j, k),
+                            vol.get(2 - j.min(2), i, k),
+                            "{interp:?} {i} {j} {k}"
+                        );
                     }
                 }
             }
@@ -238,7 +257,10 @@ mod tests {
         let vol = ramp([2, 2, 2], IDENTITY);
         assert!(resample_to_spacing(&vol, [0.0, 1.0, 1.0], Interpolation::Linear).is_err());
         assert!(resample_to_spacing(&vol, [f64::NAN, 1.0, 1.0], Interpolation::Linear).is_err());
-        let grid = Grid { dims: [0, 1, 1], affine: IDENTITY };
+        let grid = Grid {
+            dims: [0, 1, 1],
+            affine: IDENTITY,
+        };
         assert!(resample_to_grid(&vol, &grid, Interpolation::Linear).is_err());
         let mut singular = vol.clone();
         singular.affine[2][2] = 0.0;

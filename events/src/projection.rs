@@ -1,0 +1,76 @@
+//! Read models kept up to date by folding the log.
+//!
+//! A [`Projection`] is a pure fold; [`Projected`] holds one in memory and catches it up
+//! with `read_all(after its position)` before every read, under a lock so events are
+//! applied once and in order. One indexed query when nothing changed keeps that cheap,
+//! and it is what makes a write acknowledged by any process visible to the next read
+//! in every other (invariant 4).
+
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+
+use tokio::sync::Mutex;
+
+use crate::event::RecordedEvent;
+use crate::store::{EventStore, StoreError};
+
+/// Events fetched per catch-up round trip.
+const CATCH_UP_BATCH: usize = 1000;
+
+/// A read model that is a pure fold of the log.
+pub trait Projection: Default + Send + Sync + 'static {
+    /// Global position of the last event applied.
+    fn position(&self) -> u64;
+    /// Folds one event; events arrive in global order, each once.
+    fn apply(&mut self, event: &RecordedEvent);
+}
+
+/// A projection held in memory and caught up with the store on demand.
+pub struct Projected<V> {
+    store: Arc<dyn EventStore>,
+    view: RwLock<V>,
+    catch_up_lock: Mutex<()>,
+}
+
+impl<V: Projection> Projected<V> {
+    /// An empty projection; the first read folds the whole log.
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self {
+            store,
+            view: RwLock::new(V::default()),
+            catch_up_lock: Mutex::new(()),
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// Applies every event recorded since the view's position.
+    pub async fn catch_up(&self) -> Result<(), StoreError> {
+        let _guard = self.catch_up_lock.lock().await;
+        loop {
+            let after = self.peek().position();
+            let batch = self.store.read_all(after, CATCH_UP_BATCH).await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let mut view = self.view.write().expect("view lock poisoned");
+            for event in &batch {
+                if event.position > view.position() {
+                    view.apply(event);
+                }
+            }
+        }
+    }
+
+    /// The view, caught up with the log.
+    pub async fn read(&self) -> Result<RwLockReadGuard<'_, V>, StoreError> {
+        self.catch_up().await?;
+        Ok(self.peek())
+    }
+
+    /// The view as it is, without catching up.
+    pub fn peek(&self) -> RwLockReadGuard<'_, V> {
+        self.view.read().expect("view lock poisoned")
+    }
+}

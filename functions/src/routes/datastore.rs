@@ -1,0 +1,412 @@
+//! The datastore function: MONAI Label's `/datastore/*` routes over the event-sourced
+//! [`Datastore`](medlabel_events::datastore::Datastore).
+//!
+//! Parameter names follow MONAI Label exactly, quirks included: deletes take `id`,
+//! HEAD on a label takes `image` while GET takes `label`, and the Python client uploads
+//! with `PUT /datastore/` (the alias). Ids are validated before anything is read or
+//! stored; uploads are spooled to disk and stored as blobs before their event.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use medlabel_events::id::split_file_name;
+use medlabel_events::{Extension, ImageId, Info};
+use serde_json::{Value, json};
+use tokio_util::io::ReaderStream;
+
+use crate::context::Ctx;
+use crate::error::{ApiError, FieldError};
+use crate::extract::{
+    MAX_JSON_BYTES, QueryParams, is_urlencoded, json_object, urlencoded_fields,
+};
+use crate::multipart::{Upload, read_form};
+use crate::reply;
+use crate::routes::client_id;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route(
+            "/datastore/",
+            get(datastore).put(upload_image).delete(remove_image),
+        )
+        .route(
+            "/datastore/image",
+            get(download_image)
+                .head(image_exists)
+                .put(upload_image)
+                .delete(remove_image),
+        )
+        .route(
+            "/datastore/image/info",
+            get(image_info).put(update_image_info),
+        )
+        .route(
+            "/datastore/label",
+            get(download_label)
+                .head(label_exists)
+                .put(save_label)
+                .delete(remove_label),
+        )
+        .route(
+            "/datastore/label/info",
+            get(label_info).put(update_label_info),
+        )
+        .route("/datastore/updatelabelinfo", put(update_label_info_legacy))
+        .route("/datastore/dataset", get(dataset))
+}
+
+async fn datastore(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Json<Value>, ApiError> {
+    match query.get("output").unwrap_or("stats") {
+        "stats" => Ok(Json(json!(state.datastore.status().await?))),
+        "all" => Ok(Json(state.datastore.json().await?)),
+        "train" => {
+            let list = state
+                .datastore
+                .datalist(&medlabel_events::Tag::final_tag())
+                .await?;
+            Ok(Json(json!(
+                list.into_iter()
+                    .map(|(image, label)| json!({"image": image, "label": label}))
+                    .collect::<Vec<_>>()
+            )))
+        }
+        other => Err(ApiError::field(FieldError::new(
+            "enum",
+            "query",
+            "output",
+            "Input should be 'stats', 'all' or 'train'",
+            json!(other),
+        ))),
+    }
+}
+
+/// The id and extension an upload gets: the `image` query when given, otherwise the
+/// upload's base name minus its suffixes (MONAI Label's rule).
+fn upload_name(upload: &Upload, explicit: Option<&str>) -> Result<(ImageId, Extension), ApiError> {
+    let (derived, ext) = split_file_name(&upload.file_name).map_err(|err| {
+        ApiError::field(FieldError::invalid_id(
+            "body",
+            upload.field.as_str(),
+            &upload.file_name,
+            &err,
+        ))
+    })?;
+    match explicit.filter(|s| !s.is_empty()) {
+        Some(id) => Ok((
+            crate::extract::parse_id("query", "image", id, ImageId::parse)?,
+            ext,
+        )),
+        None => Ok((derived, ext)),
+    }
+}
+
+fn params_field(form: &crate::multipart::Form, name: &str) -> Result<Info, ApiError> {
+    json_object("body", name, form.text(name).unwrap_or("{}"))
+}
+
+async fn upload_image(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    query: QueryParams,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    // Validate the explicit id before reading a possibly huge body.
+    if let Some(id) = query.get("image").filter(|s| !s.is_empty()) {
+        crate::extract::parse_id("query", "image", id, ImageId::parse)?;
+    }
+    let form = read_form(
+        &headers,
+        body,
+        &["file"],
+        state.config.max_upload_bytes,
+        &state.config.temp_dir,
+    )
+    .await?;
+    let upload = form.required_file("file")?;
+    let (image, ext) = upload_name(upload, query.get("image"))?;
+    let info = params_field(&form, "params")?;
+    let write = ctx.write(client_id(&info));
+    let id = state
+        .datastore
+        .add_image(&write, &image, &upload.path, &ext, info)
+        .await?;
+    Ok(Json(json!({"image": id})))
+}
+
+async fn remove_image(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    query: QueryParams,
+) -> Result<Json<Value>, ApiError> {
+    let image = query.image_id("id")?;
+    state
+        .datastore
+        .remove_image(&ctx.write(None), &image)
+        .await?;
+    Ok(Json(json!({})))
+}
+
+/// Accepts MONAI Label's `SHA256:<hex>` and the bare hex its clients send.
+fn checksum_matches(expected: &str, sha256: &str) -> bool {
+    let hex = expected
+        .strip_prefix("SHA256:")
+        .or_else(|| expected.strip_prefix("sha256:"))
+        .unwrap_or(expected);
+    hex.eq_ignore_ascii_case(sha256)
+}
+
+async fn image_exists(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let image = query.image_id("image")?;
+    let found = state.datastore.view().await?.image(&image).is_some_and(|r| {
+        query
+            .get("check_sum")
+            .filter(|s| !s.is_empty())
+            .is_none_or(|sum| checksum_matches(sum, &r.blob.sha256))
+    });
+    if found {
+        Ok(Json(json!({})).into_response())
+    } else {
+        Err(ApiError::NotFound("Image NOT Found or is a directory".into()))
+    }
+}
+
+async fn download_image(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let image = query.image_id("image")?;
+    let (record, reader) = state
+        .datastore
+        .get_image(&image)
+        .await
+        .map_err(|_| ApiError::NotFound("Image NOT Found or is a directory".into()))?;
+    Ok(reply::blob_file(
+        &record.file_name(&image),
+        &record.blob,
+        reader,
+    ))
+}
+
+async fn image_info(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Json<Value>, ApiError> {
+    let image = query.image_id("image")?;
+    let info = state.datastore.get_image_info(&image).await?;
+    Ok(Json(Value::Object(info.unwrap_or_default())))
+}
+
+/// A form field sent url-encoded or as multipart (FastAPI's `Form` takes both).
+async fn form_field(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+    name: &str,
+) -> Result<Info, ApiError> {
+    let text = if is_urlencoded(headers) {
+        urlencoded_fields(body).await?.get(name).map(str::to_owned)
+    } else {
+        let form = read_form(
+            headers,
+            body,
+            &[],
+            MAX_JSON_BYTES as u64,
+            &state.config.temp_dir,
+        )
+        .await?;
+        form.text(name).map(str::to_owned)
+    };
+    let text = text.ok_or_else(|| ApiError::field(FieldError::missing("body", name)))?;
+    json_object("body", name, &text)
+}
+
+async fn update_image_info(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    query: QueryParams,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let image = query.image_id("image")?;
+    let info = form_field(&state, &headers, body, "info").await?;
+    let write = ctx.write(client_id(&info));
+    state
+        .datastore
+        .update_image_info(&write, &image, info)
+        .await?;
+    Ok(Json(Value::Null))
+}
+
+async fn save_label(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    query: QueryParams,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let image = query.image_id("image")?;
+    let tag = query.tag("tag")?;
+    // Refuse an unknown image before reading the upload.
+    state.datastore.image(&image).await?;
+    let form = read_form(
+        &headers,
+        body,
+        &["label"],
+        state.config.max_upload_bytes,
+        &state.config.temp_dir,
+    )
+    .await?;
+    let upload = form.required_file("label")?;
+    let (_, ext) = upload_name(upload, None)?;
+    let info = params_field(&form, "params")?;
+    let write = ctx.write(client_id(&info));
+    state
+        .datastore
+        .save_label(&write, &image, &tag, &upload.path, &ext, info)
+        .await?;
+    Ok(Json(json!({"image": image, "label": image})))
+}
+
+async fn remove_label(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    query: QueryParams,
+) -> Result<Json<Value>, ApiError> {
+    let image = query.image_id("id")?;
+    let tag = query.tag("tag")?;
+    state
+        .datastore
+        .remove_label(&ctx.write(None), &image, &tag)
+        .await?;
+    Ok(Json(json!({})))
+}
+
+async fn label_exists(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Json<Value>, ApiError> {
+    let image = query.image_id("image")?;
+    let tag = query.tag("tag")?;
+    if state.datastore.view().await?.label(&image, &tag).is_some() {
+        Ok(Json(json!({})))
+    } else {
+        Err(ApiError::NotFound("Label NOT Found or is a directory".into()))
+    }
+}
+
+async fn download_label(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let image = query.image_id("label")?;
+    let tag = query.tag("tag")?;
+    let (record, reader) = state.datastore.get_label(&image, &tag).await?;
+    let latest = record.latest();
+    Ok(reply::blob_file(
+        &format!("{image}{}", latest.ext),
+        &latest.blob,
+        reader,
+    ))
+}
+
+async fn label_info(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Json<Value>, ApiError> {
+    let image = query.image_id("label")?;
+    let tag = query.tag("tag")?;
+    let info = state.datastore.get_label_info(&image, &tag).await?;
+    Ok(Json(Value::Object(info.unwrap_or_default())))
+}
+
+async fn update_label(
+    state: AppState,
+    ctx: Ctx,
+    query: QueryParams,
+    headers: HeaderMap,
+    body: Body,
+    field: &str,
+) -> Result<Json<Value>, ApiError> {
+    let image = query.image_id("label")?;
+    let tag = query.tag("tag")?;
+    let info = form_field(&state, &headers, body, field).await?;
+    let write = ctx.write(client_id(&info));
+    state
+        .datastore
+        .update_label_info(&write, &image, &tag, info)
+        .await?;
+    Ok(Json(Value::Null))
+}
+
+async fn update_label_info(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    query: QueryParams,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    update_label(state, ctx, query, headers, body, "info").await
+}
+
+async fn update_label_info_legacy(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    query: QueryParams,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    update_label(state, ctx, query, headers, body, "params").await
+}
+
+async fn dataset(State(state): State<AppState>, query: QueryParams) -> Result<Response, ApiError> {
+    let limit = query.int("limit_cases", 0)?;
+    let dir = tempfile::Builder::new()
+        .prefix("dataset-")
+        .tempdir_in(&state.config.temp_dir)?;
+    let path = state
+        .datastore
+        .get_dataset_archive(dir.path(), usize::try_from(limit).ok().filter(|n| *n > 0))
+        .await?;
+    let file = tokio::fs::File::open(&path).await?;
+    let size = file.metadata().await?.len();
+    // The open handle keeps the bytes readable after the directory is removed.
+    drop(dir);
+    let mut response = Body::from_stream(ReaderStream::new(file)).into_response();
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("application/zip"),
+    );
+    headers.insert(
+        axum::http::header::CONTENT_DISPOSITION,
+        reply::content_disposition("dataset.zip"),
+    );
+    headers.insert(axum::http::header::CONTENT_LENGTH, size.into());
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::checksum_matches;
+
+    #[test]
+    fn checksums_accept_both_notations() {
+        let hex = "ab".repeat(32);
+        assert!(checksum_matches(&hex, &hex));
+        assert!(checksum_matches(&format!("SHA256:{hex}"), &hex));
+        assert!(checksum_matches(&hex.to_uppercase(), &hex));
+        assert!(!checksum_matches("SHA256:00", &hex));
+    }
+}

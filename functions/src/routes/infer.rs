@@ -1,0 +1,261 @@
+//! The infer function: interactive inference and batch inference, through the runner.
+//!
+//! The image comes from a session (`session_id`; unknown ids are ignored, as in MONAI
+//! Label), a datastore id (`image`), or an uploaded `file`, in that order. Uploaded
+//! files reach the runner as blobs (a URI it can read), never as paths on this host.
+//! With `save_label` the mask is saved to the datastore under `label_tag` (default
+//! `original`) with info `{model, params}`. The reply follows `output`: `json`, `image`,
+//! or (default) MONAI Label's multipart `params` + `image`.
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use medlabel_events::event::JobKind;
+use medlabel_events::id::split_file_name;
+use medlabel_events::{Extension, ImageId, Info, ModelName, RunId, Tag};
+use serde_json::{Value, json};
+
+use crate::context::Ctx;
+use crate::error::{ApiError, FieldError};
+use crate::extract::{QueryParams, Segment, json_body, json_object, parse_bool, parse_id};
+use crate::multipart::{Form, Upload, read_form};
+use crate::reply;
+use crate::routes::train::{stop, task_status};
+use crate::routes::{blob_uri, client_id};
+use crate::runner::InferRequest;
+use crate::state::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/infer/{model}", post(infer))
+        .route("/batch/infer/{model}", post(batch_infer))
+        .route("/batch/infer", get(batch_status).delete(batch_stop))
+}
+
+/// The replies MONAI Label's `output` parameter selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Json,
+    Image,
+    All,
+}
+
+fn output(query: &QueryParams) -> Result<Output, ApiError> {
+    match query.get("output") {
+        None | Some("") | Some("all") => Ok(Output::All),
+        Some("json") => Ok(Output::Json),
+        Some("image") => Ok(Output::Image),
+        Some(other) => Err(ApiError::field(FieldError::new(
+            "enum",
+            "query",
+            "output",
+            "Input should be 'image', 'json' or 'all' ('dicom_seg' needs a DICOMweb datastore)",
+            json!(other),
+        ))),
+    }
+}
+
+/// Stores an uploaded file as a blob and returns a URI the runner can read.
+async fn upload_uri(state: &AppState, upload: &Upload) -> Result<String, ApiError> {
+    let ext = split_file_name(&upload.file_name)
+        .map(|(_, ext)| ext)
+        .unwrap_or_else(|_| Extension::parse("").expect("empty extension is valid"));
+    let blob = state
+        .datastore
+        .blob_store()
+        .put_file(&upload.path, &ext)
+        .await?;
+    blob_uri(state, &blob).await
+}
+
+async fn infer(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    model: Segment,
+    query: QueryParams,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let model = parse_id("path", "model", &model.0, ModelName::parse)?;
+    let output = output(&query)?;
+    if !state
+        .runner
+        .describe()
+        .await?
+        .models
+        .contains_key(model.as_str())
+    {
+        return Err(ApiError::NotFound(format!("Model '{model}' NOT Found")));
+    }
+    let is_multipart = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/"));
+    let form = if is_multipart {
+        read_form(
+            &headers,
+            body,
+            &["file", "label"],
+            state.config.max_upload_bytes,
+            &state.config.temp_dir,
+        )
+        .await?
+    } else {
+        Form::default()
+    };
+    let mut params = json_object("body", "params", form.text("params").unwrap_or("{}"))?;
+
+    // Resolve the image: session, then datastore id, then uploaded file.
+    let mut datastore_image: Option<ImageId> = None;
+    let mut image_uri = None;
+    if let Some(session) = query
+        .get("session_id")
+        .filter(|s| !s.is_empty())
+        .and_then(|s| RunId::parse(s).ok())
+    {
+        let write = ctx.write_step(client_id(&params), "session");
+        if let Ok(session) = state.sessions.touch(&write, &session).await {
+            image_uri = Some(blob_uri(&state, &session.blob).await?);
+        }
+    }
+    if image_uri.is_none()
+        && let Some(id) = query.get("image").filter(|s| !s.is_empty())
+    {
+        let id = parse_id("query", "image", id, ImageId::parse)?;
+        image_uri = Some(state.datastore.get_image_uri(&id).await?);
+        datastore_image = Some(id);
+    }
+    if image_uri.is_none()
+        && let Some(upload) = form.file("file")
+    {
+        image_uri = Some(upload_uri(&state, upload).await?);
+    }
+    let Some(image_uri) = image_uri else {
+        return Err(ApiError::field(FieldError::new(
+            "missing",
+            "query",
+            "image",
+            "Neither Image nor File not Session ID input is provided",
+            Value::Null,
+        )));
+    };
+    let label = match form.file("label") {
+        Some(upload) => Some(upload_uri(&state, upload).await?),
+        None => None,
+    };
+
+    let save_label = params
+        .get("save_label")
+        .is_some_and(|v| v.as_bool().unwrap_or_else(|| v.as_str().and_then(parse_bool).unwrap_or(false)));
+    let label_tag = match params.get("label_tag").and_then(Value::as_str) {
+        Some(tag) if !tag.is_empty() => parse_id("body", "label_tag", tag, Tag::parse)?,
+        _ => Tag::original(),
+    };
+    params.insert("model".into(), json!(model));
+    params.insert(
+        "image".into(),
+        json!(
+            datastore_image
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_else(|| image_uri.clone())
+        ),
+    );
+    let request = InferRequest {
+        model: model.to_string(),
+        image: image_uri,
+        params: params.clone(),
+        label,
+    };
+    let result = state.runner.infer(request).await?;
+
+    if save_label
+        && let (Some(image), Some(file)) = (&datastore_image, &result.file)
+    {
+        let ext = split_file_name(&result.file_name)
+            .map(|(_, ext)| ext)
+            .unwrap_or_else(|_| Extension::parse("").expect("empty extension is valid"));
+        let mut info = Info::new();
+        info.insert("model".into(), json!(model));
+        info.insert("params".into(), Value::Object(result.params.clone()));
+        let write = ctx.write_step(client_id(&params), "label");
+        state
+            .datastore
+            .save_label(&write, image, &label_tag, file, &ext, info)
+            .await?;
+    }
+
+    let result_json = Value::Object(result.params);
+    match (output, result.file) {
+        (Output::Json, _) | (Output::All, None) => Ok(Json(result_json).into_response()),
+        (Output::Image, None) => Err(ApiError::Internal(
+            "the runner returned no result file".into(),
+        )),
+        (Output::Image, Some(file)) => {
+            let bytes = tokio::fs::read(&file).await?;
+            Ok(reply::bytes_file(&result.file_name, bytes))
+        }
+        (Output::All, Some(file)) => {
+            let bytes = tokio::fs::read(&file).await?;
+            Ok(reply::infer_multipart(&result_json, &result.file_name, bytes))
+        }
+    }
+}
+
+/// MONAI Label's batch-infer defaults when the request has no body.
+fn batch_defaults() -> Info {
+    match json!({"device": "cuda", "multi_gpu": true, "gpus": "all", "logging": "WARNING",
+                 "save_label": true, "label_tag": "original", "max_workers": 1,
+                 "max_batch_size": 0})
+    {
+        Value::Object(map) => map,
+        _ => unreachable!("a JSON object literal"),
+    }
+}
+
+async fn batch_infer(
+    State(state): State<AppState>,
+    model: Segment,
+    query: QueryParams,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let model = parse_id("path", "model", &model.0, ModelName::parse)?;
+    let images = query.get("images").unwrap_or("all");
+    if !["all", "labeled", "unlabeled"].contains(&images) {
+        return Err(ApiError::field(FieldError::new(
+            "enum",
+            "query",
+            "images",
+            "Input should be 'all', 'labeled' or 'unlabeled'",
+            json!(images),
+        )));
+    }
+    let mut params = json_body(body).await?;
+    if params.is_empty() {
+        params = batch_defaults();
+    }
+    params.insert("images".into(), json!(images));
+    if query.bool("run_sync", false)? {
+        params.insert("run_sync".into(), json!(true));
+    }
+    Ok(Json(
+        state
+            .runner
+            .start(JobKind::BatchInfer, model.as_str(), params)
+            .await?,
+    ))
+}
+
+async fn batch_status(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Json<Value>, ApiError> {
+    task_status(&state, JobKind::BatchInfer, &query).await
+}
+
+async fn batch_stop(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    stop(&state, JobKind::BatchInfer).await
+}

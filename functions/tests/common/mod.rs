@@ -1,0 +1,290 @@
+//! Test support: an app over embedded backends in a temp dir, request builders in the
+//! shape real clients send, and the Lambda path driven with API Gateway v2 events.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use medlabel_events::blob::fs::FolderBlobStore;
+use medlabel_events::clock::ManualClock;
+use medlabel_events::store::sqlite::SqliteEventStore;
+use medlabel_functions::runner::NoRunner;
+use medlabel_functions::{AppState, Config};
+use serde_json::{Value, json};
+use tower::{Service, ServiceExt};
+
+/// The MONAI Label Python client's fixed multipart boundary.
+pub const PY_BOUNDARY: &str = "----------lImIt_of_THE_fIle_eW_$";
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub state: AppState,
+    pub clock: Arc<ManualClock>,
+}
+
+impl Harness {
+    pub async fn new() -> Self {
+        Self::with_limit(1 << 20).await
+    }
+
+    pub async fn with_limit(max_upload_bytes: u64) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
+        let blobs = FolderBlobStore::open(dir.path().join("blobs")).unwrap();
+        let temp = dir.path().join("tmp");
+        std::fs::create_dir_all(&temp).unwrap();
+        let clock = Arc::new(ManualClock::new(1_750_000_000_000));
+        let config = Config {
+            max_upload_bytes,
+            temp_dir: temp,
+            ..Config::default()
+        };
+        let state = AppState::open_with(
+            Arc::new(store),
+            Arc::new(blobs),
+            clock.clone(),
+            Arc::new(NoRunner),
+            config,
+        )
+        .await
+        .unwrap();
+        Self { dir, state, clock }
+    }
+
+    pub fn app(&self) -> Router {
+        medlabel_functions::app(self.state.clone())
+    }
+
+    /// The event store's head: unchanged means nothing was recorded.
+    pub async fn head(&self) -> u64 {
+        self.state.datastore.event_store().head().await.unwrap()
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> Reply {
+        send(self.app(), request).await
+    }
+
+    /// The same request through the Lambda adapter, as an API Gateway v2 event.
+    pub async fn send_lambda(&self, request: &Req) -> Reply {
+        send_lambda(self.app(), request, None, None).await
+    }
+}
+
+/// A reply, collected.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn detail(&self) -> String {
+        self.json()["detail"].as_str().unwrap_or_default().to_owned()
+    }
+}
+
+pub async fn send(app: Router, request: Request<Body>) -> Reply {
+    let response = app.oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap()
+        .to_vec();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A request description both paths can be built from.
+#[derive(Debug, Clone)]
+pub struct Req {
+    pub method: &'static str,
+    pub path: String,
+    pub query: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Req {
+    pub fn new(method: &'static str, path_and_query: &str) -> Self {
+        let (path, query) = path_and_query
+            .split_once('?')
+            .unwrap_or((path_and_query, ""));
+        Self {
+            method,
+            path: path.to_owned(),
+            query: query.to_owned(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    pub fn json(self, value: Value) -> Self {
+        self.header("content-type", "application/json")
+            .body(value.to_string())
+    }
+
+    /// A multipart body exactly as the Python client builds it.
+    pub fn multipart(self, fields: &[(&str, &str)], files: &[(&str, &str, &[u8])]) -> Self {
+        let body = multipart_body(fields, files);
+        self.header(
+            "content-type",
+            &format!("multipart/form-data; boundary={PY_BOUNDARY}"),
+        )
+        .header("content-length", &body.len().to_string())
+        .body(body)
+    }
+
+    pub fn request(&self) -> Request<Body> {
+        let uri = if self.query.is_empty() {
+            self.path.clone()
+        } else {
+            format!("{}?{}", self.path, self.query)
+        };
+        let mut builder = Request::builder().method(self.method).uri(uri);
+        for (k, v) in &self.headers {
+            builder = builder.header(k, v);
+        }
+        builder.body(Body::from(self.body.clone())).unwrap()
+    }
+
+    /// The API Gateway HTTP API (payload v2) event for this request.
+    pub fn v2_event(&self, stage: Option<&str>, user: Option<&str>) -> Value {
+        let raw_path = match stage {
+            Some(stage) => format!("/{stage}{}", self.path),
+            None => self.path.clone(),
+        };
+        let mut headers = serde_json::Map::new();
+        headers.insert("host".into(), json!("abc123.execute-api.eu-west-1.amazonaws.com"));
+        for (k, v) in &self.headers {
+            headers.insert(k.to_ascii_lowercase(), json!(v));
+        }
+        let mut context = json!({
+            "accountId": "123456789012",
+            "apiId": "abc123",
+            "domainName": "abc123.execute-api.eu-west-1.amazonaws.com",
+            "domainPrefix": "abc123",
+            "http": {"method": self.method, "path": raw_path, "protocol": "HTTP/1.1",
+                     "sourceIp": "192.0.2.1", "userAgent": "test"},
+            "requestId": "lambda-request",
+            "routeKey": "$default",
+            "stage": stage.unwrap_or("$default"),
+            "time": "27/Nov/2026:12:00:00 +0000",
+            "timeEpoch": 1_795_000_000_000u64,
+        });
+        if let Some(user) = user {
+            context["authorizer"] = json!({"jwt": {"claims": {"preferred_username": user, "sub": "x"},
+                                                   "scopes": null}});
+        }
+        let mut event = json!({
+            "version": "2.0",
+            "routeKey": "$default",
+            "rawPath": raw_path,
+            "rawQueryString": self.query,
+            "headers": headers,
+            "requestContext": context,
+            "isBase64Encoded": !self.body.is_empty(),
+        });
+        if !self.body.is_empty() {
+            event["body"] = json!(BASE64.encode(&self.body));
+        }
+        event
+    }
+}
+
+pub fn multipart_body(fields: &[(&str, &str)], files: &[(&str, &str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, value) in fields {
+        body.extend_from_slice(
+            format!(
+                "--{PY_BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
+            )
+            .as_bytes(),
+        );
+    }
+    for (name, file_name, bytes) in files {
+        body.extend_from_slice(
+            format!(
+                "--{PY_BOUNDARY}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{file_name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{PY_BOUNDARY}--\r\n").as_bytes());
+    body
+}
+
+/// Runs `request` the way `lambda_http::run` does: v2 JSON event → `LambdaRequest` →
+/// the library's adapter over [`medlabel_functions::lambda::lambda_service`] → the
+/// serialised API Gateway response, decoded back into a [`Reply`].
+pub async fn send_lambda(
+    app: Router,
+    request: &Req,
+    stage: Option<&str>,
+    user: Option<&str>,
+) -> Reply {
+    let event: lambda_http::request::LambdaRequest =
+        serde_json::from_value(request.v2_event(stage, user)).unwrap();
+    let mut adapter =
+        lambda_http::Adapter::from(medlabel_functions::lambda::lambda_service(app));
+    let response = adapter
+        .call(lambda_http::LambdaEvent::new(
+            event,
+            lambda_http::Context::default(),
+        ))
+        .await
+        .unwrap();
+    let wire = serde_json::to_value(&response).unwrap();
+    let status = StatusCode::from_u16(wire["statusCode"].as_u64().unwrap() as u16).unwrap();
+    let mut headers = HeaderMap::new();
+    if let Some(map) = wire["headers"].as_object() {
+        for (k, v) in map {
+            headers.insert(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.as_str().unwrap().parse().unwrap(),
+            );
+        }
+    }
+    let body = match wire["body"].as_str() {
+        None => Vec::new(),
+        Some(text) if wire["isBase64Encoded"].as_bool() == Some(true) => {
+            BASE64.decode(text).unwrap()
+        }
+        Some(text) => text.as_bytes().to_vec(),
+    };
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}

@@ -1,0 +1,74 @@
+//! The real MONAI Label Python client (monailabel 0.8.5) against a spawned
+//! `medlabel serve`: the compatibility the whole product promises.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// The team's Python environment with `monailabel==0.8.5` installed.
+const PYTHON: &str = "/root/.cache/medlabel/py/bin/python";
+
+/// Kills the server when the test ends, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(studies: &Path) -> (Server, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_medlabel"))
+        .args(["serve", "--studies"])
+        .arg(studies)
+        .args(["--host", "127.0.0.1", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("medlabel starts");
+    let stdout = child.stdout.take().unwrap();
+    let server = Server(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("medlabel exited before printing its URL")
+            .unwrap();
+        if let Some(at) = line.find(" at http://") {
+            break line[at + 4..].trim().trim_end_matches('/').to_owned();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (server, url)
+}
+
+#[test]
+fn python_client_works_against_medlabel_serve() {
+    let studies = tempfile::tempdir().unwrap();
+    std::fs::write(studies.path().join("imported_1.nii.gz"), b"imported image").unwrap();
+    let labels = studies.path().join("labels").join("final");
+    std::fs::create_dir_all(&labels).unwrap();
+    std::fs::write(labels.join("imported_1.nii.gz"), b"imported label").unwrap();
+    let work = tempfile::tempdir().unwrap();
+
+    let (_server, url) = start(studies.path());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_compat.py");
+    let output = Command::new(PYTHON)
+        .arg(&script)
+        .arg(&url)
+        .arg(work.path())
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "client_compat.py failed\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["ok"], true);
+    // The events live where the brief says: the studies folder's .medlabel directory.
+    assert!(studies.path().join(".medlabel/events.db").is_file());
+}

@@ -1,0 +1,190 @@
+//! `bench` (peer benchmark, compared with scripts/bench_peer.py) and `gpu-check`
+//! (what scripts/gpu-check.sh runs on a GPU machine).
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Instant;
+
+use medlabel_runner::infer::{InferOptions, infer_file};
+use medlabel_runner::kernels;
+use medlabel_runner::loss::dice_ce_loss;
+use medlabel_runner::{Mode, Model, ModelConfig, Result, RunnerError, TrainRequest, parse_device, synth, train};
+use serde_json::{Value, json};
+use tch::nn::OptimizerConfig;
+use tch::{Device, Kind, Tensor};
+
+use crate::cli::Args;
+
+/// Spacing of generated benchmark images: finer than the model's, so resampling is real work.
+const BENCH_SPACING: [f64; 3] = [1.0, 1.0, 1.5];
+
+/// The spleen network with random (seeded) or given weights.
+fn bench_model(device: Device, weights: Option<PathBuf>) -> Result<Model> {
+    tch::manual_seed(0);
+    let mut model = Model::new(ModelConfig::spleen(), device)?;
+    if let Some(w) = weights {
+        model.vs.load(&w)?;
+    }
+    Ok(model)
+}
+
+fn timed<T>(device: Device, f: impl FnOnce() -> T) -> (T, f64) {
+    let t = Instant::now();
+    let out = f();
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+    (out, t.elapsed().as_secs_f64())
+}
+
+fn summary(times: &[f64]) -> Value {
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+    json!({"mean_s": mean, "min_s": min, "runs": times})
+}
+
+/// Generates (or reuses) a benchmark image of `size`³ and returns its path.
+fn bench_image(a: &mut Args, dir: &std::path::Path, size: usize) -> Result<PathBuf> {
+    if let Some(p) = a.opt_path("image") {
+        return Ok(p);
+    }
+    let pairs = synth::write_studies(dir, 1, 7, [size; 3], BENCH_SPACING)?;
+    Ok(pairs[0].0.clone())
+}
+
+/// Forward of one 96³ window, end-to-end inference of a `size`³ image, one training step.
+pub fn bench(mut a: Args) -> Result<Value> {
+    let device = parse_device(&a.get_or("device", "cpu"))?;
+    let size = a.parse_or("size", 256usize)?;
+    let repeat = a.parse_or("repeat", 3usize)?.max(1);
+    let batch = a.parse_or("batch", 2i64)?;
+    let weights = a.opt_path("weights");
+    let check = a.opt_path("check");
+    let skip_e2e = a.flag("skip-e2e");
+    let tmp = tempdir()?;
+    let image = bench_image(&mut a, &tmp, size)?;
+    a.finish()?;
+    let model = bench_model(device, weights)?;
+
+    let mut result = json!({"device": format!("{device:?}"), "threads": tch::get_num_threads()});
+    if let Some(file) = check {
+        // {"input", "output"} saved by the peer script with the same weights.
+        let named = Tensor::loadz_multi_with_device(&file, device)?;
+        let get = |n: &str| named.iter().find(|(k, _)| k == n).map(|(_, t)| t.shallow_clone());
+        let (x, y) = get("input").zip(get("output")).ok_or_else(|| RunnerError::invalid("check file needs input and output"))?;
+        let ours = tch::no_grad(|| model.forward(&x, Mode::EVAL));
+        let diff = (ours - y).abs().max().double_value(&[]);
+        result["check_max_abs_diff"] = json!(diff);
+    }
+
+    let x = Tensor::randn([1, 1, 96, 96, 96], (Kind::Float, device));
+    let mut times = Vec::new();
+    for i in 0..=repeat {
+        let (_, t) = timed(device, || tch::no_grad(|| model.forward(&x, Mode::EVAL)));
+        if i > 0 {
+            times.push(t); // the first run warms allocators and kernels
+        }
+    }
+    result["forward_96"] = summary(&times);
+
+    if !skip_e2e {
+        let opts = InferOptions {
+            amp: false,
+            ..Default::default()
+        };
+        let out = tmp.join("mask.nii.gz");
+        let mut runs = Vec::new();
+        for _ in 0..repeat.min(2) {
+            runs.push(infer_file(&model, &image, &out, &opts)?);
+        }
+        let totals: Vec<f64> = runs.iter().map(|l| l.total).collect();
+        result["e2e"] = json!({"size": size, "summary": summary(&totals), "latencies": runs});
+    }
+
+    let train_model = bench_model(device, None)?;
+    let mut opt = tch::nn::AdamW::default().build(&train_model.vs, 1e-4)?;
+    let xb = Tensor::randn([batch, 1, 96, 96, 96], (Kind::Float, device));
+    let yb = Tensor::randint(2, [batch, 1, 96, 96, 96], (Kind::Int64, device));
+    let mut times = Vec::new();
+    for i in 0..=repeat {
+        let (_, t) = timed(device, || {
+            let loss = dice_ce_loss(&train_model.forward(&xb, Mode::TRAIN), &yb);
+            opt.backward_step(&loss);
+        });
+        if i > 0 {
+            times.push(t);
+        }
+    }
+    result["train_step"] = json!({"batch": batch, "summary": summary(&times)});
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(result)
+}
+
+/// CUDA discovery, kernel equality, AMP inference and one training epoch on GPU 0.
+pub fn gpu_check(mut a: Args) -> Result<Value> {
+    let size = a.parse_or("size", 256usize)?;
+    let model_dir = a.opt_path("model");
+    a.finish()?;
+    let mut report = json!({
+        "tch_cuda_available": tch::Cuda::is_available(),
+        "tch_cuda_devices": tch::Cuda::device_count(),
+        "cudnn": tch::Cuda::cudnn_is_available(),
+        "driver_present": kernels::driver_present(),
+        "nvrtc_present": kernels::nvrtc_present(),
+        "gpus": kernels::discover(),
+    });
+    eprintln!("[gpu-check] cuda: {report}");
+    if !tch::Cuda::is_available() {
+        return Err(RunnerError::Cuda(format!("libtorch sees no CUDA device: {report}")));
+    }
+    let checks = kernels::self_check(0, 42)?;
+    eprintln!("[gpu-check] kernels: {}", json!(checks));
+    report["kernels"] = json!(checks);
+    if let Some(bad) = checks.iter().find(|c| !c.passed) {
+        return Err(RunnerError::Cuda(format!("kernel {} differs from CPU by {}", bad.kernel, bad.max_abs_diff)));
+    }
+
+    let device = Device::Cuda(0);
+    let model = match model_dir {
+        Some(d) => Model::load(&d, device)?,
+        None => bench_model(device, None)?,
+    };
+    let tmp = tempdir()?;
+    let (written, t_gen) = timed(Device::Cpu, || synth::write_studies(&tmp.join("big"), 1, 7, [size; 3], BENCH_SPACING));
+    let image = written?[0].0.clone();
+    eprintln!("[gpu-check] wrote {size}³ synthetic image in {t_gen:.1}s");
+    let out = tmp.join("mask.nii.gz");
+    let mut runs = Vec::new();
+    for amp in [true, true, false] {
+        let opts = InferOptions {
+            amp,
+            sw_batch_size: 4,
+            ..Default::default()
+        };
+        let lat = infer_file(&model, &image, &out, &opts)?;
+        eprintln!("[gpu-check] inference amp={amp}: {}", json!(lat));
+        runs.push(json!({"amp": amp, "latencies": lat}));
+    }
+    report["inference"] = json!({"size": size, "runs": runs});
+
+    let studies = tmp.join("train");
+    let datalist = synth::write_studies(&studies, 4, 11, [128, 128, 96], BENCH_SPACING)?;
+    let req = TrainRequest {
+        model: Some(ModelConfig::spleen()),
+        max_epochs: 1,
+        device: "cuda".into(),
+        ..Default::default()
+    };
+    let (outcome, t_train) = timed(device, || train(&req, &datalist, &tmp.join("out"), |_| {}, &AtomicBool::new(false)));
+    let outcome = outcome?;
+    eprintln!("[gpu-check] one epoch ({} volumes, amp) in {t_train:.1}s", datalist.len());
+    report["train_epoch"] = json!({"seconds": t_train, "volumes": datalist.len(), "stats": outcome.stats});
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(report)
+}
+
+fn tempdir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("medlabel-runner-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| RunnerError::io(&dir, e))?;
+    Ok(dir)
+}

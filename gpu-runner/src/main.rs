@@ -1,0 +1,165 @@
+//! `medlabel-runner`: the command-line face of the runner.
+//!
+//! ```text
+//! medlabel-runner infer --model DIR --image PATH --out PATH [--device cpu|cuda|auto]
+//!                       [--overlap F] [--sw-batch-size N] [--no-amp]
+//! medlabel-runner train (--studies DIR | --datalist FILE.json) --out DIR [--max-epochs N]
+//!                       [--request FILE.json] [--device D] [--seed N] [--lr F] [--val-interval N]
+//!                       [--roi N,N,N] [--spacing F,F,F] [--channels N,..] [--strides N,..]
+//!                       [--res-units N] [--norm instance|batch] [--dropout F] [--num-samples N]
+//! medlabel-runner serve --model-dir DIR [--addr 127.0.0.1:8080] [--device D] [--data-root DIR]
+//! medlabel-runner sagemaker-train [--root /opt/ml]
+//! medlabel-runner make-sample --out DIR [--cases N] [--seed N] [--dims N,N,N] [--spacing F,F,F]
+//! medlabel-runner uncertainty --model DIR --image PATH [--passes N] [--device D]
+//! medlabel-runner gpu-check [--model DIR] [--size N]
+//! medlabel-runner bench [--device D] [--size N] [--repeat N] [--batch N]
+//! ```
+//! Every command prints one JSON document on stdout; errors go to stderr with exit code 1.
+//! A datalist file is `[{"image": path, "label": path}, …]`.
+
+mod bench;
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use medlabel_runner::infer::{InferOptions, infer_file};
+use medlabel_runner::{Model, ModelConfig, Result, RunnerError, TrainRequest, parse_device, sagemaker, serve, synth, train};
+use serde_json::json;
+
+use crate::cli::Args;
+
+fn main() -> ExitCode {
+    medlabel_runner::init_runtime();
+    let mut argv = std::env::args().skip(1);
+    let Some(cmd) = argv.next() else {
+        eprintln!("usage: medlabel-runner <infer|train|serve|sagemaker-train|make-sample|uncertainty|gpu-check|bench> [options]");
+        return ExitCode::from(2);
+    };
+    let result = Args::parse(argv.collect()).and_then(|args| run(&cmd, args));
+    match result {
+        Ok(out) => {
+            println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("medlabel-runner {cmd}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: &str, mut a: Args) -> Result<serde_json::Value> {
+    let out = match cmd {
+        "infer" => {
+            let device = parse_device(&a.get_or("device", "auto"))?;
+            let model = Model::load(&a.path("model")?, device)?;
+            let opts = InferOptions {
+                overlap: a.parse_or("overlap", 0.25)?,
+                sw_batch_size: a.parse_or("sw-batch-size", 1)?,
+                amp: !a.flag("no-amp"),
+                ..Default::default()
+            };
+            let (image, dest) = (a.path("image")?, a.path("out")?);
+            a.finish()?;
+            let lat = infer_file(&model, &image, &dest, &opts)?;
+            json!({"label": dest, "label_names": model.config.label_names(), "latencies": lat, "device": format!("{device:?}")})
+        }
+        "train" => train_cmd(a)?,
+        "serve" => {
+            let device = parse_device(&a.get_or("device", "auto"))?;
+            let model_dir = a.path("model-dir")?;
+            let addr = a.get_or("addr", "127.0.0.1:8080");
+            let data_root = a.opt_path("data-root").unwrap_or_else(|| PathBuf::from("/"));
+            a.finish()?;
+            let runner = Arc::new(serve::Runner::new(&model_dir, device, &data_root)?);
+            let rt = tokio::runtime::Runtime::new().map_err(|e| RunnerError::io("tokio runtime", e))?;
+            rt.block_on(serve::serve(&addr, runner))?;
+            json!({"stopped": true})
+        }
+        "sagemaker-train" => {
+            let root = a.opt_path("root").unwrap_or_else(|| PathBuf::from("/opt/ml"));
+            a.finish()?;
+            let outcome = sagemaker::run(&sagemaker::SageMakerPaths { root })?;
+            json!({"model_dir": outcome.model_dir, "train_stats": outcome.stats})
+        }
+        "make-sample" => {
+            let dir = a.path("out")?;
+            let cases = a.parse_or("cases", 4usize)?;
+            let seed = a.parse_or("seed", 0u64)?;
+            let dims = a.triple_or("dims", [96usize, 96, 64])?;
+            let spacing = a.triple_or("spacing", [1.5f64, 1.5, 2.0])?;
+            a.finish()?;
+            let pairs = synth::write_studies(&dir, cases, seed, dims, spacing)?;
+            json!({"studies": dir, "cases": pairs.len()})
+        }
+        "uncertainty" => {
+            let device = parse_device(&a.get_or("device", "auto"))?;
+            let model = Model::load(&a.path("model")?, device)?;
+            let image = medlabel_runner::io::read_image(&a.path("image")?)?;
+            let passes = a.parse_or("passes", 8usize)?;
+            a.finish()?;
+            let u = medlabel_runner::uncertainty::mc_dropout(&model, &image, passes, 0.25, 0)?;
+            serde_json::to_value(u).map_err(|e| RunnerError::json("uncertainty", e))?
+        }
+        "gpu-check" => bench::gpu_check(a)?,
+        "bench" => bench::bench(a)?,
+        other => return Err(RunnerError::invalid(format!("unknown command {other:?}"))),
+    };
+    Ok(out)
+}
+
+fn train_cmd(mut a: Args) -> Result<serde_json::Value> {
+    let mut req: TrainRequest = match a.opt_path("request") {
+        Some(p) => {
+            let text = std::fs::read_to_string(&p).map_err(|e| RunnerError::io(&p, e))?;
+            serde_json::from_str(&text).map_err(|e| RunnerError::json(p.display().to_string(), e))?
+        }
+        None => TrainRequest::default(),
+    };
+    let mut cfg = req.model.clone().unwrap_or_else(ModelConfig::spleen);
+    cfg.roi_size = a.triple_or("roi", cfg.roi_size)?;
+    cfg.spacing = a.triple_or("spacing", cfg.spacing)?;
+    cfg.network.channels = a.list_or("channels", cfg.network.channels)?;
+    cfg.network.strides = a.list_or("strides", cfg.network.strides)?;
+    cfg.network.num_res_units = a.parse_or("res-units", cfg.network.num_res_units)?;
+    cfg.network.dropout = a.parse_or("dropout", cfg.network.dropout)?;
+    if let Some(n) = a.get("norm") {
+        cfg.network.norm = serde_json::from_value(json!(n)).map_err(|e| RunnerError::json("--norm", e))?;
+    }
+    req.model = Some(cfg);
+    req.pretrained = a.opt_path("pretrained").or(req.pretrained);
+    req.resume = a.opt_path("resume").or(req.resume);
+    req.max_epochs = a.parse_or("max-epochs", req.max_epochs)?;
+    req.val_interval = a.parse_or("val-interval", req.val_interval)?;
+    req.learning_rate = a.parse_or("lr", req.learning_rate)?;
+    req.num_samples = a.parse_or("num-samples", req.num_samples)?;
+    req.seed = a.parse_or("seed", req.seed)?;
+    req.device = a.get_or("device", &req.device);
+    let datalist = match (a.opt_path("studies"), a.opt_path("datalist")) {
+        (Some(dir), None) => synth::studies_datalist(&dir)?,
+        (None, Some(file)) => cli::read_datalist(&file)?,
+        _ => return Err(RunnerError::invalid("give exactly one of --studies and --datalist")),
+    };
+    let out = a.path("out")?;
+    a.finish()?;
+    let outcome = train(
+        &req,
+        &datalist,
+        &out,
+        |s| {
+            eprintln!(
+                "epoch {}/{}: loss {:.4} val_mean_dice {:.4} best {:.4}",
+                s.epoch,
+                s.total_epochs,
+                s.train.metrics.get("train_loss").copied().unwrap_or(f64::NAN),
+                s.eval.metrics.get("val_mean_dice").copied().unwrap_or(f64::NAN),
+                s.best_metric
+            )
+        },
+        &AtomicBool::new(false),
+    )?;
+    Ok(json!({"model_dir": outcome.model_dir, "stopped": outcome.stopped, "train_stats": outcome.stats}))
+}

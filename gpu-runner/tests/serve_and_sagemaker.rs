@@ -1,0 +1,131 @@
+//! The runner's two container contracts, driven the way their callers drive them: the
+//! HTTP endpoint through its axum router, and the SageMaker training layout on disk.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use axum::body::{Body, to_bytes};
+use axum::http::{Request, StatusCode};
+use base64::Engine;
+use medlabel_runner::sagemaker::{SageMakerPaths, has_model};
+use medlabel_runner::serve::{InvocationResult, Runner, router};
+use medlabel_runner::{Intensity, Model, ModelConfig, UNetConfig, synth};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+fn tiny_config() -> ModelConfig {
+    ModelConfig {
+        labels: BTreeMap::from([("background".into(), 0), ("spleen".into(), 1)]),
+        spacing: [4.0, 4.0, 4.0],
+        intensity: Intensity::spleen_ct(),
+        roi_size: [16, 16, 16],
+        network: UNetConfig {
+            in_channels: 1,
+            out_channels: 2,
+            channels: vec![4, 8],
+            strides: vec![2],
+            num_res_units: 1,
+            norm: Default::default(),
+            dropout: 0.0,
+        },
+    }
+}
+
+async fn call(app: &axum::Router, method: &str, uri: &str, body: Value) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(if body.is_null() { Body::empty() } else { Body::from(body.to_string()) })
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+fn serve_fixture(root: &Path) -> (axum::Router, std::path::PathBuf) {
+    let models = root.join("models");
+    tch::manual_seed(0);
+    Model::new(tiny_config(), tch::Device::Cpu).unwrap().save(&models.join("spleen_tiny")).unwrap();
+    let data = root.join("data");
+    let pairs = synth::write_studies(&data, 1, 3, [20, 18, 12], [3.0, 3.0, 4.0]).unwrap();
+    let runner = Runner::new(&models, tch::Device::Cpu, &data).unwrap();
+    (router(Arc::new(runner)), pairs[0].0.clone())
+}
+
+#[tokio::test]
+async fn ping_and_invocations_by_path_and_inline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, image) = serve_fixture(dir.path());
+    let (status, body) = call(&app, "GET", "/ping", Value::Null).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["models"], json!(["spleen_tiny"]));
+
+    // By path, written to an output path: the mask opens with the input's geometry.
+    let out = dir.path().join("data").join("mask.nii.gz");
+    let (status, body) = call(&app, "POST", "/invocations", json!({"image": image, "output": out, "params": {"overlap": 0.5}})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let result: InvocationResult = serde_json::from_value(body).unwrap();
+    assert_eq!(result.params.model, "spleen_tiny");
+    assert_eq!(result.params.label_names["spleen"], 1);
+    assert!(result.params.latencies.total > 0.0);
+    let input = medlabel_runner::io::read_image(&image).unwrap();
+    let mask = medlabel_runner::io::read_image(&out).unwrap();
+    assert_eq!((mask.dims, mask.affine), (input.dims, input.affine));
+
+    // Inline bytes in, inline mask out.
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let bytes = std::fs::read(&image).unwrap();
+    let (status, body) = call(&app, "POST", "/invocations", json!({"model": "spleen_tiny", "image_b64": b64.encode(&bytes), "image_ext": ".nii.gz"})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let inline = b64.decode(body["label_b64"].as_str().unwrap()).unwrap();
+    let inline = medlabel_runner::io::read_image_bytes(&inline, ".nii.gz").unwrap();
+    assert_eq!(inline.data, mask.data);
+}
+
+#[tokio::test]
+async fn bad_invocations_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, image) = serve_fixture(dir.path());
+    let cases = [
+        (json!({"image": image, "model": "nope"}), StatusCode::NOT_FOUND, "unknown model"),
+        (json!({}), StatusCode::BAD_REQUEST, "exactly one of"),
+        (json!({"image": "/etc/hostname"}), StatusCode::BAD_REQUEST, "outside the runner's data root"),
+        (json!({"image": image, "output": "/tmp/x.nii.gz"}), StatusCode::BAD_REQUEST, "outside the runner's data root"),
+        (json!({"image_b64": "!!!"}), StatusCode::BAD_REQUEST, "image_b64"),
+        (json!({"image": image, "extra": 1}), StatusCode::BAD_REQUEST, "unknown field"),
+    ];
+    for (req, status, needle) in cases {
+        let (got, body) = call(&app, "POST", "/invocations", req.clone()).await;
+        assert_eq!(got, status, "{req} → {body}");
+        assert!(body["detail"].as_str().unwrap().contains(needle), "{req} → {body}");
+    }
+}
+
+#[test]
+fn sagemaker_training_job_writes_model_or_failure() {
+    let root = tempfile::tempdir().unwrap();
+    let paths = SageMakerPaths { root: root.path().to_path_buf() };
+    synth::write_studies(&paths.channel("training"), 2, 5, [24, 24, 16], [4.0, 4.0, 4.0]).unwrap();
+    std::fs::create_dir_all(paths.hyperparameters().parent().unwrap()).unwrap();
+    // SageMaker passes every hyperparameter as a string.
+    let hp = json!({
+        "max_epochs": "2",
+        "num_samples": "2",
+        "device": "cpu",
+        "model": serde_json::to_string(&tiny_config()).unwrap(),
+    });
+    std::fs::write(paths.hyperparameters(), hp.to_string()).unwrap();
+    let outcome = medlabel_runner::sagemaker::run(&paths).unwrap();
+    assert_eq!(outcome.stats.current_epoch, 2);
+    assert!(has_model(&paths.model()));
+    assert!(!paths.failure().exists());
+
+    // A missing channel fails with the reason in output/failure.
+    std::fs::write(paths.hyperparameters(), json!({"channel": "absent", "device": "cpu"}).to_string()).unwrap();
+    assert!(medlabel_runner::sagemaker::run(&paths).is_err());
+    let reason = std::fs::read_to_string(paths.failure()).unwrap();
+    assert!(reason.contains("absent"), "{reason}");
+}
