@@ -89,7 +89,11 @@ impl Session {
 /// The lifetime MONAI Label gives a session asked to live `requested_s` seconds under a
 /// ceiling of `max_s` seconds.
 pub fn effective_expiry(requested_s: i64, max_s: u64) -> u64 {
-    let max = if max_s <= 60 { DEFAULT_MAX_EXPIRY_S } else { max_s };
+    let max = if max_s <= 60 {
+        DEFAULT_MAX_EXPIRY_S
+    } else {
+        max_s
+    };
     if requested_s > 0 {
         (requested_s as u64).min(max)
     } else {
@@ -231,18 +235,26 @@ impl Sessions {
 
     /// Records an access (`update_ts`), extending the session's life.
     pub async fn touch(&self, ctx: &WriteContext, id: &RunId) -> Result<Session> {
-        self.update(ctx, id, Event::SessionAccessed {
-            session: id.clone(),
-        })
+        self.update(
+            ctx,
+            id,
+            Event::SessionAccessed {
+                session: id.clone(),
+            },
+        )
         .await?;
         self.get(id, &ctx.actor.user).await
     }
 
     /// Removes the session and returns its last state.
     pub async fn remove(&self, ctx: &WriteContext, id: &RunId) -> Result<Session> {
-        self.update(ctx, id, Event::SessionRemoved {
-            session: id.clone(),
-        })
+        self.update(
+            ctx,
+            id,
+            Event::SessionRemoved {
+                session: id.clone(),
+            },
+        )
         .await
     }
 
@@ -426,7 +438,13 @@ mod tests {
         let f = fixture();
         let made = f
             .sessions
-            .create(&ctx("alice", "r1"), &f.file, "/home/a/ct.nii.gz", Info::new(), 0)
+            .create(
+                &ctx("alice", "r1"),
+                &f.file,
+                "/home/a/ct.nii.gz",
+                Info::new(),
+                0,
+            )
             .await
             .unwrap();
         assert_eq!(made.file_name, "ct.nii.gz");
@@ -439,9 +457,21 @@ mod tests {
             Err(SessionError::NotFound(_))
         ));
         let head = f.store.head().await.unwrap();
-        assert!(f.sessions.remove(&ctx("bob", "r2"), &made.id).await.is_err());
-        assert_eq!(f.store.head().await.unwrap(), head, "bob's remove recorded something");
-        f.sessions.remove(&ctx("alice", "r3"), &made.id).await.unwrap();
+        assert!(
+            f.sessions
+                .remove(&ctx("bob", "r2"), &made.id)
+                .await
+                .is_err()
+        );
+        assert_eq!(
+            f.store.head().await.unwrap(),
+            head,
+            "bob's remove recorded something"
+        );
+        f.sessions
+            .remove(&ctx("alice", "r3"), &made.id)
+            .await
+            .unwrap();
         assert!(f.sessions.get(&made.id, &alice).await.is_err());
     }
 
@@ -478,7 +508,10 @@ mod tests {
             .await
             .unwrap();
         f.clock.advance_ms(90_000);
-        f.sessions.touch(&ctx("admin", "c"), &short.id).await.unwrap();
+        f.sessions
+            .touch(&ctx("admin", "c"), &short.id)
+            .await
+            .unwrap();
         f.clock.advance_ms(90_000);
         // 180 s after creation, 90 s after the touch: still alive.
         assert!(f.sessions.get(&short.id, &admin).await.is_ok());

@@ -33,10 +33,7 @@ impl Ctx {
     /// The write context of a request's second (third, ...) write: a derived request id,
     /// so each write is idempotent on its own.
     pub fn write_step(&self, client_id: Option<&str>, step: &str) -> WriteContext {
-        WriteContext::new(
-            self.actor(client_id),
-            format!("{}/{step}", self.request_id),
-        )
+        WriteContext::new(self.actor(client_id), format!("{}/{step}", self.request_id))
     }
 
     pub fn actor(&self, client_id: Option<&str>) -> Actor {

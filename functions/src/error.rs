@@ -187,10 +187,16 @@ impl From<DatastoreError> for ApiError {
                 format!("Value error, {invalid}"),
                 Value::Null,
             )),
-            DatastoreError::InvalidInput(msg) => {
-                ApiError::field(FieldError::new("value_error", "body", "params", msg, Value::Null))
+            DatastoreError::InvalidInput(msg) => ApiError::field(FieldError::new(
+                "value_error",
+                "body",
+                "params",
+                msg,
+                Value::Null,
+            )),
+            DatastoreError::Contended(_) | DatastoreError::RequestIdReused(_) => {
+                ApiError::Conflict(err.to_string())
             }
-            DatastoreError::Contended(_) => ApiError::Conflict(err.to_string()),
             DatastoreError::Store(store) => store.into(),
             DatastoreError::Blob(blob) => blob.into(),
             DatastoreError::Io(io) => ApiError::Internal(io.to_string()),

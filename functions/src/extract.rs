@@ -30,7 +30,11 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
 
 impl QueryParams {
     pub fn parse(query: &str) -> Self {
-        Self(form_urlencoded::parse(query.as_bytes()).into_owned().collect())
+        Self(
+            form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect(),
+        )
     }
 
     pub fn get(&self, name: &str) -> Option<&str> {
@@ -215,7 +219,9 @@ mod tests {
         assert_eq!(q.image_id("ok").unwrap().as_str(), "spleen_3");
         assert!(q.bool("flag", false).unwrap());
         assert!(q.int("n", 0).is_err());
-        assert!(matches!(q.required("absent"), Err(ApiError::Validation(e)) if e[0].kind == "missing"));
+        assert!(
+            matches!(q.required("absent"), Err(ApiError::Validation(e)) if e[0].kind == "missing")
+        );
     }
 
     #[test]
@@ -223,7 +229,10 @@ mod tests {
         assert!(json_object("body", "params", "").unwrap().is_empty());
         assert_eq!(json_object("body", "params", r#"{"a":1}"#).unwrap()["a"], 1);
         for bad in ["{", "[1]", "\"s\""] {
-            assert!(json_object("body", "params", bad).is_err(), "{bad} accepted");
+            assert!(
+                json_object("body", "params", bad).is_err(),
+                "{bad} accepted"
+            );
         }
     }
 }

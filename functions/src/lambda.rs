@@ -46,8 +46,8 @@ fn strip_stage(request: &mut lambda_http::Request) {
 /// The service `lambda_http::run` drives: Lambda requests in, router replies out.
 pub fn lambda_service(
     router: Router,
-) -> impl Service<lambda_http::Request, Response = Response, Error = Infallible, Future: Send>
-+ Clone {
+) -> impl Service<lambda_http::Request, Response = Response, Error = Infallible, Future: Send> + Clone
+{
     service_fn(move |mut request: lambda_http::Request| {
         let router = router.clone();
         async move {

@@ -37,7 +37,11 @@ impl LogBuffer {
     /// The last `n` lines (all of them when `n` is 0), oldest first.
     pub fn tail(&self, n: usize) -> Vec<String> {
         let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let skip = if n == 0 { 0 } else { lines.len().saturating_sub(n) };
+        let skip = if n == 0 {
+            0
+        } else {
+            lines.len().saturating_sub(n)
+        };
         lines.iter().skip(skip).cloned().collect()
     }
 }
@@ -117,9 +121,12 @@ mod tests {
             buffer.push(&format!("line {i}"));
         }
         assert_eq!(buffer.tail(0).len(), KEPT_LINES);
-        assert_eq!(buffer.tail(2), vec![
-            format!("line {}", KEPT_LINES + 1),
-            format!("line {}", KEPT_LINES + 2)
-        ]);
+        assert_eq!(
+            buffer.tail(2),
+            vec![
+                format!("line {}", KEPT_LINES + 1),
+                format!("line {}", KEPT_LINES + 2)
+            ]
+        );
     }
 }

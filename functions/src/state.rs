@@ -11,6 +11,7 @@ use medlabel_events::store::EventStore;
 
 use crate::logging::LogBuffer;
 use crate::runner::{NoRunner, Runner};
+use crate::strategy::Picker;
 
 /// MONAI Label's default upload ceiling for the local server: 2 GB.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 2_000_000_000;
@@ -36,6 +37,10 @@ pub struct Config {
     /// App name and description shown by `/info/`.
     pub app_name: String,
     pub app_description: String,
+    /// How long an image handed out by active learning stays reserved for its client.
+    pub lease: std::time::Duration,
+    /// Seeds the `random` strategy, so a run can be reproduced.
+    pub strategy_seed: Option<u64>,
 }
 
 impl Default for Config {
@@ -48,6 +53,8 @@ impl Default for Config {
             app_name: "medlabel".into(),
             app_description: "medlabel: MONAI Label compatible, event-sourced annotation server"
                 .into(),
+            lease: crate::strategy::DEFAULT_LEASE,
+            strategy_seed: None,
         }
     }
 }
@@ -60,6 +67,8 @@ pub struct AppState {
     pub runner: Arc<dyn Runner>,
     pub config: Arc<Config>,
     pub logs: LogBuffer,
+    /// Randomness and lease length for active learning.
+    pub picker: Arc<Picker>,
 }
 
 impl AppState {
@@ -69,7 +78,14 @@ impl AppState {
         blobs: Arc<dyn BlobStore>,
         config: Config,
     ) -> Result<Self, DatastoreError> {
-        Self::open_with(store, blobs, Arc::new(SystemClock), Arc::new(NoRunner), config).await
+        Self::open_with(
+            store,
+            blobs,
+            Arc::new(SystemClock),
+            Arc::new(NoRunner),
+            config,
+        )
+        .await
     }
 
     pub async fn open_with(
@@ -86,6 +102,7 @@ impl AppState {
             datastore: Arc::new(datastore),
             sessions: Arc::new(sessions),
             runner,
+            picker: Arc::new(Picker::new(config.strategy_seed, config.lease)),
             config: Arc::new(config),
             logs: LogBuffer::global().clone(),
         })

@@ -1,71 +1,44 @@
-//! Active-learning strategies that need no model: pure picks over the datastore view.
+//! The shared source of randomness for active learning, and the lease length.
 //!
-//! All choose among the images without a `final` label (MONAI Label's "unlabeled").
-//! `first` and `last` take the lowest and highest id; `random` weighs each image by the
-//! seconds since `random` last served it (never served: since the epoch), so images
-//! nobody has seen dominate, as in MONAI Label. Where MONAI Label fails (every weight 0)
-//! this picks uniformly, and it reports the chosen image's own weight rather than the
-//! first one's.
+//! Selection itself lives in the domain (`medlabel_events::datastore::Strategy`,
+//! leases included); this only supplies what it needs from the process: a generator
+//! that can be seeded, so a run can be reproduced, and the configured lease.
 
-use medlabel_events::datastore::DatastoreView;
-use medlabel_events::{ImageId, Tag};
-use rand::Rng;
+use std::sync::Mutex;
+use std::time::Duration;
 
-/// Strategy names and the descriptions `/info/` shows.
-pub const STRATEGIES: &[(&str, &str)] = &[
-    ("first", "Get First Sample"),
-    ("last", "Get Last Sample"),
-    ("random", "Random Strategy"),
-];
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 
-/// The image a strategy picks and its weight; `None` when nothing is unlabeled or the
-/// strategy is unknown (check [`is_known`] first to tell them apart).
-pub fn pick(
-    strategy: &str,
-    view: &DatastoreView,
-    now_s: i64,
-    rng: &mut impl Rng,
-) -> Option<(ImageId, f64)> {
-    let candidates = view.unlabeled_images(&Tag::final_tag(), &[]);
-    match strategy {
-        "first" => candidates.first().map(|id| (id.clone(), 1.0)),
-        "last" => candidates.last().map(|id| (id.clone(), 1.0)),
-        "random" => {
-            let weights: Vec<f64> = candidates
-                .iter()
-                .map(|id| {
-                    let served = view
-                        .image(id)
-                        .and_then(|r| r.info.get("strategy"))
-                        .and_then(|s| s.get(strategy))
-                        .and_then(|s| s.get("ts"))
-                        .and_then(|ts| ts.as_i64())
-                        .unwrap_or(0);
-                    (now_s - served).max(0) as f64
-                })
-                .collect();
-            let total: f64 = weights.iter().sum();
-            let index = if total > 0.0 {
-                let mut target = rng.random_range(0.0..total);
-                weights
-                    .iter()
-                    .position(|w| {
-                        target -= w;
-                        target < 0.0
-                    })
-                    .unwrap_or(weights.len().checked_sub(1)?)
-            } else {
-                if candidates.is_empty() {
-                    return None;
-                }
-                rng.random_range(0..candidates.len())
-            };
-            Some((candidates[index].clone(), weights[index]))
+/// Default lease: how long an image handed out stays reserved for its annotator.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30 * 60);
+
+/// Random picks for the `random` strategy, seeded or from the OS.
+pub struct Picker {
+    rng: Mutex<ChaCha8Rng>,
+    pub lease: Duration,
+}
+
+impl Picker {
+    pub fn new(seed: Option<u64>, lease: Duration) -> Self {
+        let rng = match seed {
+            Some(seed) => ChaCha8Rng::seed_from_u64(seed),
+            None => ChaCha8Rng::from_os_rng(),
+        };
+        Self {
+            rng: Mutex::new(rng),
+            lease,
         }
-        _ => None,
+    }
+
+    /// An index below `n` (`n` > 0).
+    pub fn below(&self, n: usize) -> usize {
+        self.rng.lock().expect("rng lock poisoned").random_range(0..n)
     }
 }
 
-pub fn is_known(strategy: &str) -> bool {
-    STRATEGIES.iter().any(|(name, _)| *name == strategy)
+impl Default for Picker {
+    fn default() -> Self {
+        Self::new(None, DEFAULT_LEASE)
+    }
 }

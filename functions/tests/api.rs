@@ -16,7 +16,10 @@ const MASK: &[u8] = b"fake label bytes";
 async fn upload(h: &Harness, query: &str, file_name: &str, bytes: &[u8]) -> common::Reply {
     h.send(
         Req::new("PUT", &format!("/datastore/{query}"))
-            .multipart(&[("params", r#"{"client_id":"slicer"}"#)], &[("file", file_name, bytes)])
+            .multipart(
+                &[("params", r#"{"client_id":"slicer"}"#)],
+                &[("file", file_name, bytes)],
+            )
             .request(),
     )
     .await
@@ -52,7 +55,10 @@ async fn info_reports_monai_shape_and_datastore_status() {
     let redirect = h.send(Req::new("GET", "/info?x=1").request()).await;
     assert_eq!(redirect.status, StatusCode::TEMPORARY_REDIRECT);
     assert_eq!(redirect.header("location"), Some("/info/?x=1"));
-    let openapi = h.send(Req::new("GET", "/openapi.json").request()).await.json();
+    let openapi = h
+        .send(Req::new("GET", "/openapi.json").request())
+        .await
+        .json();
     assert!(openapi["paths"]["/datastore/label"]["put"].is_object());
     let docs = h.send(Req::new("GET", "/docs").request()).await;
     assert!(String::from_utf8_lossy(&docs.body).contains("/activelearning/{strategy}"));
@@ -75,7 +81,10 @@ async fn datastore_round_trip() {
         .await;
     assert_eq!(reply.json(), json!({"image": "a.b"}));
 
-    let stats = h.send(Req::new("GET", "/datastore/").request()).await.json();
+    let stats = h
+        .send(Req::new("GET", "/datastore/").request())
+        .await
+        .json();
     assert_eq!(stats["total"], 2);
     let all = h
         .send(Req::new("GET", "/datastore/?output=all").request())
@@ -91,12 +100,24 @@ async fn datastore_round_trip() {
     let sha = hex::encode(Sha256::digest(CT));
     for sum in [sha.clone(), format!("SHA256:{sha}"), String::new()] {
         let reply = h
-            .send(Req::new("HEAD", &format!("/datastore/image?image=spleen_3&check_sum={sum}")).request())
+            .send(
+                Req::new(
+                    "HEAD",
+                    &format!("/datastore/image?image=spleen_3&check_sum={sum}"),
+                )
+                .request(),
+            )
             .await;
         assert_eq!(reply.status, StatusCode::OK, "check_sum {sum}");
     }
     let reply = h
-        .send(Req::new("HEAD", "/datastore/image?image=spleen_3&check_sum=SHA256:00").request())
+        .send(
+            Req::new(
+                "HEAD",
+                "/datastore/image?image=spleen_3&check_sum=SHA256:00",
+            )
+            .request(),
+        )
         .await;
     assert_eq!(reply.status, StatusCode::NOT_FOUND);
 
@@ -108,7 +129,10 @@ async fn datastore_round_trip() {
         image.header("content-disposition"),
         Some("attachment; filename=\"spleen_3.nii.gz\"")
     );
-    assert_eq!(image.header("content-type"), Some("application/octet-stream"));
+    assert_eq!(
+        image.header("content-type"),
+        Some("application/octet-stream")
+    );
 
     // Image info: url-encoded form `info`.
     let reply = h
@@ -129,11 +153,17 @@ async fn datastore_round_trip() {
     let unknown = h
         .send(Req::new("GET", "/datastore/image/info?image=nope").request())
         .await;
-    assert_eq!((unknown.status, unknown.json()), (StatusCode::OK, json!({})));
+    assert_eq!(
+        (unknown.status, unknown.json()),
+        (StatusCode::OK, json!({}))
+    );
 
     // Labels: empty tag means final.
     let reply = save_label(&h, "spleen_3", "", MASK).await;
-    assert_eq!(reply.json(), json!({"image": "spleen_3", "label": "spleen_3"}));
+    assert_eq!(
+        reply.json(),
+        json!({"image": "spleen_3", "label": "spleen_3"})
+    );
     let exists = h
         .send(Req::new("HEAD", "/datastore/label?image=spleen_3&tag=final").request())
         .await;
@@ -170,7 +200,10 @@ async fn datastore_round_trip() {
         .await
         .json();
     assert_eq!(train.as_array().unwrap().len(), 1);
-    let stats = h.send(Req::new("GET", "/datastore/").request()).await.json();
+    let stats = h
+        .send(Req::new("GET", "/datastore/").request())
+        .await
+        .json();
     assert_eq!(stats["completed"], 1);
     assert_eq!(stats["label_tags"]["final"], 1);
 
@@ -218,7 +251,9 @@ async fn sessions_round_trip_and_expire() {
     assert_eq!(created["session_info"]["expiry"], 120);
     assert_eq!(created["session_info"]["meta"]["client_id"], "c1");
 
-    let got = h.send(Req::new("GET", &format!("/session/{id}")).request()).await;
+    let got = h
+        .send(Req::new("GET", &format!("/session/{id}")).request())
+        .await;
     assert_eq!(got.json()["name"], id.as_str());
     let file = h
         .send(Req::new("GET", &format!("/session/{id}?image=true")).request())
@@ -236,7 +271,9 @@ async fn sessions_round_trip_and_expire() {
     assert_eq!(reply.json(), json!({"detail": "Method Not Allowed"}));
 
     h.clock.advance_ms(121_000);
-    let expired = h.send(Req::new("GET", &format!("/session/{id}")).request()).await;
+    let expired = h
+        .send(Req::new("GET", &format!("/session/{id}")).request())
+        .await;
     assert_eq!(expired.status, StatusCode::NOT_FOUND);
     assert_eq!(expired.detail(), format!("Session ({id}) Not Found"));
 
@@ -256,7 +293,9 @@ async fn sessions_round_trip_and_expire() {
         .send(Req::new("DELETE", &format!("/session/{id}")).request())
         .await;
     assert_eq!(again.status, StatusCode::NOT_FOUND);
-    let none = h.send(Req::new("PUT", "/session/").multipart(&[], &[]).request()).await;
+    let none = h
+        .send(Req::new("PUT", "/session/").multipart(&[], &[]).request())
+        .await;
     assert_eq!(none.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(none.json()["detail"][0]["loc"], json!(["body", "files"]));
 }
@@ -274,9 +313,13 @@ async fn sessions_belong_to_their_user() {
     let head = h.head().await;
     let bob = common::send_lambda(h.app(), &get, None, Some("bob")).await;
     assert_eq!(bob.status, StatusCode::NOT_FOUND);
-    let bob_delete =
-        common::send_lambda(h.app(), &Req::new("DELETE", &format!("/session/{id}")), None, Some("bob"))
-            .await;
+    let bob_delete = common::send_lambda(
+        h.app(),
+        &Req::new("DELETE", &format!("/session/{id}")),
+        None,
+        Some("bob"),
+    )
+    .await;
     assert_eq!(bob_delete.status, StatusCode::NOT_FOUND);
     assert_eq!(h.head().await, head);
 }
@@ -287,32 +330,60 @@ async fn strategies_hand_out_unlabeled_images() {
     for id in ["b", "a", "c"] {
         upload(&h, &format!("?image={id}"), "x.nii.gz", CT).await;
     }
-    let next = |strategy: &'static str| {
+    let next = |strategy: &'static str, client: &'static str| {
         let app = h.app();
         async move {
             common::send(
                 app,
                 Req::new("POST", &format!("/activelearning/{strategy}"))
-                    .json(json!({"client_id": "ohif"}))
+                    .json(json!({"client_id": client}))
                     .request(),
             )
             .await
             .json()
         }
     };
-    assert_eq!(next("first").await["id"], "a");
-    let last = next("last").await;
+    let release = |image: &'static str, client: &'static str| {
+        let app = h.app();
+        async move {
+            common::send(
+                app,
+                Req::new("DELETE", &format!("/activelearning/lease/{image}?client_id={client}"))
+                    .request(),
+            )
+            .await
+            .json()
+        }
+    };
+    assert_eq!(next("first", "ohif").await["id"], "a");
+    let last = next("last", "slicer").await;
     assert_eq!(last["id"], "c");
-    assert_eq!(last["strategy"]["last"]["client_id"], "ohif");
+    assert_eq!(last["strategy"]["last"]["client_id"], "slicer");
     assert_eq!(last["strategy"]["last"]["ts"], 1_750_000_000);
     assert!(last["path"].as_str().unwrap().ends_with(".nii.gz"));
     assert_eq!(last["name"], "c.nii.gz");
 
-    // Random prefers images it has not served: serve all three at distinct times,
-    // then the oldest-served one has by far the largest weight.
+    // Handed-out images are leased: the holder gets its image back, nobody else gets it.
+    assert_eq!(next("random", "ohif").await["id"], "a");
+    assert_eq!(next("first", "third").await["id"], "b");
+    assert_eq!(next("first", "fourth").await, json!({}));
+    assert_eq!(release("a", "slicer").await, json!({"released": false}));
+    assert_eq!(release("a", "ohif").await, json!({"released": true}));
+    assert_eq!(next("first", "fourth").await["id"], "a");
+
+    // Once the leases expire, random prefers images it has not served recently: one
+    // annotator giving each image back serves all three.
+    h.clock.advance_ms(31 * 60 * 1000);
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..30 {
-        seen.insert(next("random").await["id"].as_str().unwrap().to_owned());
+        let id = next("random", "solo").await["id"].as_str().unwrap().to_owned();
+        let image: &'static str = match id.as_str() {
+            "a" => "a",
+            "b" => "b",
+            _ => "c",
+        };
+        assert_eq!(release(image, "solo").await, json!({"released": true}));
+        seen.insert(id);
         h.clock.advance_ms(1000);
     }
     assert_eq!(seen.len(), 3, "random never served some images: {seen:?}");
@@ -331,7 +402,7 @@ async fn strategies_hand_out_unlabeled_images() {
     for id in ["a", "b", "c"] {
         save_label(&h, id, "final", MASK).await;
     }
-    assert_eq!(next("first").await, json!({}));
+    assert_eq!(next("first", "ohif").await, json!({}));
     let unknown = h
         .send(Req::new("POST", "/activelearning/nope").request())
         .await;
@@ -344,7 +415,11 @@ async fn model_routes_without_models_answer_like_monai_label() {
     upload(&h, "?image=ct", "ct.nii.gz", CT).await;
     let head = h.head().await;
     let cases: &[(&str, &str, StatusCode)] = &[
-        ("POST", "/infer/segmentation?image=ct", StatusCode::NOT_FOUND),
+        (
+            "POST",
+            "/infer/segmentation?image=ct",
+            StatusCode::NOT_FOUND,
+        ),
         ("POST", "/train/segmentation", StatusCode::NOT_FOUND),
         ("GET", "/train/", StatusCode::NOT_FOUND),
         ("GET", "/scoring/", StatusCode::NOT_FOUND),
@@ -373,7 +448,11 @@ async fn model_routes_without_models_answer_like_monai_label() {
         ("POST", "/reload", json!({})),
     ] {
         let reply = h.send(Req::new(method, path).request()).await;
-        assert_eq!((reply.status, reply.json()), (StatusCode::OK, body), "{method} {path}");
+        assert_eq!(
+            (reply.status, reply.json()),
+            (StatusCode::OK, body),
+            "{method} {path}"
+        );
     }
     let redirect = h.send(Req::new("POST", "/train").request()).await;
     assert_eq!(redirect.status, StatusCode::TEMPORARY_REDIRECT);
@@ -385,33 +464,72 @@ async fn model_routes_without_models_answer_like_monai_label() {
 async fn logs_serve_recent_lines() {
     medlabel_functions::logging::init(false);
     let h = Harness::new().await;
-    h.send(Req::new("GET", "/info/").header("x-request-id", "log-probe-7").request())
-        .await;
+    h.send(
+        Req::new("GET", "/info/")
+            .header("x-request-id", "log-probe-7")
+            .request(),
+    )
+    .await;
     let text = h
         .send(Req::new("GET", "/logs/?text=true&lines=0").request())
         .await;
     assert_eq!(text.status, StatusCode::OK);
-    assert!(text.header("content-type").unwrap().starts_with("text/plain"));
+    assert!(
+        text.header("content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
     let body = String::from_utf8_lossy(&text.body);
     assert!(
-        body.lines().any(|l| l.contains("log-probe-7") && l.contains("request served")),
+        body.lines()
+            .any(|l| l.contains("log-probe-7") && l.contains("request served")),
         "no line for the request: {body}"
     );
     let html = h.send(Req::new("GET", "/logs/").request()).await;
-    assert!(html.header("content-type").unwrap().starts_with("text/html"));
+    assert!(
+        html.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
 }
 
 #[tokio::test]
 async fn every_catalogued_route_is_served() {
     let h = Harness::new().await;
     // Auth routes are deliberately 404 "Not Found" while auth is off.
-    for route in medlabel_functions::catalogue::ROUTES.iter().filter(|r| r.function != "auth") {
-        let path = route.path.replace("{model}", "m").replace("{id}", "s").replace("{strategy}", "first").replace("{method}", "dice");
+    for route in medlabel_functions::catalogue::ROUTES
+        .iter()
+        .filter(|r| r.function != "auth")
+    {
+        let path = route
+            .path
+            .replace("{model}", "m")
+            .replace("{id}", "s")
+            .replace("{strategy}", "first")
+            .replace("{method}", "dice");
         let reply = h.send(Req::new(route.method, &path).request()).await;
-        assert_ne!(reply.status, StatusCode::METHOD_NOT_ALLOWED, "{} {}", route.method, route.path);
-        assert_ne!(reply.status, StatusCode::TEMPORARY_REDIRECT, "{} {}", route.method, route.path);
+        assert_ne!(
+            reply.status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{} {}",
+            route.method,
+            route.path
+        );
+        assert_ne!(
+            reply.status,
+            StatusCode::TEMPORARY_REDIRECT,
+            "{} {}",
+            route.method,
+            route.path
+        );
         if reply.status == StatusCode::NOT_FOUND && !reply.body.is_empty() {
-            assert_ne!(reply.detail(), "Not Found", "{} {} is not routed", route.method, route.path);
+            assert_ne!(
+                reply.detail(),
+                "Not Found",
+                "{} {} is not routed",
+                route.method,
+                route.path
+            );
         }
     }
 }

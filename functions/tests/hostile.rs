@@ -27,13 +27,26 @@ async fn seeded() -> Harness {
 async fn refused(h: &Harness, req: Req, status: StatusCode) -> common::Reply {
     let head = h.head().await;
     let reply = h.send(req.clone().request()).await;
-    assert_eq!(reply.status, status, "{} {}?{}: {:?}", req.method, req.path, req.query,
-               String::from_utf8_lossy(&reply.body));
+    assert_eq!(
+        reply.status,
+        status,
+        "{} {}?{}: {:?}",
+        req.method,
+        req.path,
+        req.query,
+        String::from_utf8_lossy(&reply.body)
+    );
     if req.method != "HEAD" {
         assert!(reply.json()["detail"].is_string() || reply.json()["detail"].is_array());
     }
     assert!(reply.header("x-request-id").is_some());
-    assert_eq!(h.head().await, head, "{} {} recorded something", req.method, req.path);
+    assert_eq!(
+        h.head().await,
+        head,
+        "{} {} recorded something",
+        req.method,
+        req.path
+    );
     reply
 }
 
@@ -84,20 +97,32 @@ async fn malformed_params_are_422() {
     ] {
         let reply = refused(&h, req, StatusCode::UNPROCESSABLE_ENTITY).await;
         let detail = &reply.json()["detail"][0];
-        assert!(detail["type"].is_string() && detail["loc"].is_array() && detail["msg"].is_string());
+        assert!(
+            detail["type"].is_string() && detail["loc"].is_array() && detail["msg"].is_string()
+        );
     }
 }
 
 #[tokio::test]
 async fn traversal_ids_are_refused() {
     let h = seeded().await;
-    for id in ["../x", "a/b", "%2e%2e", "%2e%2e%2fetc", "x%00y", "..", ".hidden", "a%5Cb"] {
+    for id in [
+        "../x",
+        "a/b",
+        "%2e%2e",
+        "%2e%2e%2fetc",
+        "x%00y",
+        "..",
+        ".hidden",
+        "a%5Cb",
+    ] {
         for req in [
             Req::new("GET", &format!("/datastore/image?image={id}")),
             Req::new("GET", &format!("/datastore/label?label={id}&tag=final")),
             Req::new("GET", &format!("/datastore/label?label=ct&tag={id}")),
             Req::new("DELETE", &format!("/datastore/?id={id}")),
-            Req::new("PUT", &format!("/datastore/?image={id}")).multipart(&[], &[("file", "x.nii.gz", CT)]),
+            Req::new("PUT", &format!("/datastore/?image={id}"))
+                .multipart(&[], &[("file", "x.nii.gz", CT)]),
             Req::new("PUT", &format!("/datastore/label?image=ct&tag={id}"))
                 .multipart(&[], &[("label", "l.nii.gz", CT)]),
         ] {
@@ -105,11 +130,20 @@ async fn traversal_ids_are_refused() {
         }
     }
     // In a path segment an impossible id answers like an unknown one.
-    for path in ["/session/..", "/session/%2e%2e", "/session/a%2Fb", "/session/x%00"] {
+    for path in [
+        "/session/..",
+        "/session/%2e%2e",
+        "/session/a%2Fb",
+        "/session/x%00",
+    ] {
         refused(&h, Req::new("GET", path), StatusCode::NOT_FOUND).await;
     }
     for path in ["/model/%2e%2e", "/model/a%2Fb", "/infer/%2e%2e"] {
-        let method = if path.starts_with("/infer") { "POST" } else { "GET" };
+        let method = if path.starts_with("/infer") {
+            "POST"
+        } else {
+            "GET"
+        };
         refused(&h, Req::new(method, path), StatusCode::UNPROCESSABLE_ENTITY).await;
     }
     // A file name that tries to climb out: only its base name counts.
@@ -143,18 +177,22 @@ async fn bodies_over_the_limit_are_413() {
     )
     .await;
     // No declared length (chunked): refused while streaming.
-    let mut req = Req::new("PUT", "/datastore/label?image=big").multipart(&[], &[("label", "l.nii.gz", &big)]);
+    let mut req = Req::new("PUT", "/datastore/label?image=big")
+        .multipart(&[], &[("label", "l.nii.gz", &big)]);
     req.headers.retain(|(k, _)| k != "content-length");
     refused(&h, req.clone(), StatusCode::NOT_FOUND).await; // image unknown: refused first
     let h2 = seeded_with_limit(4096).await;
-    let mut req = Req::new("PUT", "/datastore/label?image=ct").multipart(&[], &[("label", "l.nii.gz", &big)]);
+    let mut req =
+        Req::new("PUT", "/datastore/label?image=ct").multipart(&[], &[("label", "l.nii.gz", &big)]);
     req.headers.retain(|(k, _)| k != "content-length");
     refused(&h2, req, StatusCode::PAYLOAD_TOO_LARGE).await;
     let mut req = Req::new("PUT", "/session/").multipart(&[], &[("files", "s.nii.gz", &big)]);
     req.headers.retain(|(k, _)| k != "content-length");
     refused(&h2, req, StatusCode::PAYLOAD_TOO_LARGE).await;
     // The spool directory is left empty.
-    let spooled = std::fs::read_dir(h2.dir.path().join("tmp")).unwrap().count();
+    let spooled = std::fs::read_dir(h2.dir.path().join("tmp"))
+        .unwrap()
+        .count();
     assert_eq!(spooled, 0);
 }
 
@@ -184,7 +222,10 @@ async fn wrong_methods_are_405_with_allow() {
     ] {
         let reply = refused(&h, Req::new(method, path), StatusCode::METHOD_NOT_ALLOWED).await;
         assert_eq!(reply.json(), json!({"detail": "Method Not Allowed"}));
-        assert!(reply.header("allow").is_some_and(|a| !a.is_empty()), "{method} {path}");
+        assert!(
+            reply.header("allow").is_some_and(|a| !a.is_empty()),
+            "{method} {path}"
+        );
     }
 }
 
@@ -207,6 +248,12 @@ async fn a_retried_write_records_once() {
         .history(&medlabel_events::ImageId::parse("ct").unwrap())
         .await
         .unwrap();
-    assert_eq!(history.iter().filter(|e| e.event_type == "LabelSaved").count(), 1);
+    assert_eq!(
+        history
+            .iter()
+            .filter(|e| e.event_type == "LabelSaved")
+            .count(),
+        1
+    );
     assert!(history.iter().any(|e| e.request_id == "client-retry-42"));
 }

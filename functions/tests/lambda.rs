@@ -29,10 +29,14 @@ fn script() -> Vec<Req> {
     vec![
         Req::new("GET", "/info/"),
         Req::new("GET", "/info"),
-        Req::new("PUT", "/datastore/?image=ct_1")
-            .multipart(&[("params", r#"{"client_id":"py"}"#)], &[("file", "/home/u/ct_1.nii.gz", ct)]),
-        Req::new("PUT", "/datastore/label?image=ct_1&tag=final")
-            .multipart(&[("params", "{}")], &[("label", "/tmp/l.nii.gz", b"mask\x00\xff")]),
+        Req::new("PUT", "/datastore/?image=ct_1").multipart(
+            &[("params", r#"{"client_id":"py"}"#)],
+            &[("file", "/home/u/ct_1.nii.gz", ct)],
+        ),
+        Req::new("PUT", "/datastore/label?image=ct_1&tag=final").multipart(
+            &[("params", "{}")],
+            &[("label", "/tmp/l.nii.gz", b"mask\x00\xff")],
+        ),
         Req::new("GET", "/datastore/?output=all"),
         Req::new("GET", "/datastore/image?image=ct_1"),
         Req::new("HEAD", "/datastore/image?image=ct_1"),
@@ -68,9 +72,17 @@ async fn lambda_answers_like_the_local_server() {
             assert_eq!(a.header(name), b.header(name), "{what}: header {name}");
         }
         if req.method != "HEAD" {
-            assert_eq!(normalise(&a, &local), normalise(&b, &lambda), "{what}: body");
+            assert_eq!(
+                normalise(&a, &local),
+                normalise(&b, &lambda),
+                "{what}: body"
+            );
         }
-        assert_eq!(local.head().await, lambda.head().await, "{what}: events recorded");
+        assert_eq!(
+            local.head().await,
+            lambda.head().await,
+            "{what}: events recorded"
+        );
     }
 }
 
@@ -80,6 +92,7 @@ async fn a_named_stage_prefix_is_removed() {
     let reply = common::send_lambda(h.app(), &Req::new("GET", "/info/"), Some("prod"), None).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.json()["version"], "0.8.5");
-    let redirect = common::send_lambda(h.app(), &Req::new("GET", "/info"), Some("prod"), None).await;
+    let redirect =
+        common::send_lambda(h.app(), &Req::new("GET", "/info"), Some("prod"), None).await;
     assert_eq!(redirect.status, StatusCode::TEMPORARY_REDIRECT);
 }

@@ -8,7 +8,9 @@ use std::time::Instant;
 use medlabel_runner::infer::{InferOptions, infer_file};
 use medlabel_runner::kernels;
 use medlabel_runner::loss::dice_ce_loss;
-use medlabel_runner::{Mode, Model, ModelConfig, Result, RunnerError, TrainRequest, parse_device, synth, train};
+use medlabel_runner::{
+    Mode, Model, ModelConfig, Result, RunnerError, TrainRequest, parse_device, synth, train,
+};
 use serde_json::{Value, json};
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor};
@@ -70,8 +72,15 @@ pub fn bench(mut a: Args) -> Result<Value> {
     if let Some(file) = check {
         // {"input", "output"} saved by the peer script with the same weights.
         let named = Tensor::loadz_multi_with_device(&file, device)?;
-        let get = |n: &str| named.iter().find(|(k, _)| k == n).map(|(_, t)| t.shallow_clone());
-        let (x, y) = get("input").zip(get("output")).ok_or_else(|| RunnerError::invalid("check file needs input and output"))?;
+        let get = |n: &str| {
+            named
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, t)| t.shallow_clone())
+        };
+        let (x, y) = get("input")
+            .zip(get("output"))
+            .ok_or_else(|| RunnerError::invalid("check file needs input and output"))?;
         let ours = tch::no_grad(|| model.forward(&x, Mode::EVAL));
         let diff = (ours - y).abs().max().double_value(&[]);
         result["check_max_abs_diff"] = json!(diff);
@@ -135,13 +144,18 @@ pub fn gpu_check(mut a: Args) -> Result<Value> {
     });
     eprintln!("[gpu-check] cuda: {report}");
     if !tch::Cuda::is_available() {
-        return Err(RunnerError::Cuda(format!("libtorch sees no CUDA device: {report}")));
+        return Err(RunnerError::Cuda(format!(
+            "libtorch sees no CUDA device: {report}"
+        )));
     }
     let checks = kernels::self_check(0, 42)?;
     eprintln!("[gpu-check] kernels: {}", json!(checks));
     report["kernels"] = json!(checks);
     if let Some(bad) = checks.iter().find(|c| !c.passed) {
-        return Err(RunnerError::Cuda(format!("kernel {} differs from CPU by {}", bad.kernel, bad.max_abs_diff)));
+        return Err(RunnerError::Cuda(format!(
+            "kernel {} differs from CPU by {}",
+            bad.kernel, bad.max_abs_diff
+        )));
     }
 
     let device = Device::Cuda(0);
@@ -150,7 +164,9 @@ pub fn gpu_check(mut a: Args) -> Result<Value> {
         None => bench_model(device, None)?,
     };
     let tmp = tempdir()?;
-    let (written, t_gen) = timed(Device::Cpu, || synth::write_studies(&tmp.join("big"), 1, 7, [size; 3], BENCH_SPACING));
+    let (written, t_gen) = timed(Device::Cpu, || {
+        synth::write_studies(&tmp.join("big"), 1, 7, [size; 3], BENCH_SPACING)
+    });
     let image = written?[0].0.clone();
     eprintln!("[gpu-check] wrote {size}³ synthetic image in {t_gen:.1}s");
     let out = tmp.join("mask.nii.gz");
@@ -175,10 +191,22 @@ pub fn gpu_check(mut a: Args) -> Result<Value> {
         device: "cuda".into(),
         ..Default::default()
     };
-    let (outcome, t_train) = timed(device, || train(&req, &datalist, &tmp.join("out"), |_| {}, &AtomicBool::new(false)));
+    let (outcome, t_train) = timed(device, || {
+        train(
+            &req,
+            &datalist,
+            &tmp.join("out"),
+            |_| {},
+            &AtomicBool::new(false),
+        )
+    });
     let outcome = outcome?;
-    eprintln!("[gpu-check] one epoch ({} volumes, amp) in {t_train:.1}s", datalist.len());
-    report["train_epoch"] = json!({"seconds": t_train, "volumes": datalist.len(), "stats": outcome.stats});
+    eprintln!(
+        "[gpu-check] one epoch ({} volumes, amp) in {t_train:.1}s",
+        datalist.len()
+    );
+    report["train_epoch"] =
+        json!({"seconds": t_train, "volumes": datalist.len(), "stats": outcome.stats});
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(report)
 }

@@ -41,7 +41,8 @@ impl Args {
     }
 
     pub fn path(&mut self, key: &str) -> Result<PathBuf> {
-        self.opt_path(key).ok_or_else(|| RunnerError::invalid(format!("--{key} is required")))
+        self.opt_path(key)
+            .ok_or_else(|| RunnerError::invalid(format!("--{key} is required")))
     }
 
     pub fn opt_path(&mut self, key: &str) -> Option<PathBuf> {
@@ -50,7 +51,9 @@ impl Args {
 
     pub fn parse_or<T: FromStr>(&mut self, key: &str, default: T) -> Result<T> {
         match self.get(key) {
-            Some(v) => v.parse().map_err(|_| RunnerError::invalid(format!("--{key}: cannot parse {v:?}"))),
+            Some(v) => v
+                .parse()
+                .map_err(|_| RunnerError::invalid(format!("--{key}: cannot parse {v:?}"))),
             None => Ok(default),
         }
     }
@@ -60,7 +63,11 @@ impl Args {
         match self.get(key) {
             Some(v) => v
                 .split(',')
-                .map(|x| x.trim().parse().map_err(|_| RunnerError::invalid(format!("--{key}: cannot parse {v:?}"))))
+                .map(|x| {
+                    x.trim()
+                        .parse()
+                        .map_err(|_| RunnerError::invalid(format!("--{key}: cannot parse {v:?}")))
+                })
                 .collect(),
             None => Ok(default),
         }
@@ -69,7 +76,9 @@ impl Args {
     /// Exactly three comma-separated values.
     pub fn triple_or<T: FromStr + Copy>(&mut self, key: &str, default: [T; 3]) -> Result<[T; 3]> {
         let v = self.list_or(key, default.to_vec())?;
-        v.try_into().map_err(|_| RunnerError::invalid(format!("--{key} needs three comma-separated values")))
+        v.try_into().map_err(|_| {
+            RunnerError::invalid(format!("--{key} needs three comma-separated values"))
+        })
     }
 
     /// Errors on options no one consumed.
@@ -89,7 +98,11 @@ pub fn read_datalist(file: &Path) -> Result<Vec<(PathBuf, PathBuf)>> {
         label: PathBuf,
     }
     let text = std::fs::read_to_string(file).map_err(|e| RunnerError::io(file, e))?;
-    let items: Vec<Item> = serde_json::from_str(&text).map_err(|e| RunnerError::json(file.display().to_string(), e))?;
+    let items: Vec<Item> = serde_json::from_str(&text)
+        .map_err(|e| RunnerError::json(file.display().to_string(), e))?;
     let base = file.parent().unwrap_or(Path::new("."));
-    Ok(items.into_iter().map(|i| (base.join(i.image), base.join(i.label))).collect())
+    Ok(items
+        .into_iter()
+        .map(|i| (base.join(i.image), base.join(i.label)))
+        .collect())
 }

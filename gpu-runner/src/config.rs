@@ -90,9 +90,16 @@ impl ModelConfig {
             )));
         }
         if self.spacing.iter().any(|&s| !(s.is_finite() && s > 0.0)) {
-            return Err(RunnerError::invalid(format!("spacing {:?} must be positive", self.spacing)));
+            return Err(RunnerError::invalid(format!(
+                "spacing {:?} must be positive",
+                self.spacing
+            )));
         }
-        if let Some((name, idx)) = self.labels.iter().find(|&(_, &i)| i < 0 || i >= self.network.out_channels) {
+        if let Some((name, idx)) = self
+            .labels
+            .iter()
+            .find(|&(_, &i)| i < 0 || i >= self.network.out_channels)
+        {
             return Err(RunnerError::invalid(format!(
                 "label {name:?} = {idx} is outside the network's {} outputs",
                 self.network.out_channels
@@ -105,7 +112,8 @@ impl ModelConfig {
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join(CONFIG_FILE);
         let text = std::fs::read_to_string(&path).map_err(|e| RunnerError::io(&path, e))?;
-        let cfg: Self = serde_json::from_str(&text).map_err(|e| RunnerError::json(path.display().to_string(), e))?;
+        let cfg: Self = serde_json::from_str(&text)
+            .map_err(|e| RunnerError::json(path.display().to_string(), e))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -113,7 +121,8 @@ impl ModelConfig {
     /// Writes `dir/config.json` (pretty, so it diffs well in the repository).
     pub fn save(&self, dir: &Path) -> Result<()> {
         let path = dir.join(CONFIG_FILE);
-        let text = serde_json::to_string_pretty(self).map_err(|e| RunnerError::json("model config", e))?;
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| RunnerError::json("model config", e))?;
         std::fs::write(&path, text + "\n").map_err(|e| RunnerError::io(&path, e))
     }
 

@@ -48,12 +48,19 @@ pub struct Sampling {
 impl Sample {
     /// Loads and prepares one pair. `crop_foreground` is for training volumes only;
     /// validation volumes keep their full extent.
-    pub fn load(image_path: &Path, label_path: &Path, cfg: &ModelConfig, device: Device, crop_foreground: bool) -> Result<Self> {
+    pub fn load(
+        image_path: &Path,
+        label_path: &Path,
+        cfg: &ModelConfig,
+        device: Device,
+        crop_foreground: bool,
+    ) -> Result<Self> {
         let image = crate::io::read_image(image_path)?;
         let label = crate::io::read_image(label_path)?;
         let prep = prepare_image(&image, cfg.spacing, &cfg.intensity, device)?;
         let lab = prepare_label(&label, &image, cfg.spacing, device)?;
-        if lab.max().int64_value(&[]) >= cfg.network.out_channels || lab.min().int64_value(&[]) < 0 {
+        if lab.max().int64_value(&[]) >= cfg.network.out_channels || lab.min().int64_value(&[]) < 0
+        {
             return Err(RunnerError::invalid(format!(
                 "{}: label values must be in 0..{}",
                 label_path.display(),
@@ -67,8 +74,17 @@ impl Sample {
         let roi = tensor_order(cfg.roi_size);
         (img, lab) = (pad_to(&img, roi), pad_to(&lab, roi));
         let size: [i64; 3] = std::array::from_fn(|d| img.size()[2 + d]);
-        let label_host = Vec::<u8>::try_from(&lab.to_kind(Kind::Uint8).to_device(Device::Cpu).flatten(0, -1))?;
-        let fg = label_host.iter().enumerate().filter(|&(_, &v)| v > 0).map(|(i, _)| i as i64).collect();
+        let label_host = Vec::<u8>::try_from(
+            &lab.to_kind(Kind::Uint8)
+                .to_device(Device::Cpu)
+                .flatten(0, -1),
+        )?;
+        let fg = label_host
+            .iter()
+            .enumerate()
+            .filter(|&(_, &v)| v > 0)
+            .map(|(i, _)| i as i64)
+            .collect();
         Ok(Self {
             image_path: image_path.to_path_buf(),
             image: img,
@@ -85,18 +101,33 @@ impl Sample {
         let mut labs = Vec::with_capacity(s.num_samples);
         for _ in 0..s.num_samples {
             let positive = !self.fg.is_empty() && rng.random::<f64>() * (s.pos + s.neg) < s.pos;
-            let centre = if positive { self.fg[rng.random_range(0..self.fg.len())] } else { self.background_voxel(rng) };
-            let c = [centre / (self.size[1] * self.size[2]), centre / self.size[2] % self.size[1], centre % self.size[2]];
-            let start: [i64; 3] = std::array::from_fn(|d| (c[d] - roi[d] / 2).clamp(0, self.size[d] - roi[d]));
-            let crop = |t: &Tensor| t.narrow(2, start[0], roi[0]).narrow(3, start[1], roi[1]).narrow(4, start[2], roi[2]);
+            let centre = if positive {
+                self.fg[rng.random_range(0..self.fg.len())]
+            } else {
+                self.background_voxel(rng)
+            };
+            let c = [
+                centre / (self.size[1] * self.size[2]),
+                centre / self.size[2] % self.size[1],
+                centre % self.size[2],
+            ];
+            let start: [i64; 3] =
+                std::array::from_fn(|d| (c[d] - roi[d] / 2).clamp(0, self.size[d] - roi[d]));
+            let crop = |t: &Tensor| {
+                t.narrow(2, start[0], roi[0])
+                    .narrow(3, start[1], roi[1])
+                    .narrow(4, start[2], roi[2])
+            };
             let (mut img, mut lab) = (crop(&self.image), crop(&self.label));
-            let flips: Vec<i64> = (2..5).filter(|_| rng.random::<f64>() < s.flip_prob).collect();
+            let flips: Vec<i64> = (2..5)
+                .filter(|_| rng.random::<f64>() < s.flip_prob)
+                .collect();
             if !flips.is_empty() {
                 img = img.flip(flips.as_slice());
                 lab = lab.flip(flips.as_slice());
             }
             if rng.random::<f64>() < s.shift_prob {
-                img = img + rng.random_range(-s.shift_offset..=s.shift_offset);
+                img += rng.random_range(-s.shift_offset..=s.shift_offset);
             }
             imgs.push(img);
             labs.push(lab);
@@ -157,14 +188,22 @@ mod tests {
     use rand::SeedableRng;
 
     fn sample(size: [i64; 3], fg_box: [(i64, i64); 3]) -> Sample {
-        let label = Tensor::zeros([1, 1, size[0], size[1], size[2]], (Kind::Int64, Device::Cpu));
+        let label = Tensor::zeros(
+            [1, 1, size[0], size[1], size[2]],
+            (Kind::Int64, Device::Cpu),
+        );
         let _ = label
             .narrow(2, fg_box[0].0, fg_box[0].1 - fg_box[0].0)
             .narrow(3, fg_box[1].0, fg_box[1].1 - fg_box[1].0)
             .narrow(4, fg_box[2].0, fg_box[2].1 - fg_box[2].0)
             .fill_(1);
         let label_host = Vec::<u8>::try_from(&label.to_kind(Kind::Uint8).flatten(0, -1)).unwrap();
-        let fg = label_host.iter().enumerate().filter(|&(_, &v)| v > 0).map(|(i, _)| i as i64).collect();
+        let fg = label_host
+            .iter()
+            .enumerate()
+            .filter(|&(_, &v)| v > 0)
+            .map(|(i, _)| i as i64)
+            .collect();
         Sample {
             image_path: PathBuf::new(),
             image: label.to_kind(Kind::Float),
@@ -193,8 +232,17 @@ mod tests {
         let per_crop = lab.sum_dim_intlist([1i64, 2, 3, 4].as_slice(), false, Kind::Int64);
         assert!(per_crop.eq(8).all().int64_value(&[]) == 1, "{per_crop}");
         // Image and label were flipped together.
-        assert!(img.eq_tensor(&lab.to_kind(Kind::Float)).all().int64_value(&[]) == 1);
-        let neg = Sampling { pos: 0.0, neg: 1.0, ..sampling };
+        assert!(
+            img.eq_tensor(&lab.to_kind(Kind::Float))
+                .all()
+                .int64_value(&[])
+                == 1
+        );
+        let neg = Sampling {
+            pos: 0.0,
+            neg: 1.0,
+            ..sampling
+        };
         let (_, lab) = s.crops([2, 2, 2], &neg, &mut rng);
         assert!(lab.sum(Kind::Int64).int64_value(&[]) < 8 * 8);
     }
@@ -202,7 +250,11 @@ mod tests {
     #[test]
     fn foreground_crop_and_padding() {
         let img = Tensor::zeros([1, 1, 10, 10, 10], (Kind::Float, Device::Cpu));
-        let _ = img.narrow(2, 2, 3).narrow(3, 4, 1).narrow(4, 0, 10).fill_(1.0);
+        let _ = img
+            .narrow(2, 2, 3)
+            .narrow(3, 4, 1)
+            .narrow(4, 0, 10)
+            .fill_(1.0);
         let (c, l) = crop_to_foreground(&img, &img.to_kind(Kind::Int64));
         assert_eq!(c.size(), vec![1, 1, 3, 1, 10]);
         assert_eq!(l.size(), c.size());

@@ -60,7 +60,11 @@ pub struct Latencies {
 
 /// Segments an in-memory volume; the mask has the input's dims and affine. The `write`
 /// latency is left at 0.
-pub fn segment(model: &Model, image: &Volume<f32>, opts: &InferOptions) -> Result<(Volume<u8>, Latencies)> {
+pub fn segment(
+    model: &Model,
+    image: &Volume<f32>,
+    opts: &InferOptions,
+) -> Result<(Volume<u8>, Latencies)> {
     let start = Instant::now();
     let mut lat = Latencies::default();
     let cfg = &model.config;
@@ -77,7 +81,11 @@ pub fn segment(model: &Model, image: &Volume<f32>, opts: &InferOptions) -> Resul
         sigma_scale: 0.125,
     };
     let amp = opts.amp && device.is_cuda();
-    let logits = tch::no_grad(|| tch::autocast(amp, || sw.run(&prep.image, |x| model.forward(x, Mode::EVAL))))?;
+    let logits = tch::no_grad(|| {
+        crate::with_amp(amp, || {
+            sw.run(&prep.image, |x| model.forward(x, Mode::EVAL))
+        })
+    })?;
     lat.infer = sync_elapsed(device, t);
 
     let t = Instant::now();
@@ -95,10 +103,15 @@ pub fn segment(model: &Model, image: &Volume<f32>, opts: &InferOptions) -> Resul
     lat.invert = sync_elapsed(device, t);
 
     let t = Instant::now();
-    let flat = labels.to_kind(Kind::Uint8).to_device(Device::Cpu).flatten(0, -1);
+    let flat = labels
+        .to_kind(Kind::Uint8)
+        .to_device(Device::Cpu)
+        .flatten(0, -1);
     let data = Vec::<u8>::try_from(&flat)?;
     if data.len() != image.len() {
-        return Err(RunnerError::invalid("inverted mask does not match the input voxel count"));
+        return Err(RunnerError::invalid(
+            "inverted mask does not match the input voxel count",
+        ));
     }
     let mask = image.with_data(data);
     lat.post = t.elapsed().as_secs_f64();
@@ -107,7 +120,12 @@ pub fn segment(model: &Model, image: &Volume<f32>, opts: &InferOptions) -> Resul
 }
 
 /// Reads `image_path`, segments it and writes the uint8 mask to `out_path`.
-pub fn infer_file(model: &Model, image_path: &Path, out_path: &Path, opts: &InferOptions) -> Result<Latencies> {
+pub fn infer_file(
+    model: &Model,
+    image_path: &Path,
+    out_path: &Path,
+    opts: &InferOptions,
+) -> Result<Latencies> {
     let start = Instant::now();
     let image = crate::io::read_image(image_path)?;
     let read = start.elapsed().as_secs_f64();
@@ -176,9 +194,18 @@ mod tests {
         affine[1][1] = -1.0;
         affine[2][2] = 3.0;
         affine[0][3] = 12.0;
-        let data = (0..20 * 14 * 6).map(|i| (i % 97) as f32 * 3.0 - 100.0).collect();
-        let image = Volume { data, dims: [20, 14, 6], affine };
-        let opts = InferOptions { overlap: 0.5, ..Default::default() };
+        let data = (0..20 * 14 * 6)
+            .map(|i| (i % 97) as f32 * 3.0 - 100.0)
+            .collect();
+        let image = Volume {
+            data,
+            dims: [20, 14, 6],
+            affine,
+        };
+        let opts = InferOptions {
+            overlap: 0.5,
+            ..Default::default()
+        };
         let (mask, lat) = segment(&model, &image, &opts).unwrap();
         assert_eq!(mask.dims, image.dims);
         assert_eq!(mask.affine, image.affine);

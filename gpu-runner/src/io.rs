@@ -25,7 +25,11 @@ pub fn write_mask(path: &Path, mask: &Volume<u8>) -> Result<()> {
 
 /// Encodes a label map as uint8 in the format `ext` names.
 pub fn mask_bytes(mask: &Volume<u8>, ext: &str) -> Result<Vec<u8>> {
-    Ok(io::write_volume_bytes(&mask_as_f32(mask), ext, DataType::U8)?)
+    Ok(io::write_volume_bytes(
+        &mask_as_f32(mask),
+        ext,
+        DataType::U8,
+    )?)
 }
 
 fn mask_as_f32(mask: &Volume<u8>) -> Volume<f32> {

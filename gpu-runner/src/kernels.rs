@@ -98,7 +98,13 @@ pub fn window_cpu(x: &[f32], w: &Window) -> Vec<f32> {
 
 /// CPU reference of the `accumulate` kernel: `acc[c] += weight·pred[c]`, `count += weight`
 /// over the window's voxels. `acc` is `[C, D, H, W]`, `pred` `[C, roi]`, `weight` `[roi]`.
-pub fn accumulate_cpu(acc: &mut [f32], count: &mut [f32], pred: &[f32], weight: &[f32], p: &Placement) {
+pub fn accumulate_cpu(
+    acc: &mut [f32],
+    count: &mut [f32],
+    pred: &[f32],
+    weight: &[f32],
+    p: &Placement,
+) {
     let [_, h, w] = p.volume;
     let vol = p.volume.iter().product::<usize>();
     let [rz, ry, rx] = p.roi;
@@ -171,6 +177,14 @@ fn cuda<E: std::fmt::Debug>(e: E) -> RunnerError {
     RunnerError::Cuda(format!("{e:?}"))
 }
 
+/// Compiles the kernel source to PTX with NVRTC (needs no GPU, only libnvrtc).
+pub fn compile() -> Result<cudarc::nvrtc::Ptx> {
+    if !nvrtc_present() {
+        return Err(RunnerError::Cuda("NVRTC library not found".into()));
+    }
+    cudarc::nvrtc::compile_ptx(SOURCE).map_err(cuda)
+}
+
 /// The compiled kernels on one device.
 pub struct Kernels {
     stream: Arc<CudaStream>,
@@ -183,11 +197,12 @@ impl Kernels {
     /// Compiles the kernels with NVRTC and loads them on GPU `ordinal`.
     pub fn new(ordinal: usize) -> Result<Self> {
         if !driver_present() || !nvrtc_present() {
-            return Err(RunnerError::Cuda("CUDA driver or NVRTC library not found".into()));
+            return Err(RunnerError::Cuda(
+                "CUDA driver or NVRTC library not found".into(),
+            ));
         }
         let ctx = CudaContext::new(ordinal).map_err(cuda)?;
-        let ptx = cudarc::nvrtc::compile_ptx(SOURCE).map_err(cuda)?;
-        let module = ctx.load_module(ptx).map_err(cuda)?;
+        let module = ctx.load_module(compile()?).map_err(cuda)?;
         Ok(Self {
             stream: ctx.default_stream(),
             window: module.load_function("window").map_err(cuda)?,
@@ -202,16 +217,36 @@ impl Kernels {
         let dx = s.clone_htod(x).map_err(cuda)?;
         let mut dy = s.alloc_zeros::<f32>(x.len()).map_err(cuda)?;
         let n = x.len() as u32;
-        let (scale, lo, hi, clip) = (w.scale(), w.b_min.min(w.b_max), w.b_min.max(w.b_max), i32::from(w.clip));
+        let (scale, lo, hi, clip) = (
+            w.scale(),
+            w.b_min.min(w.b_max),
+            w.b_min.max(w.b_max),
+            i32::from(w.clip),
+        );
         let mut b = s.launch_builder(&self.window);
-        b.arg(&dx).arg(&mut dy).arg(&n).arg(&w.a_min).arg(&scale).arg(&w.b_min).arg(&lo).arg(&hi).arg(&clip);
+        b.arg(&dx)
+            .arg(&mut dy)
+            .arg(&n)
+            .arg(&w.a_min)
+            .arg(&scale)
+            .arg(&w.b_min)
+            .arg(&lo)
+            .arg(&hi)
+            .arg(&clip);
         // SAFETY: argument types and order match the kernel signature; n bounds every access.
         unsafe { b.launch(LaunchConfig::for_num_elems(n)) }.map_err(cuda)?;
         s.clone_dtoh(&dy).map_err(cuda)
     }
 
     /// GPU `accumulate` on host buffers (updated in place).
-    pub fn accumulate(&self, acc: &mut [f32], count: &mut [f32], pred: &[f32], weight: &[f32], p: &Placement) -> Result<()> {
+    pub fn accumulate(
+        &self,
+        acc: &mut [f32],
+        count: &mut [f32],
+        pred: &[f32],
+        weight: &[f32],
+        p: &Placement,
+    ) -> Result<()> {
         let s = &self.stream;
         let mut dacc = s.clone_htod(acc).map_err(cuda)?;
         let mut dcount = s.clone_htod(count).map_err(cuda)?;
@@ -276,7 +311,9 @@ pub fn self_check(ordinal: usize, seed: u64) -> Result<Vec<KernelCheck>> {
         })
     };
 
-    let x: Vec<f32> = (0..1 << 20).map(|_| rng.random_range(-1200.0..1500.0)).collect();
+    let x: Vec<f32> = (0..1 << 20)
+        .map(|_| rng.random_range(-1200.0..1500.0))
+        .collect();
     let w = Window {
         a_min: -57.0,
         a_max: 164.0,
@@ -284,7 +321,12 @@ pub fn self_check(ordinal: usize, seed: u64) -> Result<Vec<KernelCheck>> {
         b_max: 1.0,
         clip: true,
     };
-    record("window", x.len(), max_diff(&k.window(&x, &w)?, &window_cpu(&x, &w)), 1e-5);
+    record(
+        "window",
+        x.len(),
+        max_diff(&k.window(&x, &w)?, &window_cpu(&x, &w)),
+        1e-5,
+    );
 
     let p = Placement {
         channels: 3,
@@ -296,13 +338,20 @@ pub fn self_check(ordinal: usize, seed: u64) -> Result<Vec<KernelCheck>> {
     let roi = p.roi.iter().product::<usize>();
     let acc0: Vec<f32> = (0..vol * p.channels).map(|_| rng.random()).collect();
     let count0: Vec<f32> = (0..vol).map(|_| rng.random()).collect();
-    let pred: Vec<f32> = (0..roi * p.channels).map(|_| rng.random_range(-5.0..5.0)).collect();
+    let pred: Vec<f32> = (0..roi * p.channels)
+        .map(|_| rng.random_range(-5.0..5.0))
+        .collect();
     let weight: Vec<f32> = (0..roi).map(|_| rng.random_range(1e-3..1.0)).collect();
     let (mut ga, mut gc) = (acc0.clone(), count0.clone());
     k.accumulate(&mut ga, &mut gc, &pred, &weight, &p)?;
     let (mut ca, mut cc) = (acc0, count0);
     accumulate_cpu(&mut ca, &mut cc, &pred, &weight, &p);
-    record("accumulate", vol * p.channels, max_diff(&ga, &ca).max(max_diff(&gc, &cc)), 1e-5);
+    record(
+        "accumulate",
+        vol * p.channels,
+        max_diff(&ga, &ca).max(max_diff(&gc, &cc)),
+        1e-5,
+    );
 
     let scores: Vec<f32> = (0..3 * 100_000).map(|_| rng.random()).collect();
     let (g, c) = (k.argmax(&scores, 3)?, argmax_cpu(&scores, 3));
@@ -315,7 +364,10 @@ fn max_diff(a: &[f32], b: &[f32]) -> f64 {
     if a.len() != b.len() {
         return f64::INFINITY;
     }
-    a.iter().zip(b).map(|(x, y)| f64::from((x - y).abs())).fold(0.0, f64::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f64::from((x - y).abs()))
+        .fold(0.0, f64::max)
 }
 
 #[cfg(test)]
@@ -333,7 +385,10 @@ mod tests {
             b_max: 1.0,
             clip: true,
         };
-        let t = crate::transforms::apply_intensity(&Tensor::from_slice(&x), &crate::config::Intensity::spleen_ct());
+        let t = crate::transforms::apply_intensity(
+            &Tensor::from_slice(&x),
+            &crate::config::Intensity::spleen_ct(),
+        );
         let expected = Vec::<f32>::try_from(t).unwrap();
         assert!(max_diff(&window_cpu(&x, &w), &expected) < 1e-6);
     }
@@ -347,7 +402,10 @@ mod tests {
             start: [0, 0, 0],
             roi: [2, 3, 4],
         };
-        let p2 = Placement { start: [2, 0, 1], ..p1 };
+        let p2 = Placement {
+            start: [2, 0, 1],
+            ..p1
+        };
         let vol = 60;
         let (mut acc, mut count) = (vec![0.0; 2 * vol], vec![0.0; vol]);
         let pred: Vec<f32> = (0..48).map(|v| v as f32).collect();
@@ -368,10 +426,32 @@ mod tests {
     fn argmax_reference_matches_torch_with_ties() {
         let p = [1.0f32, 5.0, 2.0, 2.0, 5.0, 0.0, 1.0, 2.0, 3.0];
         let expected = Tensor::from_slice(&p).reshape([3, 3]).argmax(0, false);
-        let expected: Vec<u8> = Vec::<i64>::try_from(expected).unwrap().into_iter().map(|v| v as u8).collect();
+        let expected: Vec<u8> = Vec::<i64>::try_from(expected)
+            .unwrap()
+            .into_iter()
+            .map(|v| v as u8)
+            .collect();
         assert_eq!(argmax_cpu(&p, 3), expected);
         // Voxel 1 ties channels 0 and 1 at 5.0: the first wins.
         assert_eq!(argmax_cpu(&p, 3), vec![1, 0, 2]);
+    }
+
+    #[test]
+    fn kernels_compile_wherever_nvrtc_is_installed() {
+        // CPU machines with the CUDA wheels (nvidia/cu13/lib on LD_LIBRARY_PATH) still
+        // compile-check the source; without NVRTC the call must be a clean error.
+        match compile() {
+            Ok(ptx) => {
+                let text = ptx.to_src();
+                for name in ["window", "accumulate", "argmax"] {
+                    assert!(
+                        text.contains(&format!(".entry {name}")),
+                        "{name} missing from PTX"
+                    );
+                }
+            }
+            Err(e) => assert!(!nvrtc_present() && matches!(e, RunnerError::Cuda(_))),
+        }
     }
 
     #[test]

@@ -18,8 +18,8 @@ pub mod sliding;
 pub mod stats;
 pub mod synth;
 pub mod train;
-pub mod uncertainty;
 pub mod transforms;
+pub mod uncertainty;
 pub mod unet;
 
 pub use config::{Intensity, ModelConfig};
@@ -40,11 +40,24 @@ pub fn init_runtime() {
     // SAFETY: dlopen with a valid C string; the handle is intentionally kept open for the
     // life of the process, and failure (CPU-only libtorch) is simply ignored.
     unsafe {
-        libc::dlopen(c"libtorch_cuda.so".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL);
+        libc::dlopen(
+            c"libtorch_cuda.so".as_ptr(),
+            libc::RTLD_NOW | libc::RTLD_GLOBAL,
+        );
     }
-    if let Some(n) = std::env::var("OMP_NUM_THREADS").ok().and_then(|v| v.parse::<i32>().ok()).filter(|&n| n > 0) {
+    if let Some(n) = std::env::var("OMP_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|&n| n > 0)
+    {
         tch::set_num_threads(n);
     }
+}
+
+/// Runs `f` under CUDA autocast (float16) when `amp`, else plainly: tch's autocast
+/// toggles libtorch's deprecated global switch, which logs a warning on every call.
+pub fn with_amp<T>(amp: bool, f: impl FnOnce() -> T) -> T {
+    if amp { tch::autocast(true, f) } else { f() }
 }
 
 /// Parses `cpu`, `cuda`, `cuda:N` or `auto` (CUDA when available).
@@ -53,9 +66,14 @@ pub fn parse_device(s: &str) -> Result<tch::Device> {
         "cpu" => Ok(tch::Device::Cpu),
         "auto" => Ok(tch::Device::cuda_if_available()),
         "cuda" => cuda_device(0),
-        _ => match s.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+        _ => match s
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             Some(i) => cuda_device(i),
-            None => Err(RunnerError::invalid(format!("unknown device {s:?}: use cpu, cuda, cuda:N or auto"))),
+            None => Err(RunnerError::invalid(format!(
+                "unknown device {s:?}: use cpu, cuda, cuda:N or auto"
+            ))),
         },
     }
 }
@@ -64,6 +82,8 @@ fn cuda_device(i: usize) -> Result<tch::Device> {
     if tch::Cuda::is_available() && (i as i64) < tch::Cuda::device_count() {
         Ok(tch::Device::Cuda(i))
     } else {
-        Err(RunnerError::invalid(format!("CUDA device {i} is not available")))
+        Err(RunnerError::invalid(format!(
+            "CUDA device {i} is not available"
+        )))
     }
 }

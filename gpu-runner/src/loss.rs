@@ -30,7 +30,10 @@ pub fn one_hot(target: &Tensor, classes: i64) -> Tensor {
     let n = target.dim() as i64;
     let mut perm = vec![0, n];
     perm.extend(1..n);
-    target.one_hot(classes).permute(perm.as_slice()).to_kind(Kind::Float)
+    target
+        .one_hot(classes)
+        .permute(perm.as_slice())
+        .to_kind(Kind::Float)
 }
 
 /// Mean foreground Dice of predicted labels against ground truth (both `[…]` integer

@@ -26,7 +26,10 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use medlabel_runner::infer::{InferOptions, infer_file};
-use medlabel_runner::{Model, ModelConfig, Result, RunnerError, TrainRequest, parse_device, sagemaker, serve, synth, train};
+use medlabel_runner::{
+    Model, ModelConfig, Result, RunnerError, TrainRequest, parse_device, sagemaker, serve, synth,
+    train,
+};
 use serde_json::json;
 
 use crate::cli::Args;
@@ -35,7 +38,9 @@ fn main() -> ExitCode {
     medlabel_runner::init_runtime();
     let mut argv = std::env::args().skip(1);
     let Some(cmd) = argv.next() else {
-        eprintln!("usage: medlabel-runner <infer|train|serve|sagemaker-train|make-sample|uncertainty|gpu-check|bench> [options]");
+        eprintln!(
+            "usage: medlabel-runner <infer|train|serve|sagemaker-train|make-sample|uncertainty|gpu-check|bench> [options]"
+        );
         return ExitCode::from(2);
     };
     let result = Args::parse(argv.collect()).and_then(|args| run(&cmd, args));
@@ -72,15 +77,20 @@ fn run(cmd: &str, mut a: Args) -> Result<serde_json::Value> {
             let device = parse_device(&a.get_or("device", "auto"))?;
             let model_dir = a.path("model-dir")?;
             let addr = a.get_or("addr", "127.0.0.1:8080");
-            let data_root = a.opt_path("data-root").unwrap_or_else(|| PathBuf::from("/"));
+            let data_root = a
+                .opt_path("data-root")
+                .unwrap_or_else(|| PathBuf::from("/"));
             a.finish()?;
             let runner = Arc::new(serve::Runner::new(&model_dir, device, &data_root)?);
-            let rt = tokio::runtime::Runtime::new().map_err(|e| RunnerError::io("tokio runtime", e))?;
+            let rt =
+                tokio::runtime::Runtime::new().map_err(|e| RunnerError::io("tokio runtime", e))?;
             rt.block_on(serve::serve(&addr, runner))?;
             json!({"stopped": true})
         }
         "sagemaker-train" => {
-            let root = a.opt_path("root").unwrap_or_else(|| PathBuf::from("/opt/ml"));
+            let root = a
+                .opt_path("root")
+                .unwrap_or_else(|| PathBuf::from("/opt/ml"));
             a.finish()?;
             let outcome = sagemaker::run(&sagemaker::SageMakerPaths { root })?;
             json!({"model_dir": outcome.model_dir, "train_stats": outcome.stats})
@@ -115,7 +125,8 @@ fn train_cmd(mut a: Args) -> Result<serde_json::Value> {
     let mut req: TrainRequest = match a.opt_path("request") {
         Some(p) => {
             let text = std::fs::read_to_string(&p).map_err(|e| RunnerError::io(&p, e))?;
-            serde_json::from_str(&text).map_err(|e| RunnerError::json(p.display().to_string(), e))?
+            serde_json::from_str(&text)
+                .map_err(|e| RunnerError::json(p.display().to_string(), e))?
         }
         None => TrainRequest::default(),
     };
@@ -127,7 +138,8 @@ fn train_cmd(mut a: Args) -> Result<serde_json::Value> {
     cfg.network.num_res_units = a.parse_or("res-units", cfg.network.num_res_units)?;
     cfg.network.dropout = a.parse_or("dropout", cfg.network.dropout)?;
     if let Some(n) = a.get("norm") {
-        cfg.network.norm = serde_json::from_value(json!(n)).map_err(|e| RunnerError::json("--norm", e))?;
+        cfg.network.norm =
+            serde_json::from_value(json!(n)).map_err(|e| RunnerError::json("--norm", e))?;
     }
     req.model = Some(cfg);
     req.pretrained = a.opt_path("pretrained").or(req.pretrained);
@@ -141,7 +153,11 @@ fn train_cmd(mut a: Args) -> Result<serde_json::Value> {
     let datalist = match (a.opt_path("studies"), a.opt_path("datalist")) {
         (Some(dir), None) => synth::studies_datalist(&dir)?,
         (None, Some(file)) => cli::read_datalist(&file)?,
-        _ => return Err(RunnerError::invalid("give exactly one of --studies and --datalist")),
+        _ => {
+            return Err(RunnerError::invalid(
+                "give exactly one of --studies and --datalist",
+            ));
+        }
     };
     let out = a.path("out")?;
     a.finish()?;
@@ -154,12 +170,22 @@ fn train_cmd(mut a: Args) -> Result<serde_json::Value> {
                 "epoch {}/{}: loss {:.4} val_mean_dice {:.4} best {:.4}",
                 s.epoch,
                 s.total_epochs,
-                s.train.metrics.get("train_loss").copied().unwrap_or(f64::NAN),
-                s.eval.metrics.get("val_mean_dice").copied().unwrap_or(f64::NAN),
+                s.train
+                    .metrics
+                    .get("train_loss")
+                    .copied()
+                    .unwrap_or(f64::NAN),
+                s.eval
+                    .metrics
+                    .get("val_mean_dice")
+                    .copied()
+                    .unwrap_or(f64::NAN),
                 s.best_metric
             )
         },
         &AtomicBool::new(false),
     )?;
-    Ok(json!({"model_dir": outcome.model_dir, "stopped": outcome.stopped, "train_stats": outcome.stats}))
+    Ok(
+        json!({"model_dir": outcome.model_dir, "stopped": outcome.stopped, "train_stats": outcome.stats}),
+    )
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use tch::{nn, Device};
+use tch::{Device, nn};
 
 use crate::config::{ModelConfig, WEIGHTS_FILE};
 use crate::error::{Result, RunnerError};
@@ -31,7 +31,10 @@ impl Model {
         let mut model = Self::new(config, device)?;
         let weights = dir.join(WEIGHTS_FILE);
         if !weights.is_file() {
-            return Err(RunnerError::invalid(format!("{} is missing", weights.display())));
+            return Err(RunnerError::invalid(format!(
+                "{} is missing",
+                weights.display()
+            )));
         }
         model.vs.load(&weights)?;
         Ok(model)
@@ -70,7 +73,11 @@ mod tests {
     fn save_then_load_gives_identical_outputs() {
         tch::manual_seed(7);
         let config = ModelConfig {
-            labels: BTreeMap::from([("background".into(), 0), ("liver".into(), 1), ("spleen".into(), 2)]),
+            labels: BTreeMap::from([
+                ("background".into(), 0),
+                ("liver".into(), 1),
+                ("spleen".into(), 2),
+            ]),
             spacing: [1.5, 1.5, 2.0],
             intensity: Intensity::Mr,
             roi_size: [16, 16, 16],
@@ -120,7 +127,9 @@ mod tests {
             },
         };
         config.save(dir.path()).unwrap();
-        let err = Model::load(dir.path(), Device::Cpu).unwrap_err().to_string();
+        let err = Model::load(dir.path(), Device::Cpu)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("model.safetensors"), "{err}");
         let mut bad = config;
         bad.roi_size = [9, 8, 8];

@@ -60,7 +60,8 @@ fn run_inner(paths: &SageMakerPaths) -> Result<TrainOutcome> {
     let hp_path = paths.hyperparameters();
     let mut hp: Map<String, Value> = if hp_path.is_file() {
         let text = std::fs::read_to_string(&hp_path).map_err(|e| RunnerError::io(&hp_path, e))?;
-        serde_json::from_str(&text).map_err(|e| RunnerError::json(hp_path.display().to_string(), e))?
+        serde_json::from_str(&text)
+            .map_err(|e| RunnerError::json(hp_path.display().to_string(), e))?
     } else {
         Map::new()
     };
@@ -75,7 +76,8 @@ fn run_inner(paths: &SageMakerPaths) -> Result<TrainOutcome> {
             other => (k, other),
         })
         .collect();
-    let mut req: TrainRequest = serde_json::from_value(Value::Object(typed)).map_err(|e| RunnerError::json("hyperparameters", e))?;
+    let mut req: TrainRequest = serde_json::from_value(Value::Object(typed))
+        .map_err(|e| RunnerError::json("hyperparameters", e))?;
     if req.model.is_none() && req.pretrained.is_none() {
         req.model = Some(ModelConfig::spleen());
     }
@@ -87,10 +89,17 @@ fn run_inner(paths: &SageMakerPaths) -> Result<TrainOutcome> {
             data.display()
         )));
     }
-    train(&req, &datalist, &paths.model(), |_| {}, &AtomicBool::new(false))
+    train(
+        &req,
+        &datalist,
+        &paths.model(),
+        |_| {},
+        &AtomicBool::new(false),
+    )
 }
 
 /// Whether `dir` looks like a finished model folder.
 pub fn has_model(dir: &Path) -> bool {
-    dir.join(crate::config::CONFIG_FILE).is_file() && dir.join(crate::config::WEIGHTS_FILE).is_file()
+    dir.join(crate::config::CONFIG_FILE).is_file()
+        && dir.join(crate::config::WEIGHTS_FILE).is_file()
 }

@@ -11,6 +11,9 @@
 //!    "result_extension": ".nii.gz",             // format of an inline mask
 //!    "params": {"overlap": 0.25, "sw_batch_size": 1, "mode": "gaussian", "amp": true}}
 //!   ```
+//!   `params` may carry MONAI Label's whole merged request (unknown keys are ignored;
+//!   `result_extension` there works too). Images are read from local paths or inline
+//!   bytes only: a caller holding a presigned URL downloads it first.
 //!   Reply `200 {"label": path|null, "label_b64": base64|null, "params": {"model",
 //!   "label_names", "latencies"}}`: the mask is written to `output` when given, else
 //!   returned inline. `params` is what MONAI Label puts in an infer result's JSON.
@@ -58,8 +61,10 @@ pub struct Invocation {
     pub image_ext: Option<String>,
     pub output: Option<PathBuf>,
     pub result_extension: Option<String>,
+    /// MONAI Label's request params, merged flat: the runner reads the [`InferOptions`]
+    /// keys and `result_extension`, and ignores the rest (`client_id`, `label_tag`, …).
     #[serde(default)]
-    pub params: InferOptions,
+    pub params: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The reply to a successful invocation.
@@ -105,16 +110,25 @@ impl Runner {
             }
         }
         if dirs.is_empty() {
-            return Err(RunnerError::invalid(format!("no model folders (with {CONFIG_FILE}) in {}", model_dir.display())));
+            return Err(RunnerError::invalid(format!(
+                "no model folders (with {CONFIG_FILE}) in {}",
+                model_dir.display()
+            )));
         }
         let mut models = BTreeMap::new();
         for dir in dirs {
-            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("model").to_owned();
+            let name = dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("model")
+                .to_owned();
             let mut slot = Slot { dir, loaded: None };
             slot.current(device)?;
             models.insert(name, Mutex::new(slot));
         }
-        let data_root = data_root.canonicalize().map_err(|e| RunnerError::io(data_root, e))?;
+        let data_root = data_root
+            .canonicalize()
+            .map_err(|e| RunnerError::io(data_root, e))?;
         Ok(Self {
             models,
             device,
@@ -132,23 +146,53 @@ impl Runner {
         let bad = |e: RunnerError| (StatusCode::BAD_REQUEST, e.to_string());
         let name = match &req.model {
             Some(m) => m.clone(),
-            None if self.models.len() == 1 => self.models.keys().next().cloned().unwrap_or_default(),
-            None => return Err((StatusCode::BAD_REQUEST, format!("`model` is required; served: {:?}", self.model_names()))),
-        };
-        let slot = self.models.get(&name).ok_or((StatusCode::NOT_FOUND, format!("unknown model {name:?}")))?;
-        let image = match (&req.image, &req.image_b64) {
-            (Some(p), None) => crate::io::read_image(&self.checked_path(p, true).map_err(bad)?).map_err(bad)?,
-            (None, Some(b)) => {
-                let bytes = B64.decode(b).map_err(|e| (StatusCode::BAD_REQUEST, format!("image_b64: {e}")))?;
-                crate::io::read_image_bytes(&bytes, req.image_ext.as_deref().unwrap_or(".nii.gz")).map_err(bad)?
+            None if self.models.len() == 1 => {
+                self.models.keys().next().cloned().unwrap_or_default()
             }
-            _ => return Err((StatusCode::BAD_REQUEST, "give exactly one of `image` and `image_b64`".into())),
+            None => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    format!("`model` is required; served: {:?}", self.model_names()),
+                ));
+            }
         };
-        let output = req.output.as_ref().map(|p| self.checked_path(p, false)).transpose().map_err(bad)?;
+        let slot = self
+            .models
+            .get(&name)
+            .ok_or((StatusCode::NOT_FOUND, format!("unknown model {name:?}")))?;
+        let image = match (&req.image, &req.image_b64) {
+            (Some(p), None) => {
+                crate::io::read_image(&self.checked_path(p, true).map_err(bad)?).map_err(bad)?
+            }
+            (None, Some(b)) => {
+                let bytes = B64
+                    .decode(b)
+                    .map_err(|e| (StatusCode::BAD_REQUEST, format!("image_b64: {e}")))?;
+                crate::io::read_image_bytes(&bytes, req.image_ext.as_deref().unwrap_or(".nii.gz"))
+                    .map_err(bad)?
+            }
+            _ => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "give exactly one of `image` and `image_b64`".into(),
+                ));
+            }
+        };
+        let opts: InferOptions =
+            serde_json::from_value(serde_json::Value::Object(req.params.clone()))
+                .map_err(|e| (StatusCode::BAD_REQUEST, format!("params: {e}")))?;
+        let output = req
+            .output
+            .as_ref()
+            .map(|p| self.checked_path(p, false))
+            .transpose()
+            .map_err(bad)?;
         let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-        let model = slot.current(self.device).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let model = slot
+            .current(self.device)
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         let internal = |e: RunnerError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-        let (mask, mut latencies) = segment(model, &image, &req.params).map_err(internal)?;
+        let (mask, mut latencies) = segment(model, &image, &opts).map_err(internal)?;
         let t = std::time::Instant::now();
         let (label, label_b64) = match output {
             Some(path) => {
@@ -156,8 +200,15 @@ impl Runner {
                 (Some(path), None)
             }
             None => {
-                let ext = req.result_extension.as_deref().unwrap_or(".nii.gz");
-                (None, Some(B64.encode(crate::io::mask_bytes(&mask, ext).map_err(bad)?)))
+                let ext = req
+                    .result_extension
+                    .as_deref()
+                    .or_else(|| req.params.get("result_extension").and_then(|v| v.as_str()))
+                    .unwrap_or(".nii.gz");
+                (
+                    None,
+                    Some(B64.encode(crate::io::mask_bytes(&mask, ext).map_err(bad)?)),
+                )
             }
         };
         latencies.write = t.elapsed().as_secs_f64();
@@ -179,12 +230,23 @@ impl Runner {
         let resolved = if must_exist {
             p.canonicalize().map_err(|e| RunnerError::io(p, e))?
         } else {
-            let parent = p.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-            let name = p.file_name().ok_or_else(|| RunnerError::invalid(format!("{} is not a file path", p.display())))?;
-            parent.canonicalize().map_err(|e| RunnerError::io(parent, e))?.join(name)
+            let parent = p
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let name = p.file_name().ok_or_else(|| {
+                RunnerError::invalid(format!("{} is not a file path", p.display()))
+            })?;
+            parent
+                .canonicalize()
+                .map_err(|e| RunnerError::io(parent, e))?
+                .join(name)
         };
         if !resolved.starts_with(&self.data_root) {
-            return Err(RunnerError::invalid(format!("{} is outside the runner's data root", p.display())));
+            return Err(RunnerError::invalid(format!(
+                "{} is outside the runner's data root",
+                p.display()
+            )));
         }
         Ok(resolved)
     }
@@ -194,7 +256,9 @@ impl Slot {
     /// The model, reloaded first if its weights file changed since it was loaded.
     fn current(&mut self, device: Device) -> Result<&Model> {
         let weights = self.dir.join(WEIGHTS_FILE);
-        let mtime = std::fs::metadata(&weights).and_then(|m| m.modified()).map_err(|e| RunnerError::io(&weights, e))?;
+        let mtime = std::fs::metadata(&weights)
+            .and_then(|m| m.modified())
+            .map_err(|e| RunnerError::io(&weights, e))?;
         if self.loaded.as_ref().is_none_or(|(t, _)| *t != mtime) {
             self.loaded = Some((mtime, Model::load(&self.dir, device)?));
         }
@@ -223,7 +287,10 @@ async fn invocations(State(runner): State<Arc<Runner>>, body: axum::body::Bytes)
     match tokio::task::spawn_blocking(move || runner.invoke(&req)).await {
         Ok(Ok(result)) => Json(result).into_response(),
         Ok(Err((status, msg))) => error(status, msg),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("inference task failed: {e}")),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("inference task failed: {e}"),
+        ),
     }
 }
 
@@ -233,7 +300,11 @@ fn error(status: StatusCode, detail: String) -> Response {
 
 /// Serves `router` on `addr` until the process is stopped.
 pub async fn serve(addr: &str, runner: Arc<Runner>) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| RunnerError::io(addr, e))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| RunnerError::io(addr, e))?;
     tracing::info!(%addr, models = ?runner.model_names(), "runner serving");
-    axum::serve(listener, router(runner)).await.map_err(|e| RunnerError::io(addr, e))
+    axum::serve(listener, router(runner))
+        .await
+        .map_err(|e| RunnerError::io(addr, e))
 }

@@ -47,10 +47,14 @@ impl SlidingWindow {
 
     fn validate(&self) -> Result<()> {
         if self.roi_size.iter().any(|&r| r <= 0) || self.sw_batch_size == 0 {
-            return Err(RunnerError::invalid("sliding window: roi_size and sw_batch_size must be positive"));
+            return Err(RunnerError::invalid(
+                "sliding window: roi_size and sw_batch_size must be positive",
+            ));
         }
         if !(0.0..1.0).contains(&self.overlap) {
-            return Err(RunnerError::invalid("sliding window: overlap must be in [0, 1)"));
+            return Err(RunnerError::invalid(
+                "sliding window: overlap must be in [0, 1)",
+            ));
         }
         Ok(())
     }
@@ -59,7 +63,11 @@ impl SlidingWindow {
     pub fn window_starts(&self, size: [i64; 3]) -> [Vec<i64>; 3] {
         std::array::from_fn(|d| {
             let (n, r) = (size[d], self.roi_size[d]);
-            let interval = if r == n { r } else { ((r as f64 * (1.0 - self.overlap)) as i64).max(1) };
+            let interval = if r == n {
+                r
+            } else {
+                ((r as f64 * (1.0 - self.overlap)) as i64).max(1)
+            };
             let mut starts = Vec::new();
             let mut s = 0;
             loop {
@@ -84,7 +92,8 @@ impl SlidingWindow {
                     let x = Tensor::arange(r, (Kind::Float, device)) - (r / 2) as f64;
                     (-(&x * &x) / (2.0 * sigma * sigma)).exp()
                 };
-                let m = axis(0).view([-1, 1, 1]) * axis(1).view([1, -1, 1]) * axis(2).view([1, 1, -1]);
+                let m =
+                    axis(0).view([-1, 1, 1]) * axis(1).view([1, -1, 1]) * axis(2).view([1, 1, -1]);
                 let max = m.max();
                 (m / max).clamp_min(1e-3)
             }
@@ -98,7 +107,9 @@ impl SlidingWindow {
         self.validate()?;
         let shape = image.size();
         if shape.len() != 5 || shape[0] != 1 {
-            return Err(RunnerError::invalid(format!("sliding window wants [1, C, D, H, W], got {shape:?}")));
+            return Err(RunnerError::invalid(format!(
+                "sliding window wants [1, C, D, H, W], got {shape:?}"
+            )));
         }
         let orig: [i64; 3] = [shape[2], shape[3], shape[4]];
         // Symmetric zero padding up to the window size, as MONAI does (pad order is W, H, D).
@@ -134,9 +145,14 @@ impl SlidingWindow {
             let pred = f(&Tensor::cat(&crops, 0)).to_kind(Kind::Float);
             let ps = pred.size();
             if ps.len() != 5 || ps[0] != chunk.len() as i64 || ps[2..] != self.roi_size {
-                return Err(RunnerError::invalid(format!("network returned {ps:?} for windows of {:?}", self.roi_size)));
+                return Err(RunnerError::invalid(format!(
+                    "network returned {ps:?} for windows of {:?}",
+                    self.roi_size
+                )));
             }
-            let acc = out.get_or_insert_with(|| Tensor::zeros([1, ps[1], size[0], size[1], size[2]], (Kind::Float, device)));
+            let acc = out.get_or_insert_with(|| {
+                Tensor::zeros([1, ps[1], size[0], size[1], size[2]], (Kind::Float, device))
+            });
             for (b, &[z, y, x]) in chunk.iter().enumerate() {
                 let mut dst = acc.narrow(2, z, rz).narrow(3, y, ry).narrow(4, x, rx);
                 let _ = dst.g_add_(&(pred.narrow(0, b as i64, 1) * &weight));
@@ -190,7 +206,9 @@ mod tests {
             };
             let image = Tensor::zeros([1, 1, 13, 20, 6], (Kind::Float, Device::Cpu));
             let out = sw
-                .run(&image, |x| Tensor::full([x.size()[0], 2, 8, 8, 8], 3.5, (Kind::Float, Device::Cpu)))
+                .run(&image, |x| {
+                    Tensor::full([x.size()[0], 2, 8, 8, 8], 3.5, (Kind::Float, Device::Cpu))
+                })
                 .unwrap();
             assert_eq!(out.size(), vec![1, 2, 13, 20, 6]);
             let err = (out - 3.5).abs().max().double_value(&[]);
@@ -209,7 +227,11 @@ mod tests {
             sigma_scale: 0.125,
         };
         let image = Tensor::arange(6, (Kind::Float, Device::Cpu)).reshape([1, 1, 6, 1, 1]);
-        let out = sw.run(&image, |x| x.min().expand([1, 1, 4, 1, 1], false).contiguous()).unwrap();
+        let out = sw
+            .run(&image, |x| {
+                x.min().expand([1, 1, 4, 1, 1], false).contiguous()
+            })
+            .unwrap();
         // Windows start at 0 and 2: voxels 2, 3 average 0 and 2.
         let v = Vec::<f32>::try_from(out.flatten(0, -1)).unwrap();
         assert_eq!(v, vec![0.0, 0.0, 1.0, 1.0, 2.0, 2.0]);

@@ -58,7 +58,8 @@ impl TrainStats {
     pub fn write(&self, dir: &Path) -> Result<()> {
         let path = dir.join(STATS_FILE);
         let tmp = dir.join(format!(".{STATS_FILE}.tmp"));
-        let text = serde_json::to_string_pretty(self).map_err(|e| RunnerError::json("train stats", e))?;
+        let text =
+            serde_json::to_string_pretty(self).map_err(|e| RunnerError::json("train stats", e))?;
         std::fs::write(&tmp, text).map_err(|e| RunnerError::io(&tmp, e))?;
         std::fs::rename(&tmp, &path).map_err(|e| RunnerError::io(&path, e))
     }
@@ -86,7 +87,16 @@ mod tests {
         let v = serde_json::to_value(&s).unwrap();
         assert_eq!(v["total_time"], "0:01:02");
         assert!(v.get("current_time").is_none());
-        for key in ["rank", "current_epoch", "current_iteration", "total_epochs", "total_iterations", "epoch", "start_ts", "best_metric"] {
+        for key in [
+            "rank",
+            "current_epoch",
+            "current_iteration",
+            "total_epochs",
+            "total_iterations",
+            "epoch",
+            "start_ts",
+            "best_metric",
+        ] {
             assert!(v.get(key).is_some(), "{key}");
         }
         assert!(v["eval"].get("key_metric_name").is_some());

@@ -25,18 +25,38 @@ pub fn case(seed: u64, dims: [usize; 3], spacing: [f64; 3]) -> (Volume<f32>, Vol
     // Physical half-extent per axis; organs are placed in fractions of it.
     let half: [f64; 3] = std::array::from_fn(|a| dims[a] as f64 * spacing[a] / 2.0);
     let mut jitter = |lo: f64, hi: f64| rng.random_range(lo..hi);
-    let spleen_c = [half[0] * jitter(0.25, 0.45), half[1] * jitter(-0.3, 0.1), half[2] * jitter(-0.2, 0.2)];
-    let spleen_r = [half[0] * jitter(0.15, 0.25), half[1] * jitter(0.15, 0.3), half[2] * jitter(0.2, 0.35)];
-    let liver_c = [-half[0] * jitter(0.25, 0.4), half[1] * jitter(-0.2, 0.2), half[2] * jitter(-0.1, 0.2)];
-    let liver_r = [half[0] * jitter(0.25, 0.35), half[1] * jitter(0.3, 0.45), half[2] * jitter(0.3, 0.45)];
-    let inside = |p: [f64; 3], c: [f64; 3], r: [f64; 3]| (0..3).map(|a| ((p[a] - c[a]) / r[a]).powi(2)).sum::<f64>() <= 1.0;
+    let spleen_c = [
+        half[0] * jitter(0.25, 0.45),
+        half[1] * jitter(-0.3, 0.1),
+        half[2] * jitter(-0.2, 0.2),
+    ];
+    let spleen_r = [
+        half[0] * jitter(0.15, 0.25),
+        half[1] * jitter(0.15, 0.3),
+        half[2] * jitter(0.2, 0.35),
+    ];
+    let liver_c = [
+        -half[0] * jitter(0.25, 0.4),
+        half[1] * jitter(-0.2, 0.2),
+        half[2] * jitter(-0.1, 0.2),
+    ];
+    let liver_r = [
+        half[0] * jitter(0.25, 0.35),
+        half[1] * jitter(0.3, 0.45),
+        half[2] * jitter(0.3, 0.45),
+    ];
+    let inside = |p: [f64; 3], c: [f64; 3], r: [f64; 3]| {
+        (0..3).map(|a| ((p[a] - c[a]) / r[a]).powi(2)).sum::<f64>() <= 1.0
+    };
     let n = dims.iter().product();
     let (mut img, mut lab) = (Vec::with_capacity(n), Vec::with_capacity(n));
     for k in 0..dims[2] {
         for j in 0..dims[1] {
             for i in 0..dims[0] {
-                let p: [f64; 3] = std::array::from_fn(|a| affine[a][a] * [i, j, k][a] as f64 + affine[a][3]);
-                let body = (p[0] / (half[0] * 0.9)).powi(2) + (p[1] / (half[1] * 0.75)).powi(2) <= 1.0;
+                let p: [f64; 3] =
+                    std::array::from_fn(|a| affine[a][a] * [i, j, k][a] as f64 + affine[a][3]);
+                let body =
+                    (p[0] / (half[0] * 0.9)).powi(2) + (p[1] / (half[1] * 0.75)).powi(2) <= 1.0;
                 let spleen = body && inside(p, spleen_c, spleen_r);
                 let hu = if spleen {
                     110.0
@@ -55,7 +75,11 @@ pub fn case(seed: u64, dims: [usize; 3], spacing: [f64; 3]) -> (Volume<f32>, Vol
             }
         }
     }
-    let image = Volume { data: img, dims, affine };
+    let image = Volume {
+        data: img,
+        dims,
+        affine,
+    };
     let label = image.with_data(lab);
     (image, label)
 }
@@ -63,7 +87,13 @@ pub fn case(seed: u64, dims: [usize; 3], spacing: [f64; 3]) -> (Volume<f32>, Vol
 /// Writes a MONAI Label studies folder: `dir/<id>.nii.gz` images and
 /// `dir/labels/final/<id>.nii.gz` labels for `cases` cases; returns the (image, label)
 /// paths.
-pub fn write_studies(dir: &Path, cases: usize, seed: u64, dims: [usize; 3], spacing: [f64; 3]) -> Result<Vec<(std::path::PathBuf, std::path::PathBuf)>> {
+pub fn write_studies(
+    dir: &Path,
+    cases: usize,
+    seed: u64,
+    dims: [usize; 3],
+    spacing: [f64; 3],
+) -> Result<Vec<(std::path::PathBuf, std::path::PathBuf)>> {
     let labels = dir.join("labels").join("final");
     std::fs::create_dir_all(&labels).map_err(|e| RunnerError::io(&labels, e))?;
     (0..cases)
@@ -85,7 +115,11 @@ pub fn studies_datalist(dir: &Path) -> Result<Vec<(std::path::PathBuf, std::path
     let mut pairs = Vec::new();
     for entry in entries {
         let path = entry.map_err(|e| RunnerError::io(dir, e))?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
         if path.is_file() && (name.ends_with(".nii.gz") || name.ends_with(".nii")) {
             let label = dir.join("labels").join("final").join(&name);
             if label.is_file() {
@@ -112,10 +146,15 @@ mod tests {
         assert!(fg > 20 && fg < la.len() / 4, "{fg}");
         // Spleen voxels are brighter on average than the rest of the body.
         let mean = |pred: &dyn Fn(usize) -> bool| {
-            let v: Vec<f32> = (0..a.len()).filter(|&i| pred(i)).map(|i| a.data[i]).collect();
+            let v: Vec<f32> = (0..a.len())
+                .filter(|&i| pred(i))
+                .map(|i| a.data[i])
+                .collect();
             v.iter().sum::<f32>() / v.len() as f32
         };
-        assert!(mean(&|i| la.data[i] == 1) > mean(&|i| la.data[i] == 0 && a.data[i] > -500.0) + 40.0);
+        assert!(
+            mean(&|i| la.data[i] == 1) > mean(&|i| la.data[i] == 0 && a.data[i] > -500.0) + 40.0
+        );
     }
 
     #[test]

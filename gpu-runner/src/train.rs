@@ -20,8 +20,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tch::nn::OptimizerConfig;
 use tch::nn;
+use tch::nn::OptimizerConfig;
 
 use crate::config::ModelConfig;
 use crate::dataset::{Sample, Sampling};
@@ -32,6 +32,9 @@ use crate::sliding::SlidingWindow;
 use crate::stats::{PhaseStats, TrainStats};
 use crate::transforms::tensor_order;
 use crate::unet::Mode;
+
+/// An (image, label) file pair.
+pub type Pair = (PathBuf, PathBuf);
 
 /// A training request: hyperparameters plus where to start from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -116,10 +119,14 @@ pub fn train(
     stop: &AtomicBool,
 ) -> Result<TrainOutcome> {
     if datalist.is_empty() {
-        return Err(RunnerError::invalid("training needs at least one labelled image"));
+        return Err(RunnerError::invalid(
+            "training needs at least one labelled image",
+        ));
     }
     if req.max_epochs == 0 || req.num_samples == 0 || req.val_interval == 0 {
-        return Err(RunnerError::invalid("max_epochs, num_samples and val_interval must be positive"));
+        return Err(RunnerError::invalid(
+            "max_epochs, num_samples and val_interval must be positive",
+        ));
     }
     let device = crate::parse_device(&req.device)?;
     let ckpt_dir = out.join("checkpoints");
@@ -130,7 +137,11 @@ pub fn train(
     let mut model = match (&req.pretrained, &req.model) {
         (Some(dir), _) => Model::load(dir, device)?,
         (None, Some(cfg)) => Model::new(cfg.clone(), device)?,
-        (None, None) => return Err(RunnerError::invalid("train request needs `model` or `pretrained`")),
+        (None, None) => {
+            return Err(RunnerError::invalid(
+                "train request needs `model` or `pretrained`",
+            ));
+        }
     };
     let mut meta = CheckpointMeta {
         epoch: 0,
@@ -142,7 +153,8 @@ pub fn train(
         model.vs.load(ckpt)?;
         let side = ckpt.with_extension("json");
         let text = std::fs::read_to_string(&side).map_err(|e| RunnerError::io(&side, e))?;
-        meta = serde_json::from_str(&text).map_err(|e| RunnerError::json(side.display().to_string(), e))?;
+        meta = serde_json::from_str(&text)
+            .map_err(|e| RunnerError::json(side.display().to_string(), e))?;
     }
 
     let (train_pairs, val_pairs) = split(datalist, req.val_split, &mut rng);
@@ -173,7 +185,10 @@ pub fn train(
     let amp = req.amp && device.is_cuda();
     let classes = cfg.network.out_channels;
     let started = Instant::now();
-    let start_ts = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let start_ts = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let mut stats = TrainStats {
         total_epochs: req.max_epochs,
         total_iterations: req.max_epochs * train_set.len(),
@@ -203,7 +218,7 @@ pub fn train(
                 break;
             }
             let (x, y) = train_set[idx].crops(roi, &sampling, &mut rng);
-            let logits = tch::autocast(amp, || model.forward(&x, Mode::TRAIN));
+            let logits = crate::with_amp(amp, || model.forward(&x, Mode::TRAIN));
             let loss = dice_ce_loss(&logits.to_kind(tch::Kind::Float), &y);
             opt.backward_step(&loss);
             loss_sum += loss.double_value(&[]);
@@ -220,8 +235,15 @@ pub fn train(
         stats.current_epoch = epoch;
         stats.epoch = epoch;
         stats.current_iteration = meta.iteration;
-        let train_dice = if dice_n > 0 { dice_sum / dice_n as f64 } else { 0.0 };
-        stats.train.metrics.insert("train_loss".into(), loss_sum / train_set.len() as f64);
+        let train_dice = if dice_n > 0 {
+            dice_sum / dice_n as f64
+        } else {
+            0.0
+        };
+        stats
+            .train
+            .metrics
+            .insert("train_loss".into(), loss_sum / train_set.len() as f64);
         stats.train.metrics.insert("train_dice".into(), train_dice);
         if train_dice > stats.train.best_metric {
             stats.train.best_metric = train_dice;
@@ -229,7 +251,11 @@ pub fn train(
         }
         if epoch % req.val_interval == 0 || epoch == req.max_epochs {
             // Without held-out volumes the training volumes are scored, as MONAI Label does.
-            let val = if val_set.is_empty() { &train_set } else { &val_set };
+            let val = if val_set.is_empty() {
+                &train_set
+            } else {
+                &val_set
+            };
             let score = validate(&model, val, req.sw_overlap, amp)?;
             stats.eval.metrics.insert("val_mean_dice".into(), score);
             if score > meta.best_metric {
@@ -269,17 +295,23 @@ pub fn validate(model: &Model, set: &[Sample], overlap: f64, amp: bool) -> Resul
     };
     let mut scores = Vec::new();
     for s in set {
-        let logits = tch::no_grad(|| tch::autocast(amp, || sw.run(&s.image, |x| model.forward(x, Mode::EVAL))))?;
+        let logits = tch::no_grad(|| {
+            crate::with_amp(amp, || sw.run(&s.image, |x| model.forward(x, Mode::EVAL)))
+        })?;
         if let Some(d) = mean_dice(&logits.argmax(1, true), &s.label, cfg.network.out_channels) {
             scores.push(d);
         }
     }
-    Ok(if scores.is_empty() { 0.0 } else { scores.iter().sum::<f64>() / scores.len() as f64 })
+    Ok(if scores.is_empty() {
+        0.0
+    } else {
+        scores.iter().sum::<f64>() / scores.len() as f64
+    })
 }
 
 /// A seeded shuffle, then the last `val_split` fraction (at least one when there are
 /// two or more pairs) is held out.
-fn split(datalist: &[(PathBuf, PathBuf)], val_split: f64, rng: &mut ChaCha8Rng) -> (Vec<(PathBuf, PathBuf)>, Vec<(PathBuf, PathBuf)>) {
+fn split(datalist: &[Pair], val_split: f64, rng: &mut ChaCha8Rng) -> (Vec<Pair>, Vec<Pair>) {
     let mut all = datalist.to_vec();
     all.shuffle(rng);
     let n_val = if all.len() < 2 || val_split <= 0.0 {
@@ -298,7 +330,10 @@ fn save_checkpoint(model: &Model, dir: &Path, meta: &CheckpointMeta, keep: usize
     let text = serde_json::to_string(meta).map_err(|e| RunnerError::json("checkpoint", e))?;
     std::fs::write(&side, text).map_err(|e| RunnerError::io(&side, e))?;
     if keep > 0 && meta.epoch > keep {
-        for old in [format!("epoch_{}.safetensors", meta.epoch - keep), format!("epoch_{}.json", meta.epoch - keep)] {
+        for old in [
+            format!("epoch_{}.safetensors", meta.epoch - keep),
+            format!("epoch_{}.json", meta.epoch - keep),
+        ] {
             let p = dir.join(old);
             if p.exists() {
                 std::fs::remove_file(&p).map_err(|e| RunnerError::io(&p, e))?;
@@ -307,4 +342,3 @@ fn save_checkpoint(model: &Model, dir: &Path, meta: &CheckpointMeta, keep: usize
     }
     Ok(())
 }
-

@@ -33,17 +33,24 @@ impl Orientation {
     pub fn from_affine(affine: &[[f64; 4]; 4]) -> Result<Self> {
         let mut axis_of_world = [usize::MAX; 3];
         let mut flip = [false; 3];
+        // Walks the affine's columns (voxel axes); iterators would obscure that.
+        #[allow(clippy::needless_range_loop)]
         for c in 0..3 {
             let r = (0..3)
                 .max_by(|&a, &b| affine[a][c].abs().total_cmp(&affine[b][c].abs()))
                 .unwrap_or(0);
             if affine[r][c] == 0.0 || axis_of_world[r] != usize::MAX {
-                return Err(RunnerError::invalid("affine is degenerate: two voxel axes share a world axis"));
+                return Err(RunnerError::invalid(
+                    "affine is degenerate: two voxel axes share a world axis",
+                ));
             }
             axis_of_world[r] = c;
             flip[r] = affine[r][c] < 0.0;
         }
-        Ok(Self { axis_of_world, flip })
+        Ok(Self {
+            axis_of_world,
+            flip,
+        })
     }
 
     /// Voxel-axis sizes or spacings (i, j, k order) re-ordered to the RAS array's axes.
@@ -59,15 +66,29 @@ impl Orientation {
         let mut perm = lead.clone();
         perm.extend((0..3).rev().map(|r| n - 1 - self.axis_of_world[r] as i64));
         let p = t.permute(perm.as_slice());
-        let flips: Vec<i64> = (0..3).filter(|&r| self.flip[r]).map(|r| n - 1 - r as i64).collect();
-        if flips.is_empty() { p } else { p.flip(flips.as_slice()) }
+        let flips: Vec<i64> = (0..3)
+            .filter(|&r| self.flip[r])
+            .map(|r| n - 1 - r as i64)
+            .collect();
+        if flips.is_empty() {
+            p
+        } else {
+            p.flip(flips.as_slice())
+        }
     }
 
     /// Inverse of [`Orientation::to_ras`].
     pub fn from_ras(&self, t: &Tensor) -> Tensor {
         let n = t.dim() as i64;
-        let flips: Vec<i64> = (0..3).filter(|&r| self.flip[r]).map(|r| n - 1 - r as i64).collect();
-        let t = if flips.is_empty() { t.shallow_clone() } else { t.flip(flips.as_slice()) };
+        let flips: Vec<i64> = (0..3)
+            .filter(|&r| self.flip[r])
+            .map(|r| n - 1 - r as i64)
+            .collect();
+        let t = if flips.is_empty() {
+            t.shallow_clone()
+        } else {
+            t.flip(flips.as_slice())
+        };
         // Output dim of voxel axis c must take the input dim of its world axis.
         let mut perm: Vec<i64> = (0..n - 3).collect();
         for c in (0..3).rev() {
@@ -108,7 +129,11 @@ pub fn resample_nearest(t: &Tensor, size: [i64; 3]) -> Tensor {
         if len == m {
             continue;
         }
-        let scale = if m > 1 { (len - 1) as f64 / (m - 1) as f64 } else { 0.0 };
+        let scale = if m > 1 {
+            (len - 1) as f64 / (m - 1) as f64
+        } else {
+            0.0
+        };
         let idx = Tensor::arange(m, (Kind::Double, out.device())) * scale;
         let idx = idx.round().to_kind(Kind::Int64).clamp(0, len - 1);
         out = out.index_select(dim, &idx);
@@ -127,7 +152,11 @@ pub fn apply_intensity(t: &Tensor, intensity: &Intensity) -> Tensor {
             clip,
         } => {
             let scaled = (t - a_min) * ((b_max - b_min) / (a_max - a_min)) + b_min;
-            if clip { scaled.clamp(b_min.min(b_max), b_min.max(b_max)) } else { scaled }
+            if clip {
+                scaled.clamp(b_min.min(b_max), b_min.max(b_max))
+            } else {
+                scaled
+            }
         }
         Intensity::Mr => {
             let mean = t.mean(Kind::Float);
@@ -141,7 +170,9 @@ pub fn apply_intensity(t: &Tensor, intensity: &Intensity) -> Tensor {
 pub fn volume_to_tensor<T: Copy + Into<f64>>(v: &Volume<T>, device: Device) -> Tensor {
     let data: Vec<f32> = v.data.iter().map(|&x| x.into() as f32).collect();
     let [i, j, k] = v.dims.map(|d| d as i64);
-    Tensor::from_slice(&data).reshape([1, 1, k, j, i]).to_device(device)
+    Tensor::from_slice(&data)
+        .reshape([1, 1, k, j, i])
+        .to_device(device)
 }
 
 /// Everything inference needs to go from an input volume to the network's grid and back.
@@ -155,14 +186,23 @@ pub struct Prepared {
 }
 
 /// Orientation → spacing → intensity for an image (MONAI Label's pre-transforms).
-pub fn prepare_image(v: &Volume<f32>, spacing: [f64; 3], intensity: &Intensity, device: Device) -> Result<Prepared> {
+pub fn prepare_image(
+    v: &Volume<f32>,
+    spacing: [f64; 3],
+    intensity: &Intensity,
+    device: Device,
+) -> Result<Prepared> {
     if v.is_empty() {
         return Err(RunnerError::invalid("image has no voxels"));
     }
     let orientation = Orientation::from_affine(&v.affine)?;
     let t = orientation.to_ras(&volume_to_tensor(v, device));
     let ras_size: [i64; 3] = std::array::from_fn(|d| t.size()[2 + d]);
-    let size = resampled_size(ras_size, tensor_order(orientation.permute_ijk(v.spacing())), tensor_order(spacing));
+    let size = resampled_size(
+        ras_size,
+        tensor_order(orientation.permute_ijk(v.spacing())),
+        tensor_order(spacing),
+    );
     let image = apply_intensity(&resample_linear(&t.contiguous(), size), intensity);
     Ok(Prepared {
         image,
@@ -173,7 +213,12 @@ pub fn prepare_image(v: &Volume<f32>, spacing: [f64; 3], intensity: &Intensity, 
 
 /// The same orientation and resampling for a label map aligned with `image`; returns a
 /// `[1, 1, D, H, W]` Int64 tensor matching [`prepare_image`]'s output size.
-pub fn prepare_label(label: &Volume<f32>, image: &Volume<f32>, spacing: [f64; 3], device: Device) -> Result<Tensor> {
+pub fn prepare_label(
+    label: &Volume<f32>,
+    image: &Volume<f32>,
+    spacing: [f64; 3],
+    device: Device,
+) -> Result<Tensor> {
     if label.dims != image.dims {
         return Err(RunnerError::invalid(format!(
             "label dims {:?} differ from image dims {:?}",
@@ -183,7 +228,11 @@ pub fn prepare_label(label: &Volume<f32>, image: &Volume<f32>, spacing: [f64; 3]
     let orientation = Orientation::from_affine(&image.affine)?;
     let t = orientation.to_ras(&volume_to_tensor(label, device));
     let ras_size: [i64; 3] = std::array::from_fn(|d| t.size()[2 + d]);
-    let size = resampled_size(ras_size, tensor_order(orientation.permute_ijk(image.spacing())), tensor_order(spacing));
+    let size = resampled_size(
+        ras_size,
+        tensor_order(orientation.permute_ijk(image.spacing())),
+        tensor_order(spacing),
+    );
     Ok(resample_nearest(&t, size).round().to_kind(Kind::Int64))
 }
 
@@ -231,8 +280,13 @@ mod tests {
 
     #[test]
     fn resampling_keeps_end_voxels_and_inverts() {
-        assert_eq!(resampled_size([11, 21, 5], [2.0, 1.0, 1.0], [1.0, 2.0, 1.0]), [21, 11, 5]);
-        let t = Tensor::arange(11, (Kind::Float, Device::Cpu)).reshape([1, 1, 11, 1, 1]).expand([1, 1, 11, 2, 2], false);
+        assert_eq!(
+            resampled_size([11, 21, 5], [2.0, 1.0, 1.0], [1.0, 2.0, 1.0]),
+            [21, 11, 5]
+        );
+        let t = Tensor::arange(11, (Kind::Float, Device::Cpu))
+            .reshape([1, 1, 11, 1, 1])
+            .expand([1, 1, 11, 2, 2], false);
         let up = resample_linear(&t, [21, 2, 2]);
         // Linear data stays linear: value at output d is d/2.
         assert!((up.double_value(&[0, 0, 7, 0, 0]) - 3.5).abs() < 1e-5);
@@ -240,7 +294,10 @@ mod tests {
         assert!(back.allclose(&t, 1e-5, 1e-5, false));
         let lab = Tensor::from_slice(&[0i64, 0, 1, 1, 2]).reshape([1, 1, 5, 1, 1]);
         let near = resample_nearest(&lab, [9, 1, 1]);
-        assert_eq!(Vec::<i64>::try_from(near.flatten(0, -1)).unwrap(), vec![0, 0, 0, 1, 1, 1, 1, 2, 2]);
+        assert_eq!(
+            Vec::<i64>::try_from(near.flatten(0, -1)).unwrap(),
+            vec![0, 0, 0, 1, 1, 1, 1, 2, 2]
+        );
     }
 
     #[test]

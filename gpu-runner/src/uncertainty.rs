@@ -25,9 +25,17 @@ pub struct Uncertainty {
 }
 
 /// Scores `image` with `passes` stochastic forward passes; `seed` makes it reproducible.
-pub fn mc_dropout(model: &Model, image: &Volume<f32>, passes: usize, overlap: f64, seed: i64) -> Result<Uncertainty> {
+pub fn mc_dropout(
+    model: &Model,
+    image: &Volume<f32>,
+    passes: usize,
+    overlap: f64,
+    seed: i64,
+) -> Result<Uncertainty> {
     if model.config.network.dropout <= 0.0 {
-        return Err(RunnerError::invalid("MC-dropout needs a model trained with dropout > 0"));
+        return Err(RunnerError::invalid(
+            "MC-dropout needs a model trained with dropout > 0",
+        ));
     }
     if passes < 2 {
         return Err(RunnerError::invalid("MC-dropout needs at least two passes"));
@@ -42,7 +50,8 @@ pub fn mc_dropout(model: &Model, image: &Volume<f32>, passes: usize, overlap: f6
     let mut sum: Option<Tensor> = None;
     let mut sum_sq: Option<Tensor> = None;
     for _ in 0..passes {
-        let p = tch::no_grad(|| sw.run(&prep.image, |x| model.forward(x, Mode::MC_DROPOUT)))?.softmax(1, Kind::Float);
+        let p = tch::no_grad(|| sw.run(&prep.image, |x| model.forward(x, Mode::MC_DROPOUT)))?
+            .softmax(1, Kind::Float);
         let fg = p.narrow(1, 1, p.size()[1] - 1);
         sum_sq = Some(match sum_sq {
             Some(s) => s + &fg * &fg,
@@ -55,7 +64,11 @@ pub fn mc_dropout(model: &Model, image: &Volume<f32>, passes: usize, overlap: f6
     }
     let n = passes as f64;
     let mean = sum.ok_or_else(|| RunnerError::invalid("no passes"))? / n;
-    let entropy = -(&mean * mean.clamp_min(1e-12).log()).sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+    let entropy = -(&mean * mean.clamp_min(1e-12).log()).sum_dim_intlist(
+        [1i64].as_slice(),
+        false,
+        Kind::Float,
+    );
     let fg_mean = mean.narrow(1, 1, mean.size()[1] - 1);
     let var = sum_sq.ok_or_else(|| RunnerError::invalid("no passes"))? / n - &fg_mean * &fg_mean;
     Ok(Uncertainty {

@@ -16,8 +16,8 @@
 //! has weight, bias and running statistics.
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module};
 use tch::Tensor;
+use tch::nn::{self, Module};
 
 use crate::error::{Result, RunnerError};
 
@@ -54,7 +54,9 @@ impl UNetConfig {
     /// Checks the invariants MONAI asserts at construction.
     pub fn validate(&self) -> Result<()> {
         if self.channels.len() < 2 {
-            return Err(RunnerError::invalid("unet: channels needs at least two levels"));
+            return Err(RunnerError::invalid(
+                "unet: channels needs at least two levels",
+            ));
         }
         if self.strides.len() != self.channels.len() - 1 {
             return Err(RunnerError::invalid(format!(
@@ -65,8 +67,14 @@ impl UNetConfig {
             )));
         }
         let positive = |v: &[i64]| v.iter().all(|&x| x > 0);
-        if self.in_channels <= 0 || self.out_channels <= 0 || !positive(&self.channels) || !positive(&self.strides) {
-            return Err(RunnerError::invalid("unet: channel counts and strides must be positive"));
+        if self.in_channels <= 0
+            || self.out_channels <= 0
+            || !positive(&self.channels)
+            || !positive(&self.strides)
+        {
+            return Err(RunnerError::invalid(
+                "unet: channel counts and strides must be positive",
+            ));
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return Err(RunnerError::invalid("unet: dropout must be in [0, 1)"));
@@ -90,10 +98,19 @@ pub struct Mode {
 }
 
 impl Mode {
-    pub const TRAIN: Mode = Mode { train: true, dropout: true };
-    pub const EVAL: Mode = Mode { train: false, dropout: false };
+    pub const TRAIN: Mode = Mode {
+        train: true,
+        dropout: true,
+    };
+    pub const EVAL: Mode = Mode {
+        train: false,
+        dropout: false,
+    };
     /// Deterministic normalisation with dropout on, for MC-dropout uncertainty.
-    pub const MC_DROPOUT: Mode = Mode { train: false, dropout: true };
+    pub const MC_DROPOUT: Mode = Mode {
+        train: false,
+        dropout: true,
+    };
 }
 
 /// Conv → [Norm → Dropout → PReLU] (MONAI `Convolution` with `adn_ordering="NDA"`).
@@ -118,7 +135,15 @@ struct Adn {
 
 impl ConvBlock {
     #[allow(clippy::too_many_arguments)]
-    fn new(p: nn::Path, cfg: &UNetConfig, cin: i64, cout: i64, stride: i64, transposed: bool, conv_only: bool) -> Self {
+    fn new(
+        p: nn::Path,
+        cfg: &UNetConfig,
+        cin: i64,
+        cout: i64,
+        stride: i64,
+        transposed: bool,
+        conv_only: bool,
+    ) -> Self {
         let conv_path = &p / "conv";
         let conv = if transposed {
             let c = nn::ConvTransposeConfig {
@@ -138,7 +163,8 @@ impl ConvBlock {
         };
         let adn = (!conv_only).then(|| {
             let adn = &p / "adn";
-            let norm = (cfg.norm == Norm::Batch).then(|| nn::batch_norm3d(&adn / "N", cout, Default::default()));
+            let norm = (cfg.norm == Norm::Batch)
+                .then(|| nn::batch_norm3d(&adn / "N", cout, Default::default()));
             // MONAI's PReLU has one shared slope initialised to 0.25.
             let prelu = (&adn / "A").var("weight", &[1], nn::Init::Const(0.25));
             Adn {
@@ -158,9 +184,22 @@ impl ConvBlock {
         let Some(adn) = &self.adn else { return y };
         let y = match &adn.norm {
             Some(bn) => nn::ModuleT::forward_t(bn, &y, mode.train),
-            None => y.instance_norm(None::<Tensor>, None::<Tensor>, None::<Tensor>, None::<Tensor>, true, 0.1, 1e-5, true),
+            None => y.instance_norm(
+                None::<Tensor>,
+                None::<Tensor>,
+                None::<Tensor>,
+                None::<Tensor>,
+                true,
+                0.1,
+                1e-5,
+                true,
+            ),
         };
-        let y = if adn.dropout > 0.0 { y.dropout(adn.dropout, mode.dropout) } else { y };
+        let y = if adn.dropout > 0.0 {
+            y.dropout(adn.dropout, mode.dropout)
+        } else {
+            y
+        };
         y.prelu(&adn.prelu)
     }
 }
@@ -175,14 +214,30 @@ struct ResidualUnit {
 
 impl ResidualUnit {
     #[allow(clippy::too_many_arguments)]
-    fn new(p: nn::Path, cfg: &UNetConfig, cin: i64, cout: i64, stride: i64, subunits: usize, last_conv_only: bool) -> Self {
+    fn new(
+        p: nn::Path,
+        cfg: &UNetConfig,
+        cin: i64,
+        cout: i64,
+        stride: i64,
+        subunits: usize,
+        last_conv_only: bool,
+    ) -> Self {
         let subunits = subunits.max(1);
         let conv = &p / "conv";
         let units = (0..subunits)
             .map(|su| {
                 let (ci, s) = if su == 0 { (cin, stride) } else { (cout, 1) };
                 let conv_only = last_conv_only && su == subunits - 1;
-                ConvBlock::new(&conv / format!("unit{su}"), cfg, ci, cout, s, false, conv_only)
+                ConvBlock::new(
+                    &conv / format!("unit{su}"),
+                    cfg,
+                    ci,
+                    cout,
+                    s,
+                    false,
+                    conv_only,
+                )
             })
             .collect();
         let residual = (stride != 1 || cin != cout).then(|| {
@@ -202,7 +257,10 @@ impl ResidualUnit {
             Some(r) => r.forward(x),
             None => x.shallow_clone(),
         };
-        let y = self.units.iter().fold(x.shallow_clone(), |y, u| u.forward(&y, mode));
+        let y = self
+            .units
+            .iter()
+            .fold(x.shallow_clone(), |y, u| u.forward(&y, mode));
         y + res
     }
 }
@@ -213,7 +271,7 @@ impl ResidualUnit {
 enum Layer {
     Conv(ConvBlock),
     Res(ResidualUnit),
-    UpRes(ConvBlock, ResidualUnit),
+    UpRes(Box<(ConvBlock, ResidualUnit)>),
 }
 
 impl Layer {
@@ -221,7 +279,7 @@ impl Layer {
         match self {
             Layer::Conv(c) => c.forward(x, mode),
             Layer::Res(r) => r.forward(x, mode),
-            Layer::UpRes(c, r) => r.forward(&c.forward(x, mode), mode),
+            Layer::UpRes(b) => b.1.forward(&b.0.forward(x, mode), mode),
         }
     }
 }
@@ -230,20 +288,20 @@ impl Layer {
 #[derive(Debug)]
 struct Level {
     down: Layer,
-    inner: Box<Inner>,
+    inner: Inner,
     up: Layer,
 }
 
 #[derive(Debug)]
 enum Inner {
-    Level(Level),
-    Bottom(Layer),
+    Level(Box<Level>),
+    Bottom(Box<Layer>),
 }
 
 impl Level {
     fn forward(&self, x: &Tensor, mode: Mode) -> Tensor {
         let d = self.down.forward(x, mode);
-        let i = match self.inner.as_ref() {
+        let i = match &self.inner {
             Inner::Level(l) => l.forward(&d, mode),
             Inner::Bottom(b) => b.forward(&d, mode),
         };
@@ -262,7 +320,15 @@ impl UNet {
     /// Creates the variables under `root / "model"` (MONAI's attribute name).
     pub fn new(root: &nn::Path, config: &UNetConfig) -> Result<Self> {
         config.validate()?;
-        let top = build_level(&(root / "model"), config, config.in_channels, config.out_channels, &config.channels, &config.strides, true);
+        let top = build_level(
+            &(root / "model"),
+            config,
+            config.in_channels,
+            config.out_channels,
+            &config.channels,
+            &config.strides,
+            true,
+        );
         Ok(Self {
             top,
             config: config.clone(),
@@ -282,33 +348,70 @@ impl UNet {
 
 fn down_layer(p: nn::Path, cfg: &UNetConfig, cin: i64, cout: i64, stride: i64) -> Layer {
     if cfg.num_res_units > 0 {
-        Layer::Res(ResidualUnit::new(p, cfg, cin, cout, stride, cfg.num_res_units, false))
+        Layer::Res(ResidualUnit::new(
+            p,
+            cfg,
+            cin,
+            cout,
+            stride,
+            cfg.num_res_units,
+            false,
+        ))
     } else {
         Layer::Conv(ConvBlock::new(p, cfg, cin, cout, stride, false, false))
     }
 }
 
-fn up_layer(p: nn::Path, cfg: &UNetConfig, cin: i64, cout: i64, stride: i64, is_top: bool) -> Layer {
+fn up_layer(
+    p: nn::Path,
+    cfg: &UNetConfig,
+    cin: i64,
+    cout: i64,
+    stride: i64,
+    is_top: bool,
+) -> Layer {
     if cfg.num_res_units > 0 {
         let conv = ConvBlock::new(&p / "0", cfg, cin, cout, stride, true, false);
         let ru = ResidualUnit::new(&p / "1", cfg, cout, cout, 1, 1, is_top);
-        Layer::UpRes(conv, ru)
+        Layer::UpRes(Box::new((conv, ru)))
     } else {
         Layer::Conv(ConvBlock::new(p, cfg, cin, cout, stride, true, is_top))
     }
 }
 
-fn build_level(p: &nn::Path, cfg: &UNetConfig, cin: i64, cout: i64, channels: &[i64], strides: &[i64], is_top: bool) -> Level {
+fn build_level(
+    p: &nn::Path,
+    cfg: &UNetConfig,
+    cin: i64,
+    cout: i64,
+    channels: &[i64],
+    strides: &[i64],
+    is_top: bool,
+) -> Level {
     let (c, s) = (channels[0], strides[0]);
     let sub = &(p / "1") / "submodule";
     let (inner, up_in) = if channels.len() > 2 {
-        (Inner::Level(build_level(&sub, cfg, c, c, &channels[1..], &strides[1..], false)), c * 2)
+        (
+            Inner::Level(Box::new(build_level(
+                &sub,
+                cfg,
+                c,
+                c,
+                &channels[1..],
+                &strides[1..],
+                false,
+            ))),
+            c * 2,
+        )
     } else {
-        (Inner::Bottom(down_layer(sub, cfg, c, channels[1], 1)), c + channels[1])
+        (
+            Inner::Bottom(Box::new(down_layer(sub, cfg, c, channels[1], 1))),
+            c + channels[1],
+        )
     };
     Level {
         down: down_layer(p / "0", cfg, cin, c, s),
-        inner: Box::new(inner),
+        inner,
         up: up_layer(p / "2", cfg, up_in, cout, s, is_top),
     }
 }
@@ -316,7 +419,11 @@ fn build_level(p: &nn::Path, cfg: &UNetConfig, cin: i64, cout: i64, channels: &[
 /// Number of trainable scalars in a var store (what `sum(p.numel() for p in
 /// model.parameters())` gives in PyTorch).
 pub fn parameter_count(vs: &nn::VarStore) -> i64 {
-    vs.trainable_variables().iter().map(Tensor::numel).map(|n| n as i64).sum()
+    vs.trainable_variables()
+        .iter()
+        .map(Tensor::numel)
+        .map(|n| n as i64)
+        .sum()
 }
 
 #[cfg(test)]
@@ -342,13 +449,26 @@ mod tests {
         for (c, s, res, norm, size) in [
             (vec![4, 8], vec![2], 0, Norm::Instance, [8, 8, 8]),
             (vec![4, 8, 16], vec![2, 2], 2, Norm::Batch, [16, 8, 12]),
-            (vec![4, 8, 16, 32], vec![2, 2, 1], 1, Norm::Instance, [8, 16, 8]),
+            (
+                vec![4, 8, 16, 32],
+                vec![2, 2, 1],
+                1,
+                Norm::Instance,
+                [8, 16, 8],
+            ),
         ] {
             let vs = nn::VarStore::new(Device::Cpu);
             let net = UNet::new(&vs.root(), &cfg(&c, &s, res, norm)).unwrap();
-            let x = Tensor::randn([2, 1, size[0], size[1], size[2]], (Kind::Float, Device::Cpu));
+            let x = Tensor::randn(
+                [2, 1, size[0], size[1], size[2]],
+                (Kind::Float, Device::Cpu),
+            );
             let y = net.forward(&x, Mode::TRAIN);
-            assert_eq!(y.size(), vec![2, 3, size[0], size[1], size[2]], "{c:?} {s:?} res {res}");
+            assert_eq!(
+                y.size(),
+                vec![2, 3, size[0], size[1], size[2]],
+                "{c:?} {s:?} res {res}"
+            );
         }
     }
 
@@ -363,20 +483,32 @@ mod tests {
         // Same with one residual unit adds projections and the top residual conv.
         let vs = nn::VarStore::new(Device::Cpu);
         UNet::new(&vs.root(), &cfg(&[4, 8], &[2], 1, Norm::Instance)).unwrap();
-        let down = 112 + 1 + (1 * 4 * 27 + 4); // unit0 + PReLU + strided residual conv
+        let down = 112 + 1 + (4 * 27 + 4); // unit0 + PReLU + strided residual conv
         let bottom = 872 + 1 + (4 * 8 + 8); // unit0 + PReLU + 1×1×1 projection
         let up = (12 * 3 * 27 + 3) + 1 + (3 * 3 * 27 + 3); // transposed + PReLU + bare conv
         assert_eq!(parameter_count(&vs), down + bottom + up);
         let names: Vec<String> = vs.variables().into_keys().collect();
-        assert!(names.contains(&"model.1.submodule.residual.weight".to_string()), "{names:?}");
-        assert!(names.contains(&"model.2.1.conv.unit0.conv.weight".to_string()), "{names:?}");
+        assert!(
+            names.contains(&"model.1.submodule.residual.weight".to_string()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"model.2.1.conv.unit0.conv.weight".to_string()),
+            "{names:?}"
+        );
     }
 
     #[test]
     fn parameter_counts_equal_monai_for_real_configs() {
         // Counted with MONAI 1.6.1: sum(p.numel() for p in UNet(3, 1, 2, …).parameters()).
         for (c, s, res, norm, monai) in [
-            (vec![16, 32, 64, 128, 256], vec![2, 2, 2, 2], 2, Norm::Batch, 4_808_917),
+            (
+                vec![16, 32, 64, 128, 256],
+                vec![2, 2, 2, 2],
+                2,
+                Norm::Batch,
+                4_808_917,
+            ),
             (vec![8, 16, 32], vec![2, 2], 1, Norm::Instance, 34_886),
             (vec![4, 8], vec![2], 0, Norm::Instance, 1_636),
             (vec![4, 8], vec![2], 1, Norm::Instance, 1_899),

@@ -37,18 +37,28 @@ async fn call(app: &axum::Router, method: &str, uri: &str, body: Value) -> (Stat
         .method(method)
         .uri(uri)
         .header("content-type", "application/json")
-        .body(if body.is_null() { Body::empty() } else { Body::from(body.to_string()) })
+        .body(if body.is_null() {
+            Body::empty()
+        } else {
+            Body::from(body.to_string())
+        })
         .unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let bytes = to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
 }
 
 fn serve_fixture(root: &Path) -> (axum::Router, std::path::PathBuf) {
     let models = root.join("models");
     tch::manual_seed(0);
-    Model::new(tiny_config(), tch::Device::Cpu).unwrap().save(&models.join("spleen_tiny")).unwrap();
+    Model::new(tiny_config(), tch::Device::Cpu)
+        .unwrap()
+        .save(&models.join("spleen_tiny"))
+        .unwrap();
     let data = root.join("data");
     let pairs = synth::write_studies(&data, 1, 3, [20, 18, 12], [3.0, 3.0, 4.0]).unwrap();
     let runner = Runner::new(&models, tch::Device::Cpu, &data).unwrap();
@@ -65,7 +75,13 @@ async fn ping_and_invocations_by_path_and_inline() {
 
     // By path, written to an output path: the mask opens with the input's geometry.
     let out = dir.path().join("data").join("mask.nii.gz");
-    let (status, body) = call(&app, "POST", "/invocations", json!({"image": image, "output": out, "params": {"overlap": 0.5}})).await;
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/invocations",
+        json!({"image": image, "output": out, "params": {"overlap": 0.5}}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let result: InvocationResult = serde_json::from_value(body).unwrap();
     assert_eq!(result.params.model, "spleen_tiny");
@@ -75,13 +91,25 @@ async fn ping_and_invocations_by_path_and_inline() {
     let mask = medlabel_runner::io::read_image(&out).unwrap();
     assert_eq!((mask.dims, mask.affine), (input.dims, input.affine));
 
-    // Inline bytes in, inline mask out.
+    // Inline bytes in, inline mask out, in the format MONAI Label's params ask for
+    // (OHIF sends `result_extension` among other params the runner ignores).
     let b64 = base64::engine::general_purpose::STANDARD;
     let bytes = std::fs::read(&image).unwrap();
-    let (status, body) = call(&app, "POST", "/invocations", json!({"model": "spleen_tiny", "image_b64": b64.encode(&bytes), "image_ext": ".nii.gz"})).await;
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/invocations",
+        json!({
+            "model": "spleen_tiny",
+            "image_b64": b64.encode(&bytes),
+            "image_ext": ".nii.gz",
+            "params": {"client_id": "ohif", "label_tag": "original", "result_extension": ".nrrd"}
+        }),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let inline = b64.decode(body["label_b64"].as_str().unwrap()).unwrap();
-    let inline = medlabel_runner::io::read_image_bytes(&inline, ".nii.gz").unwrap();
+    let inline = medlabel_runner::io::read_image_bytes(&inline, ".nrrd").unwrap();
     assert_eq!(inline.data, mask.data);
 }
 
@@ -90,25 +118,62 @@ async fn bad_invocations_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let (app, image) = serve_fixture(dir.path());
     let cases = [
-        (json!({"image": image, "model": "nope"}), StatusCode::NOT_FOUND, "unknown model"),
+        (
+            json!({"image": image, "model": "nope"}),
+            StatusCode::NOT_FOUND,
+            "unknown model",
+        ),
         (json!({}), StatusCode::BAD_REQUEST, "exactly one of"),
-        (json!({"image": "/etc/hostname"}), StatusCode::BAD_REQUEST, "outside the runner's data root"),
-        (json!({"image": image, "output": "/tmp/x.nii.gz"}), StatusCode::BAD_REQUEST, "outside the runner's data root"),
-        (json!({"image_b64": "!!!"}), StatusCode::BAD_REQUEST, "image_b64"),
-        (json!({"image": image, "extra": 1}), StatusCode::BAD_REQUEST, "unknown field"),
+        (
+            json!({"image": "/etc/hostname"}),
+            StatusCode::BAD_REQUEST,
+            "outside the runner's data root",
+        ),
+        (
+            json!({"image": image, "output": "/tmp/x.nii.gz"}),
+            StatusCode::BAD_REQUEST,
+            "outside the runner's data root",
+        ),
+        (
+            json!({"image_b64": "!!!"}),
+            StatusCode::BAD_REQUEST,
+            "image_b64",
+        ),
+        (
+            json!({"image": image, "extra": 1}),
+            StatusCode::BAD_REQUEST,
+            "unknown field",
+        ),
+        (
+            json!({"image": image, "params": {"overlap": "high"}}),
+            StatusCode::BAD_REQUEST,
+            "params",
+        ),
     ];
     for (req, status, needle) in cases {
         let (got, body) = call(&app, "POST", "/invocations", req.clone()).await;
         assert_eq!(got, status, "{req} → {body}");
-        assert!(body["detail"].as_str().unwrap().contains(needle), "{req} → {body}");
+        assert!(
+            body["detail"].as_str().unwrap().contains(needle),
+            "{req} → {body}"
+        );
     }
 }
 
 #[test]
 fn sagemaker_training_job_writes_model_or_failure() {
     let root = tempfile::tempdir().unwrap();
-    let paths = SageMakerPaths { root: root.path().to_path_buf() };
-    synth::write_studies(&paths.channel("training"), 2, 5, [24, 24, 16], [4.0, 4.0, 4.0]).unwrap();
+    let paths = SageMakerPaths {
+        root: root.path().to_path_buf(),
+    };
+    synth::write_studies(
+        &paths.channel("training"),
+        2,
+        5,
+        [24, 24, 16],
+        [4.0, 4.0, 4.0],
+    )
+    .unwrap();
     std::fs::create_dir_all(paths.hyperparameters().parent().unwrap()).unwrap();
     // SageMaker passes every hyperparameter as a string.
     let hp = json!({
@@ -124,7 +189,11 @@ fn sagemaker_training_job_writes_model_or_failure() {
     assert!(!paths.failure().exists());
 
     // A missing channel fails with the reason in output/failure.
-    std::fs::write(paths.hyperparameters(), json!({"channel": "absent", "device": "cpu"}).to_string()).unwrap();
+    std::fs::write(
+        paths.hyperparameters(),
+        json!({"channel": "absent", "device": "cpu"}).to_string(),
+    )
+    .unwrap();
     assert!(medlabel_runner::sagemaker::run(&paths).is_err());
     let reason = std::fs::read_to_string(paths.failure()).unwrap();
     assert!(reason.contains("absent"), "{reason}");

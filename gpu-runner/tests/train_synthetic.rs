@@ -50,8 +50,19 @@ fn short_seeded_training_reaches_dice_above_point_eight_on_held_out_volumes() {
     let out = dir.path().join("out");
     let mut epochs_seen = Vec::new();
     let t = Instant::now();
-    let outcome = train(&req, &datalist, &out, |s| epochs_seen.push(s.epoch), &AtomicBool::new(false)).unwrap();
-    eprintln!("training: {:.1}s, stats {:?}", t.elapsed().as_secs_f64(), outcome.stats);
+    let outcome = train(
+        &req,
+        &datalist,
+        &out,
+        |s| epochs_seen.push(s.epoch),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
+    eprintln!(
+        "training: {:.1}s, stats {:?}",
+        t.elapsed().as_secs_f64(),
+        outcome.stats
+    );
     assert_eq!(epochs_seen, (1..=30).collect::<Vec<_>>());
     assert!(outcome.stats.total_time.is_some());
     // Only the last n_saved checkpoints are kept.
@@ -62,7 +73,9 @@ fn short_seeded_training_reaches_dice_above_point_eight_on_held_out_volumes() {
         .collect();
     ckpts.sort();
     assert_eq!(ckpts, vec!["epoch_29.safetensors", "epoch_30.safetensors"]);
-    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("train_stats.json")).unwrap()).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("train_stats.json")).unwrap())
+            .unwrap();
     assert_eq!(stats["current_epoch"], 30);
 
     // Held-out cases (other seeds) through the full inference pipeline.
@@ -71,8 +84,14 @@ fn short_seeded_training_reaches_dice_above_point_eight_on_held_out_volumes() {
     for seed in [900, 901, 902] {
         let (image, label) = synth::case(seed, DIMS, SPACING);
         let (mask, _) = segment(&model, &image, &InferOptions::default()).unwrap();
-        let inter = mask.data.iter().zip(&label.data).filter(|&(&m, &l)| m == 1 && l == 1).count();
-        let total = mask.data.iter().filter(|&&m| m == 1).count() + label.data.iter().filter(|&&l| l == 1).count();
+        let inter = mask
+            .data
+            .iter()
+            .zip(&label.data)
+            .filter(|&(&m, &l)| m == 1 && l == 1)
+            .count();
+        let total = mask.data.iter().filter(|&&m| m == 1).count()
+            + label.data.iter().filter(|&&l| l == 1).count();
         dices.push(2.0 * inter as f64 / total as f64);
     }
     eprintln!("held-out dice {dices:?}");

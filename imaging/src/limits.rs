@@ -157,6 +157,28 @@ mod tests {
         assert!(limits.budget([126, 1, 1], DataType::F64).is_err());
     }
 
+    /// An endless stream of zeros that counts what it hands out.
+    struct Endless(u64);
+
+    impl Read for Endless {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            buf.fill(0);
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+    }
+
+    #[test]
+    fn endless_input_is_cut_off_right_after_the_slack() {
+        let mut source = Endless(0);
+        let err = read_payload(&mut source, 1000, None, "T").unwrap_err();
+        assert!(
+            matches!(err, ImageError::ExcessData { expected: 1000, .. }),
+            "{err:?}"
+        );
+        assert_eq!(source.0, 1000 + TRAILING_SLACK + 1);
+    }
+
     #[test]
     fn payload_exact_short_and_long() {
         let data = [7u8; 100];

@@ -3,8 +3,9 @@
 //! A case is air (−1000 HU) around a body ellipsoid (0 HU) holding a "spleen"
 //! ellipsoid (label 1, +60 HU) on the subject's left (low `i`) and, optionally, a
 //! "liver" ellipsoid (label 2, +100 HU) on the right, plus Gaussian noise. Organ centres and radii are
-//! drawn per seed from ranges that keep each organ inside the body, clear of the other
-//! organ, and several thousand voxels large, so a small UNet separates them quickly.
+//! drawn per seed from ranges that keep each organ (essentially) inside the body, clear
+//! of the other organ, and over a thousand voxels large at 64³, so a small UNet
+//! separates them quickly.
 //! The affine is RAS-diagonal with the configured spacing and the volume centred on the
 //! world origin. The same seed and config always give the same volumes, on any machine.
 
@@ -102,23 +103,24 @@ pub fn generate_case(
         0.40,
         0.46,
     );
-    // Spleen on the low-i side, liver on the high-i side: never overlapping, both
-    // well inside the body (centre ±0.16 stays within the body's ≥0.40 radius).
+    // Spleen on the low-i side (i ≤ 0.49 of the width), liver on the high-i side
+    // (i ≥ 0.51): they never overlap. Radii ≥ 0.11 of the width keep the spleen above
+    // ~1400 voxels at 64³.
     let spleen = Ellipsoid::random(
         &mut rng,
         dims,
         [0.28, 0.38, 0.38],
-        [0.36, 0.62, 0.62],
-        0.10,
+        [0.34, 0.62, 0.62],
+        0.11,
         0.15,
     );
     let liver = Ellipsoid::random(
         &mut rng,
         dims,
-        [0.64, 0.40, 0.40],
-        [0.70, 0.60, 0.60],
-        0.11,
-        0.16,
+        [0.66, 0.40, 0.40],
+        [0.72, 0.60, 0.60],
+        0.12,
+        0.15,
     );
 
     let mut affine = IDENTITY;

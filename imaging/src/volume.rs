@@ -82,6 +82,25 @@ pub struct Grid {
 }
 
 impl<T> Volume<T> {
+    /// A volume from parts (e.g. a network output copied out of a tensor), checking
+    /// that `data` holds exactly `dims[0] · dims[1] · dims[2]` voxels, none of the dims
+    /// zero, and that the affine is finite.
+    pub fn new(data: Vec<T>, dims: [usize; 3], affine: Affine) -> Result<Self, ImageError> {
+        let expected = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
+        if dims.contains(&0) || expected != Some(data.len()) {
+            return Err(ImageError::InvalidArgument(format!(
+                "dims {dims:?} do not match {} voxels",
+                data.len()
+            )));
+        }
+        if affine.iter().flatten().any(|v| !v.is_finite()) {
+            return Err(ImageError::InvalidArgument(
+                "affine has non-finite values".into(),
+            ));
+        }
+        Ok(Self { data, dims, affine })
+    }
+
     /// This volume's grid.
     pub fn grid(&self) -> Grid {
         Grid {
@@ -125,6 +144,17 @@ pub fn check_same_dims<A, B>(a: &Volume<A>, b: &Volume<B>) -> Result<(), ImageEr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_checks_voxel_count_and_affine() {
+        assert!(Volume::new(vec![0u8; 24], [2, 3, 4], IDENTITY).is_ok());
+        assert!(Volume::new(vec![0u8; 23], [2, 3, 4], IDENTITY).is_err());
+        assert!(Volume::new(Vec::<u8>::new(), [0, 3, 4], IDENTITY).is_err());
+        assert!(Volume::new(vec![0u8; 1], [usize::MAX, 2, 1], IDENTITY).is_err());
+        let mut bad = IDENTITY;
+        bad[0][3] = f64::NAN;
+        assert!(Volume::new(vec![0u8; 1], [1, 1, 1], bad).is_err());
+    }
 
     #[test]
     fn grids_compare_dims_then_affine() {

@@ -78,6 +78,10 @@ pub enum DatastoreError {
     NothingToArchive,
     #[error("gave up after {0} version conflicts; try again")]
     Contended(usize),
+    /// The request id was already used for a different write: a client bug, since a
+    /// retry repeats the same request.
+    #[error("request id {0:?} was already used for a different write")]
+    RequestIdReused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -169,6 +173,9 @@ impl Datastore {
                 .append(&decision.stream, decision.expected, events, &ctx.request_id)
                 .await
             {
+                Ok(appended) if appended.replayed && appended.stream != decision.stream => {
+                    return Err(DatastoreError::RequestIdReused(ctx.request_id.clone()));
+                }
                 Ok(_) => {
                     self.refresh().await?;
                     return Ok(Some(decision));
@@ -360,10 +367,7 @@ impl Datastore {
                     .find(|v| v.blob == blob)
                     .cloned()
             })
-            .ok_or_else(|| DatastoreError::LabelNotFound {
-                image: image.to_string(),
-                tag: tag.to_string(),
-            })
+            .ok_or_else(|| DatastoreError::RequestIdReused(ctx.request_id.clone()))
     }
 
     /// Removes the label under `tag`; `false` when there was none (not an error, as in

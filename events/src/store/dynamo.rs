@@ -25,6 +25,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -37,6 +38,7 @@ use aws_sdk_dynamodb::types::{
     ReturnValuesOnConditionCheckFailure, ScalarAttributeType, StreamSpecification, StreamViewType,
     TransactWriteItem, Update,
 };
+use tokio::sync::Mutex;
 
 use super::{Appended, EventStore, ExpectedVersion, StoreError, check_append};
 use crate::event::{self, NewEvent, RecordedEvent, SCHEMA_VERSION, StreamId};
@@ -80,11 +82,16 @@ const A_RESULT: &str = "result";
 type Item = HashMap<String, AttributeValue>;
 
 /// An [`EventStore`] over one DynamoDB table (see the module docs for its layout).
+///
+/// Clones share one append lock: appends from one process take turns instead of racing
+/// each other for the global head, and only contend with other processes.
 #[derive(Debug, Clone)]
 pub struct DynamoEventStore {
     client: Client,
     table: String,
     bucket_size: u64,
+    /// Held while appending; the head as this process last saw it, if it has.
+    head_hint: Arc<Mutex<Option<u64>>>,
 }
 
 /// What a failed transaction tells the append loop to do next.
@@ -105,6 +112,7 @@ impl DynamoEventStore {
             client,
             table: table.into(),
             bucket_size: DEFAULT_BUCKET_SIZE.get(),
+            head_hint: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -360,11 +368,11 @@ impl EventStore for DynamoEventStore {
         let count = events.len() as u64;
         let mut attempt = 0;
         'read: while attempt < MAX_ATTEMPTS {
-            let (mut head, version, recorded) = tokio::try_join!(
-                self.head(),
-                self.stream_version(stream),
-                self.request_record(request_id),
-            )?;
+            // Appends from this process take turns from the pre-read on: a conflict is
+            // then found by a read, not by a cancelled transaction.
+            let mut hint = self.head_hint.lock().await;
+            let (version, recorded) =
+                tokio::try_join!(self.stream_version(stream), self.request_record(request_id))?;
             if let Some(appended) = recorded {
                 return Ok(appended);
             }
@@ -375,6 +383,11 @@ impl EventStore for DynamoEventStore {
                     actual: version,
                 });
             }
+            // A stale hint costs one cancelled transaction, which reports the real head.
+            let mut head = match *hint {
+                Some(head) => head,
+                None => self.head().await?,
+            };
             while attempt < MAX_ATTEMPTS {
                 attempt += 1;
                 let appended = Appended {
@@ -389,11 +402,15 @@ impl EventStore for DynamoEventStore {
                     .commit(&appended, &events, &payloads, request_id)
                     .await?
                 {
-                    Ok(()) => return Ok(appended),
-                    // Only the head moved: stream and request id are still as read, so
-                    // the next attempt needs no new pre-read.
+                    Ok(()) => {
+                        *hint = Some(appended.last_position);
+                        return Ok(appended);
+                    }
+                    // Another process moved the head; stream and request id are still
+                    // as read, so only the positions change.
                     Err(Retry::Head(current)) => {
                         head = current;
+                        *hint = Some(current);
                         tokio::time::sleep(backoff(attempt)).await;
                     }
                     Err(Retry::Now) => continue 'read,

@@ -50,7 +50,10 @@ pub struct BatchOutcome {
 impl Dispatcher {
     /// A dispatcher sending to `queue_url`, which must name a FIFO queue: only FIFO
     /// deduplication makes replays of a stream batch idempotent.
-    pub fn new(sqs: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Result<Self, DispatchError> {
+    pub fn new(
+        sqs: aws_sdk_sqs::Client,
+        queue_url: impl Into<String>,
+    ) -> Result<Self, DispatchError> {
         let queue_url = queue_url.into();
         if !queue_url.ends_with(".fifo") {
             return Err(DispatchError::NotFifo(queue_url));
@@ -112,5 +115,27 @@ impl Dispatcher {
                 reason: DisplayErrorContext(err).to_string(),
             })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_sqs::config::{BehaviorVersion, Region};
+
+    use super::*;
+
+    #[test]
+    fn only_a_fifo_queue_is_accepted() {
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .build();
+        let sqs = aws_sdk_sqs::Client::from_conf(config);
+        let standard = "https://sqs.us-east-1.amazonaws.com/123456789012/medlabel-jobs";
+        assert!(matches!(
+            Dispatcher::new(sqs.clone(), standard),
+            Err(DispatchError::NotFifo(url)) if url == standard
+        ));
+        assert!(Dispatcher::new(sqs, format!("{standard}.fifo")).is_ok());
     }
 }

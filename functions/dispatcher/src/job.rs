@@ -21,9 +21,9 @@
 //! stop group, because a run message stays in flight for the whole job and would hold
 //! back anything queued behind it in the same group.
 
+use medlabel_events::Info;
 use medlabel_events::event::{JobKind, LabelVersionRef, StreamId};
 use medlabel_events::id::{ModelName, RunId};
-use medlabel_events::Info;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -84,7 +84,10 @@ impl JobMessage {
         if printable && job.len() + suffix.len() <= MAX_GROUP_ID {
             format!("{job}{suffix}")
         } else {
-            format!("sha256:{}{suffix}", hex::encode(Sha256::digest(job.as_bytes())))
+            format!(
+                "sha256:{}{suffix}",
+                hex::encode(Sha256::digest(job.as_bytes()))
+            )
         }
     }
 

@@ -35,9 +35,7 @@ pub enum RecordError {
         event_type: String,
         reason: String,
     },
-    #[error(
-        "stream record {event_id}: event_type says {stored} but the payload is {actual}"
-    )]
+    #[error("stream record {event_id}: event_type says {stored} but the payload is {actual}")]
     TypeMismatch {
         event_id: String,
         stored: String,
@@ -275,7 +273,8 @@ mod tests {
 
     #[test]
     fn meta_items_are_skipped() {
-        let head = json!({"stream": {"S": "$head"}, "sequence": {"N": "0"}, "position": {"N": "1042"}});
+        let head =
+            json!({"stream": {"S": "$head"}, "sequence": {"N": "0"}, "position": {"N": "1042"}});
         let request = json!({
             "stream": {"S": "$request#req-7"},
             "sequence": {"N": "0"},

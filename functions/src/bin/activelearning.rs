@@ -2,5 +2,6 @@
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    medlabel_functions::lambda::lambda_main(medlabel_functions::routes::activelearning::router).await
+    medlabel_functions::lambda::lambda_main(medlabel_functions::routes::activelearning::router)
+        .await
 }

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use clap::{Arg, ArgMatches, Command, value_parser};
+use medlabel_events::Actor;
 use medlabel_events::blob::fs::FolderBlobStore;
 use medlabel_events::clock::SystemClock;
 use medlabel_events::datastore::{WriteContext, import_studies};
 use medlabel_events::store::sqlite::SqliteEventStore;
-use medlabel_events::Actor;
 use medlabel_functions::runner::NoRunner;
 use medlabel_functions::state::{AppState, Config};
 
@@ -125,7 +125,10 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
     let port: u16 = *args.get_one("port").expect("defaulted");
     let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
     let address: SocketAddr = listener.local_addr()?;
-    println!("medlabel serving {} at http://{address}/", studies.display());
+    println!(
+        "medlabel serving {} at http://{address}/",
+        studies.display()
+    );
     axum::serve(listener, medlabel_functions::app(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -1,19 +1,18 @@
 //! The activelearning function: next-sample strategies and scoring.
 //!
-//! A next-sample call decides on the current view and appends a `StrategySelected`
-//! event to the chosen image's stream at the version it saw; if another writer got
-//! there first it decides again. A retried request (same request id) records nothing
-//! and answers with the image its first attempt chose, read from the stream the store
-//! says the first append went to. Scoring is delegated to the runner.
+//! A next-sample call hands the caller an image and leases it to the caller's client
+//! (see `medlabel_events::datastore::Strategy`): two annotators are never handed the
+//! same image while a lease holds, and asking again returns the leased image. A retried
+//! request (same request id) records nothing and answers with the same image, since the
+//! client already holds its lease. Scoring is delegated to the runner.
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::routing::post;
+use axum::routing::{delete, post};
 use axum::{Json, Router};
-use medlabel_events::datastore::Decision;
-use medlabel_events::event::{Event, JobKind, NewEvent};
-use medlabel_events::store::{ExpectedVersion, StoreError};
-use medlabel_events::{ImageId, StreamId};
+use medlabel_events::datastore::Strategy;
+use medlabel_events::ImageId;
+use medlabel_events::event::JobKind;
 use serde_json::{Map, Value, json};
 
 use crate::context::Ctx;
@@ -22,14 +21,11 @@ use crate::extract::{QueryParams, Segment, json_body};
 use crate::routes::train::{run_all, stop, task_status};
 use crate::routes::{blob_uri, client_id};
 use crate::state::AppState;
-use crate::strategy;
-
-/// How often a next-sample call re-decides after losing a version race.
-const MAX_ATTEMPTS: usize = 16;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/activelearning/{strategy}", post(next_sample))
+        .route("/activelearning/lease/{image}", delete(release))
         .route("/scoring/{method}", post(score))
         .route(
             "/scoring/",
@@ -40,7 +36,7 @@ pub fn router() -> Router<AppState> {
 /// `strategies` as `/info/` lists them.
 pub fn strategies_info() -> Value {
     Value::Object(
-        strategy::STRATEGIES
+        Strategy::all()
             .iter()
             .map(|(name, description)| ((*name).to_owned(), json!({"description": description})))
             .collect::<Map<String, Value>>(),
@@ -53,87 +49,57 @@ async fn next_sample(
     name: Segment,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
-    let strategy = name.0;
-    if !strategy::is_known(&strategy) {
-        return Err(ApiError::NotFound(format!("Strategy '{strategy}' NOT Found")));
-    }
+    let Some(strategy) = Strategy::parse(&name.0) else {
+        return Err(ApiError::NotFound(format!("Strategy '{}' NOT Found", name.0)));
+    };
     let params = json_body(body).await?;
+    // Leases belong to the client instance; without one, to the user.
     let client = client_id(&params)
         .map(str::to_owned)
         .unwrap_or_else(|| ctx.user.to_string());
     let write = ctx.write(client_id(&params));
-    let store = state.datastore.event_store().clone();
-    let mut chosen: Option<(ImageId, f64)> = None;
-    for _ in 0..MAX_ATTEMPTS {
-        let now_ms = state.datastore.clock().now_ms();
-        let decision = {
-            let view = state.datastore.view().await?;
-            strategy::pick(&strategy, &view, now_ms.div_euclid(1000), &mut rand::rng()).map(
-                |(image, weight)| {
-                    let decision = Decision {
-                        stream: StreamId::image(&image),
-                        expected: ExpectedVersion::from_version(view.stream_state(&image).version),
-                        events: vec![Event::StrategySelected {
-                            image: image.clone(),
-                            strategy: strategy.clone(),
-                            client_id: client.clone(),
-                            ts: now_ms.div_euclid(1000),
-                        }],
-                    };
-                    (image, weight, decision)
-                },
-            )
-        };
-        let Some((image, weight, decision)) = decision else {
-            return Ok(Json(json!({})));
-        };
-        let events = decision
-            .events
-            .into_iter()
-            .map(|event| NewEvent {
-                event,
-                actor: write.actor.clone(),
-                timestamp_ms: now_ms,
-            })
-            .collect();
-        match store
-            .append(&decision.stream, decision.expected, events, &write.request_id)
-            .await
-        {
-            Ok(appended) if appended.replayed => {
-                let first = appended
-                    .stream
-                    .as_str()
-                    .strip_prefix("image/")
-                    .and_then(|id| ImageId::parse(id).ok())
-                    .ok_or_else(|| {
-                        ApiError::Conflict("this request id was already used for another write".into())
-                    })?;
-                chosen = Some((first, weight));
-                break;
-            }
-            Ok(_) => {
-                chosen = Some((image, weight));
-                break;
-            }
-            Err(StoreError::Conflict { .. }) => continue,
-            Err(err) => return Err(err.into()),
-        }
-    }
-    let Some((image, weight)) = chosen else {
-        return Err(ApiError::Conflict(format!(
-            "gave up after {MAX_ATTEMPTS} version conflicts; try again"
-        )));
+    let picker = &state.picker;
+    let Some(image) = state
+        .datastore
+        .next_sample(&write, strategy, &name.0, &client, picker.lease, &|n| picker.below(n))
+        .await?
+    else {
+        return Ok(Json(json!({})));
     };
     let record = state.datastore.image(&image).await?;
+    let weight = {
+        let view = state.datastore.view().await?;
+        view.selection().weight(&image, state.datastore.clock().now_ms())
+    };
     let mut reply = Map::new();
     reply.insert("id".into(), json!(image));
     reply.insert("path".into(), json!(blob_uri(&state, &record.blob).await?));
     reply.insert("weight".into(), json!(weight));
+    reply.insert("checksum".into(), json!(record.blob.checksum()));
     for (key, value) in record.info {
         reply.entry(key).or_insert(value);
     }
     Ok(Json(Value::Object(reply)))
+}
+
+/// Gives a leased image back before its lease runs out (medlabel's addition to the
+/// API): `{"released": bool}`.
+async fn release(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    image: Segment,
+    query: QueryParams,
+) -> Result<Json<Value>, ApiError> {
+    let image = crate::extract::parse_id("path", "image", &image.0, ImageId::parse)?;
+    let client = query
+        .get("client_id")
+        .map(str::to_owned)
+        .unwrap_or_else(|| ctx.user.to_string());
+    let released = state
+        .datastore
+        .release_lease(&ctx.write(Some(&client)), &image, &client)
+        .await?;
+    Ok(Json(json!({ "released": released })))
 }
 
 async fn score(
@@ -157,7 +123,9 @@ async fn score(
 async fn score_all(State(state): State<AppState>, body: Body) -> Result<Json<Value>, ApiError> {
     let params = json_body(body).await?;
     let methods = state.runner.describe().await?.scoring.into_keys().collect();
-    Ok(Json(run_all(&state, JobKind::Scoring, methods, params).await))
+    Ok(Json(
+        run_all(&state, JobKind::Scoring, methods, params).await,
+    ))
 }
 
 async fn scoring_status(

@@ -19,9 +19,7 @@ use tokio_util::io::ReaderStream;
 
 use crate::context::Ctx;
 use crate::error::{ApiError, FieldError};
-use crate::extract::{
-    MAX_JSON_BYTES, QueryParams, is_urlencoded, json_object, urlencoded_fields,
-};
+use crate::extract::{MAX_JSON_BYTES, QueryParams, is_urlencoded, json_object, urlencoded_fields};
 use crate::multipart::{Upload, read_form};
 use crate::reply;
 use crate::routes::client_id;
@@ -168,16 +166,23 @@ async fn image_exists(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let image = query.image_id("image")?;
-    let found = state.datastore.view().await?.image(&image).is_some_and(|r| {
-        query
-            .get("check_sum")
-            .filter(|s| !s.is_empty())
-            .is_none_or(|sum| checksum_matches(sum, &r.blob.sha256))
-    });
+    let found = state
+        .datastore
+        .view()
+        .await?
+        .image(&image)
+        .is_some_and(|r| {
+            query
+                .get("check_sum")
+                .filter(|s| !s.is_empty())
+                .is_none_or(|sum| checksum_matches(sum, &r.blob.sha256))
+        });
     if found {
         Ok(Json(json!({})).into_response())
     } else {
-        Err(ApiError::NotFound("Image NOT Found or is a directory".into()))
+        Err(ApiError::NotFound(
+            "Image NOT Found or is a directory".into(),
+        ))
     }
 }
 
@@ -301,7 +306,9 @@ async fn label_exists(
     if state.datastore.view().await?.label(&image, &tag).is_some() {
         Ok(Json(json!({})))
     } else {
-        Err(ApiError::NotFound("Label NOT Found or is a directory".into()))
+        Err(ApiError::NotFound(
+            "Label NOT Found or is a directory".into(),
+        ))
     }
 }
 

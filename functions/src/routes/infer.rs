@@ -147,9 +147,10 @@ async fn infer(
         None => None,
     };
 
-    let save_label = params
-        .get("save_label")
-        .is_some_and(|v| v.as_bool().unwrap_or_else(|| v.as_str().and_then(parse_bool).unwrap_or(false)));
+    let save_label = params.get("save_label").is_some_and(|v| {
+        v.as_bool()
+            .unwrap_or_else(|| v.as_str().and_then(parse_bool).unwrap_or(false))
+    });
     let label_tag = match params.get("label_tag").and_then(Value::as_str) {
         Some(tag) if !tag.is_empty() => parse_id("body", "label_tag", tag, Tag::parse)?,
         _ => Tag::original(),
@@ -172,9 +173,7 @@ async fn infer(
     };
     let result = state.runner.infer(request).await?;
 
-    if save_label
-        && let (Some(image), Some(file)) = (&datastore_image, &result.file)
-    {
+    if save_label && let (Some(image), Some(file)) = (&datastore_image, &result.file) {
         let ext = split_file_name(&result.file_name)
             .map(|(_, ext)| ext)
             .unwrap_or_else(|_| Extension::parse("").expect("empty extension is valid"));
@@ -200,7 +199,11 @@ async fn infer(
         }
         (Output::All, Some(file)) => {
             let bytes = tokio::fs::read(&file).await?;
-            Ok(reply::infer_multipart(&result_json, &result.file_name, bytes))
+            Ok(reply::infer_multipart(
+                &result_json,
+                &result.file_name,
+                bytes,
+            ))
         }
     }
 }

@@ -57,12 +57,9 @@ pub async fn app_info(state: &AppState) -> Result<Value, ApiError> {
     for model in described.models.values() {
         match &model["labels"] {
             Value::Object(map) => labels.extend(map.keys().cloned()),
-            Value::Array(items) => labels.extend(
-                items
-                    .iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned),
-            ),
+            Value::Array(items) => {
+                labels.extend(items.iter().filter_map(Value::as_str).map(str::to_owned))
+            }
             _ => {}
         }
     }
@@ -130,16 +127,29 @@ async fn model_file(State(state): State<AppState>, model: Segment) -> Result<Res
     let name = model_name(&model)?;
     let (blob, _, _) = current_model(&state, &name).await?;
     let reader = state.datastore.blob_store().get(&blob).await?;
-    Ok(reply::blob_file(&format!("{name}{}", blob.ext), &blob, reader))
+    Ok(reply::blob_file(
+        &format!("{name}{}", blob.ext),
+        &blob,
+        reader,
+    ))
 }
 
-async fn model_info(State(state): State<AppState>, model: Segment) -> Result<Json<Value>, ApiError> {
+async fn model_info(
+    State(state): State<AppState>,
+    model: Segment,
+) -> Result<Json<Value>, ApiError> {
     let name = model_name(&model)?;
     let (blob, ts, _) = current_model(&state, &name).await?;
     let mut info = Map::new();
     info.insert("checksum".into(), json!(blob.checksum()));
     info.insert("modified_time".into(), json!(ts.div_euclid(1000)));
-    if let Some(stats) = state.runner.describe().await?.train_stats.get(name.as_str()) {
+    if let Some(stats) = state
+        .runner
+        .describe()
+        .await?
+        .train_stats
+        .get(name.as_str())
+    {
         info.insert("train_stats".into(), stats.clone());
     }
     Ok(Json(Value::Object(info)))

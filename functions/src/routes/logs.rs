@@ -1,11 +1,11 @@
 //! The logs function: the server's recent log lines, as MONAI Label's `/logs/` serves
 //! its `app.log` (an HTML viewer by default, plain text with `text=true`).
 
+use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 
 use crate::error::ApiError;
 use crate::extract::QueryParams;
@@ -23,11 +23,7 @@ async fn logs(State(state): State<AppState>, query: QueryParams) -> Result<Respo
     let tail = state.logs.tail(usize::try_from(lines).unwrap_or(0));
     let body = tail.join("\n");
     if text || !html {
-        return Ok((
-            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-            body,
-        )
-            .into_response());
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());
     }
     let escaped = body
         .replace('&', "&amp;")

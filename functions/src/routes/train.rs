@@ -17,12 +17,10 @@ use crate::runner::TaskQuery;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/train/{model}", post(train))
-        .route(
-            "/train/",
-            post(train_all).get(train_status).delete(stop_training),
-        )
+    Router::new().route("/train/{model}", post(train)).route(
+        "/train/",
+        post(train_all).get(train_status).delete(stop_training),
+    )
 }
 
 async fn train(
@@ -37,12 +35,20 @@ async fn train(
             params.insert(flag.into(), json!(true));
         }
     }
-    Ok(Json(state.runner.start(JobKind::Train, &model.0, params).await?))
+    Ok(Json(
+        state.runner.start(JobKind::Train, &model.0, params).await?,
+    ))
 }
 
 async fn train_all(State(state): State<AppState>, body: Body) -> Result<Json<Value>, ApiError> {
     let params = json_body(body).await?;
-    let models = state.runner.describe().await?.trainers.into_keys().collect();
+    let models = state
+        .runner
+        .describe()
+        .await?
+        .trainers
+        .into_keys()
+        .collect();
     Ok(Json(run_all(&state, JobKind::Train, models, params).await))
 }
 

@@ -94,7 +94,10 @@ impl Reply {
     }
 
     pub fn detail(&self) -> String {
-        self.json()["detail"].as_str().unwrap_or_default().to_owned()
+        self.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
@@ -183,7 +186,10 @@ impl Req {
             None => self.path.clone(),
         };
         let mut headers = serde_json::Map::new();
-        headers.insert("host".into(), json!("abc123.execute-api.eu-west-1.amazonaws.com"));
+        headers.insert(
+            "host".into(),
+            json!("abc123.execute-api.eu-west-1.amazonaws.com"),
+        );
         for (k, v) in &self.headers {
             headers.insert(k.to_ascii_lowercase(), json!(v));
         }
@@ -255,8 +261,7 @@ pub async fn send_lambda(
 ) -> Reply {
     let event: lambda_http::request::LambdaRequest =
         serde_json::from_value(request.v2_event(stage, user)).unwrap();
-    let mut adapter =
-        lambda_http::Adapter::from(medlabel_functions::lambda::lambda_service(app));
+    let mut adapter = lambda_http::Adapter::from(medlabel_functions::lambda::lambda_service(app));
     let response = adapter
         .call(lambda_http::LambdaEvent::new(
             event,

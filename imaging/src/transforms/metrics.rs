@@ -3,7 +3,9 @@
 //! Differences from MONAI Label's Python, on purpose: `dice` binarises both labels
 //! (`> 0`) instead of multiplying raw label values, so a multi-label map scores its
 //! overlap rather than products of label indices (identical for 0/1 labels); and
-//! [`sum_and_slices`] counts foreground voxels rather than summing label values.
+//! [`sum_and_slices`] counts foreground voxels rather than summing label values, and
+//! counts slices along `k` (axial for typical CT) where MONAI Label counts along the
+//! first array axis of nibabel's (i, j, k) array, i.e. along `i`.
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,304 @@
+//! The dispatcher against the AWS emulator, end to end: events appended by the real
+//! DynamoDB event store, the table's own stream records read back through the
+//! DynamoDB Streams API (reshaped into the event Lambda would deliver), and a real
+//! FIFO queue. Without the emulator these tests fail; they never skip.
+
+use std::collections::HashMap;
+
+use aws_lambda_events::dynamodb::Event as StreamEvent;
+use medlabel_dispatcher::{Dispatcher, JobAction, JobMessage};
+use medlabel_events::event::{Actor, JobKind, NewEvent, StreamId};
+use medlabel_events::id::{ModelName, RunId};
+use medlabel_events::store::dynamo::DynamoEventStore;
+use medlabel_events::{Event, EventStore, ExpectedVersion, Info};
+use medlabel_tests::emulator::{AwsTestEnv, aws, unique_name};
+use serde_json::{Value, json};
+
+/// The log of one test: what was appended and at which global positions.
+struct Log {
+    table: String,
+    run_a: RunId,
+    run_b: RunId,
+    /// Global position of each job event, in append order: request A, request B, stop A.
+    job_positions: [u64; 3],
+}
+
+fn new(event: Event) -> Vec<NewEvent> {
+    vec![NewEvent {
+        event,
+        actor: Actor::admin(),
+        timestamp_ms: 1_764_201_600_000,
+    }]
+}
+
+/// Appends two job requests, a stop and an unrelated event to a fresh table.
+async fn seed(env: &AwsTestEnv) -> Log {
+    let table = env.fresh_table().await;
+    let store = DynamoEventStore::new(env.dynamodb(), table.clone());
+    let run_a = RunId::parse(format!("train-{}", uuid::Uuid::new_v4())).unwrap();
+    let run_b = RunId::parse(format!("score-{}", uuid::Uuid::new_v4())).unwrap();
+    let mut params = Info::new();
+    params.insert("max_epochs".into(), json!(2));
+    let request_a = store
+        .append(
+            &StreamId::training(&run_a),
+            ExpectedVersion::NoStream,
+            new(Event::JobRequested {
+                job: run_a.clone(),
+                kind: JobKind::Train,
+                model: Some(ModelName::parse("segmentation_spleen").unwrap()),
+                params,
+                labels: vec![],
+                as_of_position: Some(0),
+            }),
+            "request-a",
+        )
+        .await
+        .unwrap();
+    store
+        .append(
+            &StreamId::datastore(),
+            ExpectedVersion::Any,
+            new(Event::DatastoreRenamed {
+                name: "spleen".into(),
+            }),
+            "rename",
+        )
+        .await
+        .unwrap();
+    let request_b = store
+        .append(
+            &StreamId::job(&run_b),
+            ExpectedVersion::NoStream,
+            new(Event::JobRequested {
+                job: run_b.clone(),
+                kind: JobKind::Scoring,
+                model: None,
+                params: Info::new(),
+                labels: vec![],
+                as_of_position: None,
+            }),
+            "request-b",
+        )
+        .await
+        .unwrap();
+    let stop_a = store
+        .append(
+            &StreamId::training(&run_a),
+            ExpectedVersion::Exact(1),
+            new(Event::JobStopRequested { job: run_a.clone() }),
+            "stop-a",
+        )
+        .await
+        .unwrap();
+    Log {
+        table,
+        run_a,
+        run_b,
+        job_positions: [
+            request_a.first_position,
+            request_b.first_position,
+            stop_a.first_position,
+        ],
+    }
+}
+
+/// One DynamoDB Streams API call, JSON in and out (the emulator does not check
+/// signatures; the credential scope routes the call to its Streams backend).
+async fn streams_call(env: &AwsTestEnv, target: &str, body: Value) -> Value {
+    let response = reqwest::Client::new()
+        .post(&env.endpoint)
+        .header("X-Amz-Target", format!("DynamoDBStreams_20120810.{target}"))
+        .header("Content-Type", "application/x-amz-json-1.0")
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/dynamodb/aws4_request, \
+             SignedHeaders=host, Signature=0",
+        )
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap_or_else(|err| panic!("{target} on the emulator: {err}"));
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "{target}: {status} {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Every record of the table's stream, as the one batch Lambda would deliver.
+async fn stream_batch(env: &AwsTestEnv, table: &str) -> StreamEvent {
+    let description = env
+        .dynamodb()
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .unwrap();
+    let arn = description
+        .table()
+        .and_then(|t| t.latest_stream_arn())
+        .expect("the event table has a stream")
+        .to_owned();
+    let stream = streams_call(env, "DescribeStream", json!({"StreamArn": arn})).await;
+    let mut records = Vec::new();
+    for shard in stream["StreamDescription"]["Shards"].as_array().unwrap() {
+        let iterator = streams_call(
+            env,
+            "GetShardIterator",
+            json!({"StreamArn": arn, "ShardId": shard["ShardId"], "ShardIteratorType": "TRIM_HORIZON"}),
+        )
+        .await;
+        let mut iterator = iterator["ShardIterator"].clone();
+        loop {
+            let page = streams_call(env, "GetRecords", json!({"ShardIterator": iterator})).await;
+            let page_records = page["Records"].as_array().unwrap();
+            if page_records.is_empty() {
+                break;
+            }
+            for record in page_records {
+                let mut record = record.clone();
+                record["eventSourceARN"] = json!(arn);
+                records.push(record);
+            }
+            iterator = page["NextShardIterator"].clone();
+        }
+    }
+    serde_json::from_value(json!({"Records": records})).expect("Lambda's DynamoDB event shape")
+}
+
+async fn fifo_queue(sqs: &aws_sdk_sqs::Client) -> String {
+    sqs.create_queue()
+        .queue_name(format!("{}.fifo", unique_name("jobs")))
+        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .expect("a queue URL")
+}
+
+/// Receives and deletes until the queue answers empty.
+async fn drain(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<JobMessage> {
+    let mut messages = Vec::new();
+    loop {
+        let received = sqs
+            .receive_message()
+            .queue_url(queue_url)
+            .max_number_of_messages(10)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        let batch = received.messages.unwrap_or_default();
+        if batch.is_empty() {
+            return messages;
+        }
+        for message in batch {
+            messages.push(serde_json::from_str(message.body().unwrap()).unwrap());
+            sqs.delete_message()
+                .queue_url(queue_url)
+                .receipt_handle(message.receipt_handle().unwrap())
+                .send()
+                .await
+                .unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_replayed_stream_batch_enqueues_each_job_once() {
+    let env = aws().await;
+    let sqs = aws_sdk_sqs::Client::new(&env.config);
+    let log = seed(&env).await;
+    let batch = stream_batch(&env, &log.table).await;
+    let queue_url = fifo_queue(&sqs).await;
+    let dispatcher = Dispatcher::new(sqs.clone(), &queue_url).unwrap();
+
+    // The first delivery and two replays (a Lambda retry, a re-read after a crash).
+    for _ in 0..3 {
+        let outcome = dispatcher.dispatch(&batch).await;
+        assert!(
+            outcome.response.batch_item_failures.is_empty(),
+            "{outcome:?}"
+        );
+        assert_eq!(outcome.sent, 3);
+        assert_eq!(outcome.skipped, batch.records.len() - 3);
+    }
+
+    let mut messages = drain(&sqs, &queue_url).await;
+    messages.sort_by_key(|m| m.position);
+    let by_position: HashMap<u64, &JobMessage> = messages.iter().map(|m| (m.position, m)).collect();
+    assert_eq!(messages.len(), 3, "duplicates or losses: {messages:#?}");
+
+    let [request_a, request_b, stop_a] = log.job_positions;
+    let a = by_position[&request_a];
+    assert_eq!(a.job, log.run_a);
+    assert_eq!(a.stream, StreamId::training(&log.run_a));
+    assert_eq!(a.sequence, 1);
+    assert!(
+        matches!(&a.action, JobAction::Run { kind: JobKind::Train, model: Some(m), params, as_of_position: Some(0), .. }
+            if m.as_str() == "segmentation_spleen" && params["max_epochs"] == 2),
+        "{a:?}"
+    );
+    let b = by_position[&request_b];
+    assert_eq!(b.job, log.run_b);
+    assert_eq!(b.stream, StreamId::job(&log.run_b));
+    assert!(matches!(
+        b.action,
+        JobAction::Run {
+            kind: JobKind::Scoring,
+            model: None,
+            ..
+        }
+    ));
+    let stop = by_position[&stop_a];
+    assert_eq!((stop.job.clone(), stop.sequence), (log.run_a.clone(), 2));
+    assert_eq!(stop.action, JobAction::Stop);
+}
+
+#[tokio::test]
+async fn a_failed_send_is_reported_and_nothing_after_it_is_sent() {
+    let env = aws().await;
+    let sqs = aws_sdk_sqs::Client::new(&env.config);
+    let log = seed(&env).await;
+    let batch = stream_batch(&env, &log.table).await;
+
+    let missing = format!("{}/123456789012/{}.fifo", env.endpoint, unique_name("gone"));
+    let outcome = Dispatcher::new(sqs.clone(), missing)
+        .unwrap()
+        .dispatch(&batch)
+        .await;
+    let first_job = batch
+        .records
+        .iter()
+        .position(|r| medlabel_dispatcher::job_message(r).unwrap().is_some())
+        .expect("the batch holds job records");
+    let failures: Vec<_> = outcome
+        .response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    assert_eq!(
+        failures,
+        vec![batch.records[first_job].change.sequence_number.clone()]
+    );
+    assert_eq!((outcome.sent, outcome.skipped), (0, first_job));
+
+    // Lambda resumes from the failed record: against a working queue every job arrives.
+    let queue_url = fifo_queue(&sqs).await;
+    let mut resumed = batch.clone();
+    resumed.records.drain(..first_job);
+    let outcome = Dispatcher::new(sqs.clone(), &queue_url)
+        .unwrap()
+        .dispatch(&resumed)
+        .await;
+    assert!(outcome.response.batch_item_failures.is_empty());
+    let mut positions: Vec<u64> = drain(&sqs, &queue_url)
+        .await
+        .iter()
+        .map(|m| m.position)
+        .collect();
+    positions.sort_unstable();
+    assert_eq!(positions, log.job_positions.to_vec());
+}

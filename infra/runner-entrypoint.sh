@@ -1,0 +1,31 @@
+#!/bin/sh
+# Entry point of the GPU runner image.
+#
+# SageMaker starts a training container as `IMAGE train` and an inference container as
+# `IMAGE serve` (HTTP on port 8080: GET /ping, POST /invocations); the ECS job service
+# starts `IMAGE worker`. Any other argument list is handed to medlabel-runner as is, so
+# `docker run IMAGE gpu-check` works for a smoke test on a GPU host.
+set -eu
+
+case "${1:-}" in
+  train)
+    shift
+    exec medlabel-runner sagemaker-train --root "${MEDLABEL_SAGEMAKER_ROOT:-/opt/ml}" "$@"
+    ;;
+  serve)
+    shift
+    exec medlabel-runner serve \
+      --model-dir "${MEDLABEL_MODEL_DIR:-/opt/ml/model}" \
+      --addr "0.0.0.0:${SAGEMAKER_BIND_TO_PORT:-8080}" \
+      --data-root "${MEDLABEL_DATA_ROOT:-/opt/ml}" \
+      --device "${MEDLABEL_DEVICE:-auto}" \
+      "$@"
+    ;;
+  "")
+    echo "usage: IMAGE train | serve | worker | <medlabel-runner command> [options]" >&2
+    exit 2
+    ;;
+  *)
+    exec medlabel-runner "$@"
+    ;;
+esac

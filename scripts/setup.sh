@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Creates or refreshes medlabel's Python tooling: the venv at $MEDLABEL_CACHE/py
+# (default ~/.cache/medlabel/py) with the AWS emulator (moto), the libtorch that the
+# GPU runner links against (torch's wheel, CPU libraries only), and the real MONAI Label
+# client and imaging libraries the compatibility tests and peer benchmarks use.
+# Python is test tooling only; nothing in the product runs it.
+#
+# Idempotent and fast when nothing changed: every pin is checked against the installed
+# metadata first and pip runs only for what is missing or different. .ci/run calls
+# this, and so should developers, so both get the same versions.
+#
+# Also links <repo>/.libtorch to the wheel's torch folder, which .cargo/config.toml
+# names as LIBTORCH for builds that do not export it.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cache=${MEDLABEL_CACHE:-$HOME/.cache/medlabel}
+venv=$cache/py
+python=${PYTHON:-python3}
+
+# Installed with their dependencies.
+with_deps=(
+    "moto[server]==5.2.5"
+    "requests==2.34.2"
+    "numpy==2.4.6"
+    "nibabel==5.4.2"
+)
+# Installed alone: torch's CUDA dependencies are gigabytes the CPU build never loads
+# (only libcudart and libcupti are needed to load libtorch_cpu.so), and monailabel's
+# client needs nothing beyond requests.
+no_deps=(
+    "torch==2.11.0"
+    "nvidia-cuda-runtime==13.0.96"
+    "nvidia-cuda-cupti==13.0.85"
+    "monailabel==0.8.5"
+)
+
+if [[ ! -x $venv/bin/python ]]; then
+    echo "setup: creating $venv" >&2
+    mkdir -p "$cache"
+    "$python" -m venv "$venv"
+fi
+
+# Prints the requirements whose installed version differs or is absent (extras are
+# checked by their base package; moto's server extra brings flask, checked too).
+missing() {
+    "$venv/bin/python" - "$@" <<'PY'
+import re
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+for spec in sys.argv[1:]:
+    name, want = re.fullmatch(r"([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?==(.+)", spec).groups()
+    names = [name] + (["flask", "flask-cors"] if spec.startswith("moto[server]") else [])
+    try:
+        ok = version(name) == want and all(version(n) for n in names[1:])
+    except PackageNotFoundError:
+        ok = False
+    if not ok:
+        print(spec)
+PY
+}
+
+mapfile -t todo < <(missing "${with_deps[@]}")
+if ((${#todo[@]})); then
+    echo "setup: installing ${todo[*]}" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "${todo[@]}"
+fi
+mapfile -t todo < <(missing "${no_deps[@]}")
+if ((${#todo[@]})); then
+    echo "setup: installing (no deps) ${todo[*]}" >&2
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps "${todo[@]}"
+fi
+
+site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+# LIBTORCH skips tch's own version check: make sure the wheel is the one tch pins.
+torch_version=$(sed -n "s/^__version__ = '\([^']*\)'.*/\1/p" "$site/torch/version.py")
+if [[ $torch_version != 2.11.0* ]]; then
+    echo "setup: $site/torch is PyTorch '$torch_version'; tch 0.24 needs 2.11.0" >&2
+    exit 1
+fi
+ln -sfn "$site/torch" "$repo/.libtorch"
