@@ -18,11 +18,13 @@ pub mod error;
 pub mod extract;
 pub mod lambda;
 pub mod logging;
+pub mod model_runner;
 pub mod multipart;
 pub mod reply;
 pub mod request_id;
 pub mod routes;
 pub mod runner;
+pub mod scoring;
 pub mod state;
 pub mod strategy;
 

@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use medlabel_events::Info;
+use medlabel_events::datastore::WriteContext;
+use medlabel_events::jobs::kind_title;
 use medlabel_events::event::JobKind;
 use serde_json::Value;
 use tempfile::TempPath;
@@ -69,24 +71,16 @@ pub enum RunnerError {
     UnknownModel(String),
     #[error("Method '{0}' NOT Found")]
     UnknownMethod(String),
-    #[error("++++++++++ {} Task is Already Running", task_title(*.0))]
+    #[error("++++++++++ {} Task is Already Running", kind_title(*.0))]
     AlreadyRunning(JobKind),
-    #[error("No {} Tasks Found", task_title(*.0))]
+    #[error("No {} Tasks Found", kind_title(*.0))]
     NoTasks(JobKind),
-    #[error("No {} Tasks are currently Running", task_title(*.0))]
+    #[error("No {} Tasks are currently Running", kind_title(*.0))]
     NotRunning(JobKind),
     #[error("runner failed: {0}")]
     Failed(String),
 }
 
-/// MONAI Label's capitalised task name, as in its 404 and 429 messages.
-pub fn task_title(kind: JobKind) -> &'static str {
-    match kind {
-        JobKind::Train => "Train",
-        JobKind::Scoring => "Scoring",
-        JobKind::BatchInfer => "Batch_infer",
-    }
-}
 
 /// The runner port.
 #[async_trait]
@@ -99,13 +93,20 @@ pub trait Runner: Send + Sync + 'static {
 
     /// Starts (or queues) a task of `kind` for the model or method `name` and returns
     /// MONAI Label's task dict `{"id","status","request","start_ts",...}`.
-    async fn start(&self, kind: JobKind, name: &str, params: Info) -> Result<Value, RunnerError>;
+    /// `ctx` makes the request idempotent: a retried request starts nothing new.
+    async fn start(
+        &self,
+        ctx: &WriteContext,
+        kind: JobKind,
+        name: &str,
+        params: Info,
+    ) -> Result<Value, RunnerError>;
 
     /// The latest task of `kind` (an array with [`TaskQuery::all`]).
     async fn status(&self, kind: JobKind, query: TaskQuery) -> Result<Value, RunnerError>;
 
     /// Stops the running task of `kind`, returning it, or `None` if nothing ran.
-    async fn stop(&self, kind: JobKind) -> Result<Option<Value>, RunnerError>;
+    async fn stop(&self, ctx: &WriteContext, kind: JobKind) -> Result<Option<Value>, RunnerError>;
 }
 
 /// The runner of an app without models.
@@ -122,7 +123,7 @@ impl Runner for NoRunner {
         Err(RunnerError::UnknownModel(request.model))
     }
 
-    async fn start(&self, kind: JobKind, name: &str, _: Info) -> Result<Value, RunnerError> {
+    async fn start(&self, _: &WriteContext, kind: JobKind, name: &str, _: Info) -> Result<Value, RunnerError> {
         Err(match kind {
             JobKind::Scoring => RunnerError::UnknownMethod(name.to_owned()),
             JobKind::Train | JobKind::BatchInfer => RunnerError::UnknownModel(name.to_owned()),
@@ -133,7 +134,7 @@ impl Runner for NoRunner {
         Err(RunnerError::NoTasks(kind))
     }
 
-    async fn stop(&self, _: JobKind) -> Result<Option<Value>, RunnerError> {
+    async fn stop(&self, _: &WriteContext, _: JobKind) -> Result<Option<Value>, RunnerError> {
         Ok(None)
     }
 }

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use medlabel_events::blob::BlobStore;
 use medlabel_events::clock::{Clock, SystemClock};
 use medlabel_events::datastore::{Datastore, DatastoreError};
+use medlabel_events::jobs::Jobs;
 use medlabel_events::session::{DEFAULT_MAX_EXPIRY_S, Sessions};
 use medlabel_events::store::EventStore;
 
 use crate::logging::LogBuffer;
+use crate::model_runner::ModelRunner;
 use crate::runner::{NoRunner, Runner};
 use crate::strategy::Picker;
 
@@ -106,5 +108,21 @@ impl AppState {
             config: Arc::new(config),
             logs: LogBuffer::global().clone(),
         })
+    }
+
+    /// Replaces the runner with the event-driven [`ModelRunner`]: models from the log,
+    /// jobs as events, interactive inference at `endpoint` (the runner's HTTP contract).
+    pub fn with_model_runner(mut self, endpoint: Option<String>) -> Self {
+        let jobs = Jobs::new(
+            self.datastore.event_store().clone(),
+            self.datastore.clock().clone(),
+        );
+        self.runner = Arc::new(ModelRunner::new(
+            self.datastore.clone(),
+            Arc::new(jobs),
+            endpoint,
+            self.config.temp_dir.clone(),
+        ));
+        self
     }
 }

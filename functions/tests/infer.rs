@@ -3,6 +3,7 @@
 
 mod common;
 
+use medlabel_events::datastore::WriteContext;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -58,7 +59,13 @@ impl Runner for MirrorRunner {
         })
     }
 
-    async fn start(&self, kind: JobKind, name: &str, params: Info) -> Result<Value, RunnerError> {
+    async fn start(
+        &self,
+        _: &WriteContext,
+        kind: JobKind,
+        name: &str,
+        params: Info,
+    ) -> Result<Value, RunnerError> {
         if name != "mirror" {
             return Err(RunnerError::UnknownModel(name.into()));
         }
@@ -87,7 +94,7 @@ impl Runner for MirrorRunner {
         tasks.last().cloned().ok_or(RunnerError::NoTasks(kind))
     }
 
-    async fn stop(&self, _: JobKind) -> Result<Option<Value>, RunnerError> {
+    async fn stop(&self, _: &WriteContext, _: JobKind) -> Result<Option<Value>, RunnerError> {
         let mut tasks = self.tasks.lock().unwrap();
         Ok(tasks
             .iter_mut()

@@ -17,7 +17,7 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -141,7 +141,7 @@ fn start_emulator() -> String {
     let script_text = r#""$1" "$2" -H 127.0.0.1 -p "$3" & moto=$!
 trap 'kill $moto 2>/dev/null' EXIT INT TERM HUP
 while kill -0 "$4" 2>/dev/null && kill -0 $moto 2>/dev/null; do sleep 1; done"#;
-    let mut watchdog = Command::new("sh")
+    let watchdog = Command::new("sh")
         .arg("-c")
         .arg(script_text)
         .arg("medlabel-moto-watchdog")
@@ -158,13 +158,19 @@ while kill -0 "$4" 2>/dev/null && kill -0 $moto 2>/dev/null; do sleep 1; done"#;
         .stderr(log_file)
         .spawn()
         .unwrap_or_else(|err| panic!("starting the AWS emulator with sh: {err}"));
+    // A waiter thread reaps the watchdog whenever it ends and reports an early exit.
+    let (exited, exit) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut watchdog = watchdog;
+        let _ = exited.send(watchdog.wait());
+    });
 
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let started = Instant::now();
     while TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_err() {
-        if let Ok(Some(status)) = watchdog.try_wait() {
+        if let Ok(status) = exit.try_recv() {
             panic!(
-                "the AWS emulator exited ({status}) before listening on {address}: {}",
+                "the AWS emulator exited ({status:?}) before listening on {address}: {}",
                 std::fs::read_to_string(&log).unwrap_or_default()
             );
         }

@@ -104,6 +104,7 @@ async fn release(
 
 async fn score(
     State(state): State<AppState>,
+    ctx: Ctx,
     method: Segment,
     query: QueryParams,
     body: Body,
@@ -115,16 +116,20 @@ async fn score(
     Ok(Json(
         state
             .runner
-            .start(JobKind::Scoring, &method.0, params)
+            .start(&ctx.write(None), JobKind::Scoring, &method.0, params)
             .await?,
     ))
 }
 
-async fn score_all(State(state): State<AppState>, body: Body) -> Result<Json<Value>, ApiError> {
+async fn score_all(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let params = json_body(body).await?;
     let methods = state.runner.describe().await?.scoring.into_keys().collect();
     Ok(Json(
-        run_all(&state, JobKind::Scoring, methods, params).await,
+        run_all(&state, &ctx, JobKind::Scoring, methods, params).await,
     ))
 }
 
@@ -135,6 +140,6 @@ async fn scoring_status(
     task_status(&state, JobKind::Scoring, &query).await
 }
 
-async fn stop_scoring(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    stop(&state, JobKind::Scoring).await
+async fn stop_scoring(State(state): State<AppState>, ctx: Ctx) -> Result<Json<Value>, ApiError> {
+    stop(&state, &ctx, JobKind::Scoring).await
 }

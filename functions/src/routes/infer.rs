@@ -221,6 +221,7 @@ fn batch_defaults() -> Info {
 
 async fn batch_infer(
     State(state): State<AppState>,
+    ctx: Ctx,
     model: Segment,
     query: QueryParams,
     body: Body,
@@ -247,7 +248,7 @@ async fn batch_infer(
     Ok(Json(
         state
             .runner
-            .start(JobKind::BatchInfer, model.as_str(), params)
+            .start(&ctx.write(None), JobKind::BatchInfer, model.as_str(), params)
             .await?,
     ))
 }
@@ -259,6 +260,6 @@ async fn batch_status(
     task_status(&state, JobKind::BatchInfer, &query).await
 }
 
-async fn batch_stop(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    stop(&state, JobKind::BatchInfer).await
+async fn batch_stop(State(state): State<AppState>, ctx: Ctx) -> Result<Json<Value>, ApiError> {
+    stop(&state, &ctx, JobKind::BatchInfer).await
 }

@@ -11,6 +11,7 @@ use medlabel_events::Info;
 use medlabel_events::event::JobKind;
 use serde_json::{Map, Value, json};
 
+use crate::context::Ctx;
 use crate::error::ApiError;
 use crate::extract::{QueryParams, Segment, json_body};
 use crate::runner::TaskQuery;
@@ -25,6 +26,7 @@ pub fn router() -> Router<AppState> {
 
 async fn train(
     State(state): State<AppState>,
+    ctx: Ctx,
     model: Segment,
     query: QueryParams,
     body: Body,
@@ -36,11 +38,18 @@ async fn train(
         }
     }
     Ok(Json(
-        state.runner.start(JobKind::Train, &model.0, params).await?,
+        state
+            .runner
+            .start(&ctx.write(None), JobKind::Train, &model.0, params)
+            .await?,
     ))
 }
 
-async fn train_all(State(state): State<AppState>, body: Body) -> Result<Json<Value>, ApiError> {
+async fn train_all(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let params = json_body(body).await?;
     let models = state
         .runner
@@ -49,7 +58,7 @@ async fn train_all(State(state): State<AppState>, body: Body) -> Result<Json<Val
         .trainers
         .into_keys()
         .collect();
-    Ok(Json(run_all(&state, JobKind::Train, models, params).await))
+    Ok(Json(run_all(&state, &ctx, JobKind::Train, models, params).await))
 }
 
 async fn train_status(
@@ -59,14 +68,15 @@ async fn train_status(
     task_status(&state, JobKind::Train, &query).await
 }
 
-async fn stop_training(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    stop(&state, JobKind::Train).await
+async fn stop_training(State(state): State<AppState>, ctx: Ctx) -> Result<Json<Value>, ApiError> {
+    stop(&state, &ctx, JobKind::Train).await
 }
 
 /// MONAI Label's deprecated "run every trainer / method": each gets `params[name]`
 /// merged over the shared params, and the reply is `{name: {"result", "detail"}}`.
 pub(crate) async fn run_all(
     state: &AppState,
+    ctx: &Ctx,
     kind: JobKind,
     names: Vec<String>,
     params: Info,
@@ -79,7 +89,8 @@ pub(crate) async fn run_all(
                 own.insert(k.clone(), v.clone());
             }
         }
-        let entry = match state.runner.start(kind, &name, own).await {
+        let write = ctx.write_step(None, &name);
+        let entry = match state.runner.start(&write, kind, &name, own).await {
             Ok(task) => json!({"result": task, "detail": null}),
             Err(err) => json!({"result": null, "detail": err.to_string()}),
         };
@@ -100,6 +111,11 @@ pub(crate) async fn task_status(
     Ok(Json(state.runner.status(kind, task_query).await?))
 }
 
-pub(crate) async fn stop(state: &AppState, kind: JobKind) -> Result<Json<Value>, ApiError> {
-    Ok(Json(state.runner.stop(kind).await?.unwrap_or(Value::Null)))
+pub(crate) async fn stop(
+    state: &AppState,
+    ctx: &Ctx,
+    kind: JobKind,
+) -> Result<Json<Value>, ApiError> {
+    let stopped = state.runner.stop(&ctx.write(None), kind).await?;
+    Ok(Json(stopped.unwrap_or(Value::Null)))
 }

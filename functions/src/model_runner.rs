@@ -1,0 +1,327 @@
+//! The runner port over the event log and the GPU runner's HTTP contract.
+//!
+//! - Models are what `ModelPublished` events say (weights and config are blobs), so
+//!   `/info/` is a fold of the log like everything else.
+//! - Training, epistemic scoring and batch inference are `JobRequested` events; the GPU
+//!   runner's worker claims and runs them and reports back with events. A training
+//!   request pins the exact label versions it will train on, and the log position.
+//! - `dice`, `sum` and `agreement` scoring need no model and run here, at once.
+//! - Interactive inference calls the runner's `POST /invocations` (a loopback child
+//!   process locally; a SageMaker-style endpoint in the cloud) with the image's local
+//!   path, and the mask comes back as a file in the spool folder.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use medlabel_events::blob::read_to_vec;
+use medlabel_events::datastore::{Datastore, WriteContext};
+use medlabel_events::event::{JobKind, LabelVersionRef};
+use medlabel_events::jobs::{JobError, Jobs};
+use medlabel_events::{Info, ModelName, Tag};
+use serde_json::{Value, json};
+
+use crate::runner::{InferRequest, InferResult, Runner, RunnerError, RunnerInfo, TaskQuery};
+use crate::scoring;
+
+/// The runner of a medlabel deployment.
+pub struct ModelRunner {
+    datastore: Arc<Datastore>,
+    jobs: Arc<Jobs>,
+    /// Base URL of the runner's HTTP contract (`http://127.0.0.1:8091`); `None` when no
+    /// runner serves interactive inference.
+    endpoint: Option<String>,
+    http: reqwest::Client,
+    spool: PathBuf,
+    /// Model configs by blob hash: blobs never change, so neither do these.
+    configs: Mutex<HashMap<String, Value>>,
+}
+
+impl ModelRunner {
+    pub fn new(datastore: Arc<Datastore>, jobs: Arc<Jobs>, endpoint: Option<String>, spool: PathBuf) -> Self {
+        Self {
+            datastore,
+            jobs,
+            endpoint,
+            http: reqwest::Client::new(),
+            spool,
+            configs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn config(&self, blob: &medlabel_events::BlobRef) -> Value {
+        if let Some(config) = self.configs.lock().expect("config cache").get(&blob.sha256) {
+            return config.clone();
+        }
+        let config = read_to_vec(self.datastore.blob_store().as_ref(), blob)
+            .await
+            .ok()
+            .and_then(|bytes| serde_json::from_slice::<Value>(&bytes).ok())
+            .unwrap_or(Value::Null);
+        self.configs
+            .lock()
+            .expect("config cache")
+            .insert(blob.sha256.clone(), config.clone());
+        config
+    }
+
+    /// Every image with a final label, at its latest version, and the log position
+    /// the list was read at.
+    async fn pin_final_labels(&self) -> Result<(Vec<LabelVersionRef>, u64), RunnerError> {
+        let view = self.datastore.view().await.map_err(failed)?;
+        let labels = view
+            .labeled_images(&Tag::final_tag(), &[])
+            .into_iter()
+            .filter_map(|image| {
+                let record = view.image(&image)?;
+                let label = record.labels.get(&Tag::final_tag())?.latest();
+                Some(LabelVersionRef {
+                    image,
+                    tag: Tag::final_tag(),
+                    version: label.version,
+                    image_blob: record.blob.clone(),
+                    label_blob: label.blob.clone(),
+                })
+            })
+            .collect();
+        Ok((labels, view.position))
+    }
+
+    async fn model(&self, name: &str) -> Result<ModelName, RunnerError> {
+        let model = ModelName::parse(name).map_err(|_| RunnerError::UnknownModel(name.into()))?;
+        match self.jobs.view().await.map_err(job_error)?.model(&model) {
+            Some(_) => Ok(model),
+            None => Err(RunnerError::UnknownModel(name.into())),
+        }
+    }
+}
+
+fn failed(err: impl std::fmt::Display) -> RunnerError {
+    RunnerError::Failed(err.to_string())
+}
+
+fn job_error(err: JobError) -> RunnerError {
+    match err {
+        JobError::AlreadyRunning(kind) => RunnerError::AlreadyRunning(kind),
+        JobError::NotFound(kind) => RunnerError::NoTasks(kind),
+        JobError::ModelNotFound(model) => RunnerError::UnknownModel(model),
+        JobError::Store(err) => failed(err),
+    }
+}
+
+/// MONAI Label's trainer config, as `/info/` shows it; requests override it.
+fn trainer_config() -> Value {
+    json!({
+        "name": "train_01", "pretrained": true, "device": ["cuda", "cpu"], "max_epochs": 50,
+        "early_stop_patience": -1, "val_split": 0.2, "train_batch_size": 1, "val_batch_size": 1,
+        "multi_gpu": false, "gpus": "all", "dataset": ["Dataset"], "dataloader": ["DataLoader"],
+        "tracking": ["None"], "tracking_uri": "", "tracking_experiment_name": ""
+    })
+}
+
+#[async_trait]
+impl Runner for ModelRunner {
+    async fn describe(&self) -> Result<RunnerInfo, RunnerError> {
+        let published: Vec<_> = self
+            .jobs
+            .view()
+            .await
+            .map_err(job_error)?
+            .models()
+            .cloned()
+            .collect();
+        let mut info = RunnerInfo {
+            scoring: scoring::describe(),
+            ..RunnerInfo::default()
+        };
+        for model in published {
+            let config = self.config(&model.config).await;
+            let labels: BTreeMap<String, Value> = config["labels"]
+                .as_object()
+                .map(|labels| {
+                    labels
+                        .iter()
+                        .filter(|(name, _)| name.as_str() != "background")
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let description = format!(
+                "3D UNet segmentation, version {}{}",
+                model.version,
+                model.metric.map(|m| format!(", validation Dice {m:.3}")).unwrap_or_default()
+            );
+            let name = model.model.to_string();
+            info.models.insert(
+                name.clone(),
+                json!({"type": "segmentation", "labels": labels, "dimension": 3,
+                       "description": description, "config": {"device": ["cuda", "cpu"]}}),
+            );
+            info.trainers.insert(
+                name.clone(),
+                json!({"description": format!("Train {name}"), "labels": labels, "config": trainer_config()}),
+            );
+            let stats = self
+                .jobs
+                .view()
+                .await
+                .map_err(job_error)?
+                .train_stats(&model.model)
+                .cloned()
+                .unwrap_or_default();
+            info.train_stats.insert(name, Value::Object(stats));
+        }
+        if !info.models.is_empty() {
+            info.scoring.insert(
+                "epistemic".into(),
+                json!({"description": "Epistemic uncertainty (MC dropout) of unlabeled images"}),
+            );
+        }
+        Ok(info)
+    }
+
+    async fn infer(&self, request: InferRequest) -> Result<InferResult, RunnerError> {
+        self.model(&request.model).await?;
+        let endpoint = self
+            .endpoint
+            .as_ref()
+            .ok_or_else(|| RunnerError::Failed("no runner is serving inference".into()))?;
+        let ext = request
+            .params
+            .get("result_extension")
+            .and_then(Value::as_str)
+            .filter(|e| medlabel_events::Extension::parse(*e).is_ok_and(|e| !e.as_str().is_empty()))
+            .unwrap_or(".nii.gz")
+            .to_owned();
+        let output = tempfile::Builder::new()
+            .suffix(&ext)
+            .tempfile_in(&self.spool)
+            .map_err(failed)?
+            .into_temp_path();
+        let body = json!({
+            "model": request.model,
+            "image": request.image,
+            "output": output.to_path_buf(),
+            "params": request.params,
+        });
+        let response = self
+            .http
+            .post(format!("{endpoint}/invocations"))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|err| RunnerError::Failed(format!("runner unreachable: {err}")))?;
+        let status = response.status();
+        let reply: Value = response.json().await.map_err(failed)?;
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Err(RunnerError::UnknownModel(request.model));
+        }
+        if !status.is_success() {
+            return Err(RunnerError::Failed(
+                reply["detail"].as_str().unwrap_or("inference failed").to_owned(),
+            ));
+        }
+        let params = reply["params"].as_object().cloned().unwrap_or_default();
+        let file_name = output
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("label{ext}"));
+        Ok(InferResult {
+            file: Some(output),
+            file_name,
+            params,
+        })
+    }
+
+    async fn start(
+        &self,
+        ctx: &WriteContext,
+        kind: JobKind,
+        name: &str,
+        params: Info,
+    ) -> Result<Value, RunnerError> {
+        let enqueue = params.get("enqueue").and_then(Value::as_bool).unwrap_or(false);
+        let job = match kind {
+            JobKind::Train => {
+                let model = self.model(name).await?;
+                let (labels, as_of) = self.pin_final_labels().await?;
+                self.jobs
+                    .request(ctx, kind, Some(model), params, labels, Some(as_of), enqueue)
+                    .await
+            }
+            JobKind::BatchInfer => {
+                let model = self.model(name).await?;
+                self.jobs
+                    .request(ctx, kind, Some(model), params, vec![], None, enqueue)
+                    .await
+            }
+            JobKind::Scoring if name == "epistemic" || name.ends_with("_epistemic") => {
+                let model = match name.strip_suffix("_epistemic") {
+                    Some(model) => self.model(model).await?,
+                    None => {
+                        let view = self.jobs.view().await.map_err(job_error)?;
+                        let first = view.models().next().map(|m| m.model.clone());
+                        first.ok_or_else(|| RunnerError::UnknownMethod(name.into()))?
+                    }
+                };
+                let mut params = params;
+                params.insert("method".into(), json!("epistemic"));
+                self.jobs
+                    .request(ctx, kind, Some(model), params, vec![], None, enqueue)
+                    .await
+            }
+            JobKind::Scoring => {
+                if !scoring::METHODS.iter().any(|(m, _)| *m == name) {
+                    return Err(RunnerError::UnknownMethod(name.into()));
+                }
+                // Runs now; recorded as a job so task status looks as it does in MONAI Label.
+                let mut request = params.clone();
+                request.insert("method".into(), json!(name));
+                let job = self
+                    .jobs
+                    .request(ctx, kind, None, request, vec![], None, enqueue)
+                    .await
+                    .map_err(job_error)?;
+                let step = |s: &str| WriteContext::new(ctx.actor.clone(), format!("{}/{s}", ctx.request_id));
+                let (status, result) = match scoring::score(&self.datastore, &step("score"), name, &params).await {
+                    Ok(scores) => (medlabel_events::event::JobStatus::Done, json!({"scores": scores})),
+                    Err(err) => (medlabel_events::event::JobStatus::Error, json!({"details": [err.to_string()]})),
+                };
+                let result = result.as_object().cloned().unwrap_or_default();
+                self.jobs.finish(&step("finish"), &job, status, result).await.map_err(job_error)?;
+                let done = self.jobs.view().await.map_err(job_error)?.job(&job.id).cloned();
+                Ok(done.unwrap_or(job))
+            }
+        }
+        .map_err(job_error)?;
+        Ok(job.to_task_json())
+    }
+
+    async fn status(&self, kind: JobKind, query: TaskQuery) -> Result<Value, RunnerError> {
+        let view = self.jobs.view().await.map_err(job_error)?;
+        let jobs = view.all(kind);
+        if jobs.is_empty() {
+            return Err(RunnerError::NoTasks(kind));
+        }
+        if query.check_if_running {
+            return view
+                .active(kind)
+                .map(|job| job.to_task_json())
+                .ok_or(RunnerError::NotRunning(kind));
+        }
+        if query.all {
+            return Ok(Value::Array(jobs.iter().map(|job| job.to_task_json()).collect()));
+        }
+        Ok(jobs.last().expect("not empty").to_task_json())
+    }
+
+    async fn stop(&self, ctx: &WriteContext, kind: JobKind) -> Result<Option<Value>, RunnerError> {
+        Ok(self
+            .jobs
+            .stop(ctx, kind)
+            .await
+            .map_err(job_error)?
+            .map(|job| job.to_task_json()))
+    }
+}
