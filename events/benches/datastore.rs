@@ -24,8 +24,8 @@ const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
 fn populate(rt: &tokio::runtime::Runtime, dir: &std::path::Path, n: usize) -> Datastore {
     rt.block_on(async {
         let store: Arc<dyn EventStore> =
-            Arc::new(SqliteEventStore::open(&dir.join("events.db")).expect("open store"));
-        let blobs = Arc::new(FolderBlobStore::open(&dir.join("blobs")).expect("open blobs"));
+            Arc::new(SqliteEventStore::open(dir.join("events.db")).expect("open store"));
+        let blobs = Arc::new(FolderBlobStore::open(dir.join("blobs")).expect("open blobs"));
         let ext = Extension::parse(".nii.gz").unwrap();
         let image_blob = blobs.put_bytes(vec![7; 4096], &ext).await.unwrap();
         let label_blob = blobs.put_bytes(vec![1; 1024], &ext).await.unwrap();

@@ -24,6 +24,10 @@ pub mod sqlite;
 /// limit is 400 KB, and payloads belong in the blob store anyway.
 pub const MAX_EVENT_BYTES: usize = 350 * 1024;
 
+/// Largest total size of one append (DynamoDB caps a transaction at 4 MB; the request
+/// record and the head item ride along).
+pub const MAX_APPEND_BYTES: usize = 3_900 * 1024;
+
 /// Most events one append may carry (DynamoDB TransactWriteItems takes 100 items; two
 /// go to the request record and the global head).
 pub const MAX_EVENTS_PER_APPEND: usize = 98;
@@ -84,6 +88,8 @@ pub enum StoreError {
     },
     #[error("event of {size} bytes exceeds the {limit}-byte limit; store large payloads as blobs")]
     EventTooLarge { size: usize, limit: usize },
+    #[error("an append of {size} bytes exceeds the {limit}-byte limit of one transaction")]
+    AppendTooLarge { size: usize, limit: usize },
     #[error("{count} events in one append; at most {limit} are allowed")]
     TooManyEvents { count: usize, limit: usize },
     #[error("an append needs at least one event")]
@@ -115,7 +121,7 @@ pub fn check_append(events: &[NewEvent], request_id: &str) -> Result<Vec<String>
             limit: MAX_EVENTS_PER_APPEND,
         });
     }
-    events
+    let payloads = events
         .iter()
         .map(|e| {
             let payload = crate::event::encode(&e.event)
@@ -130,7 +136,15 @@ pub fn check_append(events: &[NewEvent], request_id: &str) -> Result<Vec<String>
             }
             Ok(payload)
         })
-        .collect()
+        .collect::<Result<Vec<_>, _>>()?;
+    let size = payloads.iter().map(|p| p.len() + 1024).sum::<usize>();
+    if size > MAX_APPEND_BYTES {
+        return Err(StoreError::AppendTooLarge {
+            size,
+            limit: MAX_APPEND_BYTES,
+        });
+    }
+    Ok(payloads)
 }
 
 /// The event store port.

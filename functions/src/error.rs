@@ -153,7 +153,7 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Conflict { .. } => ApiError::Conflict(err.to_string()),
-            StoreError::EventTooLarge { .. } => ApiError::field(FieldError::new(
+            StoreError::EventTooLarge { .. } | StoreError::AppendTooLarge { .. } => ApiError::field(FieldError::new(
                 "value_error",
                 "body",
                 "params",

@@ -21,6 +21,7 @@ pub mod train;
 pub mod transforms;
 pub mod uncertainty;
 pub mod unet;
+pub mod worker;
 
 pub use config::{Intensity, ModelConfig};
 pub use error::{Result, RunnerError};

@@ -8,6 +8,7 @@
 //!                       [--roi N,N,N] [--spacing F,F,F] [--channels N,..] [--strides N,..]
 //!                       [--res-units N] [--norm instance|batch] [--dropout F] [--num-samples N]
 //! medlabel-runner serve --model-dir DIR [--addr 127.0.0.1:8080] [--device D] [--data-root DIR]
+//! medlabel-runner worker --home DIR [--serve 127.0.0.1:8091] [--device D]
 //! medlabel-runner sagemaker-train [--root /opt/ml]
 //! medlabel-runner make-sample --out DIR [--cases N] [--seed N] [--dims N,N,N] [--spacing F,F,F]
 //! medlabel-runner uncertainty --model DIR --image PATH [--passes N] [--device D]
@@ -87,6 +88,16 @@ fn run(cmd: &str, mut a: Args) -> Result<serde_json::Value> {
             rt.block_on(serve::serve(&addr, runner))?;
             json!({"stopped": true})
         }
+        "worker" => {
+            let home = a.path("home")?;
+            let addr = a.get_or("serve", "127.0.0.1:8091");
+            let device = a.get_or("device", "auto");
+            a.finish()?;
+            let rt =
+                tokio::runtime::Runtime::new().map_err(|e| RunnerError::io("tokio runtime", e))?;
+            rt.block_on(worker_cmd(home, addr, device))?;
+            json!({"stopped": true})
+        }
         "sagemaker-train" => {
             let root = a
                 .opt_path("root")
@@ -119,6 +130,37 @@ fn run(cmd: &str, mut a: Args) -> Result<serde_json::Value> {
         other => return Err(RunnerError::invalid(format!("unknown command {other:?}"))),
     };
     Ok(out)
+}
+
+/// The local `medlabel`'s child: the event-log worker plus the HTTP contract on `addr`,
+/// over the studies folder's `.medlabel` home (`events.db`, `blobs/`, `models/`).
+async fn worker_cmd(home: PathBuf, addr: String, device: String) -> Result<()> {
+    use medlabel_events::blob::fs::FolderBlobStore;
+    use medlabel_events::store::sqlite::SqliteEventStore;
+    use medlabel_runner::worker::{Worker, WorkerConfig};
+    let invalid = |e: &dyn std::fmt::Display| RunnerError::invalid(e.to_string());
+    let store = SqliteEventStore::open(home.join("events.db")).map_err(|e| invalid(&e))?;
+    let blobs = FolderBlobStore::open(home.join("blobs")).map_err(|e| invalid(&e))?;
+    let models_dir = home.join("models");
+    let config = WorkerConfig {
+        models_dir: models_dir.clone(),
+        work_dir: home.join("work"),
+        device: device.clone(),
+        name: format!("runner-{}", std::process::id()),
+    };
+    let worker = Worker::open(
+        Arc::new(store),
+        Arc::new(blobs),
+        Arc::new(medlabel_events::SystemClock),
+        config,
+    )
+    .await?;
+    if worker.sync_models().await? == 0 {
+        eprintln!("medlabel-runner worker: no model is published yet; serving starts with the first");
+        return worker.run().await;
+    }
+    let runner = Arc::new(serve::Runner::new(&models_dir, parse_device(&device)?, &home)?);
+    tokio::try_join!(worker.run(), serve::serve(&addr, runner)).map(drop)
 }
 
 fn train_cmd(mut a: Args) -> Result<serde_json::Value> {

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use medlabel_runner::{Intensity, ModelConfig, RunnerError, TrainRequest, UNetConfig, synth, train};
+use medlabel_runner::{
+    Intensity, ModelConfig, RunnerError, TrainRequest, UNetConfig, synth, train,
+};
 
 fn request() -> TrainRequest {
     TrainRequest {
@@ -50,9 +52,14 @@ fn stop_keeps_progress_and_resume_continues_from_the_checkpoint() {
     .unwrap();
     assert!(outcome.stopped);
     assert_eq!(seen, vec![1]);
-    let stats: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("train_stats.json")).unwrap()).unwrap();
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("train_stats.json")).unwrap())
+            .unwrap();
     assert_eq!(stats["current_epoch"], 1);
-    assert!(stats.get("current_time").is_some() && stats.get("total_time").is_none(), "{stats}");
+    assert!(
+        stats.get("current_time").is_some() && stats.get("total_time").is_none(),
+        "{stats}"
+    );
     assert!(out.join("model.safetensors").is_file());
 
     let resumed = TrainRequest {
@@ -61,7 +68,14 @@ fn stop_keeps_progress_and_resume_continues_from_the_checkpoint() {
         ..request()
     };
     let mut seen = Vec::new();
-    let outcome = train(&resumed, &data, &out, |s| seen.push(s.epoch), &AtomicBool::new(false)).unwrap();
+    let outcome = train(
+        &resumed,
+        &data,
+        &out,
+        |s| seen.push(s.epoch),
+        &AtomicBool::new(false),
+    )
+    .unwrap();
     assert_eq!(seen, vec![2, 3]);
     assert!(!outcome.stopped);
     // Two training volumes (one held out): the iteration counter carried over.
@@ -76,10 +90,19 @@ fn bad_requests_are_errors_not_panics() {
     let err = train(&request(), &[], dir.path(), |_| {}, &none).unwrap_err();
     assert!(matches!(err, RunnerError::Invalid(_)), "{err}");
     let data = synth::write_studies(&dir.path().join("s"), 1, 1, [16, 16, 16], [4.0; 3]).unwrap();
-    let no_model = TrainRequest { model: None, ..request() };
+    let no_model = TrainRequest {
+        model: None,
+        ..request()
+    };
     assert!(train(&no_model, &data, &dir.path().join("o"), |_| {}, &none).is_err());
-    let cuda = TrainRequest { device: "cuda:7".into(), ..request() };
+    let cuda = TrainRequest {
+        device: "cuda:7".into(),
+        ..request()
+    };
     assert!(train(&cuda, &data, &dir.path().join("o"), |_| {}, &none).is_err());
-    let missing = vec![(dir.path().join("nope.nii.gz"), dir.path().join("nope.nii.gz"))];
+    let missing = vec![(
+        dir.path().join("nope.nii.gz"),
+        dir.path().join("nope.nii.gz"),
+    )];
     assert!(train(&request(), &missing, &dir.path().join("o"), |_| {}, &none).is_err());
 }

@@ -14,7 +14,7 @@ use futures::StreamExt;
 use medlabel_events::blob::read_to_vec;
 use medlabel_events::event::Event;
 use medlabel_events::store::follow::follow;
-use medlabel_events::store::{MAX_EVENT_BYTES, MAX_EVENTS_PER_APPEND};
+use medlabel_events::store::{MAX_APPEND_BYTES, MAX_EVENT_BYTES, MAX_EVENTS_PER_APPEND};
 use medlabel_events::{
     Actor, Appended, BlobError, BlobStore, EventStore, ExpectedVersion, Extension, NewEvent,
     RecordedEvent, StoreError, StreamId,
@@ -352,6 +352,22 @@ pub async fn refuses_bad_appends(store: Arc<dyn EventStore>) {
         .unwrap_err();
     assert!(
         matches!(err, StoreError::EventTooLarge { size, limit } if size > limit && limit == MAX_EVENT_BYTES),
+        "{err:?}"
+    );
+
+    // Each event fits, but together they exceed what one transaction carries.
+    let big = |i: usize| NewEvent {
+        event: Event::DatastoreDescribed {
+            description: char::from(b'a' + i as u8).to_string().repeat(MAX_EVENT_BYTES - 2048),
+        },
+        ..named("big")
+    };
+    let err = store
+        .append(&stream, ExpectedVersion::Any, (0..12).map(big).collect(), &request)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::AppendTooLarge { size, limit } if size > limit && limit == MAX_APPEND_BYTES),
         "{err:?}"
     );
 

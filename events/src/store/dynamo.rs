@@ -9,14 +9,16 @@
 //!
 //! Sequence 0 is reserved for these meta items, so no stream name can collide with them.
 //!
-//! An append is one `TransactWriteItems`: a Put per event whose sequence slot must be
-//! free, an Update of the head conditioned on the position it was read at, and a Put of
-//! the request record that must not exist yet. Because the head moves in the same
-//! transaction as the events, global positions are gapless and never reused. Every
-//! cancelled transaction sends the append back to its consistent pre-read, which alone
+//! An append is a consistent pre-read (the stream's version, the request record) and
+//! one `TransactWriteItems`: a Put per event whose sequence slot must be free, an
+//! Update of the head conditioned on its current position, and a Put of the request
+//! record that must not exist yet. Because the head moves in the same transaction as the
+//! events, global positions are gapless and never reused. When only the head condition
+//! fails, its old image names the new head and the transaction is retried from there
+//! after a jittered backoff; any other cancellation goes back to the pre-read, which
 //! decides: a request record now present is a replay, a stream that moved is a conflict
-//! (or, for [`ExpectedVersion::Any`], the next attempt), and a head moved by another
-//! writer is retried after a jittered backoff.
+//! (or, for [`ExpectedVersion::Any`], the next attempt). Appends from one process take
+//! turns on a lock that also remembers the head, so they never race each other for it.
 //!
 //! The `by_position` GSI makes "everything after p" a Query per bucket. GSIs are
 //! eventually consistent, so [`DynamoEventStore::read_all`] returns only the contiguous
@@ -49,9 +51,6 @@ pub const POSITION_INDEX: &str = "by_position";
 /// Positions per GSI partition unless [`DynamoEventStore::with_bucket_size`] says otherwise.
 pub const DEFAULT_BUCKET_SIZE: NonZeroU64 = NonZeroU64::new(1000).unwrap();
 
-/// DynamoDB's limit on the summed item sizes of one transaction, less a margin for the
-/// head and request items and attribute names.
-const MAX_TRANSACTION_BYTES: usize = 4_000_000 - 4096;
 
 /// Attempts an append makes before giving up on a contended head or throttling.
 const MAX_ATTEMPTS: u32 = 50;
@@ -356,15 +355,8 @@ impl EventStore for DynamoEventStore {
         events: Vec<NewEvent>,
         request_id: &str,
     ) -> Result<Appended, StoreError> {
+        // check_append bounds each event and their sum to what one transaction takes.
         let payloads = check_append(&events, request_id)?;
-        // check_append bounds each event; a transaction also bounds their sum.
-        let total: usize = payloads.iter().map(|p| p.len() + 1024).sum();
-        if total > MAX_TRANSACTION_BYTES {
-            return Err(StoreError::EventTooLarge {
-                size: total,
-                limit: MAX_TRANSACTION_BYTES,
-            });
-        }
         let count = events.len() as u64;
         let mut attempt = 0;
         'read: while attempt < MAX_ATTEMPTS {

@@ -4,6 +4,13 @@
 //! (content-addressed; the studies folder's own files are hard-linked, not copied) and
 //! uploads are spooled in `DIR/.medlabel/tmp`. At start the studies folder is imported
 //! as MONAI Label lays it out (idempotent: a restart imports only what changed).
+//!
+//! GPU work runs in a child process, `medlabel-runner worker` (found beside this binary
+//! or given by `--runner`): it follows the same event log, runs training, scoring and
+//! batch-inference jobs, and serves interactive inference on a loopback port. This
+//! binary never links libtorch. `--starter-model DIR` publishes a model folder
+//! (`config.json` + `model.safetensors`) as version 1 of its model when none is
+//! published yet, so a fresh studies folder can segment at once.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -15,6 +22,8 @@ use medlabel_events::blob::fs::FolderBlobStore;
 use medlabel_events::clock::SystemClock;
 use medlabel_events::datastore::{WriteContext, import_studies};
 use medlabel_events::store::sqlite::SqliteEventStore;
+use medlabel_events::jobs::Jobs;
+use medlabel_events::{BlobStore, Extension, ModelName};
 use medlabel_functions::runner::NoRunner;
 use medlabel_functions::state::{AppState, Config};
 
@@ -51,6 +60,24 @@ fn cli() -> Command {
                         .default_value("2000000000")
                         .value_parser(value_parser!(u64))
                         .help("Largest accepted upload body; larger ones get 413"),
+                )
+                .arg(
+                    Arg::new("runner")
+                        .long("runner")
+                        .value_parser(value_parser!(PathBuf))
+                        .help("The medlabel-runner binary (default: beside this one; none: no models)"),
+                )
+                .arg(
+                    Arg::new("starter-model")
+                        .long("starter-model")
+                        .value_parser(value_parser!(PathBuf))
+                        .help("A model folder to publish when its model has no version yet"),
+                )
+                .arg(
+                    Arg::new("device")
+                        .long("device")
+                        .default_value("auto")
+                        .help("Runner device: cpu, cuda, cuda:N or auto"),
                 )
                 .arg(
                     Arg::new("session-expiry")
@@ -121,6 +148,27 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
         state.sessions.clone(),
     ));
 
+    if let Some(dir) = args.get_one::<PathBuf>("starter-model") {
+        let jobs = Jobs::new(state.datastore.event_store().clone(), Arc::new(SystemClock));
+        publish_starter(&jobs, state.datastore.blob_store().as_ref(), dir).await?;
+    }
+    let runner = args
+        .get_one::<PathBuf>("runner")
+        .cloned()
+        .or_else(|| std::env::current_exe().ok()?.parent().map(|d| d.join("medlabel-runner")))
+        .filter(|path| path.is_file());
+    let (state, _child) = match runner {
+        Some(runner) => {
+            let device: &String = args.get_one("device").expect("defaulted");
+            let (child, endpoint) = spawn_runner(&runner, &home, device).await?;
+            (state.with_model_runner(Some(endpoint)), Some(child))
+        }
+        None => {
+            tracing::warn!("no medlabel-runner found: serving without models");
+            (state.with_model_runner(None), None)
+        }
+    };
+
     let host: &String = args.get_one("host").expect("defaulted");
     let port: u16 = *args.get_one("port").expect("defaulted");
     let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
@@ -135,6 +183,58 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
         })
         .await?;
     Ok(())
+}
+
+/// Publishes `dir` as version 1 of the model named after the folder, unless that model
+/// has a version already. The request id derives from the weights, so a restart
+/// records nothing twice.
+async fn publish_starter(
+    jobs: &Jobs,
+    blobs: &dyn BlobStore,
+    dir: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("the starter model folder has no name")?;
+    let model = ModelName::parse(name)?;
+    if jobs.view().await?.model(&model).is_some() {
+        return Ok(());
+    }
+    let weights = blobs
+        .put_file(&dir.join("model.safetensors"), &Extension::parse(".safetensors")?)
+        .await?;
+    let config = blobs
+        .put_file(&dir.join("config.json"), &Extension::parse(".json")?)
+        .await?;
+    let ctx = WriteContext::new(Actor::admin(), format!("starter-{}", &weights.sha256[..32]));
+    let published = jobs.publish_model(&ctx, &model, weights, config, None, None).await?;
+    tracing::info!(model = %published.model, version = published.version, "starter model published");
+    Ok(())
+}
+
+/// Starts `medlabel-runner worker` on a free loopback port; the child is killed when
+/// the returned handle drops (this process exiting included).
+async fn spawn_runner(
+    runner: &Path,
+    home: &Path,
+    device: &str,
+) -> Result<(tokio::process::Child, String), Box<dyn std::error::Error>> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let child = tokio::process::Command::new(runner)
+        .arg("worker")
+        .arg("--home")
+        .arg(home)
+        .arg("--serve")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--device")
+        .arg(device)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    tracing::info!(runner = %runner.display(), %endpoint, "runner started");
+    Ok((child, endpoint))
 }
 
 async fn open_store(path: &Path) -> Result<SqliteEventStore, Box<dyn std::error::Error>> {

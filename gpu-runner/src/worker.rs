@@ -1,0 +1,427 @@
+//! The event-driven worker: takes GPU jobs from the event log and reports back with
+//! events.
+//!
+//! It follows the log (`read_all` after its position, woken by appends) and, on every
+//! change:
+//! - materialises each published model into `<models>/<name>/` (`config.json` +
+//!   `model.safetensors`, written then renamed), which the `serve` endpoint reloads on
+//!   its next request, the way MONAI Label picks up a newly trained model;
+//! - claims each submitted job (`JobStarted` at version 1: of several workers exactly one
+//!   wins) and runs it: training on exactly the label versions the request pinned,
+//!   publishing the best model as the model's next version; epistemic scoring of the
+//!   unlabeled images; batch inference saving masks under `label_tag`. Progress and the
+//!   result are events; a `JobStopRequested` stops training after the current epoch.
+//!
+//! The log is the only channel between the functions and this worker, so the same loop
+//! serves the local `medlabel` (SQLite) and, fed by SQS messages, the cloud.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use medlabel_events::blob::read_to_vec;
+use medlabel_events::datastore::{Datastore, WriteContext};
+use medlabel_events::event::{Actor, JobKind, JobStatus};
+use medlabel_events::jobs::{JobRecord, Jobs, PublishedModel};
+use medlabel_events::{BlobStore, Clock, EventStore, Extension, Info, Tag, UserName};
+use serde_json::{Value, json};
+
+use crate::config::{CONFIG_FILE, WEIGHTS_FILE};
+use crate::error::{Result, RunnerError};
+use crate::infer::{InferOptions, infer_file};
+use crate::model::Model;
+use crate::train::{TrainRequest, train};
+use crate::uncertainty::mc_dropout;
+
+/// How often a running job checks for a stop request.
+const STOP_POLL: Duration = Duration::from_secs(1);
+
+/// Where the worker keeps its files, and how it runs models.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Published models are materialised here, one folder per model.
+    pub models_dir: PathBuf,
+    /// Scratch space for training runs and results.
+    pub work_dir: PathBuf,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    pub device: String,
+    /// This worker's name in `JobStarted` events.
+    pub name: String,
+}
+
+/// The worker over one event store and blob store.
+pub struct Worker {
+    datastore: Arc<Datastore>,
+    jobs: Arc<Jobs>,
+    blobs: Arc<dyn BlobStore>,
+    config: WorkerConfig,
+}
+
+fn store_error(err: impl std::fmt::Display) -> RunnerError {
+    RunnerError::invalid(format!("event store: {err}"))
+}
+
+impl Worker {
+    pub async fn open(
+        store: Arc<dyn EventStore>,
+        blobs: Arc<dyn BlobStore>,
+        clock: Arc<dyn Clock>,
+        config: WorkerConfig,
+    ) -> Result<Self> {
+        let datastore = Datastore::open_with_clock(store.clone(), blobs.clone(), clock.clone())
+            .await
+            .map_err(store_error)?;
+        Ok(Self {
+            datastore: Arc::new(datastore),
+            jobs: Arc::new(Jobs::new(store, clock)),
+            blobs,
+            config,
+        })
+    }
+
+    fn actor(&self) -> Actor {
+        Actor {
+            user: UserName::parse("runner").expect("a valid user name"),
+            client_id: None,
+        }
+    }
+
+    /// A write context whose request id is derived from the job and step, so a worker
+    /// that restarts mid-job records each step once.
+    fn ctx(&self, job: &JobRecord, step: &str) -> WriteContext {
+        WriteContext::new(self.actor(), format!("{}/{step}", job.id))
+    }
+
+    /// Runs forever: materialise models, run pending jobs, wait for the next append.
+    pub async fn run(&self) -> Result<()> {
+        let store = self.datastore.event_store().clone();
+        loop {
+            self.sync_models().await?;
+            self.run_pending().await?;
+            let head = store.head().await.map_err(store_error)?;
+            store
+                .wait_for_append(head, Duration::from_secs(5))
+                .await
+                .map_err(store_error)?;
+        }
+    }
+
+    /// Writes every published model into the models folder; returns how many there are.
+    pub async fn sync_models(&self) -> Result<usize> {
+        let models: Vec<PublishedModel> = self
+            .jobs
+            .view()
+            .await
+            .map_err(store_error)?
+            .models()
+            .cloned()
+            .collect();
+        for model in &models {
+            self.materialise(model).await?;
+        }
+        Ok(models.len())
+    }
+
+    /// Claims and runs every submitted job, one at a time.
+    pub async fn run_pending(&self) -> Result<()> {
+        let pending: Vec<JobRecord> = self
+            .jobs
+            .view()
+            .await
+            .map_err(store_error)?
+            .pending()
+            .into_iter()
+            .filter(|job| job.status == JobStatus::Submitted)
+            .cloned()
+            .collect();
+        for job in pending {
+            if !self
+                .jobs
+                .claim(&self.ctx(&job, "claim"), &job, &self.config.name)
+                .await
+                .map_err(store_error)?
+            {
+                continue;
+            }
+            let (status, result) = match self.run_job(&job).await {
+                Ok(outcome) => outcome,
+                Err(err) => (JobStatus::Error, json!({"details": [err.to_string()]})),
+            };
+            let result = result.as_object().cloned().unwrap_or_default();
+            self.jobs
+                .finish(&self.ctx(&job, "finish"), &job, status, result)
+                .await
+                .map_err(store_error)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a published model's files into `<models>/<name>/` unless they are there.
+    async fn materialise(&self, model: &PublishedModel) -> Result<PathBuf> {
+        let dir = self.config.models_dir.join(model.model.as_str());
+        let marker = dir.join(".version");
+        let stamp = format!("{} {}", model.version, model.weights.sha256);
+        if std::fs::read_to_string(&marker).is_ok_and(|s| s == stamp) {
+            return Ok(dir);
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| RunnerError::io(&dir, e))?;
+        for (blob, name) in [(&model.config, CONFIG_FILE), (&model.weights, WEIGHTS_FILE)] {
+            let bytes = read_to_vec(self.blobs.as_ref(), blob).await.map_err(store_error)?;
+            let staged = dir.join(format!(".{name}.tmp"));
+            std::fs::write(&staged, bytes).map_err(|e| RunnerError::io(&staged, e))?;
+            std::fs::rename(&staged, dir.join(name)).map_err(|e| RunnerError::io(&dir, e))?;
+        }
+        std::fs::write(&marker, stamp).map_err(|e| RunnerError::io(&marker, e))?;
+        tracing::info!(model = %model.model, version = model.version, "model materialised");
+        Ok(dir)
+    }
+
+    /// A local file holding a blob: the blob itself in a folder store, else a download.
+    async fn local_file(&self, blob: &medlabel_events::BlobRef, scratch: &Path) -> Result<PathBuf> {
+        if let Some(path) = self.blobs.local_path(blob) {
+            return Ok(path);
+        }
+        let path = scratch.join(format!("{}{}", blob.sha256, blob.ext));
+        let bytes = read_to_vec(self.blobs.as_ref(), blob).await.map_err(store_error)?;
+        std::fs::write(&path, bytes).map_err(|e| RunnerError::io(&path, e))?;
+        Ok(path)
+    }
+
+    async fn run_job(&self, job: &JobRecord) -> Result<(JobStatus, Value)> {
+        let model = job
+            .model
+            .as_ref()
+            .ok_or_else(|| RunnerError::invalid("the job names no model"))?;
+        let published = self
+            .jobs
+            .view()
+            .await
+            .map_err(store_error)?
+            .model(model)
+            .cloned()
+            .ok_or_else(|| RunnerError::invalid(format!("model {model} is not published")))?;
+        let model_dir = self.materialise(&published).await?;
+        let scratch = self.config.work_dir.join(job.id.as_str());
+        std::fs::create_dir_all(&scratch).map_err(|e| RunnerError::io(&scratch, e))?;
+        let outcome = match job.kind {
+            JobKind::Train => self.train(job, &published, &model_dir, &scratch).await,
+            JobKind::Scoring => self.score_epistemic(job, &published, &model_dir).await,
+            JobKind::BatchInfer => self.batch_infer(job, &model_dir, &scratch).await,
+        };
+        // Scratch holds copies only; the results are blobs and events by now.
+        let _ = std::fs::remove_dir_all(&scratch);
+        outcome
+    }
+
+    async fn train(
+        &self,
+        job: &JobRecord,
+        published: &PublishedModel,
+        model_dir: &Path,
+        scratch: &Path,
+    ) -> Result<(JobStatus, Value)> {
+        let mut datalist = Vec::with_capacity(job.labels.len());
+        for pinned in &job.labels {
+            datalist.push((
+                self.local_file(&pinned.image_blob, scratch).await?,
+                self.local_file(&pinned.label_blob, scratch).await?,
+            ));
+        }
+        if datalist.len() < 2 {
+            return Err(RunnerError::invalid(format!(
+                "training needs at least 2 images with a final label; the request pinned {}",
+                datalist.len()
+            )));
+        }
+        let request = train_request(&job.params, model_dir, &self.config.device);
+        let out = scratch.join("run");
+        let stop = Arc::new(AtomicBool::new(false));
+        let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
+        let training = {
+            let stop = stop.clone();
+            tokio::task::spawn_blocking(move || {
+                train(&request, &datalist, &out, |stats| {
+                    let _ = progress_tx.send(serde_json::to_value(stats).unwrap_or_default());
+                }, &stop)
+            })
+        };
+        tokio::pin!(training);
+        let outcome = loop {
+            tokio::select! {
+                done = &mut training => break done.map_err(|e| RunnerError::invalid(e.to_string()))??,
+                Some(stats) = progress_rx.recv() => {
+                    let epoch = stats["epoch"].as_u64().unwrap_or(0);
+                    let stats = stats.as_object().cloned().unwrap_or_default();
+                    self.jobs
+                        .progress(&self.ctx(job, &format!("epoch-{epoch}")), job, stats)
+                        .await
+                        .map_err(store_error)?;
+                }
+                _ = tokio::time::sleep(STOP_POLL) => {
+                    let requested = self.jobs.view().await.map_err(store_error)?
+                        .job(&job.id).is_some_and(|j| j.stop_requested);
+                    if requested {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+            }
+        };
+        while let Ok(stats) = progress_rx.try_recv() {
+            let epoch = stats["epoch"].as_u64().unwrap_or(0);
+            let stats = stats.as_object().cloned().unwrap_or_default();
+            self.jobs
+                .progress(&self.ctx(job, &format!("epoch-{epoch}")), job, stats)
+                .await
+                .map_err(store_error)?;
+        }
+        let stats = serde_json::to_value(&outcome.stats).unwrap_or_default();
+        let best = stats["best_metric"].as_f64();
+        // Publish only a model that validated better than the one it started from.
+        let improves = best.is_some_and(|b| published.metric.is_none_or(|m| b > m));
+        let mut result = json!({"train_stats": stats, "published": Value::Null});
+        if improves {
+            let weights = self
+                .blobs
+                .put_file(&outcome.model_dir.join(WEIGHTS_FILE), &ext(".safetensors"))
+                .await
+                .map_err(store_error)?;
+            let config = self
+                .blobs
+                .put_file(&outcome.model_dir.join(CONFIG_FILE), &ext(".json"))
+                .await
+                .map_err(store_error)?;
+            let model = self
+                .jobs
+                .publish_model(&self.ctx(job, "publish"), &published.model, weights, config, best, Some(job.id.clone()))
+                .await
+                .map_err(store_error)?;
+            result["published"] = json!({"model": model.model, "version": model.version});
+        }
+        let status = if outcome.stopped { JobStatus::Stopped } else { JobStatus::Done };
+        Ok((status, result))
+    }
+
+    async fn score_epistemic(
+        &self,
+        job: &JobRecord,
+        published: &PublishedModel,
+        model_dir: &Path,
+    ) -> Result<(JobStatus, Value)> {
+        let passes = job.params.get("simulation_size").and_then(Value::as_u64).unwrap_or(5) as usize;
+        let images = self
+            .datastore
+            .get_unlabeled_images(&Tag::final_tag(), &[])
+            .await
+            .map_err(store_error)?;
+        let device = crate::parse_device(&self.config.device)?;
+        // libtorch modules are not Sync: one blocking task at a time holds the model.
+        let model = Arc::new(std::sync::Mutex::new(Model::load(model_dir, device)?));
+        let mut scores = Info::new();
+        for (n, image) in images.iter().enumerate() {
+            let record = self.datastore.image(image).await.map_err(store_error)?;
+            let scratch = self.config.work_dir.join(job.id.as_str());
+            let path = self.local_file(&record.blob, &scratch).await?;
+            let model = model.clone();
+            let score = tokio::task::spawn_blocking(move || {
+                let volume = crate::io::read_image(&path)?;
+                let model = model.lock().map_err(|_| RunnerError::invalid("model lock poisoned"))?;
+                mc_dropout(&model, &volume, passes, 0.25, n as i64)
+            })
+            .await
+            .map_err(|e| RunnerError::invalid(e.to_string()))??;
+            let values = json!({
+                "epistemic_entropy": score.entropy,
+                "epistemic_variance": score.variance,
+                "epistemic_ts": published.version,
+            });
+            let values = values.as_object().cloned().unwrap_or_default();
+            self.datastore
+                .record_score(&self.ctx(job, &format!("score-{image}")), image, "epistemic", None, values)
+                .await
+                .map_err(store_error)?;
+            scores.insert(image.to_string(), json!(score.entropy));
+        }
+        Ok((JobStatus::Done, json!({"scores": scores})))
+    }
+
+    async fn batch_infer(&self, job: &JobRecord, model_dir: &Path, scratch: &Path) -> Result<(JobStatus, Value)> {
+        let which = job.params.get("images").and_then(Value::as_str).unwrap_or("all");
+        let tag = job
+            .params
+            .get("label_tag")
+            .and_then(Value::as_str)
+            .and_then(|t| Tag::parse(t).ok())
+            .unwrap_or_else(Tag::original);
+        let mut images = match which {
+            "labeled" => self.datastore.get_labeled_images(&Tag::final_tag(), &[]).await,
+            "unlabeled" => self.datastore.get_unlabeled_images(&Tag::final_tag(), &[]).await,
+            _ => self.datastore.list_images().await,
+        }
+        .map_err(store_error)?;
+        if let Some(limit) = job.params.get("max_batch_size").and_then(Value::as_u64).filter(|n| *n > 0) {
+            images.truncate(limit as usize);
+        }
+        let device = crate::parse_device(&self.config.device)?;
+        let model = Arc::new(std::sync::Mutex::new(Model::load(model_dir, device)?));
+        let mut results = Info::new();
+        for image in &images {
+            let record = self.datastore.image(image).await.map_err(store_error)?;
+            let input = self.local_file(&record.blob, scratch).await?;
+            let output = scratch.join(format!("{image}.nii.gz"));
+            let (model, out) = (model.clone(), output.clone());
+            let latencies = tokio::task::spawn_blocking(move || {
+                let model = model.lock().map_err(|_| RunnerError::invalid("model lock poisoned"))?;
+                infer_file(&model, &input, &out, &InferOptions::default())
+            })
+                .await
+                .map_err(|e| RunnerError::invalid(e.to_string()))??;
+            let info = json!({"model": job.model, "params": {"latencies": latencies}});
+            let saved = self
+                .datastore
+                .save_label(
+                    &self.ctx(job, &format!("label-{image}")),
+                    image,
+                    &tag,
+                    &output,
+                    &ext(".nii.gz"),
+                    info.as_object().cloned().unwrap_or_default(),
+                )
+                .await
+                .map_err(store_error)?;
+            results.insert(image.to_string(), json!({"label": image, "tag": tag, "version": saved.version}));
+        }
+        Ok((JobStatus::Done, json!({"results": results})))
+    }
+}
+
+fn ext(value: &str) -> Extension {
+    Extension::parse(value).expect("a valid extension")
+}
+
+/// The training request: the published model fine-tuned, with MONAI Label's request
+/// keys (`max_epochs`, `val_split`, ...) applied over the defaults.
+fn train_request(params: &Info, model_dir: &Path, device: &str) -> TrainRequest {
+    let number = |key: &str| params.get(key).and_then(Value::as_f64);
+    let mut request = TrainRequest {
+        pretrained: Some(model_dir.to_path_buf()),
+        device: device.to_owned(),
+        ..TrainRequest::default()
+    };
+    if let Some(epochs) = number("max_epochs") {
+        request.max_epochs = epochs.max(1.0) as usize;
+    }
+    if let Some(split) = number("val_split") {
+        request.val_split = split.clamp(0.0, 0.9);
+    }
+    if let Some(lr) = number("learning_rate").or_else(|| number("lr")) {
+        request.learning_rate = lr;
+    }
+    if let Some(interval) = number("val_interval") {
+        request.val_interval = interval.max(1.0) as usize;
+    }
+    if let Some(seed) = number("seed") {
+        request.seed = seed as u64;
+    }
+    request
+}
