@@ -169,6 +169,7 @@ impl From<BlobError> for ApiError {
     fn from(err: BlobError) -> Self {
         match err {
             BlobError::TooLarge { limit, .. } => ApiError::TooLarge { limit },
+            BlobError::UploadNotFound(id) => ApiError::NotFound(format!("Upload {id} NOT Found")),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -5,8 +5,13 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-/// The team's Python environment with `monailabel==0.8.5` installed.
-const PYTHON: &str = "/root/.cache/medlabel/py/bin/python";
+/// The Python that `scripts/setup.sh` installs `monailabel==0.8.5` into.
+fn python() -> std::path::PathBuf {
+    let cache = std::env::var_os("MEDLABEL_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").expect("HOME is set")).join(".cache/medlabel"));
+    cache.join("py/bin/python")
+}
 
 /// Kills the server when the test ends, however it ends.
 struct Server(Child);
@@ -18,11 +23,24 @@ impl Drop for Server {
     }
 }
 
-fn start(studies: &Path) -> (Server, String) {
+/// The GPU runner binary `cargo test --workspace` builds beside this test's binaries.
+fn runner_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let runner = exe.parent().unwrap().parent().unwrap().join("medlabel-runner");
+    assert!(
+        runner.is_file(),
+        "{} is missing: build it first (`cargo test --workspace` does)",
+        runner.display()
+    );
+    runner
+}
+
+fn start(studies: &Path, extra: &[&std::ffi::OsStr]) -> (Server, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_medlabel"))
         .args(["serve", "--studies"])
         .arg(studies)
         .args(["--host", "127.0.0.1", "--port", "0"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -53,9 +71,10 @@ fn python_client_works_against_medlabel_serve() {
     std::fs::write(labels.join("imported_1.nii.gz"), b"imported label").unwrap();
     let work = tempfile::tempdir().unwrap();
 
-    let (_server, url) = start(studies.path());
+    // No runner: the app has no models, as a MONAI Label app without models.
+    let (_server, url) = start(studies.path(), &["--runner".as_ref(), "/nonexistent".as_ref()]);
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_compat.py");
-    let output = Command::new(PYTHON)
+    let output = Command::new(python())
         .arg(&script)
         .arg(&url)
         .arg(work.path())
@@ -71,4 +90,40 @@ fn python_client_works_against_medlabel_serve() {
     assert_eq!(report["ok"], true);
     // The events live where the brief says: the studies folder's .medlabel directory.
     assert!(studies.path().join(".medlabel/events.db").is_file());
+}
+
+/// With the GPU runner (a child process on the same event log) and the starter model:
+/// inference, training and train stats through the real client.
+#[test]
+fn python_client_infers_and_trains_with_the_runner() {
+    let studies = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let runner = runner_binary();
+    let starter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gpu-runner/models/segmentation_spleen");
+    let (_server, url) = start(
+        studies.path(),
+        &[
+            "--runner".as_ref(),
+            runner.as_os_str(),
+            "--starter-model".as_ref(),
+            starter.as_os_str(),
+            "--device".as_ref(),
+            "cpu".as_ref(),
+        ],
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_models.py");
+    let output = Command::new(python())
+        .arg(&script)
+        .arg(&url)
+        .arg(work.path())
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "client_models.py failed\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["ok"], true);
 }

@@ -8,7 +8,7 @@
 //!                       [--roi N,N,N] [--spacing F,F,F] [--channels N,..] [--strides N,..]
 //!                       [--res-units N] [--norm instance|batch] [--dropout F] [--num-samples N]
 //! medlabel-runner serve --model-dir DIR [--addr 127.0.0.1:8080] [--device D] [--data-root DIR]
-//! medlabel-runner worker --home DIR [--serve 127.0.0.1:8091] [--device D]
+//! medlabel-runner worker --home DIR [--serve 127.0.0.1:8091] [--device D] [--exit-with-stdin]
 //! medlabel-runner sagemaker-train [--root /opt/ml]
 //! medlabel-runner make-sample --out DIR [--cases N] [--seed N] [--dims N,N,N] [--spacing F,F,F]
 //! medlabel-runner uncertainty --model DIR --image PATH [--passes N] [--device D]
@@ -92,6 +92,13 @@ fn run(cmd: &str, mut a: Args) -> Result<serde_json::Value> {
             let home = a.path("home")?;
             let addr = a.get_or("serve", "127.0.0.1:8091");
             let device = a.get_or("device", "auto");
+            if a.flag("exit-with-stdin") {
+                // The parent holds our stdin: when it dies, however it dies, we read EOF.
+                std::thread::spawn(|| {
+                    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                    std::process::exit(0);
+                });
+            }
             a.finish()?;
             let rt =
                 tokio::runtime::Runtime::new().map_err(|e| RunnerError::io("tokio runtime", e))?;

@@ -213,8 +213,8 @@ async fn publish_starter(
     Ok(())
 }
 
-/// Starts `medlabel-runner worker` on a free loopback port; the child is killed when
-/// the returned handle drops (this process exiting included).
+/// Starts `medlabel-runner worker` on a free loopback port. The child holds a pipe to
+/// us as its stdin and exits at EOF, so it ends with this process however that ends.
 async fn spawn_runner(
     runner: &Path,
     home: &Path,
@@ -230,6 +230,8 @@ async fn spawn_runner(
         .arg(format!("127.0.0.1:{port}"))
         .arg("--device")
         .arg(device)
+        .arg("--exit-with-stdin")
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()?;

@@ -55,6 +55,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/datastore/updatelabelinfo", put(update_label_info_legacy))
         .route("/datastore/dataset", get(dataset))
+        .merge(super::upload::router())
 }
 
 async fn datastore(

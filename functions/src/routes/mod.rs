@@ -12,6 +12,7 @@ pub mod info;
 pub mod logs;
 pub mod session;
 pub mod train;
+pub mod upload;
 
 use medlabel_events::blob::BlobRef;
 use std::time::Duration;

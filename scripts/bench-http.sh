@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Speed of medlabel's HTTP API on loopback, at 1,000 and 10,000 images.
+#
+#   bash scripts/bench-http.sh [OUT_DIR]
+#
+# Builds `medlabel` and `loadgen` (release), writes a studies folder per size with
+# distinct tiny NIfTI images (8×8×8 int16, gzip'd) of which every tenth has a final
+# label, and starts `medlabel serve` on it without a runner. The time from spawn to the
+# "serving" line is the import of the folder; a second start of the same folder times
+# the idempotent re-import. Then `loadgen http` runs each request kind from CLIENTS
+# concurrent clients (warm-up first) and the server is stopped. JSON lines go to
+# OUT_DIR/http-<images>.jsonl and a table is printed at the end.
+#
+# Knobs (environment): BENCH_SIZES ("1000 10000"), BENCH_REQUESTS (20000),
+# BENCH_CLIENTS (16), MEDLABEL_PY (the venv's python, with nibabel).
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/medlabel/target}
+python=${MEDLABEL_PY:-$HOME/.cache/medlabel/py/bin/python}
+sizes=${BENCH_SIZES:-"1000 10000"}
+requests=${BENCH_REQUESTS:-20000}
+clients=${BENCH_CLIENTS:-16}
+out=${1:-$(mktemp -d)}
+mkdir -p "$out"
+work=$(mktemp -d)
+server_pid=
+
+cleanup() {
+    if [[ -n $server_pid ]]; then stop_server; fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --release -p medlabel-functions --bin medlabel -p medlabel-tests --bin loadgen
+bin=$CARGO_TARGET_DIR/release
+
+# Distinct images (content-addressed blobs must not collapse into one) and labels.
+make_studies() { # DIR COUNT
+    "$python" - "$1" "$2" <<'EOF'
+import os, sys
+import numpy as np, nibabel as nib
+root, count = sys.argv[1], int(sys.argv[2])
+os.makedirs(f"{root}/labels/final", exist_ok=True)
+rng = np.random.default_rng(7)
+for i in range(count):
+    data = rng.integers(-1000, 1000, size=(8, 8, 8), dtype=np.int16)
+    nib.save(nib.Nifti1Image(data, np.eye(4)), f"{root}/img{i:05d}.nii.gz")
+    if i % 10 == 0:
+        label = (data > 0).astype(np.uint8)
+        nib.save(nib.Nifti1Image(label, np.eye(4)), f"{root}/labels/final/img{i:05d}.nii.gz")
+EOF
+}
+
+# Starts the server on a free port; sets server_pid, base and started_s (spawn to
+# the "serving" line, i.e. the import).
+start_server() { # STUDIES LOG
+    local begin line
+    begin=$(date +%s.%N)
+    "$bin/medlabel" serve --studies "$1" --host 127.0.0.1 --port 0 --runner /nonexistent \
+        >"$2" 2>&1 &
+    server_pid=$!
+    for _ in $(seq 1 6000); do
+        line=$(grep -m1 -o 'at http://[0-9.:]*' "$2" || true)
+        if [[ -n $line ]]; then break; fi
+        if ! kill -0 "$server_pid" 2>/dev/null; then
+            echo "bench-http: medlabel exited:" >&2; cat "$2" >&2; exit 1
+        fi
+        sleep 0.05
+    done
+    [[ -n $line ]] || { echo "bench-http: medlabel did not start" >&2; exit 1; }
+    started_s=$(echo "$(date +%s.%N) - $begin" | bc)
+    base=${line#at }
+}
+
+stop_server() {
+    kill -INT "$server_pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$server_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+    server_pid=
+}
+
+load() { # KIND REQUESTS WARMUP [ARGS...]
+    local kind=$1 n=$2 warm=$3
+    shift 3
+    "$bin/loadgen" http --base "$base" --kind "$kind" --clients "$clients" \
+        --requests "$n" --warmup "$warm" --max-seconds 300 "$@"
+}
+
+echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "load before: $(uptime)"
+"$python" -c "
+import nibabel as nib, numpy as np
+nib.save(nib.Nifti1Image((np.arange(512).reshape(8,8,8) % 3 == 0).astype(np.uint8), np.eye(4)), '$work/label.nii.gz')"
+echo "label upload: $(stat -c %s "$work/label.nii.gz") bytes"
+
+for size in $sizes; do
+    studies=$work/studies-$size
+    make_studies "$studies" "$size"
+    results=$out/http-$size.jsonl
+    : >"$results"
+
+    start_server "$studies" "$work/server-$size.log"
+    first=$started_s
+    stop_server
+    start_server "$studies" "$work/server-$size-again.log"
+    echo "{\"kind\":\"startup\",\"images\":$size,\"import_s\":$first,\"restart_s\":$started_s}" \
+        | tee -a "$results"
+
+    # Fresh client ids each lease one more unlabeled image (leases last 30 minutes):
+    # keep that variant well below the unlabeled count so every request really picks.
+    fresh=$((size * 9 / 10 / 2))
+    if ((fresh > requests)); then fresh=$requests; fi
+    {
+        load info "$requests" 500
+        load stats "$requests" 500
+        load next-same "$requests" 500
+        load next-fresh "$fresh" 50
+        load label-put "$requests" 500 --label "$work/label.nii.gz"
+    } | sed "s/^{/{\"images\":$size,/" | tee -a "$results"
+    rss=$(ps -o rss= -p "$server_pid" | xargs)
+    echo "{\"kind\":\"server_rss\",\"images\":$size,\"rss_kib\":$rss}" | tee -a "$results"
+    stop_server
+done
+echo "load after: $(uptime)"
+
+echo
+printf '%-7s %-11s %8s %8s %8s %8s %8s %8s %7s %6s\n' \
+    images kind requests req/s p50_ms p90_ms p99_ms max_ms errors empty
+for size in $sizes; do
+    jq -r 'select(.p50_ms != null) | [.images, .kind, .completed, (.throughput_rps|floor),
+        .p50_ms, .p90_ms, .p99_ms, .max_ms, .errors, .empty_replies] | @tsv' \
+        "$out/http-$size.jsonl" |
+        while IFS=$'\t' read -r i k n r p50 p90 p99 max e empty; do
+            printf '%-7s %-11s %8s %8s %8s %8s %8s %8s %7s %6s\n' \
+                "$i" "$k" "$n" "$r" "$p50" "$p90" "$p99" "$max" "$e" "$empty"
+        done
+    jq -r 'select(.kind == "startup") |
+        "\(.images) images: import \(.import_s) s, restart \(.restart_s) s"' \
+        "$out/http-$size.jsonl"
+done
+echo "results: $out"
