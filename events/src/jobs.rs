@@ -15,7 +15,9 @@ use serde_json::{Value, json};
 use crate::blob::BlobRef;
 use crate::clock::Clock;
 use crate::datastore::WriteContext;
-use crate::event::{Event, Info, JobKind, JobStatus, LabelVersionRef, NewEvent, RecordedEvent, StreamId};
+use crate::event::{
+    Event, Info, JobKind, JobStatus, LabelVersionRef, NewEvent, RecordedEvent, StreamId,
+};
 use crate::id::{ModelName, RunId};
 use crate::projection::{Projected, Projection};
 use crate::store::{EventStore, ExpectedVersion, StoreError};
@@ -245,7 +247,12 @@ impl Projection for JobsView {
 }
 
 impl JobsView {
-    fn update(&mut self, job: &RunId, recorded: &RecordedEvent, change: impl FnOnce(&mut JobRecord)) {
+    fn update(
+        &mut self,
+        job: &RunId,
+        recorded: &RecordedEvent,
+        change: impl FnOnce(&mut JobRecord),
+    ) {
         if let Some(record) = self.jobs.get_mut(job) {
             record.version = recorded.sequence;
             change(record);
@@ -358,8 +365,10 @@ impl Jobs {
         }
         // The job id derives from the request id, so a retried request names the same
         // job and the store's idempotency records it once.
-        let job = RunId::parse(uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, ctx.request_id.as_bytes()).to_string())
-            .expect("a UUID is a valid run id");
+        let job = RunId::parse(
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, ctx.request_id.as_bytes()).to_string(),
+        )
+        .expect("a UUID is a valid run id");
         let event = Event::JobRequested {
             job: job.clone(),
             kind,
@@ -375,7 +384,12 @@ impl Jobs {
 
     /// Claims a submitted job for `worker`; `false` if another runner got it first or
     /// it is no longer submitted.
-    pub async fn claim(&self, ctx: &WriteContext, job: &JobRecord, worker: &str) -> Result<bool, JobError> {
+    pub async fn claim(
+        &self,
+        ctx: &WriteContext,
+        job: &JobRecord,
+        worker: &str,
+    ) -> Result<bool, JobError> {
         if job.status != JobStatus::Submitted {
             return Ok(false);
         }
@@ -384,7 +398,12 @@ impl Jobs {
             worker: worker.into(),
         };
         match self
-            .append(ctx, &job_stream(job.kind, &job.id), ExpectedVersion::Exact(job.version), event)
+            .append(
+                ctx,
+                &job_stream(job.kind, &job.id),
+                ExpectedVersion::Exact(job.version),
+                event,
+            )
             .await
         {
             Ok(()) => Ok(true),
@@ -393,13 +412,23 @@ impl Jobs {
         }
     }
 
-    pub async fn progress(&self, ctx: &WriteContext, job: &JobRecord, stats: Info) -> Result<(), JobError> {
+    pub async fn progress(
+        &self,
+        ctx: &WriteContext,
+        job: &JobRecord,
+        stats: Info,
+    ) -> Result<(), JobError> {
         let event = Event::JobProgressed {
             job: job.id.clone(),
             stats,
         };
-        self.append(ctx, &job_stream(job.kind, &job.id), ExpectedVersion::Any, event)
-            .await
+        self.append(
+            ctx,
+            &job_stream(job.kind, &job.id),
+            ExpectedVersion::Any,
+            event,
+        )
+        .await
     }
 
     pub async fn finish(
@@ -414,13 +443,22 @@ impl Jobs {
             status,
             result,
         };
-        self.append(ctx, &job_stream(job.kind, &job.id), ExpectedVersion::Any, event)
-            .await
+        self.append(
+            ctx,
+            &job_stream(job.kind, &job.id),
+            ExpectedVersion::Any,
+            event,
+        )
+        .await
     }
 
     /// Asks the active job of `kind` to stop; a job no runner has claimed yet stops at
     /// once. Returns the job as it now stands, or `None` when nothing was active.
-    pub async fn stop(&self, ctx: &WriteContext, kind: JobKind) -> Result<Option<JobRecord>, JobError> {
+    pub async fn stop(
+        &self,
+        ctx: &WriteContext,
+        kind: JobKind,
+    ) -> Result<Option<JobRecord>, JobError> {
         let Some(job) = self.view().await?.active(kind).cloned() else {
             return Ok(None);
         };
@@ -432,9 +470,12 @@ impl Jobs {
                 result: Info::new(),
             }
         } else {
-            Event::JobStopRequested { job: job.id.clone() }
+            Event::JobStopRequested {
+                job: job.id.clone(),
+            }
         };
-        self.append(ctx, &stream, ExpectedVersion::Any, event).await?;
+        self.append(ctx, &stream, ExpectedVersion::Any, event)
+            .await?;
         Ok(self.view.peek().job(&job.id).cloned())
     }
 
@@ -470,15 +511,26 @@ impl Jobs {
             event,
         )
         .await?;
-        Ok(self.view.peek().model(model).cloned().expect("just published"))
+        Ok(self
+            .view
+            .peek()
+            .model(model)
+            .cloned()
+            .expect("just published"))
     }
 
     /// Withdraws a model (MONAI Label's `DELETE /model/{m}`).
-    pub async fn delete_model(&self, ctx: &WriteContext, model: &ModelName) -> Result<(), JobError> {
+    pub async fn delete_model(
+        &self,
+        ctx: &WriteContext,
+        model: &ModelName,
+    ) -> Result<(), JobError> {
         if self.view().await?.model(model).is_none() {
             return Err(JobError::ModelNotFound(model.to_string()));
         }
-        let event = Event::ModelDeleted { model: model.clone() };
+        let event = Event::ModelDeleted {
+            model: model.clone(),
+        };
         self.append(ctx, &StreamId::model(model), ExpectedVersion::Any, event)
             .await
     }

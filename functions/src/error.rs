@@ -153,13 +153,15 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Conflict { .. } => ApiError::Conflict(err.to_string()),
-            StoreError::EventTooLarge { .. } | StoreError::AppendTooLarge { .. } => ApiError::field(FieldError::new(
-                "value_error",
-                "body",
-                "params",
-                err.to_string(),
-                Value::Null,
-            )),
+            StoreError::EventTooLarge { .. } | StoreError::AppendTooLarge { .. } => {
+                ApiError::field(FieldError::new(
+                    "value_error",
+                    "body",
+                    "params",
+                    err.to_string(),
+                    Value::Null,
+                ))
+            }
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -39,7 +39,12 @@ pub struct ModelRunner {
 }
 
 impl ModelRunner {
-    pub fn new(datastore: Arc<Datastore>, jobs: Arc<Jobs>, endpoint: Option<String>, spool: PathBuf) -> Self {
+    pub fn new(
+        datastore: Arc<Datastore>,
+        jobs: Arc<Jobs>,
+        endpoint: Option<String>,
+        spool: PathBuf,
+    ) -> Self {
         Self {
             datastore,
             jobs,
@@ -150,7 +155,10 @@ impl Runner for ModelRunner {
             let description = format!(
                 "3D UNet segmentation, version {}{}",
                 model.version,
-                model.metric.map(|m| format!(", validation Dice {m:.3}")).unwrap_or_default()
+                model
+                    .metric
+                    .map(|m| format!(", validation Dice {m:.3}"))
+                    .unwrap_or_default()
             );
             let name = model.model.to_string();
             info.models.insert(
@@ -219,7 +227,10 @@ impl Runner for ModelRunner {
         }
         if !status.is_success() {
             return Err(RunnerError::Failed(
-                reply["detail"].as_str().unwrap_or("inference failed").to_owned(),
+                reply["detail"]
+                    .as_str()
+                    .unwrap_or("inference failed")
+                    .to_owned(),
             ));
         }
         let params = reply["params"].as_object().cloned().unwrap_or_default();
@@ -241,7 +252,10 @@ impl Runner for ModelRunner {
         name: &str,
         params: Info,
     ) -> Result<Value, RunnerError> {
-        let enqueue = params.get("enqueue").and_then(Value::as_bool).unwrap_or(false);
+        let enqueue = params
+            .get("enqueue")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
         let job = match kind {
             JobKind::Train => {
                 let model = self.model(name).await?;
@@ -283,14 +297,32 @@ impl Runner for ModelRunner {
                     .request(ctx, kind, None, request, vec![], None, enqueue)
                     .await
                     .map_err(job_error)?;
-                let step = |s: &str| WriteContext::new(ctx.actor.clone(), format!("{}/{s}", ctx.request_id));
-                let (status, result) = match scoring::score(&self.datastore, &step("score"), name, &params).await {
-                    Ok(scores) => (medlabel_events::event::JobStatus::Done, json!({"scores": scores})),
-                    Err(err) => (medlabel_events::event::JobStatus::Error, json!({"details": [err.to_string()]})),
+                let step = |s: &str| {
+                    WriteContext::new(ctx.actor.clone(), format!("{}/{s}", ctx.request_id))
                 };
+                let (status, result) =
+                    match scoring::score(&self.datastore, &step("score"), name, &params).await {
+                        Ok(scores) => (
+                            medlabel_events::event::JobStatus::Done,
+                            json!({"scores": scores}),
+                        ),
+                        Err(err) => (
+                            medlabel_events::event::JobStatus::Error,
+                            json!({"details": [err.to_string()]}),
+                        ),
+                    };
                 let result = result.as_object().cloned().unwrap_or_default();
-                self.jobs.finish(&step("finish"), &job, status, result).await.map_err(job_error)?;
-                let done = self.jobs.view().await.map_err(job_error)?.job(&job.id).cloned();
+                self.jobs
+                    .finish(&step("finish"), &job, status, result)
+                    .await
+                    .map_err(job_error)?;
+                let done = self
+                    .jobs
+                    .view()
+                    .await
+                    .map_err(job_error)?
+                    .job(&job.id)
+                    .cloned();
                 Ok(done.unwrap_or(job))
             }
         }
@@ -311,7 +343,9 @@ impl Runner for ModelRunner {
                 .ok_or(RunnerError::NotRunning(kind));
         }
         if query.all {
-            return Ok(Value::Array(jobs.iter().map(|job| job.to_task_json()).collect()));
+            return Ok(Value::Array(
+                jobs.iter().map(|job| job.to_task_json()).collect(),
+            ));
         }
         Ok(jobs.last().expect("not empty").to_task_json())
     }

@@ -16,8 +16,8 @@ use std::collections::BTreeMap;
 use async_trait::async_trait;
 use medlabel_events::Info;
 use medlabel_events::datastore::WriteContext;
-use medlabel_events::jobs::kind_title;
 use medlabel_events::event::JobKind;
+use medlabel_events::jobs::kind_title;
 use serde_json::Value;
 use tempfile::TempPath;
 
@@ -81,7 +81,6 @@ pub enum RunnerError {
     Failed(String),
 }
 
-
 /// The runner port.
 #[async_trait]
 pub trait Runner: Send + Sync + 'static {
@@ -123,7 +122,13 @@ impl Runner for NoRunner {
         Err(RunnerError::UnknownModel(request.model))
     }
 
-    async fn start(&self, _: &WriteContext, kind: JobKind, name: &str, _: Info) -> Result<Value, RunnerError> {
+    async fn start(
+        &self,
+        _: &WriteContext,
+        kind: JobKind,
+        name: &str,
+        _: Info,
+    ) -> Result<Value, RunnerError> {
         Err(match kind {
             JobKind::Scoring => RunnerError::UnknownMethod(name.to_owned()),
             JobKind::Train | JobKind::BatchInfer => RunnerError::UnknownModel(name.to_owned()),

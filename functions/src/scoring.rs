@@ -16,16 +16,25 @@ use std::collections::BTreeMap;
 use medlabel_events::blob::read_to_vec;
 use medlabel_events::datastore::{Datastore, DatastoreError, WriteContext};
 use medlabel_events::{ImageId, Info, Tag};
-use medlabel_imaging::io::read_volume_bytes;
 use medlabel_imaging::Volume;
+use medlabel_imaging::io::read_volume_bytes;
 use medlabel_imaging::transforms::{dice, sum_and_slices};
 use serde_json::{Value, json};
 
 /// The scoring methods this module runs, with `/info/`'s descriptions.
 pub const METHODS: &[(&str, &str)] = &[
-    ("dice", "Dice between the final and the original label of each image"),
-    ("sum", "Foreground voxels and slices of final and original labels"),
-    ("agreement", "Mean pairwise Dice between annotators' own labels"),
+    (
+        "dice",
+        "Dice between the final and the original label of each image",
+    ),
+    (
+        "sum",
+        "Foreground voxels and slices of final and original labels",
+    ),
+    (
+        "agreement",
+        "Mean pairwise Dice between annotators' own labels",
+    ),
 ];
 
 /// Why scoring failed.
@@ -57,10 +66,18 @@ pub async fn score(
         let view = datastore.view().await?;
         let mut plans = Vec::new();
         for (id, record) in view.images() {
-            let label = |tag: &Tag| record.labels.get(tag).map(|l| (tag.clone(), l.latest().blob.clone()));
+            let label = |tag: &Tag| {
+                record
+                    .labels
+                    .get(tag)
+                    .map(|l| (tag.clone(), l.latest().blob.clone()))
+            };
             match method {
                 "dice" => {
-                    let (y, y_pred) = (tag_param("y", Tag::final_tag()), tag_param("y_pred", Tag::original()));
+                    let (y, y_pred) = (
+                        tag_param("y", Tag::final_tag()),
+                        tag_param("y_pred", Tag::original()),
+                    );
                     if let (Some(a), Some(b)) = (label(&y), label(&y_pred)) {
                         plans.push((id.clone(), None, vec![a, b]));
                     }
@@ -73,9 +90,13 @@ pub async fn score(
                     }
                 }
                 "agreement" => {
-                    let wanted: Option<Vec<String>> = params.get("tags").and_then(Value::as_array).map(|tags| {
-                        tags.iter().filter_map(Value::as_str).map(str::to_owned).collect()
-                    });
+                    let wanted: Option<Vec<String>> =
+                        params.get("tags").and_then(Value::as_array).map(|tags| {
+                            tags.iter()
+                                .filter_map(Value::as_str)
+                                .map(str::to_owned)
+                                .collect()
+                        });
                     let annotators: Vec<_> = record
                         .labels
                         .keys()
@@ -102,9 +123,11 @@ pub async fn score(
             let bytes = read_to_vec(datastore.blob_store().as_ref(), blob)
                 .await
                 .map_err(DatastoreError::from)?;
-            let volume = read_volume_bytes(&bytes, blob.ext.as_str()).map_err(|err| ScoringError::Unreadable {
-                image: format!("{image} ({tag})"),
-                message: err.to_string(),
+            let volume = read_volume_bytes(&bytes, blob.ext.as_str()).map_err(|err| {
+                ScoringError::Unreadable {
+                    image: format!("{image} ({tag})"),
+                    message: err.to_string(),
+                }
             })?;
             volumes.push(volume);
         }
@@ -127,9 +150,18 @@ pub async fn score(
             }
         };
         let values = values.as_object().cloned().unwrap_or_default();
-        let step_ctx = WriteContext::new(ctx.actor.clone(), format!("{}/{method}/{step}", ctx.request_id));
+        let step_ctx = WriteContext::new(
+            ctx.actor.clone(),
+            format!("{}/{method}/{step}", ctx.request_id),
+        );
         datastore
-            .record_score(&step_ctx, &image, method, label_tag.as_ref(), values.clone())
+            .record_score(
+                &step_ctx,
+                &image,
+                method,
+                label_tag.as_ref(),
+                values.clone(),
+            )
             .await?;
         let key = match &label_tag {
             Some(tag) => format!("{image}/{tag}"),

@@ -33,7 +33,10 @@ impl Picker {
 
     /// An index below `n` (`n` > 0).
     pub fn below(&self, n: usize) -> usize {
-        self.rng.lock().expect("rng lock poisoned").random_range(0..n)
+        self.rng
+            .lock()
+            .expect("rng lock poisoned")
+            .random_range(0..n)
     }
 }
 

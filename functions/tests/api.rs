@@ -348,8 +348,11 @@ async fn strategies_hand_out_unlabeled_images() {
         async move {
             common::send(
                 app,
-                Req::new("DELETE", &format!("/activelearning/lease/{image}?client_id={client}"))
-                    .request(),
+                Req::new(
+                    "DELETE",
+                    &format!("/activelearning/lease/{image}?client_id={client}"),
+                )
+                .request(),
             )
             .await
             .json()
@@ -376,7 +379,10 @@ async fn strategies_hand_out_unlabeled_images() {
     h.clock.advance_ms(31 * 60 * 1000);
     let mut seen = std::collections::BTreeSet::new();
     for _ in 0..30 {
-        let id = next("random", "solo").await["id"].as_str().unwrap().to_owned();
+        let id = next("random", "solo").await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         let image: &'static str = match id.as_str() {
             "a" => "a",
             "b" => "b",

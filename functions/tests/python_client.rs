@@ -9,7 +9,9 @@ use std::process::{Child, Command, Stdio};
 fn python() -> std::path::PathBuf {
     let cache = std::env::var_os("MEDLABEL_CACHE")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").expect("HOME is set")).join(".cache/medlabel"));
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var_os("HOME").expect("HOME is set")).join(".cache/medlabel")
+        });
     cache.join("py/bin/python")
 }
 
@@ -26,7 +28,12 @@ impl Drop for Server {
 /// The GPU runner binary `cargo test --workspace` builds beside this test's binaries.
 fn runner_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let runner = exe.parent().unwrap().parent().unwrap().join("medlabel-runner");
+    let runner = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("medlabel-runner");
     assert!(
         runner.is_file(),
         "{} is missing: build it first (`cargo test --workspace` does)",
@@ -72,7 +79,10 @@ fn python_client_works_against_medlabel_serve() {
     let work = tempfile::tempdir().unwrap();
 
     // No runner: the app has no models, as a MONAI Label app without models.
-    let (_server, url) = start(studies.path(), &["--runner".as_ref(), "/nonexistent".as_ref()]);
+    let (_server, url) = start(
+        studies.path(),
+        &["--runner".as_ref(), "/nonexistent".as_ref()],
+    );
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_compat.py");
     let output = Command::new(python())
         .arg(&script)
@@ -99,7 +109,8 @@ fn python_client_infers_and_trains_with_the_runner() {
     let studies = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let runner = runner_binary();
-    let starter = Path::new(env!("CARGO_MANIFEST_DIR")).join("../gpu-runner/models/segmentation_spleen");
+    let starter =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../gpu-runner/models/segmentation_spleen");
     let (_server, url) = start(
         studies.path(),
         &[

@@ -24,14 +24,25 @@ fn boxed(lo: [usize; 3], hi: [usize; 3]) -> Vec<f32> {
 }
 
 fn nifti(data: &[f32]) -> Vec<u8> {
-    let volume = Volume { data: data.to_vec(), dims: DIMS, affine: IDENTITY };
+    let volume = Volume {
+        data: data.to_vec(),
+        dims: DIMS,
+        affine: IDENTITY,
+    };
     write_nifti_bytes(&volume, DataType::U8, true).unwrap()
 }
 
 /// 2|A∩B| / (|A|+|B|), counted voxel by voxel.
 fn expected_dice(a: &[f32], b: &[f32]) -> f64 {
-    let both = a.iter().zip(b).filter(|(x, y)| **x > 0.0 && **y > 0.0).count() as f64;
-    let (na, nb) = (a.iter().filter(|x| **x > 0.0).count() as f64, b.iter().filter(|x| **x > 0.0).count() as f64);
+    let both = a
+        .iter()
+        .zip(b)
+        .filter(|(x, y)| **x > 0.0 && **y > 0.0)
+        .count() as f64;
+    let (na, nb) = (
+        a.iter().filter(|x| **x > 0.0).count() as f64,
+        b.iter().filter(|x| **x > 0.0).count() as f64,
+    );
     2.0 * both / (na + nb)
 }
 
@@ -47,16 +58,25 @@ async fn put_label(h: &Harness, tag: &str, bytes: &[u8]) {
 }
 
 async fn image_info(h: &Harness) -> serde_json::Value {
-    h.send(Req::new("GET", "/datastore/image/info?image=ct").request()).await.json()
+    h.send(Req::new("GET", "/datastore/image/info?image=ct").request())
+        .await
+        .json()
 }
 
 #[tokio::test]
 async fn dice_sum_and_agreement_are_recorded() {
     let h = Harness::new().await;
-    let h = Harness { state: h.state.clone().with_model_runner(None), ..h };
+    let h = Harness {
+        state: h.state.clone().with_model_runner(None),
+        ..h
+    };
     let image = nifti(&boxed([0, 0, 0], [12, 10, 8]));
     let upload = h
-        .send(Req::new("PUT", "/datastore/?image=ct").multipart(&[], &[("file", "ct.nii.gz", &image)]).request())
+        .send(
+            Req::new("PUT", "/datastore/?image=ct")
+                .multipart(&[], &[("file", "ct.nii.gz", &image)])
+                .request(),
+        )
         .await;
     assert_eq!(upload.status, 200);
 
@@ -65,13 +85,19 @@ async fn dice_sum_and_agreement_are_recorded() {
     put_label(&h, "final", &nifti(&final_mask)).await;
     put_label(&h, "original", &nifti(&original_mask)).await;
 
-    let task = h.send(Req::new("POST", "/scoring/dice").json(json!({})).request()).await;
+    let task = h
+        .send(Req::new("POST", "/scoring/dice").json(json!({})).request())
+        .await;
     assert_eq!(task.status, 200);
     assert_eq!(task.json()["status"], "DONE");
     let dice = image_info(&h).await["dice"].as_f64().unwrap();
-    assert!((dice - expected_dice(&final_mask, &original_mask)).abs() < 1e-9, "{dice}");
+    assert!(
+        (dice - expected_dice(&final_mask, &original_mask)).abs() < 1e-9,
+        "{dice}"
+    );
 
-    h.send(Req::new("POST", "/scoring/sum").json(json!({})).request()).await;
+    h.send(Req::new("POST", "/scoring/sum").json(json!({})).request())
+        .await;
     let label_info = h
         .send(Req::new("GET", "/datastore/label/info?label=ct&tag=final").request())
         .await
@@ -84,13 +110,23 @@ async fn dice_sum_and_agreement_are_recorded() {
     let bob = boxed([2, 1, 1], [9, 7, 6]);
     put_label(&h, "alice", &nifti(&alice)).await;
     put_label(&h, "bob", &nifti(&bob)).await;
-    h.send(Req::new("POST", "/scoring/agreement").json(json!({})).request()).await;
+    h.send(
+        Req::new("POST", "/scoring/agreement")
+            .json(json!({}))
+            .request(),
+    )
+    .await;
     let agreement = image_info(&h).await["agreement"].as_f64().unwrap();
-    assert!((agreement - expected_dice(&alice, &bob)).abs() < 1e-9, "{agreement}");
+    assert!(
+        (agreement - expected_dice(&alice, &bob)).abs() < 1e-9,
+        "{agreement}"
+    );
 
     let status = h.send(Req::new("GET", "/scoring/").request()).await.json();
     assert_eq!(status["request"]["method"], "agreement");
     assert_eq!(status["status"], "DONE");
-    let unknown = h.send(Req::new("POST", "/scoring/nope").json(json!({})).request()).await;
+    let unknown = h
+        .send(Req::new("POST", "/scoring/nope").json(json!({})).request())
+        .await;
     assert_eq!(unknown.status, 404);
 }

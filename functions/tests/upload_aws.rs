@@ -14,10 +14,18 @@ use serde_json::json;
 async fn cloud_state(max_upload_bytes: u64) -> AppState {
     let env = aws().await;
     let temp = tempfile::tempdir().unwrap().keep();
-    let config = Config { max_upload_bytes, temp_dir: temp, ..Config::default() };
-    AppState::open(Arc::new(env.event_store().await), Arc::new(env.blob_store().await), config)
-        .await
-        .unwrap()
+    let config = Config {
+        max_upload_bytes,
+        temp_dir: temp,
+        ..Config::default()
+    };
+    AppState::open(
+        Arc::new(env.event_store().await),
+        Arc::new(env.blob_store().await),
+        config,
+    )
+    .await
+    .unwrap()
 }
 
 async fn head(state: &AppState) -> u64 {
@@ -25,7 +33,12 @@ async fn head(state: &AppState) -> u64 {
 }
 
 async fn put(url: &str, bytes: Vec<u8>) {
-    let response = reqwest::Client::new().put(url).body(bytes).send().await.unwrap();
+    let response = reqwest::Client::new()
+        .put(url)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
     assert!(response.status().is_success(), "{}", response.status());
 }
 
@@ -35,19 +48,33 @@ async fn presigned_upload_then_confirm_records_the_image_and_label() {
     let app = || medlabel_functions::app(state.clone());
     let started = common::send(app(), Req::new("POST", "/datastore/upload").request()).await;
     assert_eq!(started.status, 200);
-    let (id, url) = (started.json()["upload_id"].as_str().unwrap().to_owned(), started.json()["url"].as_str().unwrap().to_owned());
+    let (id, url) = (
+        started.json()["upload_id"].as_str().unwrap().to_owned(),
+        started.json()["url"].as_str().unwrap().to_owned(),
+    );
     let volume: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     put(&url, volume.clone()).await;
 
     let before = head(&state).await;
     // Unknown upload ids and traversal attempts are refused and record nothing.
     for bad in ["no-such-upload", "..%2F..%2Fetc"] {
-        let reply = common::send(app(), Req::new("POST", &format!("/datastore/upload/{bad}/image?image=ct")).json(json!({})).request()).await;
+        let reply = common::send(
+            app(),
+            Req::new("POST", &format!("/datastore/upload/{bad}/image?image=ct"))
+                .json(json!({}))
+                .request(),
+        )
+        .await;
         assert!(reply.status.is_client_error(), "{bad}: {}", reply.status);
     }
     let unknown_image = common::send(
         app(),
-        Req::new("POST", &format!("/datastore/upload/{id}/label?image=missing&tag=final")).json(json!({})).request(),
+        Req::new(
+            "POST",
+            &format!("/datastore/upload/{id}/label?image=missing&tag=final"),
+        )
+        .json(json!({}))
+        .request(),
     )
     .await;
     assert_eq!(unknown_image.status, 404);
@@ -55,24 +82,47 @@ async fn presigned_upload_then_confirm_records_the_image_and_label() {
 
     let confirmed = common::send(
         app(),
-        Req::new("POST", &format!("/datastore/upload/{id}/image?image=ct&ext=.nii.gz")).json(json!({"client_id": "big-uploader"})).request(),
+        Req::new(
+            "POST",
+            &format!("/datastore/upload/{id}/image?image=ct&ext=.nii.gz"),
+        )
+        .json(json!({"client_id": "big-uploader"}))
+        .request(),
     )
     .await;
     assert_eq!(confirmed.status, 200, "{:?}", confirmed.json());
-    let download = common::send(app(), Req::new("GET", "/datastore/image?image=ct").request()).await;
+    let download = common::send(
+        app(),
+        Req::new("GET", "/datastore/image?image=ct").request(),
+    )
+    .await;
     assert_eq!(download.status, 200);
     assert_eq!(download.body, volume);
     // The staging object is gone: confirming again finds nothing.
-    let again = common::send(app(), Req::new("POST", &format!("/datastore/upload/{id}/image?image=ct2")).json(json!({})).request()).await;
+    let again = common::send(
+        app(),
+        Req::new("POST", &format!("/datastore/upload/{id}/image?image=ct2"))
+            .json(json!({}))
+            .request(),
+    )
+    .await;
     assert_eq!(again.status, 404);
 
-    let label_upload = common::send(app(), Req::new("POST", "/datastore/upload").request()).await.json();
+    let label_upload = common::send(app(), Req::new("POST", "/datastore/upload").request())
+        .await
+        .json();
     put(label_upload["url"].as_str().unwrap(), vec![1u8; 5000]).await;
     let label = common::send(
         app(),
-        Req::new("POST", &format!("/datastore/upload/{}/label?image=ct&tag=final", label_upload["upload_id"].as_str().unwrap()))
-            .json(json!({}))
-            .request(),
+        Req::new(
+            "POST",
+            &format!(
+                "/datastore/upload/{}/label?image=ct&tag=final",
+                label_upload["upload_id"].as_str().unwrap()
+            ),
+        )
+        .json(json!({}))
+        .request(),
     )
     .await;
     assert_eq!(label.status, 200);
@@ -84,14 +134,22 @@ async fn presigned_upload_then_confirm_records_the_image_and_label() {
 async fn an_oversized_presigned_upload_is_refused() {
     let state = cloud_state(1000).await;
     let app = || medlabel_functions::app(state.clone());
-    let started = common::send(app(), Req::new("POST", "/datastore/upload").request()).await.json();
+    let started = common::send(app(), Req::new("POST", "/datastore/upload").request())
+        .await
+        .json();
     put(started["url"].as_str().unwrap(), vec![7u8; 5000]).await;
     let before = head(&state).await;
     let reply = common::send(
         app(),
-        Req::new("POST", &format!("/datastore/upload/{}/image?image=huge", started["upload_id"].as_str().unwrap()))
-            .json(json!({}))
-            .request(),
+        Req::new(
+            "POST",
+            &format!(
+                "/datastore/upload/{}/image?image=huge",
+                started["upload_id"].as_str().unwrap()
+            ),
+        )
+        .json(json!({}))
+        .request(),
     )
     .await;
     assert_eq!(reply.status, 413);
@@ -101,7 +159,14 @@ async fn an_oversized_presigned_upload_is_refused() {
 #[tokio::test]
 async fn the_local_store_streams_uploads_instead() {
     let h = common::Harness::new().await;
-    let reply = h.send(Req::new("POST", "/datastore/upload").request()).await;
+    let reply = h
+        .send(Req::new("POST", "/datastore/upload").request())
+        .await;
     assert_eq!(reply.status, 404);
-    assert!(reply.json()["detail"].as_str().unwrap().contains("PUT /datastore/image"));
+    assert!(
+        reply.json()["detail"]
+            .as_str()
+            .unwrap()
+            .contains("PUT /datastore/image")
+    );
 }

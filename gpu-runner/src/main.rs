@@ -163,10 +163,16 @@ async fn worker_cmd(home: PathBuf, addr: String, device: String) -> Result<()> {
     )
     .await?;
     if worker.sync_models().await? == 0 {
-        eprintln!("medlabel-runner worker: no model is published yet; serving starts with the first");
+        eprintln!(
+            "medlabel-runner worker: no model is published yet; serving starts with the first"
+        );
         return worker.run().await;
     }
-    let runner = Arc::new(serve::Runner::new(&models_dir, parse_device(&device)?, &home)?);
+    let runner = Arc::new(serve::Runner::new(
+        &models_dir,
+        parse_device(&device)?,
+        &home,
+    )?);
     tokio::try_join!(worker.run(), serve::serve(&addr, runner)).map(drop)
 }
 

@@ -167,7 +167,9 @@ impl Worker {
         }
         std::fs::create_dir_all(&dir).map_err(|e| RunnerError::io(&dir, e))?;
         for (blob, name) in [(&model.config, CONFIG_FILE), (&model.weights, WEIGHTS_FILE)] {
-            let bytes = read_to_vec(self.blobs.as_ref(), blob).await.map_err(store_error)?;
+            let bytes = read_to_vec(self.blobs.as_ref(), blob)
+                .await
+                .map_err(store_error)?;
             let staged = dir.join(format!(".{name}.tmp"));
             std::fs::write(&staged, bytes).map_err(|e| RunnerError::io(&staged, e))?;
             std::fs::rename(&staged, dir.join(name)).map_err(|e| RunnerError::io(&dir, e))?;
@@ -183,7 +185,9 @@ impl Worker {
             return Ok(path);
         }
         let path = scratch.join(format!("{}{}", blob.sha256, blob.ext));
-        let bytes = read_to_vec(self.blobs.as_ref(), blob).await.map_err(store_error)?;
+        let bytes = read_to_vec(self.blobs.as_ref(), blob)
+            .await
+            .map_err(store_error)?;
         std::fs::write(&path, bytes).map_err(|e| RunnerError::io(&path, e))?;
         Ok(path)
     }
@@ -241,9 +245,15 @@ impl Worker {
         let training = {
             let stop = stop.clone();
             tokio::task::spawn_blocking(move || {
-                train(&request, &datalist, &out, |stats| {
-                    let _ = progress_tx.send(serde_json::to_value(stats).unwrap_or_default());
-                }, &stop)
+                train(
+                    &request,
+                    &datalist,
+                    &out,
+                    |stats| {
+                        let _ = progress_tx.send(serde_json::to_value(stats).unwrap_or_default());
+                    },
+                    &stop,
+                )
             })
         };
         tokio::pin!(training);
@@ -293,12 +303,23 @@ impl Worker {
                 .map_err(store_error)?;
             let model = self
                 .jobs
-                .publish_model(&self.ctx(job, "publish"), &published.model, weights, config, best, Some(job.id.clone()))
+                .publish_model(
+                    &self.ctx(job, "publish"),
+                    &published.model,
+                    weights,
+                    config,
+                    best,
+                    Some(job.id.clone()),
+                )
                 .await
                 .map_err(store_error)?;
             result["published"] = json!({"model": model.model, "version": model.version});
         }
-        let status = if outcome.stopped { JobStatus::Stopped } else { JobStatus::Done };
+        let status = if outcome.stopped {
+            JobStatus::Stopped
+        } else {
+            JobStatus::Done
+        };
         Ok((status, result))
     }
 
@@ -308,7 +329,11 @@ impl Worker {
         published: &PublishedModel,
         model_dir: &Path,
     ) -> Result<(JobStatus, Value)> {
-        let passes = job.params.get("simulation_size").and_then(Value::as_u64).unwrap_or(5) as usize;
+        let passes = job
+            .params
+            .get("simulation_size")
+            .and_then(Value::as_u64)
+            .unwrap_or(5) as usize;
         let images = self
             .datastore
             .get_unlabeled_images(&Tag::final_tag(), &[])
@@ -325,7 +350,9 @@ impl Worker {
             let model = model.clone();
             let score = tokio::task::spawn_blocking(move || {
                 let volume = crate::io::read_image(&path)?;
-                let model = model.lock().map_err(|_| RunnerError::invalid("model lock poisoned"))?;
+                let model = model
+                    .lock()
+                    .map_err(|_| RunnerError::invalid("model lock poisoned"))?;
                 mc_dropout(&model, &volume, passes, 0.25, n as i64)
             })
             .await
@@ -337,7 +364,13 @@ impl Worker {
             });
             let values = values.as_object().cloned().unwrap_or_default();
             self.datastore
-                .record_score(&self.ctx(job, &format!("score-{image}")), image, "epistemic", None, values)
+                .record_score(
+                    &self.ctx(job, &format!("score-{image}")),
+                    image,
+                    "epistemic",
+                    None,
+                    values,
+                )
                 .await
                 .map_err(store_error)?;
             scores.insert(image.to_string(), json!(score.entropy));
@@ -345,8 +378,17 @@ impl Worker {
         Ok((JobStatus::Done, json!({"scores": scores})))
     }
 
-    async fn batch_infer(&self, job: &JobRecord, model_dir: &Path, scratch: &Path) -> Result<(JobStatus, Value)> {
-        let which = job.params.get("images").and_then(Value::as_str).unwrap_or("all");
+    async fn batch_infer(
+        &self,
+        job: &JobRecord,
+        model_dir: &Path,
+        scratch: &Path,
+    ) -> Result<(JobStatus, Value)> {
+        let which = job
+            .params
+            .get("images")
+            .and_then(Value::as_str)
+            .unwrap_or("all");
         let tag = job
             .params
             .get("label_tag")
@@ -354,12 +396,25 @@ impl Worker {
             .and_then(|t| Tag::parse(t).ok())
             .unwrap_or_else(Tag::original);
         let mut images = match which {
-            "labeled" => self.datastore.get_labeled_images(&Tag::final_tag(), &[]).await,
-            "unlabeled" => self.datastore.get_unlabeled_images(&Tag::final_tag(), &[]).await,
+            "labeled" => {
+                self.datastore
+                    .get_labeled_images(&Tag::final_tag(), &[])
+                    .await
+            }
+            "unlabeled" => {
+                self.datastore
+                    .get_unlabeled_images(&Tag::final_tag(), &[])
+                    .await
+            }
             _ => self.datastore.list_images().await,
         }
         .map_err(store_error)?;
-        if let Some(limit) = job.params.get("max_batch_size").and_then(Value::as_u64).filter(|n| *n > 0) {
+        if let Some(limit) = job
+            .params
+            .get("max_batch_size")
+            .and_then(Value::as_u64)
+            .filter(|n| *n > 0)
+        {
             images.truncate(limit as usize);
         }
         let device = crate::parse_device(&self.config.device)?;
@@ -371,11 +426,13 @@ impl Worker {
             let output = scratch.join(format!("{image}.nii.gz"));
             let (model, out) = (model.clone(), output.clone());
             let latencies = tokio::task::spawn_blocking(move || {
-                let model = model.lock().map_err(|_| RunnerError::invalid("model lock poisoned"))?;
+                let model = model
+                    .lock()
+                    .map_err(|_| RunnerError::invalid("model lock poisoned"))?;
                 infer_file(&model, &input, &out, &InferOptions::default())
             })
-                .await
-                .map_err(|e| RunnerError::invalid(e.to_string()))??;
+            .await
+            .map_err(|e| RunnerError::invalid(e.to_string()))??;
             let info = json!({"model": job.model, "params": {"latencies": latencies}});
             let saved = self
                 .datastore
@@ -389,7 +446,10 @@ impl Worker {
                 )
                 .await
                 .map_err(store_error)?;
-            results.insert(image.to_string(), json!({"label": image, "tag": tag, "version": saved.version}));
+            results.insert(
+                image.to_string(),
+                json!({"label": image, "tag": tag, "version": saved.version}),
+            );
         }
         Ok((JobStatus::Done, json!({"results": results})))
     }

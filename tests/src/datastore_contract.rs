@@ -85,7 +85,6 @@ async fn http_get(url: &str) -> Vec<u8> {
 /// Every read and write method, with MONAI Label's semantics (and the filters it
 /// ignores honoured).
 pub async fn every_method(ds: &Datastore, dir: &Path) {
-
     // name / description
     assert_eq!(ds.name().await.unwrap(), "new-dataset");
     ds.set_name(&ctx("alice"), "spleen-ct").await.unwrap();
@@ -257,8 +256,13 @@ pub async fn every_method(ds: &Datastore, dir: &Path) {
         (json!(true), json!(1))
     );
     assert!(matches!(
-        ds.update_label_info(&ctx("alice"), &id("spleen_2"), &Tag::final_tag(), Info::new())
-            .await,
+        ds.update_label_info(
+            &ctx("alice"),
+            &id("spleen_2"),
+            &Tag::final_tag(),
+            Info::new()
+        )
+        .await,
         Err(DatastoreError::LabelNotFound { .. })
     ));
 
@@ -383,7 +387,9 @@ pub async fn every_method(ds: &Datastore, dir: &Path) {
             .unwrap()
             .is_empty()
     );
-    ds.remove_image(&ctx("alice"), &id("liver_3")).await.unwrap();
+    ds.remove_image(&ctx("alice"), &id("liver_3"))
+        .await
+        .unwrap();
     assert!(matches!(
         ds.remove_image(&ctx("alice"), &id("liver_3")).await,
         Err(DatastoreError::ImageNotFound(_))
@@ -507,7 +513,11 @@ pub async fn bad_input_changes_nothing(ds: &Datastore, dir: &Path) {
             .await
             .is_err()
     );
-    assert!(ds.remove_image(&ctx("alice"), &id("missing")).await.is_err());
+    assert!(
+        ds.remove_image(&ctx("alice"), &id("missing"))
+            .await
+            .is_err()
+    );
     assert_eq!(
         ds.event_store().head().await.unwrap(),
         head,
@@ -721,14 +731,31 @@ pub async fn rebuild_gives_identical_json(ds: &Datastore, reopened: &Datastore) 
 
 /// A write acknowledged through one Datastore is seen by the next read through another
 /// over the same stores (invariant 4 across processes or Lambda instances).
-pub async fn writes_are_visible_across_instances(first: &Datastore, second: &Datastore, dir: &Path) {
+pub async fn writes_are_visible_across_instances(
+    first: &Datastore,
+    second: &Datastore,
+    dir: &Path,
+) {
     first
-        .add_image(&ctx("alice"), &id("seen"), &file(dir, "seen", b"seen"), &nii(), Info::new())
+        .add_image(
+            &ctx("alice"),
+            &id("seen"),
+            &file(dir, "seen", b"seen"),
+            &nii(),
+            Info::new(),
+        )
         .await
         .unwrap();
     assert_eq!(second.list_images().await.unwrap(), vec![id("seen")]);
     second
-        .save_label(&ctx("bob"), &id("seen"), &Tag::final_tag(), &file(dir, "seen-label", b"l"), &nii(), Info::new())
+        .save_label(
+            &ctx("bob"),
+            &id("seen"),
+            &Tag::final_tag(),
+            &file(dir, "seen-label", b"l"),
+            &nii(),
+            Info::new(),
+        )
         .await
         .unwrap();
     assert_eq!(first.status().await.unwrap().completed, 1);
@@ -759,9 +786,15 @@ pub async fn annotators_never_share_images(ds: Arc<Datastore>, dir: &Path, image
     use std::time::Duration;
     let blob = file(dir, "unlabeled.nii.gz", b"unlabeled");
     for i in 0..images {
-        ds.add_image(&ctx("admin"), &id(&format!("u{i:05}")), &blob, &nii(), Info::new())
-            .await
-            .unwrap();
+        ds.add_image(
+            &ctx("admin"),
+            &id(&format!("u{i:05}")),
+            &blob,
+            &nii(),
+            Info::new(),
+        )
+        .await
+        .unwrap();
     }
     let random = Arc::new(seeded(7));
     let handed_out = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -772,11 +805,22 @@ pub async fn annotators_never_share_images(ds: Arc<Datastore>, dir: &Path, image
             let client = format!("annotator{a}");
             while handed_out.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < images + 16 {
                 let image = ds
-                    .next_sample(&ctx(&client), Strategy::Random, "random", &client, Duration::from_secs(1800), &*random)
+                    .next_sample(
+                        &ctx(&client),
+                        Strategy::Random,
+                        "random",
+                        &client,
+                        Duration::from_secs(1800),
+                        &*random,
+                    )
                     .await
                     .unwrap()
                     .expect("images are left");
-                assert!(ds.release_lease(&ctx(&client), &image, &client).await.unwrap());
+                assert!(
+                    ds.release_lease(&ctx(&client), &image, &client)
+                        .await
+                        .unwrap()
+                );
             }
         }));
     }
@@ -794,8 +838,12 @@ pub async fn annotators_never_share_images(ds: Arc<Datastore>, dir: &Path, image
         for recorded in batch {
             match recorded.event {
                 Event::StrategySelected { image, .. } => selections.push(image),
-                Event::ImageLeased { image, client_id, .. } => {
-                    let previous = holder.insert(image.clone(), Some(client_id.clone())).flatten();
+                Event::ImageLeased {
+                    image, client_id, ..
+                } => {
+                    let previous = holder
+                        .insert(image.clone(), Some(client_id.clone()))
+                        .flatten();
                     assert!(
                         previous.is_none() || previous.as_deref() == Some(client_id.as_str()),
                         "{image} leased to {client_id} while {previous:?} held it"
@@ -810,37 +858,81 @@ pub async fn annotators_never_share_images(ds: Arc<Datastore>, dir: &Path, image
     }
     assert_eq!(selections.len(), images + 16);
     let first_round: BTreeSet<_> = selections[..images].iter().collect();
-    assert_eq!(first_round.len(), images, "an image was handed out twice before all were handed out");
+    assert_eq!(
+        first_round.len(),
+        images,
+        "an image was handed out twice before all were handed out"
+    );
 }
 
 /// A final label ends the lease, an expired lease frees the image, and the same client
 /// asking again gets its leased image back.
-pub async fn leases_end_and_expire(ds: &Datastore, clock: &medlabel_events::clock::ManualClock, dir: &Path) {
+pub async fn leases_end_and_expire(
+    ds: &Datastore,
+    clock: &medlabel_events::clock::ManualClock,
+    dir: &Path,
+) {
     use medlabel_events::datastore::Strategy;
     use std::time::Duration;
     let blob = file(dir, "leased.nii.gz", b"leased");
     for name in ["a", "b", "c"] {
-        ds.add_image(&ctx("admin"), &id(name), &blob, &nii(), Info::new()).await.unwrap();
+        ds.add_image(&ctx("admin"), &id(name), &blob, &nii(), Info::new())
+            .await
+            .unwrap();
     }
     let lease = Duration::from_secs(60);
     let first = |client: &'static str| async move {
-        ds.next_sample(&ctx(client), Strategy::First, "first", client, lease, &|_| 0)
-            .await
-            .unwrap()
+        ds.next_sample(
+            &ctx(client),
+            Strategy::First,
+            "first",
+            client,
+            lease,
+            &|_| 0,
+        )
+        .await
+        .unwrap()
     };
     assert_eq!(first("ann1").await, Some(id("a")));
-    assert_eq!(first("ann1").await, Some(id("a")), "the same client gets its image back");
+    assert_eq!(
+        first("ann1").await,
+        Some(id("a")),
+        "the same client gets its image back"
+    );
     assert_eq!(first("ann2").await, Some(id("b")));
     // A final label ends ann1's lease and takes the image out of the pool.
-    ds.save_label_blob(&ctx("ann1"), &id("a"), &Tag::final_tag(), blob_of(ds, "a").await, Info::new())
-        .await
-        .unwrap();
+    ds.save_label_blob(
+        &ctx("ann1"),
+        &id("a"),
+        &Tag::final_tag(),
+        blob_of(ds, "a").await,
+        Info::new(),
+    )
+    .await
+    .unwrap();
     assert_eq!(first("ann1").await, Some(id("c")));
-    assert_eq!(first("ann3").await, None, "b and c are leased, a is labelled");
+    assert_eq!(
+        first("ann3").await,
+        None,
+        "b and c are leased, a is labelled"
+    );
     clock.advance_ms(61_000);
-    assert_eq!(first("ann3").await, Some(id("b")), "an expired lease frees the image");
-    assert!(!ds.release_lease(&ctx("ann2"), &id("b"), "ann2").await.unwrap(), "ann2's lease was taken over");
-    assert!(ds.release_lease(&ctx("ann3"), &id("b"), "ann3").await.unwrap());
+    assert_eq!(
+        first("ann3").await,
+        Some(id("b")),
+        "an expired lease frees the image"
+    );
+    assert!(
+        !ds.release_lease(&ctx("ann2"), &id("b"), "ann2")
+            .await
+            .unwrap(),
+        "ann2's lease was taken over"
+    );
+    assert!(
+        ds.release_lease(&ctx("ann3"), &id("b"), "ann3")
+            .await
+            .unwrap()
+    );
     let info = ds.get_image_info(&id("b")).await.unwrap().unwrap();
     assert_eq!(info["strategy"]["first"]["client_id"], "ann3");
 }
@@ -855,15 +947,30 @@ pub async fn epistemic_follows_scores(ds: &Datastore, dir: &Path) {
     use std::time::Duration;
     let blob = file(dir, "scored.nii.gz", b"scored");
     for (name, entropy) in [("low", 0.1), ("high", 0.9), ("mid", 0.5)] {
-        ds.add_image(&ctx("admin"), &id(name), &blob, &nii(), Info::new()).await.unwrap();
-        ds.record_score(&ctx("runner"), &id(name), "epistemic", None, info(json!({"epistemic_entropy": entropy})))
+        ds.add_image(&ctx("admin"), &id(name), &blob, &nii(), Info::new())
             .await
             .unwrap();
+        ds.record_score(
+            &ctx("runner"),
+            &id(name),
+            "epistemic",
+            None,
+            info(json!({"epistemic_entropy": entropy})),
+        )
+        .await
+        .unwrap();
     }
     let mut order = Vec::new();
     for client in ["a", "b", "c"] {
         let image = ds
-            .next_sample(&ctx(client), Strategy::Epistemic, "epistemic", client, Duration::from_secs(60), &|_| 0)
+            .next_sample(
+                &ctx(client),
+                Strategy::Epistemic,
+                "epistemic",
+                client,
+                Duration::from_secs(60),
+                &|_| 0,
+            )
             .await
             .unwrap()
             .unwrap();

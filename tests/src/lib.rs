@@ -3,5 +3,5 @@
 
 pub mod datastore_contract;
 pub mod emulator;
-pub mod store_contract;
 pub mod jobs_contract;
+pub mod store_contract;

@@ -358,12 +358,19 @@ pub async fn refuses_bad_appends(store: Arc<dyn EventStore>) {
     // Each event fits, but together they exceed what one transaction carries.
     let big = |i: usize| NewEvent {
         event: Event::DatastoreDescribed {
-            description: char::from(b'a' + i as u8).to_string().repeat(MAX_EVENT_BYTES - 2048),
+            description: char::from(b'a' + i as u8)
+                .to_string()
+                .repeat(MAX_EVENT_BYTES - 2048),
         },
         ..named("big")
     };
     let err = store
-        .append(&stream, ExpectedVersion::Any, (0..12).map(big).collect(), &request)
+        .append(
+            &stream,
+            ExpectedVersion::Any,
+            (0..12).map(big).collect(),
+            &request,
+        )
         .await
         .unwrap_err();
     assert!(

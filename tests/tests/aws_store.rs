@@ -137,7 +137,9 @@ async fn full_batch_is_one_transaction() {
 
     let big = |i: usize| NewEvent {
         event: Event::DatastoreDescribed {
-            description: char::from(b'a' + i as u8).to_string().repeat(MAX_EVENT_BYTES - 2048),
+            description: char::from(b'a' + i as u8)
+                .to_string()
+                .repeat(MAX_EVENT_BYTES - 2048),
         },
         ..named("big")
     };

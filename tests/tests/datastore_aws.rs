@@ -13,7 +13,10 @@ use medlabel_tests::emulator::aws;
 /// instance), so tests can check what another instance sees.
 async fn stores() -> (Arc<dyn EventStore>, Arc<dyn BlobStore>) {
     let env = aws().await;
-    (Arc::new(env.event_store().await), Arc::new(env.blob_store().await))
+    (
+        Arc::new(env.event_store().await),
+        Arc::new(env.blob_store().await),
+    )
 }
 
 async fn open((store, blobs): &(Arc<dyn EventStore>, Arc<dyn BlobStore>)) -> Datastore {
@@ -84,7 +87,9 @@ async fn annotators_never_share_images() {
 async fn leases_end_and_expire() {
     let (dir, (store, blobs)) = (scratch(), stores().await);
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
-    let ds = Datastore::open_with_clock(store, blobs, clock.clone()).await.unwrap();
+    let ds = Datastore::open_with_clock(store, blobs, clock.clone())
+        .await
+        .unwrap();
     contract::leases_end_and_expire(&ds, &clock, dir.path()).await;
 }
 

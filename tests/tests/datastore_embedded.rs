@@ -13,7 +13,9 @@ use medlabel_tests::datastore_contract as contract;
 async fn open(dir: &Path) -> Datastore {
     let store = SqliteEventStore::open(dir.join("events.db")).unwrap();
     let blobs = FolderBlobStore::open(dir.join("blobs")).unwrap();
-    Datastore::open(Arc::new(store), Arc::new(blobs)).await.unwrap()
+    Datastore::open(Arc::new(store), Arc::new(blobs))
+        .await
+        .unwrap()
 }
 
 #[tokio::test]

@@ -34,13 +34,18 @@ fn monai_studies(dir: &Path) {
             "spleen_2": {"image": {"ext": ".nii.gz", "info": {"ts": 1_650_000_000, "strategy": {"random": {"ts": 1_650_000_050, "client_id": "x"}}}}, "labels": {}}
         }
     });
-    write(&dir.join("datastore_v2.json"), serde_json::to_string_pretty(&doc).unwrap().as_bytes());
+    write(
+        &dir.join("datastore_v2.json"),
+        serde_json::to_string_pretty(&doc).unwrap().as_bytes(),
+    );
 }
 
 async fn open(state: &Path) -> (Datastore, FolderBlobStore) {
     let store = SqliteEventStore::open(state.join("events.db")).unwrap();
     let blobs = FolderBlobStore::open(state.join("blobs")).unwrap();
-    let ds = Datastore::open(Arc::new(store), Arc::new(blobs.clone())).await.unwrap();
+    let ds = Datastore::open(Arc::new(store), Arc::new(blobs.clone()))
+        .await
+        .unwrap();
     (ds, blobs)
 }
 
@@ -48,12 +53,16 @@ async fn open(state: &Path) -> (Datastore, FolderBlobStore) {
 async fn imports_in_place_and_exports_back() {
     let studies = tempfile::tempdir().unwrap();
     monai_studies(studies.path());
-    let inode_before = std::fs::metadata(studies.path().join("spleen_1.nii.gz")).unwrap().ino();
+    let inode_before = std::fs::metadata(studies.path().join("spleen_1.nii.gz"))
+        .unwrap()
+        .ino();
     let state = studies.path().join(".medlabel");
     let (ds, blobs) = open(&state).await;
     let ctx = WriteContext::fresh(Actor::admin());
 
-    let report = import_studies(&ds, &blobs, studies.path(), &ctx).await.unwrap();
+    let report = import_studies(&ds, &blobs, studies.path(), &ctx)
+        .await
+        .unwrap();
     assert_eq!((report.images_added, report.labels_added), (3, 2));
     assert_eq!(report.skipped.len(), 1, "{:?}", report.skipped);
     assert!(report.skipped[0].0.ends_with("orphan.nii.gz"));
@@ -62,52 +71,120 @@ async fn imports_in_place_and_exports_back() {
     let image = studies.path().join("spleen_1.nii.gz");
     assert_eq!(std::fs::read(&image).unwrap(), b"image 1");
     assert_eq!(std::fs::metadata(&image).unwrap().ino(), inode_before);
-    let uri = ds.get_image_uri(&ImageId::parse("spleen_1").unwrap()).await.unwrap();
-    assert_eq!(std::fs::metadata(&uri).unwrap().ino(), inode_before, "imported by hard link, not copied");
+    let uri = ds
+        .get_image_uri(&ImageId::parse("spleen_1").unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::metadata(&uri).unwrap().ino(),
+        inode_before,
+        "imported by hard link, not copied"
+    );
 
     let doc = ds.json().await.unwrap();
-    assert_eq!((doc["name"].clone(), doc["description"].clone()), (json!("Spleen"), json!("MSD spleen")));
+    assert_eq!(
+        (doc["name"].clone(), doc["description"].clone()),
+        (json!("Spleen"), json!("MSD spleen"))
+    );
     let spleen_1 = &doc["objects"]["spleen_1"];
-    assert_eq!(spleen_1["image"]["info"]["ts"], 1_650_000_000, "original timestamps are kept");
+    assert_eq!(
+        spleen_1["image"]["info"]["ts"], 1_650_000_000,
+        "original timestamps are kept"
+    );
     assert_eq!(spleen_1["image"]["info"]["PatientID"], "p1");
-    assert_eq!(spleen_1["labels"]["final"]["info"]["label_info"][0]["name"], "spleen");
+    assert_eq!(
+        spleen_1["labels"]["final"]["info"]["label_info"][0]["name"],
+        "spleen"
+    );
     assert_eq!(doc["objects"]["a.b"]["image"]["ext"], ".nrrd");
-    assert_eq!(doc["objects"]["spleen_2"]["image"]["info"]["strategy"]["random"]["ts"], 1_650_000_050);
+    assert_eq!(
+        doc["objects"]["spleen_2"]["image"]["info"]["strategy"]["random"]["ts"],
+        1_650_000_050
+    );
     let status = ds.status().await.unwrap();
     assert_eq!((status.total, status.completed), (3, 1));
-    assert_eq!(ds.get_labeled_images(&Tag::original(), &[]).await.unwrap(), vec![ImageId::parse("spleen_2").unwrap()]);
+    assert_eq!(
+        ds.get_labeled_images(&Tag::original(), &[]).await.unwrap(),
+        vec![ImageId::parse("spleen_2").unwrap()]
+    );
 
     // Importing again records nothing; a changed file becomes a new version.
     let head = ds.event_store().head().await.unwrap();
-    let again = import_studies(&ds, &blobs, studies.path(), &WriteContext::fresh(Actor::admin())).await.unwrap();
-    assert_eq!((again.images_added, again.labels_added, again.unchanged), (0, 0, 5));
+    let again = import_studies(
+        &ds,
+        &blobs,
+        studies.path(),
+        &WriteContext::fresh(Actor::admin()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (again.images_added, again.labels_added, again.unchanged),
+        (0, 0, 5)
+    );
     assert_eq!(ds.event_store().head().await.unwrap(), head);
-    write(&studies.path().join("labels/final/spleen_1.nii.gz"), b"final 1, corrected");
-    let changed = import_studies(&ds, &blobs, studies.path(), &WriteContext::fresh(Actor::admin())).await.unwrap();
+    write(
+        &studies.path().join("labels/final/spleen_1.nii.gz"),
+        b"final 1, corrected",
+    );
+    let changed = import_studies(
+        &ds,
+        &blobs,
+        studies.path(),
+        &WriteContext::fresh(Actor::admin()),
+    )
+    .await
+    .unwrap();
     assert_eq!(changed.labels_added, 1);
-    let label = ds.label(&ImageId::parse("spleen_1").unwrap(), &Tag::final_tag()).await.unwrap();
+    let label = ds
+        .label(&ImageId::parse("spleen_1").unwrap(), &Tag::final_tag())
+        .await
+        .unwrap();
     assert_eq!(label.versions.len(), 2);
 
     // Export gives MONAI Label's layout back, with the latest versions.
     let out = tempfile::tempdir().unwrap();
     export_studies(&ds, out.path()).await.unwrap();
-    assert_eq!(std::fs::read(out.path().join("spleen_2.nii.gz")).unwrap(), b"image 2");
-    assert_eq!(std::fs::read(out.path().join("a.b.nrrd")).unwrap(), b"image ab");
-    assert_eq!(std::fs::read(out.path().join("labels/final/spleen_1.nii.gz")).unwrap(), b"final 1, corrected");
-    assert_eq!(std::fs::read(out.path().join("labels/original/spleen_2.nii.gz")).unwrap(), b"original 2");
+    assert_eq!(
+        std::fs::read(out.path().join("spleen_2.nii.gz")).unwrap(),
+        b"image 2"
+    );
+    assert_eq!(
+        std::fs::read(out.path().join("a.b.nrrd")).unwrap(),
+        b"image ab"
+    );
+    assert_eq!(
+        std::fs::read(out.path().join("labels/final/spleen_1.nii.gz")).unwrap(),
+        b"final 1, corrected"
+    );
+    assert_eq!(
+        std::fs::read(out.path().join("labels/original/spleen_2.nii.gz")).unwrap(),
+        b"original 2"
+    );
     let exported: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out.path().join("datastore_v2.json")).unwrap()).unwrap();
+        serde_json::from_slice(&std::fs::read(out.path().join("datastore_v2.json")).unwrap())
+            .unwrap();
     assert_eq!(exported, ds.json().await.unwrap());
 
     // The exported folder imports into a fresh store with the same document.
     let (fresh, fresh_blobs) = open(&out.path().join(".medlabel")).await;
-    import_studies(&fresh, &fresh_blobs, out.path(), &WriteContext::fresh(Actor::admin())).await.unwrap();
+    import_studies(
+        &fresh,
+        &fresh_blobs,
+        out.path(),
+        &WriteContext::fresh(Actor::admin()),
+    )
+    .await
+    .unwrap();
     let mut expected = ds.json().await.unwrap();
     let mut actual = fresh.json().await.unwrap();
     for doc in [&mut expected, &mut actual] {
         // Users differ (the importer records itself); everything else must match.
         for object in doc["objects"].as_object_mut().unwrap().values_mut() {
-            object["image"]["info"].as_object_mut().unwrap().remove("user");
+            object["image"]["info"]
+                .as_object_mut()
+                .unwrap()
+                .remove("user");
         }
     }
     assert_eq!(actual, expected);

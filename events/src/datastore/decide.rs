@@ -161,9 +161,7 @@ pub fn hand_out(
     lease_ms: i64,
     random: &dyn Fn(usize) -> usize,
 ) -> Option<Decision> {
-    let image = view
-        .selection()
-        .pick(strategy, client_id, now_ms, random)?;
+    let image = view.selection().pick(strategy, client_id, now_ms, random)?;
     Some(Decision::on_image(
         view,
         &image,

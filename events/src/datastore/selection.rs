@@ -53,7 +53,10 @@ impl Strategy {
     /// Every strategy with the description `/info/` shows.
     pub fn all() -> [(&'static str, &'static str); 4] {
         [
-            ("random", "Random Strategy (unserved images first, leased per annotator)"),
+            (
+                "random",
+                "Random Strategy (unserved images first, leased per annotator)",
+            ),
             ("first", "Get First Sample"),
             ("last", "Get Last Sample"),
             ("epistemic", "Epistemic Uncertainty (MC dropout scores)"),
@@ -167,7 +170,8 @@ impl SelectionIndex {
             self.served.remove(&(ts, image.clone()));
         }
         if let Some(score) = self.entropy.remove(image) {
-            self.by_entropy.remove(&(Reverse(Score(score)), image.clone()));
+            self.by_entropy
+                .remove(&(Reverse(Score(score)), image.clone()));
         }
         self.leases.remove(image);
     }
@@ -215,9 +219,11 @@ impl SelectionIndex {
             return;
         }
         if let Some(old) = self.entropy.insert(image.clone(), score) {
-            self.by_entropy.remove(&(Reverse(Score(old)), image.clone()));
+            self.by_entropy
+                .remove(&(Reverse(Score(old)), image.clone()));
         }
-        self.by_entropy.insert((Reverse(Score(score)), image.clone()));
+        self.by_entropy
+            .insert((Reverse(Score(score)), image.clone()));
     }
 
     /// Whether someone other than `client_id` holds an unexpired lease on `image`.
@@ -320,7 +326,13 @@ mod tests {
     #[test]
     fn first_and_last_skip_images_leased_to_others() {
         let mut index = index(3);
-        index.set_lease(&id(0), Lease { client_id: "a".into(), expires_at_ms: 1_000 });
+        index.set_lease(
+            &id(0),
+            Lease {
+                client_id: "a".into(),
+                expires_at_ms: 1_000,
+            },
+        );
         let zero = |_: usize| 0;
         assert_eq!(index.pick(Strategy::First, "b", 500, &zero), Some(id(1)));
         assert_eq!(index.pick(Strategy::First, "a", 500, &zero), Some(id(0)));
@@ -340,29 +352,62 @@ mod tests {
             index.served(&image, round as i64);
         }
         // Now the oldest served comes back first.
-        assert_eq!(index.pick(Strategy::Random, "c", 0, &|_| 0), Some(id_of(&index, 0)));
+        assert_eq!(
+            index.pick(Strategy::Random, "c", 0, &|_| 0),
+            Some(id_of(&index, 0))
+        );
     }
 
     fn id_of(index: &SelectionIndex, ts: i64) -> ImageId {
-        index.served.iter().find(|(t, _)| *t == ts).unwrap().1.clone()
+        index
+            .served
+            .iter()
+            .find(|(t, _)| *t == ts)
+            .unwrap()
+            .1
+            .clone()
     }
 
     #[test]
     fn epistemic_prefers_rested_high_entropy() {
         let mut index = SelectionIndex::default();
-        index.insert(&id(0), &json!({"epistemic_entropy": 0.2}).as_object().unwrap().clone());
-        index.insert(&id(1), &json!({"epistemic_entropy": 0.9}).as_object().unwrap().clone());
+        index.insert(
+            &id(0),
+            &json!({"epistemic_entropy": 0.2})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
+        index.insert(
+            &id(1),
+            &json!({"epistemic_entropy": 0.9})
+                .as_object()
+                .unwrap()
+                .clone(),
+        );
         index.insert(&id(2), &Info::new());
         let now_ms = 10 * EPISTEMIC_RECENT_S * 1000;
         let zero = |_: usize| 0;
-        assert_eq!(index.pick(Strategy::Epistemic, "a", now_ms, &zero), Some(id(1)));
+        assert_eq!(
+            index.pick(Strategy::Epistemic, "a", now_ms, &zero),
+            Some(id(1))
+        );
         index.served(&id(1), now_ms / 1000 - 10);
-        assert_eq!(index.pick(Strategy::Epistemic, "a", now_ms, &zero), Some(id(0)));
+        assert_eq!(
+            index.pick(Strategy::Epistemic, "a", now_ms, &zero),
+            Some(id(0))
+        );
         index.served(&id(0), now_ms / 1000 - 5);
-        assert_eq!(index.pick(Strategy::Epistemic, "a", now_ms, &zero), Some(id(2)));
+        assert_eq!(
+            index.pick(Strategy::Epistemic, "a", now_ms, &zero),
+            Some(id(2))
+        );
         index.served(&id(2), now_ms / 1000 - 1);
         // All served recently: the one served longest ago.
-        assert_eq!(index.pick(Strategy::Epistemic, "a", now_ms, &zero), Some(id(1)));
+        assert_eq!(
+            index.pick(Strategy::Epistemic, "a", now_ms, &zero),
+            Some(id(1))
+        );
     }
 
     #[test]

@@ -327,7 +327,8 @@ impl DatastoreView {
                     }
                     None => {
                         merge(&mut record.info, values);
-                        if let Some(score) = values.get("epistemic_entropy").and_then(Value::as_f64) {
+                        if let Some(score) = values.get("epistemic_entropy").and_then(Value::as_f64)
+                        {
                             self.selection.set_entropy(image, score);
                         }
                     }

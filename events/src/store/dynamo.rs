@@ -51,7 +51,6 @@ pub const POSITION_INDEX: &str = "by_position";
 /// Positions per GSI partition unless [`DynamoEventStore::with_bucket_size`] says otherwise.
 pub const DEFAULT_BUCKET_SIZE: NonZeroU64 = NonZeroU64::new(1000).unwrap();
 
-
 /// Attempts an append makes before giving up on a contended head or throttling.
 const MAX_ATTEMPTS: u32 = 50;
 

@@ -85,8 +85,9 @@ impl SqliteEventStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
         let path = path.as_ref();
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|err| StoreError::Backend(format!("creating {}: {err}", parent.display())))?;
+            std::fs::create_dir_all(parent).map_err(|err| {
+                StoreError::Backend(format!("creating {}: {err}", parent.display()))
+            })?;
         }
         let mut writer = connect(path)?;
         prepare_layout(&mut writer)?;

@@ -21,8 +21,8 @@ use medlabel_events::Actor;
 use medlabel_events::blob::fs::FolderBlobStore;
 use medlabel_events::clock::SystemClock;
 use medlabel_events::datastore::{WriteContext, import_studies};
-use medlabel_events::store::sqlite::SqliteEventStore;
 use medlabel_events::jobs::Jobs;
+use medlabel_events::store::sqlite::SqliteEventStore;
 use medlabel_events::{BlobStore, Extension, ModelName};
 use medlabel_functions::runner::NoRunner;
 use medlabel_functions::state::{AppState, Config};
@@ -155,7 +155,12 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
     let runner = args
         .get_one::<PathBuf>("runner")
         .cloned()
-        .or_else(|| std::env::current_exe().ok()?.parent().map(|d| d.join("medlabel-runner")))
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()?
+                .parent()
+                .map(|d| d.join("medlabel-runner"))
+        })
         .filter(|path| path.is_file());
     let (state, _child) = match runner {
         Some(runner) => {
@@ -202,13 +207,18 @@ async fn publish_starter(
         return Ok(());
     }
     let weights = blobs
-        .put_file(&dir.join("model.safetensors"), &Extension::parse(".safetensors")?)
+        .put_file(
+            &dir.join("model.safetensors"),
+            &Extension::parse(".safetensors")?,
+        )
         .await?;
     let config = blobs
         .put_file(&dir.join("config.json"), &Extension::parse(".json")?)
         .await?;
     let ctx = WriteContext::new(Actor::admin(), format!("starter-{}", &weights.sha256[..32]));
-    let published = jobs.publish_model(&ctx, &model, weights, config, None, None).await?;
+    let published = jobs
+        .publish_model(&ctx, &model, weights, config, None, None)
+        .await?;
     tracing::info!(model = %published.model, version = published.version, "starter model published");
     Ok(())
 }
@@ -220,7 +230,9 @@ async fn spawn_runner(
     home: &Path,
     device: &str,
 ) -> Result<(tokio::process::Child, String), Box<dyn std::error::Error>> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let endpoint = format!("http://127.0.0.1:{port}");
     let child = tokio::process::Command::new(runner)
         .arg("worker")

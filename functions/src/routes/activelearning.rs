@@ -10,8 +10,8 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::routing::{delete, post};
 use axum::{Json, Router};
-use medlabel_events::datastore::Strategy;
 use medlabel_events::ImageId;
+use medlabel_events::datastore::Strategy;
 use medlabel_events::event::JobKind;
 use serde_json::{Map, Value, json};
 
@@ -50,7 +50,10 @@ async fn next_sample(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let Some(strategy) = Strategy::parse(&name.0) else {
-        return Err(ApiError::NotFound(format!("Strategy '{}' NOT Found", name.0)));
+        return Err(ApiError::NotFound(format!(
+            "Strategy '{}' NOT Found",
+            name.0
+        )));
     };
     let params = json_body(body).await?;
     // Leases belong to the client instance; without one, to the user.
@@ -61,7 +64,9 @@ async fn next_sample(
     let picker = &state.picker;
     let Some(image) = state
         .datastore
-        .next_sample(&write, strategy, &name.0, &client, picker.lease, &|n| picker.below(n))
+        .next_sample(&write, strategy, &name.0, &client, picker.lease, &|n| {
+            picker.below(n)
+        })
         .await?
     else {
         return Ok(Json(json!({})));
@@ -69,7 +74,8 @@ async fn next_sample(
     let record = state.datastore.image(&image).await?;
     let weight = {
         let view = state.datastore.view().await?;
-        view.selection().weight(&image, state.datastore.clock().now_ms())
+        view.selection()
+            .weight(&image, state.datastore.clock().now_ms())
     };
     let mut reply = Map::new();
     reply.insert("id".into(), json!(image));

@@ -248,7 +248,12 @@ async fn batch_infer(
     Ok(Json(
         state
             .runner
-            .start(&ctx.write(None), JobKind::BatchInfer, model.as_str(), params)
+            .start(
+                &ctx.write(None),
+                JobKind::BatchInfer,
+                model.as_str(),
+                params,
+            )
             .await?,
     ))
 }

@@ -58,7 +58,9 @@ async fn train_all(
         .trainers
         .into_keys()
         .collect();
-    Ok(Json(run_all(&state, &ctx, JobKind::Train, models, params).await))
+    Ok(Json(
+        run_all(&state, &ctx, JobKind::Train, models, params).await,
+    ))
 }
 
 async fn train_status(

@@ -57,7 +57,13 @@ async fn start_upload(State(state): State<AppState>) -> Result<Json<Value>, ApiE
 fn extension(query: &QueryParams) -> Result<Extension, ApiError> {
     let raw = query.get("ext").unwrap_or(".nii.gz");
     Extension::parse(raw).map_err(|err| {
-        ApiError::field(FieldError::new("value_error", "query", "ext", err.to_string(), json!(raw)))
+        ApiError::field(FieldError::new(
+            "value_error",
+            "query",
+            "ext",
+            err.to_string(),
+            json!(raw),
+        ))
     })
 }
 
@@ -77,7 +83,10 @@ async fn confirm_image(
         .adopt_upload(&upload.0, &ext, state.config.max_upload_bytes)
         .await?;
     let write = ctx.write(client_id(&info));
-    state.datastore.add_image_blob(&write, &image, blob, info).await?;
+    state
+        .datastore
+        .add_image_blob(&write, &image, blob, info)
+        .await?;
     Ok(Json(json!({"image": image})))
 }
 
@@ -104,5 +113,7 @@ async fn confirm_label(
         .datastore
         .save_label_blob(&write, &image, &tag, blob, info)
         .await?;
-    Ok(Json(json!({"image": image, "label": image, "version": saved.version})))
+    Ok(Json(
+        json!({"image": image, "label": image, "version": saved.version}),
+    ))
 }

@@ -87,7 +87,11 @@ fn cli() -> Command {
                         .help("The function binary"),
                 )
                 .arg(count("runs", "5", "Cold starts to time"))
-                .arg(count("seed-images", "0", "Images recorded in the state first"))
+                .arg(count(
+                    "seed-images",
+                    "0",
+                    "Images recorded in the state first",
+                ))
                 .arg(count("timeout-seconds", "30", "Limit of each run"))
                 .arg(
                     Arg::new("method")

@@ -133,7 +133,14 @@ pub async fn run(plan: Plan) -> Result<Value, LoadgenError> {
         label,
     });
     let warm = phase(&target, plan.clients, plan.warmup, 0, plan.max_time).await;
-    let measured = phase(&target, plan.clients, plan.requests, plan.warmup, plan.max_time).await;
+    let measured = phase(
+        &target,
+        plan.clients,
+        plan.requests,
+        plan.warmup,
+        plan.max_time,
+    )
+    .await;
     let mut latencies = measured.latencies;
     let completed = latencies.len() as u64;
     let mut report = json!({
@@ -232,7 +239,9 @@ async fn phase(
             }
             Err(join) => {
                 merged.errors += 1;
-                merged.first_error.get_or_insert(format!("client task failed: {join}"));
+                merged
+                    .first_error
+                    .get_or_insert(format!("client task failed: {join}"));
             }
         }
     }
@@ -278,7 +287,10 @@ async fn send(target: &Target, client_index: usize, slot: u64) -> Result<Reply, 
     let body = response.bytes().await.map_err(|err| err.to_string())?;
     if !status.is_success() {
         let text = String::from_utf8_lossy(&body);
-        return Err(format!("HTTP {status}: {}", text.chars().take(300).collect::<String>()));
+        return Err(format!(
+            "HTTP {status}: {}",
+            text.chars().take(300).collect::<String>()
+        ));
     }
     Ok(if body.as_ref() == b"{}" {
         Reply::Empty

@@ -97,7 +97,10 @@ pub async fn run(plan: Plan) -> Result<Value, LoadgenError> {
     let mut status = Value::Null;
     for _ in 0..plan.runs {
         let (run, answer) = once(&plan, &env, log.path()).await?;
-        status = answer.get("statusCode").cloned().unwrap_or(json!("not HTTP"));
+        status = answer
+            .get("statusCode")
+            .cloned()
+            .unwrap_or(json!("not HTTP"));
         runs.push(run);
     }
     let answered: Vec<Duration> = runs.iter().map(|r| r.answered).collect();
@@ -117,7 +120,12 @@ pub async fn run(plan: Plan) -> Result<Value, LoadgenError> {
 }
 
 /// Records `count` images that share one stored blob.
-async fn seed(aws: &AwsTestEnv, table: &str, bucket: &str, count: usize) -> Result<(), LoadgenError> {
+async fn seed(
+    aws: &AwsTestEnv,
+    table: &str,
+    bucket: &str,
+    count: usize,
+) -> Result<(), LoadgenError> {
     let store = DynamoEventStore::new(aws.dynamodb(), table);
     let blobs = S3BlobStore::new(aws.s3(), bucket);
     let datastore = Datastore::open(Arc::new(store), Arc::new(blobs.clone()))
@@ -242,33 +250,39 @@ fn router(runtime: Arc<Runtime>) -> Router {
         .route("/2018-06-01/runtime/invocation/next", get(next))
         .route(
             "/2018-06-01/runtime/invocation/{id}/response",
-            post(|State(rt): State<Arc<Runtime>>, body: axum::body::Bytes| async move {
-                rt.finish(Ended::Answered {
-                    at: Instant::now(),
-                    body: body.to_vec(),
-                });
-                StatusCode::ACCEPTED
-            }),
+            post(
+                |State(rt): State<Arc<Runtime>>, body: axum::body::Bytes| async move {
+                    rt.finish(Ended::Answered {
+                        at: Instant::now(),
+                        body: body.to_vec(),
+                    });
+                    StatusCode::ACCEPTED
+                },
+            ),
         )
         .route(
             "/2018-06-01/runtime/invocation/{id}/error",
-            post(|State(rt): State<Arc<Runtime>>, body: axum::body::Bytes| async move {
-                rt.finish(Ended::Failed {
-                    route: "an invocation error",
-                    body: body.to_vec(),
-                });
-                StatusCode::ACCEPTED
-            }),
+            post(
+                |State(rt): State<Arc<Runtime>>, body: axum::body::Bytes| async move {
+                    rt.finish(Ended::Failed {
+                        route: "an invocation error",
+                        body: body.to_vec(),
+                    });
+                    StatusCode::ACCEPTED
+                },
+            ),
         )
         .route(
             "/2018-06-01/runtime/init/error",
-            post(|State(rt): State<Arc<Runtime>>, body: axum::body::Bytes| async move {
-                rt.finish(Ended::Failed {
-                    route: "an init error",
-                    body: body.to_vec(),
-                });
-                StatusCode::ACCEPTED
-            }),
+            post(
+                |State(rt): State<Arc<Runtime>>, body: axum::body::Bytes| async move {
+                    rt.finish(Ended::Failed {
+                        route: "an init error",
+                        body: body.to_vec(),
+                    });
+                    StatusCode::ACCEPTED
+                },
+            ),
         )
         .with_state(runtime)
 }
@@ -370,14 +384,23 @@ mod tests {
         let (done, finished) = oneshot::channel();
         let runtime = Arc::new(Runtime {
             event: r#"{"hello":1}"#.into(),
-                first_poll: OnceLock::new(),
+            first_poll: OnceLock::new(),
             done: Mutex::new(Some(done)),
         });
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await.unwrap();
-        let base = format!("http://{}/2018-06-01/runtime", listener.local_addr().unwrap());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0))
+            .await
+            .unwrap();
+        let base = format!(
+            "http://{}/2018-06-01/runtime",
+            listener.local_addr().unwrap()
+        );
         let server = tokio::spawn(axum::serve(listener, router(runtime.clone())).into_future());
         let client = reqwest::Client::new();
-        let event = client.get(format!("{base}/invocation/next")).send().await.unwrap();
+        let event = client
+            .get(format!("{base}/invocation/next"))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(event.headers()["lambda-runtime-aws-request-id"], REQUEST_ID);
         assert_eq!(event.text().await.unwrap(), r#"{"hello":1}"#);
         // A second poll must not get the event again.

@@ -98,7 +98,10 @@ mod tests {
         assert_eq!(summary.p90, Duration::from_millis(30));
         assert_eq!(summary.p99, Duration::from_millis(30));
         let one = Summary::of(&mut ms(&[7])).unwrap();
-        assert_eq!((one.p50, one.max), (Duration::from_millis(7), Duration::from_millis(7)));
+        assert_eq!(
+            (one.p50, one.max),
+            (Duration::from_millis(7), Duration::from_millis(7))
+        );
     }
 
     #[test]
