@@ -7,8 +7,10 @@
 # distinct tiny NIfTI images (8×8×8 int16, gzip'd) of which every tenth has a final
 # label, and starts `medlabel serve` on it without a runner. The time from spawn to the
 # "serving" line is the import of the folder; a second start of the same folder times
-# the idempotent re-import. Then `loadgen http` runs each request kind from CLIENTS
-# concurrent clients (warm-up first) and the server is stopped. JSON lines go to
+# the idempotent re-import. Then `loadgen http` runs each request kind from one
+# client (unloaded latency, REQUESTS/10 requests) and from CLIENTS concurrent clients
+# (throughput; latency then includes queueing), warm-up first, and the server is
+# stopped. JSON lines go to
 # OUT_DIR/http-<images>.jsonl and a table is printed at the end.
 #
 # Knobs (environment): BENCH_SIZES ("1000 10000"), BENCH_REQUESTS (20000),
@@ -70,7 +72,7 @@ start_server() { # STUDIES LOG
         sleep 0.05
     done
     [[ -n $line ]] || { echo "bench-http: medlabel did not start" >&2; exit 1; }
-    started_s=$(echo "$(date +%s.%N) - $begin" | bc)
+    started_s=$(printf '%.3f' "$(echo "$(date +%s.%N) - $begin" | bc)")
     base=${line#at }
 }
 
@@ -82,18 +84,19 @@ stop_server() {
     server_pid=
 }
 
-load() { # KIND REQUESTS WARMUP [ARGS...]
-    local kind=$1 n=$2 warm=$3
-    shift 3
-    "$bin/loadgen" http --base "$base" --kind "$kind" --clients "$clients" \
+load() { # CLIENTS KIND REQUESTS WARMUP [ARGS...]
+    local c=$1 kind=$2 n=$3 warm=$4
+    shift 4
+    "$bin/loadgen" http --base "$base" --kind "$kind" --clients "$c" \
         --requests "$n" --warmup "$warm" --max-seconds 300 "$@"
 }
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "machine: $(getconf _NPROCESSORS_ONLN) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "load before: $(uptime)"
 "$python" -c "
 import nibabel as nib, numpy as np
-nib.save(nib.Nifti1Image((np.arange(512).reshape(8,8,8) % 3 == 0).astype(np.uint8), np.eye(4)), '$work/label.nii.gz')"
+label = np.random.default_rng(3).integers(0, 2, size=(12, 12, 12), dtype=np.uint8)
+nib.save(nib.Nifti1Image(label, np.eye(4)), '$work/label.nii.gz')"
 echo "label upload: $(stat -c %s "$work/label.nii.gz") bytes"
 
 for size in $sizes; do
@@ -111,14 +114,19 @@ for size in $sizes; do
 
     # Fresh client ids each lease one more unlabeled image (leases last 30 minutes):
     # keep that variant well below the unlabeled count so every request really picks.
+    # Label uploads rotate over every image and so label them all: they go last.
     fresh=$((size * 9 / 10 / 2))
     if ((fresh > requests)); then fresh=$requests; fi
+    serial=$((requests / 10))
     {
-        load info "$requests" 500
-        load stats "$requests" 500
-        load next-same "$requests" 500
-        load next-fresh "$fresh" 50
-        load label-put "$requests" 500 --label "$work/label.nii.gz"
+        for kind in info stats next-same; do
+            load 1 "$kind" "$serial" 100
+            load "$clients" "$kind" "$requests" 500
+        done
+        load 1 next-fresh 200 20
+        load "$clients" next-fresh "$fresh" 50
+        load 1 label-put "$serial" 100 --label "$work/label.nii.gz"
+        load "$clients" label-put "$requests" 500 --label "$work/label.nii.gz"
     } | sed "s/^{/{\"images\":$size,/" | tee -a "$results"
     rss=$(ps -o rss= -p "$server_pid" | xargs)
     echo "{\"kind\":\"server_rss\",\"images\":$size,\"rss_kib\":$rss}" | tee -a "$results"
@@ -127,15 +135,15 @@ done
 echo "load after: $(uptime)"
 
 echo
-printf '%-7s %-11s %8s %8s %8s %8s %8s %8s %7s %6s\n' \
-    images kind requests req/s p50_ms p90_ms p99_ms max_ms errors empty
+printf '%-7s %-11s %7s %8s %8s %8s %8s %8s %8s %7s %6s\n' \
+    images kind clients requests req/s p50_ms p90_ms p99_ms max_ms errors empty
 for size in $sizes; do
-    jq -r 'select(.p50_ms != null) | [.images, .kind, .completed, (.throughput_rps|floor),
+    jq -r 'select(.p50_ms != null) | [.images, .kind, .clients, .completed, (.throughput_rps|floor),
         .p50_ms, .p90_ms, .p99_ms, .max_ms, .errors, .empty_replies] | @tsv' \
         "$out/http-$size.jsonl" |
-        while IFS=$'\t' read -r i k n r p50 p90 p99 max e empty; do
-            printf '%-7s %-11s %8s %8s %8s %8s %8s %8s %7s %6s\n' \
-                "$i" "$k" "$n" "$r" "$p50" "$p90" "$p99" "$max" "$e" "$empty"
+        while IFS=$'\t' read -r i k c n r p50 p90 p99 max e empty; do
+            printf '%-7s %-11s %7s %8s %8s %8s %8s %8s %8s %7s %6s\n' \
+                "$i" "$k" "$c" "$n" "$r" "$p50" "$p90" "$p99" "$max" "$e" "$empty"
         done
     jq -r 'select(.kind == "startup") |
         "\(.images) images: import \(.import_s) s, restart \(.restart_s) s"' \

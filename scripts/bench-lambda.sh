@@ -46,7 +46,7 @@ for _ in $(seq 1 300); do
 done
 export MEDLABEL_AWS_ENDPOINT=http://127.0.0.1:$port
 
-echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+echo "machine: $(getconf _NPROCESSORS_ONLN) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 echo "load before: $(uptime)"
 results=$out/lambda.jsonl
 : >"$results"
@@ -86,7 +86,9 @@ for name in info datastore session activelearning infer train auth logs dispatch
 done
 
 # arm64 builds from `cargo lambda build --arm64`, if any exist.
-find "$CARGO_TARGET_DIR" "$repo/target" -path '*lambda*' -name bootstrap -type f 2>/dev/null |
+for dir in "$CARGO_TARGET_DIR" "$repo/target"; do
+    if [[ -d $dir/lambda ]]; then find "$dir/lambda" -name bootstrap -type f; fi
+done |
     while read -r boot; do
         echo "{\"kind\":\"arm64_size\",\"path\":\"$boot\",\"arch\":\"$(file -b "$boot" | cut -d, -f2 | xargs)\",\"bytes\":$(stat -c %s "$boot")}"
     done | tee -a "$results"

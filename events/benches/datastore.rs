@@ -1,6 +1,7 @@
 //! Datastore operations on the embedded backend (SQLite + folder) at 1,000, 10,000 and
 //! 100,000 images: add_image and save_label (each a durable append plus a blob), and the
-//! reads that must cost what their answer costs (status, get_unlabeled_images).
+//! reads that must cost what their answer costs (status, get_unlabeled_images), and
+//! active learning's next-sample (a pick plus a durable two-event append per call).
 //!
 //! `cargo bench -p medlabel-events --bench datastore`
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use medlabel_events::blob::fs::FolderBlobStore;
-use medlabel_events::datastore::{Datastore, WriteContext};
+use medlabel_events::datastore::{Datastore, Strategy, WriteContext};
 use medlabel_events::event::{Actor, Event, NewEvent, StreamId};
 use medlabel_events::id::{Extension, ImageId, Tag};
 use medlabel_events::store::sqlite::SqliteEventStore;
@@ -116,6 +117,29 @@ fn datastore(c: &mut Criterion) {
                     Info::new(),
                 ))
                 .unwrap();
+            })
+        });
+        // A new annotator each call, so every call is a real pick and records a lease;
+        // leases of zero length keep the pool from running dry over many iterations.
+        let draws = std::sync::atomic::AtomicUsize::new(0);
+        let random = |n: usize| {
+            let k = draws.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            k.wrapping_mul(2_654_435_761) % n
+        };
+        group.bench_with_input(BenchmarkId::new("next_sample_random", n), &n, |b, _| {
+            b.iter(|| {
+                counter += 1;
+                let client = format!("annotator-{counter}");
+                rt.block_on(ds.next_sample(
+                    &WriteContext::fresh(Actor::admin()),
+                    Strategy::Random,
+                    "random",
+                    &client,
+                    Duration::ZERO,
+                    &random,
+                ))
+                .unwrap()
+                .expect("unlabeled images are left");
             })
         });
         group.bench_with_input(BenchmarkId::new("status", n), &n, |b, _| {

@@ -122,6 +122,28 @@ async fn dice_sum_and_agreement_are_recorded() {
         "{agreement}"
     );
 
+    // An annotator can ask for a tag of its own instead of `final`.
+    let own = h
+        .send(
+            Req::new("PUT", "/datastore/label?image=ct&tag=final")
+                .multipart(
+                    &[("params", r#"{"annotator_tag": true, "client_id": "carol"}"#)],
+                    &[("label", "label.nii.gz", &nifti(&alice))],
+                )
+                .request(),
+        )
+        .await;
+    assert_eq!(own.status, 200);
+    let carol = h
+        .send(Req::new("GET", "/datastore/label/info?label=ct&tag=carol").request())
+        .await
+        .json();
+    assert_eq!(carol["annotator_tag"], true);
+    let finals = h
+        .send(Req::new("GET", "/datastore/label?label=ct&tag=final").request())
+        .await;
+    assert_eq!(finals.body, nifti(&final_mask), "final stays the reviewer's");
+
     let status = h.send(Req::new("GET", "/scoring/").request()).await.json();
     assert_eq!(status["request"]["method"], "agreement");
     assert_eq!(status["status"], "DONE");

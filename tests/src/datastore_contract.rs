@@ -978,3 +978,27 @@ pub async fn epistemic_follows_scores(ds: &Datastore, dir: &Path) {
     }
     assert_eq!(order, ["high", "mid", "low"]);
 }
+
+/// The order `random` hands images out in, over `images` fresh images, with `seed`.
+pub async fn random_order(ds: &Datastore, dir: &Path, images: usize, seed: u64) -> Vec<ImageId> {
+    use medlabel_events::datastore::Strategy;
+    use std::time::Duration;
+    let blob = file(dir, "seeded.nii.gz", b"seeded");
+    for i in 0..images {
+        ds.add_image(&ctx("admin"), &id(&format!("s{i:03}")), &blob, &nii(), Info::new())
+            .await
+            .unwrap();
+    }
+    let random = seeded(seed);
+    let mut order = Vec::new();
+    for n in 0..images {
+        let client = format!("annotator{n}");
+        let image = ds
+            .next_sample(&ctx(&client), Strategy::Random, "random", &client, Duration::from_secs(60), &random)
+            .await
+            .unwrap()
+            .unwrap();
+        order.push(image);
+    }
+    order
+}

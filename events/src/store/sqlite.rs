@@ -5,12 +5,14 @@
 //! per-stream order; `requests` maps each request id to the [`Appended`] it produced,
 //! which is what makes retries idempotent.
 //!
-//! An append is one `BEGIN IMMEDIATE` transaction: taking the write lock up front
+//! Appends commit in `BEGIN IMMEDIATE` transactions: taking the write lock up front
 //! serialises writers (across processes too, through SQLite's file lock and the busy
 //! timeout), so reading the request record, the stream version and the global head and
 //! then inserting at `head + 1` cannot race, and positions stay gapless: a position is
 //! only ever assigned by the one transaction holding the lock, and a rolled-back one
-//! leaves nothing behind. The file runs in WAL mode with `synchronous = FULL`, so a
+//! leaves nothing behind. Appends that arrive while another commits are committed
+//! together, each in its own savepoint (group commit): one fsync serves them all, and
+//! one that conflicts is rolled back alone. The file runs in WAL mode with `synchronous = FULL`, so a
 //! commit returns only after the log is fsynced: an acknowledged append survives a
 //! killed process and a power cut. Readers use their own connection and never wait
 //! behind an append's fsync.
@@ -26,7 +28,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::event::{self, Actor, NewEvent, RecordedEvent, StreamId};
 use crate::store::{Appended, EventStore, ExpectedVersion, StoreError, check_append};
@@ -71,6 +73,10 @@ pub struct SqliteEventStore {
 struct Inner {
     writer: Mutex<Connection>,
     reader: Mutex<Connection>,
+    /// Appends waiting for the writer. Whoever holds the writer commits every waiting
+    /// append in one transaction (group commit): one fsync for many appends, so
+    /// concurrent writers do not queue behind each other's fsyncs.
+    pending: Mutex<Vec<(Batch, oneshot::Sender<Result<Appended, StoreError>>)>>,
     /// Highest position this handle has committed, to wake waiters without polling.
     appended: watch::Sender<u64>,
 }
@@ -97,6 +103,7 @@ impl SqliteEventStore {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
                 reader: Mutex::new(reader),
+                pending: Mutex::new(Vec::new()),
                 appended: watch::Sender::new(head),
             }),
         })
@@ -169,8 +176,42 @@ struct Batch {
     rows: Vec<(i64, String, &'static str, String)>,
 }
 
-fn append_locked(conn: &mut Connection, batch: Batch) -> Result<Appended, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+/// Commits a group of appends in one transaction. Each append runs in its own
+/// savepoint, so one that conflicts or fails is rolled back alone and reported to its
+/// caller; if the commit itself fails, every caller in the group gets the error.
+fn commit_group(conn: &mut Connection, group: Vec<(Batch, oneshot::Sender<Result<Appended, StoreError>>)>) {
+    let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+    let outcome = (|| -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut results = Vec::with_capacity(batches.len());
+        for batch in batches {
+            let savepoint = tx.savepoint()?;
+            let result = append_in(&savepoint, batch);
+            if result.is_ok() {
+                savepoint.commit()?;
+            }
+            results.push(result);
+        }
+        tx.commit()?;
+        Ok(results)
+    })();
+    match outcome {
+        Ok(results) => {
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        Err(err) => {
+            let message = err.to_string();
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Backend(message.clone())));
+            }
+        }
+    }
+}
+
+/// One append inside the group's transaction (`tx` sees the group's earlier appends).
+fn append_in(tx: &Connection, batch: Batch) -> Result<Appended, StoreError> {
     let earlier: Option<String> = tx
         .query_row(
             "SELECT result FROM requests WHERE request_id = ?1",
@@ -234,7 +275,6 @@ fn append_locked(conn: &mut Connection, batch: Batch) -> Result<Appended, StoreE
         "INSERT INTO requests (request_id, result) VALUES (?1, ?2)",
         params![batch.request_id, record],
     )?;
-    tx.commit()?;
     Ok(appended)
 }
 
@@ -347,9 +387,25 @@ impl EventStore for SqliteEventStore {
             request_id: request_id.to_owned(),
             rows,
         };
-        let appended = self
-            .run(true, move |conn| append_locked(conn, batch))
-            .await?;
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((batch, reply));
+        let inner = Arc::clone(&self.inner);
+        self.run(true, move |conn| {
+            // Another caller may already have committed ours with its group.
+            let group = std::mem::take(&mut *inner.pending.lock().unwrap_or_else(PoisonError::into_inner));
+            if !group.is_empty() {
+                commit_group(conn, group);
+            }
+            Ok(())
+        })
+        .await?;
+        let appended = answer
+            .await
+            .map_err(|_| StoreError::Backend("the group commit dropped an append".into()))??;
         if !appended.replayed {
             self.inner.appended.send_if_modified(|head| {
                 let newer = appended.last_position > *head;

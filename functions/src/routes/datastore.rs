@@ -13,13 +13,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use medlabel_events::id::split_file_name;
-use medlabel_events::{Extension, ImageId, Info};
+use medlabel_events::{Extension, ImageId, Info, Tag};
 use serde_json::{Value, json};
 use tokio_util::io::ReaderStream;
 
 use crate::context::Ctx;
 use crate::error::{ApiError, FieldError};
-use crate::extract::{MAX_JSON_BYTES, QueryParams, is_urlencoded, json_object, urlencoded_fields};
+use crate::extract::{
+    MAX_JSON_BYTES, QueryParams, is_urlencoded, json_object, parse_id, urlencoded_fields,
+};
 use crate::multipart::{Upload, read_form};
 use crate::reply;
 use crate::routes::client_id;
@@ -277,6 +279,15 @@ async fn save_label(
     let (_, ext) = upload_name(upload, None)?;
     let info = params_field(&form, "params")?;
     let write = ctx.write(client_id(&info));
+    // `{"annotator_tag": true}` keeps this annotator's label apart from everyone's:
+    // under a tag named after the client (or the user), for agreement scoring and a
+    // reviewer's `final`.
+    let tag = if info.get("annotator_tag").and_then(Value::as_bool) == Some(true) {
+        let owner = client_id(&info).map(str::to_owned).unwrap_or_else(|| ctx.user.to_string());
+        parse_id("body", "client_id", &owner, Tag::parse)?
+    } else {
+        tag
+    };
     state
         .datastore
         .save_label(&write, &image, &tag, &upload.path, &ext, info)

@@ -158,10 +158,10 @@ pub async fn run(plan: Plan) -> Result<Value, LoadgenError> {
         "throughput_rps": completed as f64 / measured.elapsed.as_secs_f64().max(1e-9),
         "first_error": measured.first_error.or(warm.first_error),
     });
-    if let (Some(summary), Some(fields)) = (Summary::of(&mut latencies), report.as_object_mut()) {
-        if let Some(extra) = summary.to_json().as_object() {
-            fields.extend(extra.clone());
-        }
+    if let (Some(summary), Some(fields)) = (Summary::of(&mut latencies), report.as_object_mut())
+        && let Value::Object(extra) = summary.to_json()
+    {
+        fields.extend(extra);
     }
     Ok(report)
 }

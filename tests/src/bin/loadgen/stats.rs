@@ -38,7 +38,7 @@ impl Summary {
     }
 
     /// The summary as JSON fields in milliseconds, three decimals.
-    pub fn to_json(&self) -> Value {
+    pub fn to_json(self) -> Value {
         json!({
             "p50_ms": millis(self.p50),
             "p90_ms": millis(self.p90),
