@@ -48,6 +48,10 @@ pub enum ScoringError {
     Datastore(#[from] DatastoreError),
 }
 
+/// One score to compute: the image, the label it belongs to (for `sum`), and the
+/// labels to read.
+type Plan = (ImageId, Option<Tag>, Vec<(Tag, medlabel_events::BlobRef)>);
+
 /// Runs `method` over the datastore; returns `{image: values}` for what it recorded.
 pub async fn score(
     datastore: &Datastore,
@@ -62,7 +66,7 @@ pub async fn score(
             .and_then(|t| Tag::parse(t).ok())
             .unwrap_or(default)
     };
-    let plans: Vec<(ImageId, Option<Tag>, Vec<(Tag, medlabel_events::BlobRef)>)> = {
+    let plans: Vec<Plan> = {
         let view = datastore.view().await?;
         let mut plans = Vec::new();
         for (id, record) in view.images() {

@@ -142,7 +142,11 @@ async fn dice_sum_and_agreement_are_recorded() {
     let finals = h
         .send(Req::new("GET", "/datastore/label?label=ct&tag=final").request())
         .await;
-    assert_eq!(finals.body, nifti(&final_mask), "final stays the reviewer's");
+    assert_eq!(
+        finals.body,
+        nifti(&final_mask),
+        "final stays the reviewer's"
+    );
 
     let status = h.send(Req::new("GET", "/scoring/").request()).await.json();
     assert_eq!(status["request"]["method"], "agreement");

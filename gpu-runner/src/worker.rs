@@ -315,9 +315,20 @@ impl Worker {
                 .map_err(store_error)?;
             result["published"] = json!({"model": model.model, "version": model.version});
             // A new model makes the stored uncertainty stale: queue epistemic re-scoring.
-            let rescore = json!({"method": "epistemic"}).as_object().cloned().unwrap_or_default();
+            let rescore = json!({"method": "epistemic"})
+                .as_object()
+                .cloned()
+                .unwrap_or_default();
             self.jobs
-                .request(&self.ctx(job, "rescore"), JobKind::Scoring, Some(model.model.clone()), rescore, vec![], None, true)
+                .request(
+                    &self.ctx(job, "rescore"),
+                    JobKind::Scoring,
+                    Some(model.model.clone()),
+                    rescore,
+                    vec![],
+                    None,
+                    true,
+                )
                 .await
                 .map_err(store_error)?;
         }

@@ -985,16 +985,29 @@ pub async fn random_order(ds: &Datastore, dir: &Path, images: usize, seed: u64) 
     use std::time::Duration;
     let blob = file(dir, "seeded.nii.gz", b"seeded");
     for i in 0..images {
-        ds.add_image(&ctx("admin"), &id(&format!("s{i:03}")), &blob, &nii(), Info::new())
-            .await
-            .unwrap();
+        ds.add_image(
+            &ctx("admin"),
+            &id(&format!("s{i:03}")),
+            &blob,
+            &nii(),
+            Info::new(),
+        )
+        .await
+        .unwrap();
     }
     let random = seeded(seed);
     let mut order = Vec::new();
     for n in 0..images {
         let client = format!("annotator{n}");
         let image = ds
-            .next_sample(&ctx(&client), Strategy::Random, "random", &client, Duration::from_secs(60), &random)
+            .next_sample(
+                &ctx(&client),
+                Strategy::Random,
+                "random",
+                &client,
+                Duration::from_secs(60),
+                &random,
+            )
             .await
             .unwrap()
             .unwrap();

@@ -105,7 +105,11 @@ async fn jobs_lifecycle() {
 /// The same seed gives the same hand-out order on a fresh datastore; another seed does not.
 #[tokio::test]
 async fn seeded_random_is_reproducible() {
-    let (a, b, c) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (a, b, c) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
     let first = contract::random_order(&open(a.path()).await, a.path(), 40, 42).await;
     let again = contract::random_order(&open(b.path()).await, b.path(), 40, 42).await;
     let other = contract::random_order(&open(c.path()).await, c.path(), 40, 43).await;

@@ -76,7 +76,7 @@ struct Inner {
     /// Appends waiting for the writer. Whoever holds the writer commits every waiting
     /// append in one transaction (group commit): one fsync for many appends, so
     /// concurrent writers do not queue behind each other's fsyncs.
-    pending: Mutex<Vec<(Batch, oneshot::Sender<Result<Appended, StoreError>>)>>,
+    pending: Mutex<Vec<Waiting>>,
     /// Highest position this handle has committed, to wake waiters without polling.
     appended: watch::Sender<u64>,
 }
@@ -167,6 +167,9 @@ fn query_head(conn: &Connection) -> Result<u64, StoreError> {
     stored_u64("position", head)
 }
 
+/// An append waiting for the group commit, with where to send its result.
+type Waiting = (Batch, oneshot::Sender<Result<Appended, StoreError>>);
+
 /// The validated, pre-encoded arguments of one append.
 struct Batch {
     stream: StreamId,
@@ -179,7 +182,7 @@ struct Batch {
 /// Commits a group of appends in one transaction. Each append runs in its own
 /// savepoint, so one that conflicts or fails is rolled back alone and reported to its
 /// caller; if the commit itself fails, every caller in the group gets the error.
-fn commit_group(conn: &mut Connection, group: Vec<(Batch, oneshot::Sender<Result<Appended, StoreError>>)>) {
+fn commit_group(conn: &mut Connection, group: Vec<Waiting>) {
     let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
     let outcome = (|| -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -239,7 +242,7 @@ fn append_in(tx: &Connection, batch: Batch) -> Result<Appended, StoreError> {
             actual: version,
         });
     }
-    let head = query_head(&tx)?;
+    let head = query_head(tx)?;
 
     let count = batch.rows.len() as u64;
     {
@@ -396,7 +399,8 @@ impl EventStore for SqliteEventStore {
         let inner = Arc::clone(&self.inner);
         self.run(true, move |conn| {
             // Another caller may already have committed ours with its group.
-            let group = std::mem::take(&mut *inner.pending.lock().unwrap_or_else(PoisonError::into_inner));
+            let group =
+                std::mem::take(&mut *inner.pending.lock().unwrap_or_else(PoisonError::into_inner));
             if !group.is_empty() {
                 commit_group(conn, group);
             }

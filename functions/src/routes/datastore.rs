@@ -283,7 +283,9 @@ async fn save_label(
     // under a tag named after the client (or the user), for agreement scoring and a
     // reviewer's `final`.
     let tag = if info.get("annotator_tag").and_then(Value::as_bool) == Some(true) {
-        let owner = client_id(&info).map(str::to_owned).unwrap_or_else(|| ctx.user.to_string());
+        let owner = client_id(&info)
+            .map(str::to_owned)
+            .unwrap_or_else(|| ctx.user.to_string());
         parse_id("body", "client_id", &owner, Tag::parse)?
     } else {
         tag
