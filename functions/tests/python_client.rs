@@ -69,6 +69,27 @@ fn start(studies: &Path, extra: &[&std::ffi::OsStr]) -> (Server, String) {
     (server, url)
 }
 
+/// Runs `tests/python/<script> <url> <work>` and checks it reports `{"ok": true}`.
+fn run_script(script: &str, url: &str, work: &Path) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/python")
+        .join(script);
+    let output = Command::new(python())
+        .arg(&path)
+        .arg(url)
+        .arg(work)
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{script} failed\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["ok"], true);
+}
+
 #[test]
 fn python_client_works_against_medlabel_serve() {
     let studies = tempfile::tempdir().unwrap();
@@ -83,21 +104,7 @@ fn python_client_works_against_medlabel_serve() {
         studies.path(),
         &["--runner".as_ref(), "/nonexistent".as_ref()],
     );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_compat.py");
-    let output = Command::new(python())
-        .arg(&script)
-        .arg(&url)
-        .arg(work.path())
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "client_compat.py failed\nstdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(report["ok"], true);
+    run_script("client_compat.py", &url, work.path());
     // The events live where the brief says: the studies folder's .medlabel directory.
     assert!(studies.path().join(".medlabel/events.db").is_file());
 }
@@ -122,19 +129,5 @@ fn python_client_infers_and_trains_with_the_runner() {
             "cpu".as_ref(),
         ],
     );
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/client_models.py");
-    let output = Command::new(python())
-        .arg(&script)
-        .arg(&url)
-        .arg(work.path())
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "client_models.py failed\nstdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(report["ok"], true);
+    run_script("client_models.py", &url, work.path());
 }

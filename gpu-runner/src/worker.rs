@@ -260,14 +260,7 @@ impl Worker {
         let outcome = loop {
             tokio::select! {
                 done = &mut training => break done.map_err(|e| RunnerError::invalid(e.to_string()))??,
-                Some(stats) = progress_rx.recv() => {
-                    let epoch = stats["epoch"].as_u64().unwrap_or(0);
-                    let stats = stats.as_object().cloned().unwrap_or_default();
-                    self.jobs
-                        .progress(&self.ctx(job, &format!("epoch-{epoch}")), job, stats)
-                        .await
-                        .map_err(store_error)?;
-                }
+                Some(stats) = progress_rx.recv() => self.record_progress(job, stats).await?,
                 _ = tokio::time::sleep(STOP_POLL) => {
                     let requested = self.jobs.view().await.map_err(store_error)?
                         .job(&job.id).is_some_and(|j| j.stop_requested);
@@ -278,12 +271,7 @@ impl Worker {
             }
         };
         while let Ok(stats) = progress_rx.try_recv() {
-            let epoch = stats["epoch"].as_u64().unwrap_or(0);
-            let stats = stats.as_object().cloned().unwrap_or_default();
-            self.jobs
-                .progress(&self.ctx(job, &format!("epoch-{epoch}")), job, stats)
-                .await
-                .map_err(store_error)?;
+            self.record_progress(job, stats).await?;
         }
         let stats = serde_json::to_value(&outcome.stats).unwrap_or_default();
         let best = stats["best_metric"].as_f64();
@@ -338,6 +326,16 @@ impl Worker {
             JobStatus::Done
         };
         Ok((status, result))
+    }
+
+    /// One epoch's `train_stats` as a `JobProgressed` event (once per epoch).
+    async fn record_progress(&self, job: &JobRecord, stats: Value) -> Result<()> {
+        let epoch = stats["epoch"].as_u64().unwrap_or(0);
+        let stats = stats.as_object().cloned().unwrap_or_default();
+        self.jobs
+            .progress(&self.ctx(job, &format!("epoch-{epoch}")), job, stats)
+            .await
+            .map_err(store_error)
     }
 
     async fn score_epistemic(
