@@ -142,6 +142,33 @@ fn datastore(c: &mut Criterion) {
                 .expect("unlabeled images are left");
             })
         });
+        // Criterion reports means of batches; the target is a tail latency, so also time
+        // single calls and print their distribution.
+        let mut latencies: Vec<Duration> = (0..2000)
+            .map(|i| {
+                let client = format!("tail-{n}-{i}");
+                let started = std::time::Instant::now();
+                rt.block_on(ds.next_sample(
+                    &WriteContext::fresh(Actor::admin()),
+                    Strategy::Random,
+                    "random",
+                    &client,
+                    Duration::ZERO,
+                    &random,
+                ))
+                .unwrap()
+                .expect("unlabeled images are left");
+                started.elapsed()
+            })
+            .collect();
+        latencies.sort();
+        let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+        println!(
+            "next_sample_random/{n} single calls: p50 {:?} p99 {:?} max {:?}",
+            at(0.50),
+            at(0.99),
+            latencies.last().unwrap()
+        );
         group.bench_with_input(BenchmarkId::new("status", n), &n, |b, _| {
             b.iter(|| rt.block_on(ds.status()).unwrap())
         });
