@@ -162,7 +162,8 @@ fn datastore(c: &mut Criterion) {
             })
             .collect();
         latencies.sort();
-        let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+        let at =
+            |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
         println!(
             "next_sample_random/{n} single calls: p50 {:?} p99 {:?} max {:?}",
             at(0.50),
