@@ -27,9 +27,14 @@ import tempfile
 import time
 
 
+SYNC = None  # set to torch.cuda.synchronize on CUDA, so timings include the GPU work
+
+
 def timed(fn):
     t = time.perf_counter()
     out = fn()
+    if SYNC:
+        SYNC()
     return out, time.perf_counter() - t
 
 
@@ -44,6 +49,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--batch", type=int, default=2)
     ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both sides; AMP on CUDA)")
     ap.add_argument("--out", help="write the combined JSON report here")
     args = ap.parse_args()
 
@@ -56,6 +62,13 @@ def main():
         Orientationd, SaveImage, ScaleIntensityRanged, Spacingd,
     )
 
+    global SYNC
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    if cuda:
+        SYNC = torch.cuda.synchronize
+    # MONAI Label runs CUDA inference under autocast; the runner uses AMP on CUDA too.
+    amp = (lambda: torch.autocast("cuda", dtype=torch.float16)) if cuda else (lambda: torch.autocast("cpu", enabled=False))
     threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
     torch.set_num_threads(threads)
     work = tempfile.mkdtemp(prefix="bench_peer_")
@@ -76,10 +89,11 @@ def main():
     check = os.path.join(work, "check.pt")
     torch.save({"input": x_check, "output": y_check}, check)
 
-    monai = {"device": "cpu", "threads": torch.get_num_threads(), "parameters": params}
-    x = torch.randn(1, 1, 96, 96, 96)
+    monai = {"device": args.device, "threads": torch.get_num_threads(), "parameters": params}
+    net = net.to(dev)
+    x = torch.randn(1, 1, 96, 96, 96, device=dev)
     times = []
-    with torch.no_grad():
+    with torch.no_grad(), amp():
         for i in range(args.repeat + 1):
             _, t = timed(lambda: net(x))
             if i > 0:
@@ -104,10 +118,10 @@ def main():
             lat = {}
             t0 = time.perf_counter()
             d, lat["pre"] = timed(lambda: pre({"image": image}))
-            with torch.no_grad():
+            with torch.no_grad(), amp():
                 pred, lat["infer"] = timed(lambda: sliding_window_inference(
-                    d["image"][None], roi_size=(96, 96, 96), sw_batch_size=1, predictor=net,
-                    overlap=0.25, mode="gaussian", sigma_scale=0.125)[0])
+                    d["image"][None].to(dev), roi_size=(96, 96, 96), sw_batch_size=1, predictor=net,
+                    overlap=0.25, mode="gaussian", sigma_scale=0.125)[0].float().cpu())
             d["pred"] = pred
             d, t_act = timed(lambda: post_act(d))
             d, lat["invert"] = timed(lambda: invert(d))
@@ -119,11 +133,11 @@ def main():
         monai["e2e"] = {"size": args.size, "summary": summary([r["total"] for r in runs]), "latencies": runs}
 
     train_net = UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=(16, 32, 64, 128, 256),
-                     strides=(2, 2, 2, 2), num_res_units=2, norm="batch").train()
+                     strides=(2, 2, 2, 2), num_res_units=2, norm="batch").train().to(dev)
     opt = torch.optim.AdamW(train_net.parameters(), lr=1e-4)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    xb = torch.randn(args.batch, 1, 96, 96, 96)
-    yb = torch.randint(0, 2, (args.batch, 1, 96, 96, 96))
+    xb = torch.randn(args.batch, 1, 96, 96, 96, device=dev)
+    yb = torch.randint(0, 2, (args.batch, 1, 96, 96, 96), device=dev)
 
     def step():
         opt.zero_grad()
@@ -138,7 +152,7 @@ def main():
             times.append(t)
     monai["train_step"] = {"batch": args.batch, "summary": summary(times)}
 
-    cmd = [args.runner, "bench", "--device", "cpu", "--size", str(args.size), "--repeat", str(args.repeat),
+    cmd = [args.runner, "bench", "--device", args.device, "--size", str(args.size), "--repeat", str(args.repeat),
            "--batch", str(args.batch), "--weights", weights, "--check", check, "--image", image]
     if args.skip_e2e:
         cmd.append("--skip-e2e")
