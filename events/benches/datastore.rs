@@ -126,20 +126,23 @@ fn datastore(c: &mut Criterion) {
             let k = draws.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             k.wrapping_mul(2_654_435_761) % n
         };
+        let hand_out = |client: &str| {
+            rt.block_on(ds.next_sample(
+                &WriteContext::fresh(Actor::admin()),
+                Strategy::Random,
+                "random",
+                client,
+                Duration::ZERO,
+                &random,
+            ))
+            .unwrap()
+            .expect("unlabeled images are left");
+        };
         group.bench_with_input(BenchmarkId::new("next_sample_random", n), &n, |b, _| {
             b.iter(|| {
                 counter += 1;
                 let client = format!("annotator-{counter}");
-                rt.block_on(ds.next_sample(
-                    &WriteContext::fresh(Actor::admin()),
-                    Strategy::Random,
-                    "random",
-                    &client,
-                    Duration::ZERO,
-                    &random,
-                ))
-                .unwrap()
-                .expect("unlabeled images are left");
+                hand_out(&client);
             })
         });
         // Criterion reports means of batches; the target is a tail latency, so also time
@@ -148,16 +151,7 @@ fn datastore(c: &mut Criterion) {
             .map(|i| {
                 let client = format!("tail-{n}-{i}");
                 let started = std::time::Instant::now();
-                rt.block_on(ds.next_sample(
-                    &WriteContext::fresh(Actor::admin()),
-                    Strategy::Random,
-                    "random",
-                    &client,
-                    Duration::ZERO,
-                    &random,
-                ))
-                .unwrap()
-                .expect("unlabeled images are left");
+                hand_out(&client);
                 started.elapsed()
             })
             .collect();
