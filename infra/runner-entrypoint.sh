@@ -3,7 +3,8 @@
 #
 # SageMaker starts a training container as `IMAGE train` and an inference container as
 # `IMAGE serve` (HTTP on port 8080: GET /ping, POST /invocations); the ECS job service
-# starts `IMAGE worker`. Any other argument list is handed to medlabel-runner as is, so
+# starts `IMAGE worker`: the SQS worker, configured by MEDLABEL_JOB_QUEUE_URL,
+# MEDLABEL_EVENTS_TABLE and MEDLABEL_BLOBS_BUCKET. Any other argument list is handed to medlabel-runner as is, so
 # `docker run IMAGE gpu-check` works for a smoke test on a GPU host.
 set -eu
 
@@ -20,6 +21,10 @@ case "${1:-}" in
       --data-root "${MEDLABEL_DATA_ROOT:-/opt/ml}" \
       --device "${MEDLABEL_DEVICE:-auto}" \
       "$@"
+    ;;
+  worker)
+    shift
+    exec medlabel-runner sqs-worker --device "${MEDLABEL_DEVICE:-auto}" "$@"
     ;;
   "")
     echo "usage: IMAGE train | serve | worker | <medlabel-runner command> [options]" >&2

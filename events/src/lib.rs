@@ -18,6 +18,7 @@ pub mod event;
 pub mod id;
 pub mod jobs;
 pub mod projection;
+pub mod queue;
 pub mod session;
 pub mod store;
 

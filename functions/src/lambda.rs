@@ -108,7 +108,11 @@ mod aws {
             auth,
             ..Config::default()
         };
-        Ok(AppState::open(Arc::new(store), Arc::new(blobs), config).await?)
+        // Models, training and batch jobs come from the log; interactive inference has
+        // no runner endpoint here yet (see docs/deploy.md).
+        Ok(AppState::open(Arc::new(store), Arc::new(blobs), config)
+            .await?
+            .with_model_runner(None))
     }
 
     /// The whole Lambda binary of one function: `router` is that function's routes.

@@ -11,7 +11,7 @@
 //!   path, and the mask comes back as a file in the spool folder.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -19,7 +19,7 @@ use medlabel_events::blob::read_to_vec;
 use medlabel_events::datastore::{Datastore, WriteContext};
 use medlabel_events::event::{JobKind, LabelVersionRef};
 use medlabel_events::jobs::{JobError, Jobs};
-use medlabel_events::{Info, ModelName, Tag};
+use medlabel_events::{Actor, BlobStore, Extension, Info, ModelName, Tag};
 use serde_json::{Value, json};
 
 use crate::runner::{InferRequest, InferResult, Runner, RunnerError, RunnerInfo, TaskQuery};
@@ -358,4 +358,37 @@ impl Runner for ModelRunner {
             .map_err(job_error)?
             .map(|job| job.to_task_json()))
     }
+}
+
+/// Publishes `dir` as version 1 of the model named after the folder, unless that model
+/// has a version already. The request id derives from the weights, so a restart
+/// records nothing twice.
+pub async fn publish_model_folder(
+    jobs: &Jobs,
+    blobs: &dyn BlobStore,
+    dir: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or("the starter model folder has no name")?;
+    let model = ModelName::parse(name)?;
+    if jobs.view().await?.model(&model).is_some() {
+        return Ok(());
+    }
+    let weights = blobs
+        .put_file(
+            &dir.join("model.safetensors"),
+            &Extension::parse(".safetensors")?,
+        )
+        .await?;
+    let config = blobs
+        .put_file(&dir.join("config.json"), &Extension::parse(".json")?)
+        .await?;
+    let ctx = WriteContext::new(Actor::admin(), format!("starter-{}", &weights.sha256[..32]));
+    let published = jobs
+        .publish_model(&ctx, &model, weights, config, None, None)
+        .await?;
+    tracing::info!(model = %published.model, version = published.version, "starter model published");
+    Ok(())
 }

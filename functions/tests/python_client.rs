@@ -5,6 +5,8 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
+mod common;
+
 /// The Python that `scripts/setup.sh` installs `monailabel==0.8.5` into.
 fn python() -> std::path::PathBuf {
     let cache = std::env::var_os("MEDLABEL_CACHE")
@@ -23,23 +25,6 @@ impl Drop for Server {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// The GPU runner binary `cargo test --workspace` builds beside this test's binaries.
-fn runner_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let runner = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("medlabel-runner");
-    assert!(
-        runner.is_file(),
-        "{} is missing: build it first (`cargo test --workspace` does)",
-        runner.display()
-    );
-    runner
 }
 
 fn start(studies: &Path, extra: &[&std::ffi::OsStr]) -> (Server, String) {
@@ -115,7 +100,7 @@ fn python_client_works_against_medlabel_serve() {
 fn python_client_infers_and_trains_with_the_runner() {
     let studies = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
-    let runner = runner_binary();
+    let runner = common::runner_binary();
     let starter =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../gpu-runner/models/segmentation_spleen");
     let (_server, url) = start(

@@ -2,6 +2,10 @@
 //! inference, training, MC-dropout uncertainty and GPU kernels, plus the process-level
 //! setup every binary needs ([`init_runtime`]).
 //!
+//! Jobs come from the event log: [`worker`] follows it directly (the local server's
+//! SQLite log); [`queue_worker`] (feature `aws`) takes the cloud's SQS job messages and
+//! runs them against DynamoDB and S3.
+//!
 //! Models live in a folder with `config.json` ([`ModelConfig`]) and `model.safetensors`.
 
 pub mod config;
@@ -12,6 +16,8 @@ pub mod io;
 pub mod kernels;
 pub mod loss;
 pub mod model;
+#[cfg(feature = "aws")]
+pub mod queue_worker;
 pub mod sagemaker;
 pub mod serve;
 pub mod sliding;

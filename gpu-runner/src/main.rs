@@ -9,6 +9,8 @@
 //!                       [--res-units N] [--norm instance|batch] [--dropout F] [--num-samples N]
 //! medlabel-runner serve --model-dir DIR [--addr 127.0.0.1:8080] [--device D] [--data-root DIR]
 //! medlabel-runner worker --home DIR [--serve 127.0.0.1:8091] [--device D] [--exit-with-stdin]
+//! medlabel-runner sqs-worker [--queue-url URL] [--table NAME] [--bucket NAME] [--work DIR]
+//!                            [--device D] [--until-empty]
 //! medlabel-runner sagemaker-train [--root /opt/ml]
 //! medlabel-runner make-sample --out DIR [--cases N] [--seed N] [--dims N,N,N] [--spacing F,F,F]
 //! medlabel-runner uncertainty --model DIR --image PATH [--passes N] [--device D]
@@ -40,7 +42,7 @@ fn main() -> ExitCode {
     let mut argv = std::env::args().skip(1);
     let Some(cmd) = argv.next() else {
         eprintln!(
-            "usage: medlabel-runner <infer|train|serve|sagemaker-train|make-sample|uncertainty|gpu-check|bench> [options]"
+            "usage: medlabel-runner <infer|train|serve|worker|sqs-worker|sagemaker-train|make-sample|uncertainty|gpu-check|bench> [options]"
         );
         return ExitCode::from(2);
     };
@@ -104,6 +106,34 @@ fn run(cmd: &str, mut a: Args) -> Result<serde_json::Value> {
                 tokio::runtime::Runtime::new().map_err(|e| RunnerError::io("tokio runtime", e))?;
             rt.block_on(worker_cmd(home, addr, device))?;
             json!({"stopped": true})
+        }
+        #[cfg(feature = "aws")]
+        "sqs-worker" => {
+            let env_or = |a: &mut Args, key: &str, var: &str| {
+                a.get(key)
+                    .or_else(|| std::env::var(var).ok())
+                    .ok_or_else(|| RunnerError::invalid(format!("--{key} (or {var}) is required")))
+            };
+            let queue_url = env_or(&mut a, "queue-url", "MEDLABEL_JOB_QUEUE_URL")?;
+            let table = env_or(&mut a, "table", "MEDLABEL_EVENTS_TABLE")?;
+            let bucket = env_or(&mut a, "bucket", "MEDLABEL_BLOBS_BUCKET")?;
+            let work = a
+                .opt_path("work")
+                .unwrap_or_else(|| std::env::temp_dir().join("medlabel-runner"));
+            let device = a.get_or("device", "auto");
+            let until_empty = a.flag("until-empty");
+            a.finish()?;
+            let rt =
+                tokio::runtime::Runtime::new().map_err(|e| RunnerError::io("tokio runtime", e))?;
+            let handled = rt.block_on(sqs_worker_cmd(
+                queue_url,
+                table,
+                bucket,
+                work,
+                device,
+                until_empty,
+            ))?;
+            json!({"handled": handled})
         }
         "sagemaker-train" => {
             let root = a
@@ -174,6 +204,42 @@ async fn worker_cmd(home: PathBuf, addr: String, device: String) -> Result<()> {
         &home,
     )?);
     tokio::try_join!(worker.run(), serve::serve(&addr, runner)).map(drop)
+}
+
+/// The cloud worker (the ECS task's command): jobs from SQS, the log on DynamoDB, blobs
+/// on S3; `AWS_ENDPOINT_URL` and the other SDK variables configure the clients.
+#[cfg(feature = "aws")]
+async fn sqs_worker_cmd(
+    queue_url: String,
+    table: String,
+    bucket: String,
+    work: PathBuf,
+    device: String,
+    until_empty: bool,
+) -> Result<Vec<medlabel_runner::queue_worker::Handled>> {
+    use medlabel_events::blob::s3::S3BlobStore;
+    use medlabel_events::store::dynamo::DynamoEventStore;
+    use medlabel_runner::queue_worker::QueueWorker;
+    use medlabel_runner::worker::{Worker, WorkerConfig};
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let store = DynamoEventStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
+    let blobs = S3BlobStore::new(S3BlobStore::client(&sdk), bucket);
+    let config = WorkerConfig {
+        models_dir: work.join("models"),
+        work_dir: work.join("jobs"),
+        device,
+        name: format!("sqs-runner-{}", std::process::id()),
+    };
+    let worker = Worker::open(
+        Arc::new(store),
+        Arc::new(blobs),
+        Arc::new(medlabel_events::SystemClock),
+        config,
+    )
+    .await?;
+    QueueWorker::new(worker, aws_sdk_sqs::Client::new(&sdk), queue_url)
+        .run(until_empty)
+        .await
 }
 
 fn train_cmd(mut a: Args) -> Result<serde_json::Value> {

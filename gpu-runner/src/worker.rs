@@ -24,7 +24,7 @@ use medlabel_events::blob::read_to_vec;
 use medlabel_events::datastore::{Datastore, WriteContext};
 use medlabel_events::event::{Actor, JobKind, JobStatus};
 use medlabel_events::jobs::{JobRecord, Jobs, PublishedModel};
-use medlabel_events::{BlobStore, Clock, EventStore, Extension, Info, Tag, UserName};
+use medlabel_events::{BlobStore, Clock, EventStore, Extension, Info, RunId, Tag, UserName};
 use serde_json::{Value, json};
 
 use crate::config::{CONFIG_FILE, WEIGHTS_FILE};
@@ -48,6 +48,18 @@ pub struct WorkerConfig {
     pub device: String,
     /// This worker's name in `JobStarted` events.
     pub name: String,
+}
+
+/// What [`Worker::run_job_once`] did with a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobRun {
+    /// This worker claimed the job and ran it; it ended with this status.
+    Finished(JobStatus),
+    /// Another worker claimed it first, or it has already ended or been stopped.
+    TakenOrEnded,
+    /// The log this worker reads does not show the job (yet: a replica may lag).
+    NotInLog,
 }
 
 /// The worker over one event store and blob store.
@@ -125,7 +137,7 @@ impl Worker {
 
     /// Claims and runs every submitted job, one at a time.
     pub async fn run_pending(&self) -> Result<()> {
-        let pending: Vec<JobRecord> = self
+        let pending: Vec<RunId> = self
             .jobs
             .view()
             .await
@@ -133,28 +145,50 @@ impl Worker {
             .pending()
             .into_iter()
             .filter(|job| job.status == JobStatus::Submitted)
-            .cloned()
+            .map(|job| job.id.clone())
             .collect();
         for job in pending {
-            if !self
+            self.run_job_once(&job).await?;
+        }
+        Ok(())
+    }
+
+    /// Claims `job` and runs it to its `JobFinished`, unless the log does not show it
+    /// yet or it is no longer `Submitted` (another worker has it, or it ended or was
+    /// stopped).
+    ///
+    /// This is the at-most-once step behind at-least-once delivery: a job message seen
+    /// twice, or by two workers, runs the job once.
+    pub async fn run_job_once(&self, id: &RunId) -> Result<JobRun> {
+        let job = self
+            .jobs
+            .view()
+            .await
+            .map_err(store_error)?
+            .job(id)
+            .cloned();
+        let Some(job) = job else {
+            return Ok(JobRun::NotInLog);
+        };
+        if job.status != JobStatus::Submitted
+            || !self
                 .jobs
                 .claim(&self.ctx(&job, "claim"), &job, &self.config.name)
                 .await
                 .map_err(store_error)?
-            {
-                continue;
-            }
-            let (status, result) = match self.run_job(&job).await {
-                Ok(outcome) => outcome,
-                Err(err) => (JobStatus::Error, json!({"details": [err.to_string()]})),
-            };
-            let result = result.as_object().cloned().unwrap_or_default();
-            self.jobs
-                .finish(&self.ctx(&job, "finish"), &job, status, result)
-                .await
-                .map_err(store_error)?;
+        {
+            return Ok(JobRun::TakenOrEnded);
         }
-        Ok(())
+        let (status, result) = match self.run_job(&job).await {
+            Ok(outcome) => outcome,
+            Err(err) => (JobStatus::Error, json!({"details": [err.to_string()]})),
+        };
+        let result = result.as_object().cloned().unwrap_or_default();
+        self.jobs
+            .finish(&self.ctx(&job, "finish"), &job, status, result)
+            .await
+            .map_err(store_error)?;
+        Ok(JobRun::Finished(status))
     }
 
     /// Writes a published model's files into `<models>/<name>/` unless they are there.

@@ -24,6 +24,7 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_dynamodb::config::Credentials;
 use medlabel_events::blob::s3::S3BlobStore;
 use medlabel_events::store::dynamo::DynamoEventStore;
+use serde_json::{Value, json};
 
 /// Environment variable naming a running emulator (`http://127.0.0.1:5000`).
 pub const ENDPOINT_VAR: &str = "MEDLABEL_AWS_ENDPOINT";
@@ -87,6 +88,92 @@ impl AwsTestEnv {
             .await
             .unwrap_or_else(|err| panic!("creating bucket {bucket} on the emulator: {err}"));
         bucket
+    }
+
+    pub fn sqs(&self) -> aws_sdk_sqs::Client {
+        aws_sdk_sqs::Client::new(&self.config)
+    }
+
+    /// A new FIFO queue (deduplication ids supplied by the sender), returned as its URL.
+    pub async fn fresh_fifo_queue(&self) -> String {
+        self.sqs()
+            .create_queue()
+            .queue_name(format!("{}.fifo", unique_name("jobs")))
+            .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("creating a FIFO queue on the emulator: {err}"))
+            .queue_url
+            .expect("a queue URL")
+    }
+
+    /// Every record of `table`'s stream so far, as the one batch Lambda would deliver:
+    /// read through the DynamoDB Streams API and given the `eventSourceARN` Lambda adds.
+    pub async fn stream_batch(&self, table: &str) -> aws_lambda_events::dynamodb::Event {
+        let description = self
+            .dynamodb()
+            .describe_table()
+            .table_name(table)
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("describing {table} on the emulator: {err}"));
+        let arn = description
+            .table()
+            .and_then(|t| t.latest_stream_arn())
+            .expect("the event table has a stream")
+            .to_owned();
+        let stream = self
+            .streams_call("DescribeStream", json!({"StreamArn": arn}))
+            .await;
+        let mut records = Vec::new();
+        for shard in stream["StreamDescription"]["Shards"].as_array().unwrap() {
+            let iterator = self
+                .streams_call(
+                    "GetShardIterator",
+                    json!({"StreamArn": arn, "ShardId": shard["ShardId"],
+                           "ShardIteratorType": "TRIM_HORIZON"}),
+                )
+                .await;
+            let mut iterator = iterator["ShardIterator"].clone();
+            loop {
+                let page = self
+                    .streams_call("GetRecords", json!({"ShardIterator": iterator}))
+                    .await;
+                let page_records = page["Records"].as_array().unwrap();
+                if page_records.is_empty() {
+                    break;
+                }
+                for record in page_records {
+                    let mut record = record.clone();
+                    record["eventSourceARN"] = json!(arn);
+                    records.push(record);
+                }
+                iterator = page["NextShardIterator"].clone();
+            }
+        }
+        serde_json::from_value(json!({"Records": records})).expect("Lambda's DynamoDB event shape")
+    }
+
+    /// One DynamoDB Streams API call, JSON in and out (the emulator does not check
+    /// signatures; the credential scope routes the call to its Streams backend).
+    async fn streams_call(&self, target: &str, body: Value) -> Value {
+        let response = reqwest::Client::new()
+            .post(&self.endpoint)
+            .header("X-Amz-Target", format!("DynamoDBStreams_20120810.{target}"))
+            .header("Content-Type", "application/x-amz-json-1.0")
+            .header(
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/dynamodb/aws4_request, \
+                 SignedHeaders=host, Signature=0",
+            )
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("{target} on the emulator: {err}"));
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(status.is_success(), "{target}: {status} {text}");
+        serde_json::from_str(&text).unwrap()
     }
 
     /// An event store over a new table.

@@ -5,14 +5,14 @@
 //! item failure and nothing after it is sent: Lambda then checkpoints before that
 //! record and redelivers it and everything after it, so a stop never overtakes its run
 //! and no record is skipped. Redelivered records that were already sent are harmless:
-//! the queue's deduplication id is the event's global position (see [`crate::job`]).
+//! the queue's deduplication id is the event's global position (see [`medlabel_events::queue`]).
 
 use aws_lambda_events::dynamodb::{Event, EventRecord};
 use aws_lambda_events::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
 use aws_sdk_sqs::error::DisplayErrorContext;
 
-use crate::job::JobMessage;
 use crate::record::{RecordError, job_message};
+use medlabel_events::queue::JobMessage;
 
 /// Why the dispatcher cannot be set up or a record was not dispatched.
 #[derive(Debug, thiserror::Error)]

@@ -6,16 +6,15 @@
 //! which the GPU runners consume; everything else is skipped.
 //!
 //! The pieces are split so the decision stays pure and testable without AWS:
-//! [`record::job_message`] reads one stream record, [`job::JobMessage`] is the queue's
-//! contract (body, group and deduplication ids), and [`dispatch::Dispatcher`] sends and
+//! [`record::job_message`] reads one stream record, [`medlabel_events::queue`] holds the
+//! queue's contract (body, group and deduplication ids), and [`dispatch::Dispatcher`] sends and
 //! reports partial batch failures. Delivery is at least once end to end (stream
 //! retries, then FIFO deduplication by event position), so runners still check the
 //! job's stream before they start one.
 
 pub mod dispatch;
-pub mod job;
 pub mod record;
 
 pub use dispatch::{BatchOutcome, DispatchError, Dispatcher};
-pub use job::{JobAction, JobMessage};
+pub use medlabel_events::queue::{JobAction, JobMessage};
 pub use record::{RecordError, job_message};

@@ -19,7 +19,7 @@ use aws_lambda_events::dynamodb::EventRecord;
 use medlabel_events::event::{self, Event, StreamId};
 use serde::Deserialize;
 
-use crate::job::{JobAction, JobMessage};
+use medlabel_events::queue::{JobAction, JobMessage};
 
 /// Sequence number of the event table's meta items (`$head`, `$request#…`).
 const META_SEQUENCE: u64 = 0;

@@ -5,14 +5,13 @@
 
 use std::collections::HashMap;
 
-use aws_lambda_events::dynamodb::Event as StreamEvent;
 use medlabel_dispatcher::{Dispatcher, JobAction, JobMessage};
 use medlabel_events::event::{Actor, JobKind, NewEvent, StreamId};
 use medlabel_events::id::{ModelName, RunId};
 use medlabel_events::store::dynamo::DynamoEventStore;
 use medlabel_events::{Event, EventStore, ExpectedVersion, Info};
 use medlabel_tests::emulator::{AwsTestEnv, aws, unique_name};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// The log of one test: what was appended and at which global positions.
 struct Log {
@@ -103,80 +102,6 @@ async fn seed(env: &AwsTestEnv) -> Log {
     }
 }
 
-/// One DynamoDB Streams API call, JSON in and out (the emulator does not check
-/// signatures; the credential scope routes the call to its Streams backend).
-async fn streams_call(env: &AwsTestEnv, target: &str, body: Value) -> Value {
-    let response = reqwest::Client::new()
-        .post(&env.endpoint)
-        .header("X-Amz-Target", format!("DynamoDBStreams_20120810.{target}"))
-        .header("Content-Type", "application/x-amz-json-1.0")
-        .header(
-            "Authorization",
-            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/dynamodb/aws4_request, \
-             SignedHeaders=host, Signature=0",
-        )
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap_or_else(|err| panic!("{target} on the emulator: {err}"));
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    assert!(status.is_success(), "{target}: {status} {text}");
-    serde_json::from_str(&text).unwrap()
-}
-
-/// Every record of the table's stream, as the one batch Lambda would deliver.
-async fn stream_batch(env: &AwsTestEnv, table: &str) -> StreamEvent {
-    let description = env
-        .dynamodb()
-        .describe_table()
-        .table_name(table)
-        .send()
-        .await
-        .unwrap();
-    let arn = description
-        .table()
-        .and_then(|t| t.latest_stream_arn())
-        .expect("the event table has a stream")
-        .to_owned();
-    let stream = streams_call(env, "DescribeStream", json!({"StreamArn": arn})).await;
-    let mut records = Vec::new();
-    for shard in stream["StreamDescription"]["Shards"].as_array().unwrap() {
-        let iterator = streams_call(
-            env,
-            "GetShardIterator",
-            json!({"StreamArn": arn, "ShardId": shard["ShardId"], "ShardIteratorType": "TRIM_HORIZON"}),
-        )
-        .await;
-        let mut iterator = iterator["ShardIterator"].clone();
-        loop {
-            let page = streams_call(env, "GetRecords", json!({"ShardIterator": iterator})).await;
-            let page_records = page["Records"].as_array().unwrap();
-            if page_records.is_empty() {
-                break;
-            }
-            for record in page_records {
-                let mut record = record.clone();
-                record["eventSourceARN"] = json!(arn);
-                records.push(record);
-            }
-            iterator = page["NextShardIterator"].clone();
-        }
-    }
-    serde_json::from_value(json!({"Records": records})).expect("Lambda's DynamoDB event shape")
-}
-
-async fn fifo_queue(sqs: &aws_sdk_sqs::Client) -> String {
-    sqs.create_queue()
-        .queue_name(format!("{}.fifo", unique_name("jobs")))
-        .attributes(aws_sdk_sqs::types::QueueAttributeName::FifoQueue, "true")
-        .send()
-        .await
-        .unwrap()
-        .queue_url
-        .expect("a queue URL")
-}
-
 /// Receives and deletes until the queue answers empty.
 async fn drain(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<JobMessage> {
     let mut messages = Vec::new();
@@ -208,10 +133,10 @@ async fn drain(sqs: &aws_sdk_sqs::Client, queue_url: &str) -> Vec<JobMessage> {
 #[tokio::test]
 async fn a_replayed_stream_batch_enqueues_each_job_once() {
     let env = aws().await;
-    let sqs = aws_sdk_sqs::Client::new(&env.config);
+    let sqs = env.sqs();
     let log = seed(&env).await;
-    let batch = stream_batch(&env, &log.table).await;
-    let queue_url = fifo_queue(&sqs).await;
+    let batch = env.stream_batch(&log.table).await;
+    let queue_url = env.fresh_fifo_queue().await;
     let dispatcher = Dispatcher::new(sqs.clone(), &queue_url).unwrap();
 
     // The first delivery and two replays (a Lambda retry, a re-read after a crash).
@@ -259,9 +184,9 @@ async fn a_replayed_stream_batch_enqueues_each_job_once() {
 #[tokio::test]
 async fn a_failed_send_is_reported_and_nothing_after_it_is_sent() {
     let env = aws().await;
-    let sqs = aws_sdk_sqs::Client::new(&env.config);
+    let sqs = env.sqs();
     let log = seed(&env).await;
-    let batch = stream_batch(&env, &log.table).await;
+    let batch = env.stream_batch(&log.table).await;
 
     let missing = format!("{}/123456789012/{}.fifo", env.endpoint, unique_name("gone"));
     let outcome = Dispatcher::new(sqs.clone(), missing)
@@ -286,7 +211,7 @@ async fn a_failed_send_is_reported_and_nothing_after_it_is_sent() {
     assert_eq!((outcome.sent, outcome.skipped), (0, first_job));
 
     // Lambda resumes from the failed record: against a working queue every job arrives.
-    let queue_url = fifo_queue(&sqs).await;
+    let queue_url = env.fresh_fifo_queue().await;
     let mut resumed = batch.clone();
     resumed.records.drain(..first_job);
     let outcome = Dispatcher::new(sqs.clone(), &queue_url)

@@ -23,7 +23,6 @@ use medlabel_events::clock::SystemClock;
 use medlabel_events::datastore::{WriteContext, import_studies};
 use medlabel_events::jobs::Jobs;
 use medlabel_events::store::sqlite::SqliteEventStore;
-use medlabel_events::{BlobStore, Extension, ModelName};
 use medlabel_functions::runner::NoRunner;
 use medlabel_functions::state::{AppState, Config};
 
@@ -150,7 +149,12 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
 
     if let Some(dir) = args.get_one::<PathBuf>("starter-model") {
         let jobs = Jobs::new(state.datastore.event_store().clone(), Arc::new(SystemClock));
-        publish_starter(&jobs, state.datastore.blob_store().as_ref(), dir).await?;
+        medlabel_functions::model_runner::publish_model_folder(
+            &jobs,
+            state.datastore.blob_store().as_ref(),
+            dir,
+        )
+        .await?;
     }
     let runner = args
         .get_one::<PathBuf>("runner")
@@ -187,39 +191,6 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
-    Ok(())
-}
-
-/// Publishes `dir` as version 1 of the model named after the folder, unless that model
-/// has a version already. The request id derives from the weights, so a restart
-/// records nothing twice.
-async fn publish_starter(
-    jobs: &Jobs,
-    blobs: &dyn BlobStore,
-    dir: &Path,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let name = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or("the starter model folder has no name")?;
-    let model = ModelName::parse(name)?;
-    if jobs.view().await?.model(&model).is_some() {
-        return Ok(());
-    }
-    let weights = blobs
-        .put_file(
-            &dir.join("model.safetensors"),
-            &Extension::parse(".safetensors")?,
-        )
-        .await?;
-    let config = blobs
-        .put_file(&dir.join("config.json"), &Extension::parse(".json")?)
-        .await?;
-    let ctx = WriteContext::new(Actor::admin(), format!("starter-{}", &weights.sha256[..32]));
-    let published = jobs
-        .publish_model(&ctx, &model, weights, config, None, None)
-        .await?;
-    tracing::info!(model = %published.model, version = published.version, "starter model published");
     Ok(())
 }
 

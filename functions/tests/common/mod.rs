@@ -293,3 +293,20 @@ pub async fn send_lambda(
         body,
     }
 }
+
+/// The GPU runner binary `cargo test --workspace` builds beside this test's binaries.
+pub fn runner_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let runner = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("medlabel-runner");
+    assert!(
+        runner.is_file(),
+        "{} is missing: build it first (`cargo test --workspace` does)",
+        runner.display()
+    );
+    runner
+}

@@ -1,4 +1,5 @@
-//! The job message: what the dispatcher puts on the job queue and a runner takes off it.
+//! The job queue's contract: what the stream dispatcher puts on the queue and a GPU
+//! runner takes off it.
 //!
 //! A message is the job event itself plus where it sits in the log (`stream`,
 //! `sequence`, global `position`), so a runner can check the job's stream before it
@@ -21,9 +22,9 @@
 //! stop group, because a run message stays in flight for the whole job and would hold
 //! back anything queued behind it in the same group.
 
-use medlabel_events::Info;
-use medlabel_events::event::{JobKind, LabelVersionRef, StreamId};
-use medlabel_events::id::{ModelName, RunId};
+use crate::Info;
+use crate::event::{JobKind, LabelVersionRef, StreamId};
+use crate::id::{ModelName, RunId};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -49,7 +50,7 @@ pub struct JobMessage {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum JobAction {
-    /// Run the job (from [`medlabel_events::Event::JobRequested`]).
+    /// Run the job (from [`crate::Event::JobRequested`]).
     Run {
         kind: JobKind,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,7 +61,7 @@ pub enum JobAction {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         as_of_position: Option<u64>,
     },
-    /// Stop the job if it runs (from [`medlabel_events::Event::JobStopRequested`]).
+    /// Stop the job if it runs (from [`crate::Event::JobStopRequested`]).
     Stop,
 }
 

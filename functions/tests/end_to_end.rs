@@ -1,0 +1,283 @@
+//! The cloud pipeline end to end on the AWS emulator, every hop real:
+//!
+//! API Gateway v2 event → the datastore function (image upload) and the infer function
+//! (batch inference request) → events in DynamoDB, blobs in S3 → the table's own
+//! stream records (DynamoDB Streams API) → the dispatcher → a job message on the FIFO
+//! queue → the runner's SQS worker (`medlabel-runner sqs-worker`, a separate process
+//! on libtorch) → result events in DynamoDB → the functions show the result.
+//!
+//! Then the failure modes that delivery "at least once" brings: a replayed stream
+//! batch and a message delivered again after its job ran change nothing.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use common::{Reply, Req, send_lambda};
+use medlabel_dispatcher::{Dispatcher, JobAction};
+use medlabel_events::blob::s3::S3BlobStore;
+use medlabel_events::clock::SystemClock;
+use medlabel_events::jobs::Jobs;
+use medlabel_events::store::dynamo::DynamoEventStore;
+use medlabel_events::{BlobStore, EventStore};
+use medlabel_functions::app::finish;
+use medlabel_functions::routes;
+use medlabel_functions::state::{AppState, Config};
+use medlabel_imaging::nifti::read_nifti_bytes;
+use medlabel_tests::emulator::{AwsTestEnv, aws};
+use serde_json::{Value, json};
+
+const MODEL: &str = "segmentation_spleen";
+
+/// One deployment on the emulator: its table, bucket and job queue.
+struct Stack {
+    env: AwsTestEnv,
+    table: String,
+    bucket: String,
+    queue_url: String,
+}
+
+impl Stack {
+    async fn new() -> Self {
+        let env = aws().await;
+        let table = env.fresh_table().await;
+        let bucket = env.fresh_bucket().await;
+        let queue_url = env.fresh_fifo_queue().await;
+        Self {
+            env,
+            table,
+            bucket,
+            queue_url,
+        }
+    }
+
+    fn store(&self) -> Arc<dyn EventStore> {
+        Arc::new(DynamoEventStore::new(self.env.dynamodb(), &self.table))
+    }
+
+    fn blobs(&self) -> Arc<dyn BlobStore> {
+        Arc::new(S3BlobStore::new(self.env.s3(), &self.bucket))
+    }
+
+    /// One Lambda function as `lambda_main` builds it: its routes over state opened
+    /// from DynamoDB + S3, with the event-log runner port.
+    async fn function(&self, routes: fn() -> axum::Router<AppState>) -> Router {
+        let config = Config {
+            max_upload_bytes: 6 * 1024 * 1024,
+            temp_dir: std::env::temp_dir(),
+            ..Config::default()
+        };
+        let state = AppState::open(self.store(), self.blobs(), config)
+            .await
+            .unwrap()
+            .with_model_runner(None);
+        finish(routes(), state)
+    }
+
+    /// `medlabel-runner sqs-worker --until-empty` against this stack; what it handled.
+    fn run_worker(&self, work: &Path) -> Vec<Value> {
+        let output = Command::new(common::runner_binary())
+            .args(["sqs-worker", "--until-empty", "--device", "cpu"])
+            .args(["--queue-url", &self.queue_url])
+            .args(["--table", &self.table, "--bucket", &self.bucket])
+            .arg("--work")
+            .arg(work)
+            .env("AWS_ENDPOINT_URL", &self.env.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("OMP_NUM_THREADS", "1")
+            .output()
+            .expect("the runner starts");
+        assert!(
+            output.status.success(),
+            "sqs-worker failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let reply: Value = serde_json::from_slice(&output.stdout).unwrap();
+        reply["handled"].as_array().unwrap().clone()
+    }
+}
+
+/// A synthetic CT case from the runner (`make-sample`): image and true mask, on the
+/// starter model's own 3 mm grid so its accuracy is not blurred by resampling.
+fn sample_case(dir: &Path) -> (Vec<u8>, Vec<u8>) {
+    let status = Command::new(common::runner_binary())
+        .args(["make-sample", "--cases", "1", "--seed", "7"])
+        .args(["--dims", "64,64,48", "--spacing", "3,3,3", "--out"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let name = "spleen_000.nii.gz";
+    (
+        std::fs::read(dir.join(name)).unwrap(),
+        std::fs::read(dir.join("labels/final").join(name)).unwrap(),
+    )
+}
+
+fn dice(a: &[f32], b: &[f32]) -> f64 {
+    let (mut both, mut total) = (0usize, 0usize);
+    for (x, y) in a.iter().zip(b) {
+        let (x, y) = (*x > 0.5, *y > 0.5);
+        both += usize::from(x && y);
+        total += usize::from(x) + usize::from(y);
+    }
+    2.0 * both as f64 / total.max(1) as f64
+}
+
+async fn ok(router: &Router, req: Req) -> Reply {
+    let what = format!("{} {}?{}", req.method, req.path, req.query);
+    let reply = send_lambda(router.clone(), &req, Some("prod"), None).await;
+    assert_eq!(
+        reply.status,
+        StatusCode::OK,
+        "{what}: {}",
+        String::from_utf8_lossy(&reply.body)
+    );
+    reply
+}
+
+#[tokio::test]
+async fn an_uploaded_image_is_segmented_by_a_batch_job_through_stream_queue_and_runner() {
+    let stack = Stack::new().await;
+    let work = tempfile::tempdir().unwrap();
+    let (image, truth) = sample_case(&work.path().join("sample"));
+
+    // An operator published the starter model (what `medlabel serve --starter-model`
+    // does locally).
+    let starter = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../gpu-runner/models")
+        .join(MODEL);
+    let jobs = Jobs::new(stack.store(), Arc::new(SystemClock));
+    medlabel_functions::model_runner::publish_model_folder(&jobs, stack.blobs().as_ref(), &starter)
+        .await
+        .unwrap();
+
+    // A client uploads an image and asks for batch inference, through API Gateway.
+    let datastore = stack.function(routes::datastore::router).await;
+    let infer = stack.function(routes::infer::router).await;
+    let upload = Req::new("PUT", "/datastore/?image=spleen_000").multipart(
+        &[("params", r#"{"client_id":"e2e"}"#)],
+        &[("file", "spleen_000.nii.gz", &image)],
+    );
+    ok(&datastore, upload).await;
+    let requested = ok(
+        &infer,
+        Req::new("POST", &format!("/batch/infer/{MODEL}?images=all")),
+    )
+    .await;
+    assert_eq!(
+        requested.json()["status"],
+        "SUBMITTED",
+        "{:?}",
+        requested.json()
+    );
+
+    // The table's stream carries the log; the dispatcher turns the job into a message.
+    let batch = stack.env.stream_batch(&stack.table).await;
+    let dispatcher = Dispatcher::new(stack.env.sqs(), &stack.queue_url).unwrap();
+    let outcome = dispatcher.dispatch(&batch).await;
+    assert!(
+        outcome.response.batch_item_failures.is_empty(),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        outcome.sent,
+        1,
+        "one job record in {} records",
+        batch.records.len()
+    );
+    assert!(
+        outcome.skipped >= 2,
+        "the model and image records are not jobs"
+    );
+
+    // The runner takes the message, claims the job in the log, runs it, reports back.
+    let handled = stack.run_worker(work.path());
+    assert_eq!(handled, vec![json!({"done": {"finished": "DONE"}})]);
+
+    // The API shows the result: the batch job is done, and the image has a label
+    // under `original` that matches the true organ.
+    let status = ok(&infer, Req::new("GET", "/batch/infer")).await.json();
+    assert_eq!(status["status"], "DONE", "{status}");
+    let all = ok(&datastore, Req::new("GET", "/datastore/?output=all"))
+        .await
+        .json();
+    let labels = &all["objects"]["spleen_000"]["labels"];
+    assert!(labels["original"].is_object(), "{all}");
+    let label = ok(
+        &datastore,
+        Req::new("GET", "/datastore/label?label=spleen_000&tag=original"),
+    )
+    .await;
+    let predicted = read_nifti_bytes(&label.body, true).unwrap();
+    let truth = read_nifti_bytes(&truth, true).unwrap();
+    assert_eq!(predicted.dims, truth.dims);
+    let score = dice(&predicted.data, &truth.data);
+    assert!(score > 0.8, "batch inference Dice {score}");
+
+    // Replaying the stream batch (a Lambda retry) runs nothing again. SQS drops the
+    // resend by its deduplication id (the event's position); moto forgets the ids of
+    // deleted messages and delivers it, and then the runner finds the job ended.
+    let head = stack.store().head().await.unwrap();
+    let replay = stack.env.stream_batch(&stack.table).await;
+    assert!(
+        dispatcher
+            .dispatch(&replay)
+            .await
+            .response
+            .batch_item_failures
+            .is_empty()
+    );
+    let handled = stack.run_worker(work.path());
+    assert!(
+        handled
+            .iter()
+            .all(|h| *h == json!({"done": "taken_or_ended"})),
+        "{handled:?}"
+    );
+    assert_eq!(
+        stack.store().head().await.unwrap(),
+        head,
+        "nothing was recorded"
+    );
+
+    // The same job delivered again outside the deduplication window (a new message
+    // id): the runner sees the job ended in the log, deletes the message, runs nothing.
+    let mut again = medlabel_dispatcher::job_message(
+        batch
+            .records
+            .iter()
+            .find(|r| matches!(medlabel_dispatcher::job_message(r), Ok(Some(_))))
+            .unwrap(),
+    )
+    .unwrap()
+    .unwrap();
+    assert!(matches!(again.action, JobAction::Run { .. }));
+    again.position += 1_000_000;
+    stack
+        .env
+        .sqs()
+        .send_message()
+        .queue_url(&stack.queue_url)
+        .message_body(again.body())
+        .message_group_id(again.group_id())
+        .message_deduplication_id(again.deduplication_id())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        stack.run_worker(work.path()),
+        vec![json!({"done": "taken_or_ended"})]
+    );
+    assert_eq!(
+        stack.store().head().await.unwrap(),
+        head,
+        "nothing was recorded"
+    );
+}
