@@ -8,6 +8,11 @@
 //! emulator outlives the tests, whichever way they end. There is deliberately no
 //! fallback that skips: without an emulator the AWS tests fail and say why.
 //!
+//! With the `containers` feature and a Docker engine, the emulator runs in a container
+//! instead (see [`container`]): LocalStack when `LOCALSTACK_AUTH_TOKEN` is set (its
+//! current image needs one), moto's image otherwise. CI has no Docker and uses the
+//! process.
+//!
 //! Only the endpoint is shared process-wide. Every test gets its own SDK config and
 //! clients (an SDK client's connection pool belongs to the tokio runtime that made it,
 //! and each `#[tokio::test]` has its own runtime) and, through
@@ -197,6 +202,8 @@ fn shared_endpoint() -> &'static str {
     static ENDPOINT: OnceLock<String> = OnceLock::new();
     ENDPOINT.get_or_init(|| match std::env::var(ENDPOINT_VAR) {
         Ok(endpoint) if !endpoint.is_empty() => endpoint,
+        #[cfg(feature = "containers")]
+        _ if container::docker_available() => container::start(),
         _ => start_emulator(),
     })
 }
@@ -278,4 +285,108 @@ fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
         .expect("no free loopback port for the AWS emulator")
+}
+
+#[cfg(feature = "containers")]
+pub mod container {
+    //! The emulator in a container, through testcontainers. The container is started
+    //! once per test binary and removed by a watchdog (`docker rm -f`) when the binary's
+    //! process is gone: statics are never dropped, so testcontainers' own cleanup would
+    //! not run.
+
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::path::Path;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use testcontainers::core::{IntoContainerPort, WaitFor};
+    use testcontainers::runners::SyncRunner;
+    use testcontainers::{ContainerRequest, GenericImage, ImageExt};
+
+    use super::STARTUP_TIMEOUT;
+
+    /// A Docker engine is reachable (`DOCKER_HOST`, or the default socket).
+    pub fn docker_available() -> bool {
+        std::env::var_os("DOCKER_HOST").is_some() || Path::new("/var/run/docker.sock").exists()
+    }
+
+    /// Image, port and health path of the emulator to run.
+    fn image() -> (ContainerRequest<GenericImage>, u16, &'static str) {
+        match std::env::var("LOCALSTACK_AUTH_TOKEN") {
+            Ok(token) if !token.is_empty() => {
+                let tag = std::env::var("MEDLABEL_LOCALSTACK_TAG").unwrap_or("stable".into());
+                let image = GenericImage::new("localstack/localstack", &tag)
+                    .with_exposed_port(4566.tcp())
+                    .with_wait_for(WaitFor::Nothing)
+                    .with_env_var("LOCALSTACK_AUTH_TOKEN", token)
+                    .with_env_var("SERVICES", "dynamodb,dynamodbstreams,s3,sqs");
+                (image, 4566, "/_localstack/health")
+            }
+            _ => {
+                let tag = std::env::var("MEDLABEL_MOTO_TAG").unwrap_or("5.2.5".into());
+                let image = GenericImage::new("motoserver/moto", &tag)
+                    .with_exposed_port(5000.tcp())
+                    .with_wait_for(WaitFor::Nothing)
+                    .into();
+                (image, 5000, "/moto-api/")
+            }
+        }
+    }
+
+    /// Starts the emulator container and returns its endpoint once it answers HTTP.
+    pub fn start() -> String {
+        let (image, port, health) = image();
+        let container = image
+            .with_startup_timeout(STARTUP_TIMEOUT)
+            .start()
+            .unwrap_or_else(|err| panic!("starting the emulator container: {err}"));
+        let host_port = container
+            .get_host_port_ipv4(port)
+            .unwrap_or_else(|err| panic!("the emulator container's port {port}: {err}"));
+        remove_when_gone(container.id());
+        // Owned by the static endpoint from here on; the watchdog removes it.
+        std::mem::forget(container);
+        let address = format!("127.0.0.1:{host_port}");
+        wait_for_http(&address, health);
+        format!("http://{address}")
+    }
+
+    /// Docker accepts connections on a mapped port before the emulator listens, so
+    /// readiness is a real HTTP answer.
+    fn wait_for_http(address: &str, path: &str) {
+        let started = Instant::now();
+        loop {
+            let answered = TcpStream::connect(address).ok().and_then(|mut stream| {
+                stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+                write!(stream, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").ok()?;
+                let mut head = [0u8; 12];
+                stream.read_exact(&mut head).ok()?;
+                Some(head.starts_with(b"HTTP/1.") && head[9] == b'2')
+            });
+            if answered == Some(true) {
+                return;
+            }
+            assert!(
+                started.elapsed() < STARTUP_TIMEOUT,
+                "the emulator container did not answer on {address}{path} in {STARTUP_TIMEOUT:?}"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    fn remove_when_gone(id: &str) {
+        let script = r#"while kill -0 "$1" 2>/dev/null; do sleep 1; done; docker rm -f "$2" >/dev/null 2>&1"#;
+        let spawned = Command::new("sh")
+            .args(["-c", script, "medlabel-container-watchdog"])
+            .arg(std::process::id().to_string())
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        if spawned.is_err() {
+            eprintln!("cannot watch emulator container {id}: remove it with `docker rm -f {id}`");
+        }
+    }
 }
