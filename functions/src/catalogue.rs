@@ -97,6 +97,14 @@ pub const ROUTES: &[Route] = &[
         NoBody,
     ),
     route(
+        "PUT",
+        "/model/{model}",
+        "info",
+        "Upload new weights for the model's network as its next version",
+        &[],
+        Multipart(&["file"]),
+    ),
+    route(
         "DELETE",
         "/model/{model}",
         "info",

@@ -27,6 +27,7 @@ pub mod runner;
 pub mod scoring;
 pub mod state;
 pub mod strategy;
+pub mod weights;
 
 pub use app::{app, finish};
 pub use error::ApiError;

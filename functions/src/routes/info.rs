@@ -2,11 +2,13 @@
 
 use std::collections::BTreeSet;
 
+use axum::body::Body;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use medlabel_events::blob::BlobRef;
+use medlabel_events::blob::{BlobRef, read_to_vec};
 use medlabel_events::event::{Event, NewEvent};
 use medlabel_events::store::ExpectedVersion;
 use medlabel_events::{ModelName, StreamId};
@@ -14,11 +16,13 @@ use serde_json::{Map, Value, json};
 
 use crate::catalogue;
 use crate::context::Ctx;
-use crate::error::ApiError;
+use crate::error::{ApiError, FieldError};
 use crate::extract::{Segment, parse_id};
+use crate::multipart::read_form;
 use crate::reply;
 use crate::routes::activelearning::strategies_info;
 use crate::state::AppState;
+use crate::weights;
 
 /// The MONAI Label version medlabel's API corresponds to.
 pub const MONAI_LABEL_VERSION: &str = "0.8.5";
@@ -30,7 +34,10 @@ pub fn router() -> Router<AppState> {
         .route("/openapi.json", get(openapi))
         .route("/info/", get(info))
         .route("/reload", post(reload))
-        .route("/model/{model}", get(model_file).delete(delete_model))
+        .route(
+            "/model/{model}",
+            get(model_file).put(upload_model).delete(delete_model),
+        )
         .route("/model/info/{model}", get(model_info))
 }
 
@@ -91,31 +98,51 @@ async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(app_info(&state).await?))
 }
 
-/// The model's current weights, from its stream: the latest `ModelPublished` unless a
-/// `ModelDeleted` came after it. Returns the stream version too.
-async fn current_model(
-    state: &AppState,
-    name: &ModelName,
-) -> Result<(BlobRef, i64, u64), ApiError> {
+/// A model's current version, from its stream.
+struct CurrentModel {
+    weights: BlobRef,
+    config: BlobRef,
+    version: u32,
+    published_ms: i64,
+    /// The stream's version, for appending the next event.
+    stream_version: u64,
+}
+
+/// The model's current version: the latest `ModelPublished` unless a `ModelDeleted`
+/// came after it.
+async fn current_model(state: &AppState, name: &ModelName) -> Result<CurrentModel, ApiError> {
     let events = state
         .datastore
         .event_store()
         .read_stream(&StreamId::model(name), 1)
         .await?;
     let mut current = None;
-    let mut version = 0;
     for recorded in &events {
-        version = recorded.sequence;
         match &recorded.event {
-            Event::ModelPublished { weights, .. } => {
-                current = Some((weights.clone(), recorded.timestamp_ms))
+            Event::ModelPublished {
+                weights,
+                config,
+                version,
+                ..
+            } => {
+                current = Some(CurrentModel {
+                    weights: weights.clone(),
+                    config: config.clone(),
+                    version: *version,
+                    published_ms: recorded.timestamp_ms,
+                    stream_version: recorded.sequence,
+                })
             }
             Event::ModelDeleted { .. } => current = None,
             _ => {}
         }
     }
+    let stream_version = events.last().map_or(0, |e| e.sequence);
     current
-        .map(|(blob, ts)| (blob, ts, version))
+        .map(|model| CurrentModel {
+            stream_version,
+            ..model
+        })
         .ok_or_else(|| ApiError::NotFound(format!("Model File NOT Found for {name}")))
 }
 
@@ -125,7 +152,7 @@ fn model_name(segment: &Segment) -> Result<ModelName, ApiError> {
 
 async fn model_file(State(state): State<AppState>, model: Segment) -> Result<Response, ApiError> {
     let name = model_name(&model)?;
-    let (blob, _, _) = current_model(&state, &name).await?;
+    let blob = current_model(&state, &name).await?.weights;
     let reader = state.datastore.blob_store().get(&blob).await?;
     Ok(reply::blob_file(
         &format!("{name}{}", blob.ext),
@@ -139,10 +166,13 @@ async fn model_info(
     model: Segment,
 ) -> Result<Json<Value>, ApiError> {
     let name = model_name(&model)?;
-    let (blob, ts, _) = current_model(&state, &name).await?;
+    let current = current_model(&state, &name).await?;
     let mut info = Map::new();
-    info.insert("checksum".into(), json!(blob.checksum()));
-    info.insert("modified_time".into(), json!(ts.div_euclid(1000)));
+    info.insert("checksum".into(), json!(current.weights.checksum()));
+    info.insert(
+        "modified_time".into(),
+        json!(current.published_ms.div_euclid(1000)),
+    );
     if let Some(stats) = state
         .runner
         .describe()
@@ -161,7 +191,7 @@ async fn delete_model(
     model: Segment,
 ) -> Result<impl IntoResponse, ApiError> {
     let name = model_name(&model)?;
-    let (_, _, version) = current_model(&state, &name).await?;
+    let version = current_model(&state, &name).await?.stream_version;
     let event = NewEvent {
         event: Event::ModelDeleted {
             model: name.clone(),
@@ -180,4 +210,74 @@ async fn delete_model(
         )
         .await?;
     Ok(Json(json!({})))
+}
+
+/// MONAI Label's model upload: the file becomes the model's next version (the
+/// network config stays), once its header proves it whole and shaped for the network.
+async fn upload_model(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    model: Segment,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let name = model_name(&model)?;
+    let current = current_model(&state, &name)
+        .await
+        .map_err(|_| ApiError::NotFound(format!("Model File Name NOT configured for {name}")))?;
+    let form = read_form(
+        &headers,
+        body,
+        &["file"],
+        state.config.max_upload_bytes,
+        &state.config.temp_dir,
+    )
+    .await?;
+    let upload = form.required_file("file")?;
+    let refuse = |why: String| {
+        ApiError::field(FieldError::new(
+            "value_error",
+            "body",
+            "file",
+            why,
+            json!(upload.file_name),
+        ))
+    };
+    let new_layout =
+        weights::layout(std::fs::File::open(&upload.path)?, upload.size).map_err(refuse)?;
+    let blobs = state.datastore.blob_store();
+    let current_bytes = read_to_vec(blobs.as_ref(), &current.weights).await?;
+    let current_layout = weights::layout(&current_bytes[..], current_bytes.len() as u64)
+        .map_err(|why| ApiError::Internal(format!("model {name}'s current weights: {why}")))?;
+    if let Some(why) = weights::mismatch(&current_layout, &new_layout) {
+        return Err(refuse(why));
+    }
+    let weights = blobs.put_file(&upload.path, &current.weights.ext).await?;
+    let now_ms = state.datastore.clock().now_ms();
+    let event = NewEvent {
+        event: Event::ModelPublished {
+            model: name.clone(),
+            version: current.version + 1,
+            weights: weights.clone(),
+            config: current.config,
+            metric: None,
+            training_run: None,
+        },
+        actor: ctx.actor(None),
+        timestamp_ms: now_ms,
+    };
+    state
+        .datastore
+        .event_store()
+        .append(
+            &StreamId::model(&name),
+            ExpectedVersion::Exact(current.stream_version),
+            vec![event],
+            &ctx.request_id,
+        )
+        .await?;
+    Ok(Json(json!({
+        "checksum": weights.checksum(),
+        "modified_time": now_ms.div_euclid(1000),
+    })))
 }
