@@ -1,9 +1,10 @@
-//! Datastore operations on the embedded backend (SQLite + folder) at 1,000, 10,000 and
-//! 100,000 images: add_image and save_label (each a durable append plus a blob), and the
-//! reads that must cost what their answer costs (status, get_unlabeled_images), and
-//! active learning's next-sample (a pick plus a durable two-event append per call).
+//! Datastore operations on the embedded backend (SQLite + folder, small blobs inline in
+//! the database, as the local server opens it) at 1,000, 10,000 and 100,000 images:
+//! add_image and save_label (each a durable append plus a blob), the reads that must
+//! cost what their answer costs (status, get_unlabeled_images), and active learning's
+//! next-sample (a pick plus a durable two-event append per call).
 //!
-//! `cargo bench -p medlabel-events --bench datastore`
+//! `cargo bench -p medlabel-events --no-default-features --bench datastore`
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,9 +25,11 @@ const SIZES: [usize; 3] = [1_000, 10_000, 100_000];
 /// sharing one image blob and one label blob: content addressing makes that realistic.
 fn populate(rt: &tokio::runtime::Runtime, dir: &std::path::Path, n: usize) -> Datastore {
     rt.block_on(async {
-        let store: Arc<dyn EventStore> =
-            Arc::new(SqliteEventStore::open(dir.join("events.db")).expect("open store"));
-        let blobs = Arc::new(FolderBlobStore::open(dir.join("blobs")).expect("open blobs"));
+        let events = SqliteEventStore::open(dir.join("events.db")).expect("open store");
+        let blobs = Arc::new(
+            FolderBlobStore::open_with_inline(dir.join("blobs"), &events).expect("open blobs"),
+        );
+        let store: Arc<dyn EventStore> = Arc::new(events);
         let ext = Extension::parse(".nii.gz").unwrap();
         let image_blob = blobs.put_bytes(vec![7; 4096], &ext).await.unwrap();
         let label_blob = blobs.put_bytes(vec![1; 1024], &ext).await.unwrap();

@@ -5,8 +5,8 @@
 //! file twice stores it once, and a blob is always written before the event that
 //! references it (invariant 3). Blobs no event references can be swept.
 //!
-//! Adapters: [`fs::FolderBlobStore`] (a local folder) and, with the `aws` feature,
-//! [`s3::S3BlobStore`].
+//! Adapters: [`fs::FolderBlobStore`] (a local folder, its small blobs optionally inside
+//! the embedded event database) and, with the `aws` feature, [`s3::S3BlobStore`].
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -53,6 +53,9 @@ pub enum BlobError {
     NotFound(String),
     #[error("upload {0} not found")]
     UploadNotFound(String),
+    /// The client's upload cannot become a blob (parts too small, none sent, …).
+    #[error("upload {id} is unusable: {reason}")]
+    InvalidUpload { id: String, reason: String },
     #[error("blob is {size} bytes; the limit is {limit}")]
     TooLarge { size: u64, limit: u64 },
     #[error("blob store I/O error: {0}")]
@@ -61,7 +64,21 @@ pub enum BlobError {
     Backend(String),
 }
 
+/// S3's smallest part of a multipart upload, the last part excepted.
+pub const MIN_UPLOAD_PART: u64 = 5 * 1024 * 1024;
+
 /// The blob store port.
+///
+/// Durability: every blob that an acknowledged event references must survive a crash
+/// (invariant 5). Blobs are put before the events that reference them, so a put only has
+/// to be durable by the time that event's append is acknowledged:
+/// - [`s3::S3BlobStore`], and [`fs::FolderBlobStore`] for the blobs it keeps as files, are
+///   durable when the put returns;
+/// - a [`fs::FolderBlobStore`] opened with [`fs::FolderBlobStore::open_with_inline`] puts
+///   small blobs into the embedded event database without an fsync: such a put is
+///   durable no later than the next append committed to that same database, whose fsync
+///   covers it. A crash before that append may lose the blob, but then no acknowledged
+///   event references it.
 #[async_trait]
 pub trait BlobStore: Send + Sync + 'static {
     /// Stores the file at `path` (streamed, never read whole into memory) and returns
@@ -83,9 +100,18 @@ pub trait BlobStore: Send + Sync + 'static {
     /// Every stored blob, for sweeping the unreferenced ones.
     async fn list(&self) -> Result<Vec<BlobRef>, BlobError>;
 
-    /// A file path for the blob when the store is a local folder (MONAI Label's
-    /// `get_image_uri` returns a local path); `None` for remote stores.
+    /// The file holding the blob when the store keeps it as a local file; `None` for
+    /// remote stores and for blobs kept inside an event database. Readers that get `None`
+    /// read the bytes with [`BlobStore::get`], or ask [`BlobStore::local_file`] for a path.
     fn local_path(&self, blob: &BlobRef) -> Option<PathBuf>;
+
+    /// A local file holding the blob, for readers that only take paths (MONAI Label's
+    /// `get_image_uri`, the runner's `image`): [`BlobStore::local_path`] when there is one,
+    /// else a local store writes a blob it keeps elsewhere out as a file. `None` for
+    /// remote stores (see [`BlobStore::presign_get`]) and for absent blobs.
+    async fn local_file(&self, blob: &BlobRef) -> Result<Option<PathBuf>, BlobError> {
+        Ok(self.local_path(blob))
+    }
 
     /// A time-limited URL to GET the blob directly, where the store supports it.
     async fn presign_get(
@@ -101,6 +127,31 @@ pub trait BlobStore: Send + Sync + 'static {
         upload_id: &str,
         expires_in: Duration,
     ) -> Result<Option<String>, BlobError>;
+
+    /// Time-limited URLs to PUT an upload as `parts` parts, the `n`th part to the `n`th
+    /// URL, where supported: volumes too big for one PUT, or sent in parallel. Every part
+    /// but the last must hold at least [`MIN_UPLOAD_PART`] bytes;
+    /// [`BlobStore::complete_upload_parts`] joins them.
+    async fn presign_upload_parts(
+        &self,
+        _upload_id: &str,
+        _parts: u16,
+        _expires_in: Duration,
+    ) -> Result<Option<Vec<String>>, BlobError> {
+        Ok(None)
+    }
+
+    /// Joins the parts of an upload started with [`BlobStore::presign_upload_parts`]:
+    /// `(part number, ETag the part's PUT answered)`, in order. Refused with
+    /// [`BlobError::InvalidUpload`] when the store cannot join them (a part under
+    /// [`MIN_UPLOAD_PART`] but the last, an unknown part or ETag).
+    async fn complete_upload_parts(
+        &self,
+        upload_id: &str,
+        _parts: &[(u16, String)],
+    ) -> Result<(), BlobError> {
+        Err(BlobError::UploadNotFound(upload_id.to_owned()))
+    }
 
     /// Moves a finished upload to its content address and returns it; refuses uploads
     /// over `max_size`.

@@ -51,14 +51,18 @@ impl<V: Projection> Projected<V> {
         loop {
             let after = self.peek().position();
             let batch = self.store.read_all(after, CATCH_UP_BATCH).await?;
-            if batch.is_empty() {
-                return Ok(());
-            }
-            let mut view = self.view.write().expect("view lock poisoned");
-            for event in &batch {
-                if event.position > view.position() {
-                    view.apply(event);
+            if !batch.is_empty() {
+                let mut view = self.view.write().expect("view lock poisoned");
+                for event in &batch {
+                    if event.position > view.position() {
+                        view.apply(event);
+                    }
                 }
+            }
+            // A short batch ends where the store's log ended for this read: asking again
+            // would cost a round trip to learn that (see `EventStore::read_all`).
+            if batch.len() < CATCH_UP_BATCH {
+                return Ok(());
             }
         }
     }

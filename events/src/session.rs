@@ -399,7 +399,8 @@ mod tests {
     fn fixture() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(SqliteEventStore::open(dir.path().join("events.db")).unwrap());
-        let blobs = Arc::new(FolderBlobStore::open(dir.path().join("blobs")).unwrap());
+        let blobs =
+            Arc::new(FolderBlobStore::open_with_inline(dir.path().join("blobs"), &store).unwrap());
         let clock = Arc::new(ManualClock::new(1_700_000_000_000));
         let file = dir.path().join("upload.bin");
         std::fs::write(&file, b"voxels").unwrap();

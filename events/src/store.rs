@@ -174,6 +174,9 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Up to `limit` events with global position > `after`, in global order, without
     /// gaps: if position p is returned, every position below p was returned before.
+    /// Fewer than `limit` only when no more were visible to this read (it reached the
+    /// head, or an index gap did not fill in time), so a reader catching up may stop at
+    /// a short batch.
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError>;
 
     /// The highest global position recorded so far (0 for an empty store).

@@ -91,6 +91,12 @@ pub enum ApiError {
     /// 500: anything else; the detail is logged, the client gets the request id.
     #[error("{0}")]
     Internal(String),
+    /// 502: a server medlabel relays to (a DICOMweb server) failed or is unreachable.
+    #[error("{0}")]
+    BadGateway(String),
+    /// 503: this deployment lacks what the route needs (a GPU, a configured viewer).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -105,6 +111,8 @@ impl ApiError {
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::TaskRunning(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -172,6 +180,13 @@ impl From<BlobError> for ApiError {
         match err {
             BlobError::TooLarge { limit, .. } => ApiError::TooLarge { limit },
             BlobError::UploadNotFound(id) => ApiError::NotFound(format!("Upload {id} NOT Found")),
+            BlobError::InvalidUpload { ref id, .. } => ApiError::field(FieldError::new(
+                "value_error",
+                "path",
+                "upload_id",
+                err.to_string(),
+                json!(id),
+            )),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -77,7 +77,7 @@ mod aws {
     use medlabel_events::store::dynamo::DynamoEventStore;
 
     use crate::app::finish;
-    use crate::state::{AppState, AuthConfig, Config};
+    use crate::state::{AppState, AuthConfig, Config, DicomWeb};
 
     /// Lambda's request payload limit: bigger uploads must use presigned URLs.
     const LAMBDA_MAX_BODY: u64 = 6 * 1024 * 1024;
@@ -88,7 +88,9 @@ mod aws {
 
     /// State on DynamoDB (`MEDLABEL_EVENTS_TABLE`) and S3 (`MEDLABEL_BLOBS_BUCKET`);
     /// `AWS_ENDPOINT_URL` (an emulator) is honoured by the SDK configuration. Auth is
-    /// on when `MEDLABEL_AUTH_CLIENT_ID` and `MEDLABEL_AUTH_REALM` are set.
+    /// on when `MEDLABEL_AUTH_CLIENT_ID` and `MEDLABEL_AUTH_REALM` are set;
+    /// `/proxy/dicom/` relays to `MEDLABEL_DICOMWEB_URL` (basic auth from
+    /// `MEDLABEL_DICOMWEB_USERNAME`/`_PASSWORD`).
     pub async fn state_from_env() -> Result<AppState, lambda_http::Error> {
         let table = required("MEDLABEL_EVENTS_TABLE")?;
         let bucket = required("MEDLABEL_BLOBS_BUCKET")?;
@@ -102,8 +104,12 @@ mod aws {
             (Ok(client_id), Ok(realm)) => Some(AuthConfig { client_id, realm }),
             _ => None,
         };
+        let dicomweb = std::env::var("MEDLABEL_DICOMWEB_URL")
+            .ok()
+            .map(DicomWeb::with_env_credentials);
         let config = Config {
             max_upload_bytes: LAMBDA_MAX_BODY,
+            dicomweb,
             temp_dir: std::env::temp_dir(),
             auth,
             ..Config::default()

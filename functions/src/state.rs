@@ -25,6 +25,26 @@ pub struct AuthConfig {
     pub realm: String,
 }
 
+/// A DICOMweb server that `/proxy/dicom/` relays to (MONAI Label's DICOMweb studies).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DicomWeb {
+    /// Base URL; a proxied path is appended to it.
+    pub url: String,
+    /// HTTP basic credentials, when the server wants them.
+    pub credentials: Option<(String, String)>,
+}
+
+impl DicomWeb {
+    /// The server at `url`, with credentials from `MEDLABEL_DICOMWEB_USERNAME` and
+    /// `MEDLABEL_DICOMWEB_PASSWORD` when both are set (secrets stay out of argv).
+    pub fn with_env_credentials(url: String) -> Self {
+        let credentials = std::env::var("MEDLABEL_DICOMWEB_USERNAME")
+            .ok()
+            .zip(std::env::var("MEDLABEL_DICOMWEB_PASSWORD").ok());
+        Self { url, credentials }
+    }
+}
+
 /// Settings of the HTTP surface.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -43,6 +63,10 @@ pub struct Config {
     pub lease: std::time::Duration,
     /// Seeds the `random` strategy, so a run can be reproduced.
     pub strategy_seed: Option<u64>,
+    /// A built OHIF viewer served at `/ohif/`; `None`: the route answers 503.
+    pub ohif_dir: Option<PathBuf>,
+    /// The DICOMweb server behind `/proxy/dicom/`; `None`: the route answers 503.
+    pub dicomweb: Option<DicomWeb>,
 }
 
 impl Default for Config {
@@ -57,6 +81,8 @@ impl Default for Config {
                 .into(),
             lease: crate::strategy::DEFAULT_LEASE,
             strategy_seed: None,
+            ohif_dir: None,
+            dicomweb: None,
         }
     }
 }

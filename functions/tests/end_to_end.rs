@@ -150,7 +150,7 @@ async fn an_uploaded_image_is_segmented_by_a_batch_job_through_stream_queue_and_
 
     // An operator published the starter model (what `medlabel serve --starter-model`
     // does locally).
-    let starter = Path::new(env!("CARGO_MANIFEST_DIR"))
+    let starter = common::manifest_dir()
         .join("../gpu-runner/models")
         .join(MODEL);
     let jobs = Jobs::new(stack.store(), Arc::new(SystemClock));

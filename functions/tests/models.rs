@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 const MODEL: &str = "segmentation_spleen";
 
 fn starter() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    common::manifest_dir()
         .join("../gpu-runner/models")
         .join(MODEL)
 }

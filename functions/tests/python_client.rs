@@ -56,9 +56,7 @@ fn start(studies: &Path, extra: &[&std::ffi::OsStr]) -> (Server, String) {
 
 /// Runs `tests/python/<script> <url> <work>` and checks it reports `{"ok": true}`.
 fn run_script(script: &str, url: &str, work: &Path) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/python")
-        .join(script);
+    let path = common::manifest_dir().join("tests/python").join(script);
     let output = Command::new(python())
         .arg(&path)
         .arg(url)
@@ -101,8 +99,7 @@ fn python_client_infers_and_trains_with_the_runner() {
     let studies = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
     let runner = common::runner_binary();
-    let starter =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../gpu-runner/models/segmentation_spleen");
+    let starter = common::manifest_dir().join("../gpu-runner/models/segmentation_spleen");
     let (_server, url) = start(
         studies.path(),
         &[

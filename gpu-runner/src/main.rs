@@ -177,7 +177,8 @@ async fn worker_cmd(home: PathBuf, addr: String, device: String) -> Result<()> {
     use medlabel_runner::worker::{Worker, WorkerConfig};
     let invalid = |e: &dyn std::fmt::Display| RunnerError::invalid(e.to_string());
     let store = SqliteEventStore::open(home.join("events.db")).map_err(|e| invalid(&e))?;
-    let blobs = FolderBlobStore::open(home.join("blobs")).map_err(|e| invalid(&e))?;
+    let blobs =
+        FolderBlobStore::open_with_inline(home.join("blobs"), &store).map_err(|e| invalid(&e))?;
     let models_dir = home.join("models");
     let config = WorkerConfig {
         models_dir: models_dir.clone(),

@@ -8,7 +8,8 @@ use medlabel_runner::{Model, synth};
 
 #[test]
 fn shipped_spleen_model_segments_an_unseen_synthetic_case() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/segmentation_spleen");
+    let dir = Path::new(&std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"))
+        .join("models/segmentation_spleen");
     let model = Model::load(&dir, tch::Device::Cpu).unwrap();
     assert_eq!(model.config.labels["spleen"], 1);
     // make-sample's geometry at a seed outside the training range (0..16).

@@ -12,7 +12,7 @@ use medlabel_tests::datastore_contract as contract;
 
 async fn open(dir: &Path) -> Datastore {
     let store = SqliteEventStore::open(dir.join("events.db")).unwrap();
-    let blobs = FolderBlobStore::open(dir.join("blobs")).unwrap();
+    let blobs = FolderBlobStore::open_with_inline(dir.join("blobs"), &store).unwrap();
     Datastore::open(Arc::new(store), Arc::new(blobs))
         .await
         .unwrap()
@@ -81,7 +81,7 @@ async fn leases_end_and_expire() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
     let store = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
-    let blobs = FolderBlobStore::open(dir.path().join("blobs")).unwrap();
+    let blobs = FolderBlobStore::open_with_inline(dir.path().join("blobs"), &store).unwrap();
     let ds = Datastore::open_with_clock(Arc::new(store), Arc::new(blobs), clock.clone())
         .await
         .unwrap();
@@ -98,7 +98,7 @@ async fn epistemic_follows_scores() {
 async fn jobs_lifecycle() {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
-    let blobs = FolderBlobStore::open(dir.path().join("blobs")).unwrap();
+    let blobs = FolderBlobStore::open_with_inline(dir.path().join("blobs"), &store).unwrap();
     medlabel_tests::jobs_contract::lifecycle(Arc::new(store), Arc::new(blobs)).await;
 }
 

@@ -1,6 +1,7 @@
 //! The embedded backends: the contract suites on [`SqliteEventStore`] and
-//! [`FolderBlobStore`], plus what only they promise (several handles on one file, a
-//! reopened file, staged uploads, in-place import by hard link).
+//! [`FolderBlobStore`] (files only, and with small blobs inline in an event database),
+//! plus what only they promise (several handles on one file, a reopened file, staged
+//! uploads, in-place import by hard link).
 
 use std::os::unix::fs::MetadataExt;
 use std::sync::Arc;
@@ -35,14 +36,29 @@ macro_rules! event_store_contract {
     )*};
 }
 
+/// A folder store with its small blobs in the event database beside it, as the local
+/// server opens it.
+fn folder_with_inline() -> (TempDir, Arc<dyn BlobStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let events = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
+    let store = FolderBlobStore::open_with_inline(dir.path().join("blobs"), &events).unwrap();
+    (dir, Arc::new(store))
+}
+
+/// The blob suites on the store that `$open` makes, in a module of that name.
 macro_rules! blob_store_contract {
-    ($($suite:ident),* $(,)?) => {$(
-        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-        async fn $suite() {
-            let (_dir, store) = folder();
-            contract::$suite(store).await;
+    ($open:ident: $($suite:ident),* $(,)?) => {
+        mod $open {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $suite() {
+                    let (_dir, store) = super::$open();
+                    contract::$suite(store).await;
+                }
+            )*
         }
-    )*};
+    };
 }
 
 event_store_contract!(
@@ -56,7 +72,8 @@ event_store_contract!(
     follow_sees_old_and_new,
 );
 
-blob_store_contract!(blob_round_trip, blob_dedup, blob_streams_large_file);
+blob_store_contract!(folder: blob_round_trip, blob_dedup, blob_streams_large_file);
+blob_store_contract!(folder_with_inline: blob_round_trip, blob_dedup, blob_streams_large_file);
 
 /// Two handles on one file, as two processes would hold, interleave into one gapless
 /// order and see each other's writes, conflicts included.

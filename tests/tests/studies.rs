@@ -42,7 +42,7 @@ fn monai_studies(dir: &Path) {
 
 async fn open(state: &Path) -> (Datastore, FolderBlobStore) {
     let store = SqliteEventStore::open(state.join("events.db")).unwrap();
-    let blobs = FolderBlobStore::open(state.join("blobs")).unwrap();
+    let blobs = FolderBlobStore::open_with_inline(state.join("blobs"), &store).unwrap();
     let ds = Datastore::open(Arc::new(store), Arc::new(blobs.clone()))
         .await
         .unwrap();

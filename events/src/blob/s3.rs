@@ -11,7 +11,9 @@
 //! hashed again on the way; if the second digest differs (the file changed meanwhile)
 //! the upload is aborted instead of storing bytes under the wrong address.
 //!
-//! An adopted upload is hashed while streamed from S3, then copied server-side on the
+//! An upload is one presigned PUT, or presigned part PUTs of a multipart upload that the
+//! client completes with the parts' ETags, as any S3 client does. An adopted upload is hashed while streamed
+//! from S3, then copied server-side (in ranges above S3's 5 GiB CopyObject limit) on the
 //! condition that its ETag is still the one hashed: a client re-using its presigned URL
 //! during adoption cannot slip other bytes under the address.
 
@@ -21,7 +23,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -33,6 +35,9 @@ use crate::id::Extension;
 
 /// Files above this size go up as a multipart upload in parts of this size.
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
+
+/// S3's limit on one CopyObject.
+const MAX_COPY_OBJECT: u64 = 5 * 1024 * 1024 * 1024;
 
 /// Bytes hashed per read when streaming.
 const CHUNK: usize = 1 << 20;
@@ -46,6 +51,8 @@ pub struct S3BlobStore {
     client: Client,
     bucket: String,
     prefix: String,
+    /// Largest object one CopyObject may copy; larger ones are copied in ranges this big.
+    copy_limit: u64,
 }
 
 impl S3BlobStore {
@@ -56,7 +63,15 @@ impl S3BlobStore {
             client,
             bucket: bucket.into(),
             prefix: String::new(),
+            copy_limit: MAX_COPY_OBJECT,
         }
+    }
+
+    /// Copies objects above `bytes` in ranges of `bytes` (S3 allows 5 GiB per
+    /// CopyObject; S3-compatible stores may allow less).
+    pub fn with_copy_limit(mut self, bytes: u64) -> Self {
+        self.copy_limit = bytes.max(crate::blob::MIN_UPLOAD_PART);
+        self
     }
 
     /// Keeps every key under `prefix` (a `/` is added if missing), so one bucket can
@@ -246,6 +261,86 @@ impl S3BlobStore {
         Ok(())
     }
 
+    /// Copies `source` to `dest` server-side, provided `source` still has `etag`: one
+    /// CopyObject up to S3's 5 GiB copy limit, a multipart copy in ranges above it.
+    async fn copy_within(
+        &self,
+        source: &str,
+        dest: &str,
+        size: u64,
+        etag: Option<String>,
+    ) -> Result<(), BlobError> {
+        let copy_source = percent_encode(&format!("{}/{source}", self.bucket));
+        if size <= self.copy_limit {
+            self.client
+                .copy_object()
+                .bucket(&self.bucket)
+                .key(dest)
+                .copy_source(copy_source)
+                .set_copy_source_if_match(etag)
+                .send()
+                .await
+                .map_err(backend)?;
+            return Ok(());
+        }
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(dest)
+            .send()
+            .await
+            .map_err(backend)?;
+        let copy_id = created.upload_id().ok_or_else(|| {
+            BlobError::Backend("CreateMultipartUpload returned no upload id".into())
+        })?;
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < size {
+            let end = (start + self.copy_limit).min(size) - 1;
+            let number = parts.len() as i32 + 1;
+            let copied = self
+                .client
+                .upload_part_copy()
+                .bucket(&self.bucket)
+                .key(dest)
+                .upload_id(copy_id)
+                .part_number(number)
+                .copy_source(&copy_source)
+                .copy_source_range(format!("bytes={start}-{end}"))
+                .set_copy_source_if_match(etag.clone())
+                .send()
+                .await
+                .map_err(backend)?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(
+                        copied
+                            .copy_part_result()
+                            .and_then(|r| r.e_tag())
+                            .map(str::to_owned),
+                    )
+                    .build(),
+            );
+            start = end + 1;
+        }
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(dest)
+            .upload_id(copy_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
     async fn delete_key(&self, key: &str) -> Result<(), BlobError> {
         self.client
             .delete_object()
@@ -402,6 +497,104 @@ impl BlobStore for S3BlobStore {
         Ok(Some(request.uri().to_owned()))
     }
 
+    async fn presign_upload_parts(
+        &self,
+        upload_id: &str,
+        parts: u16,
+        expires_in: Duration,
+    ) -> Result<Option<Vec<String>>, BlobError> {
+        let key = self.upload_key(upload_id)?;
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+            .map_err(backend)?;
+        let s3_upload = created.upload_id().ok_or_else(|| {
+            BlobError::Backend("CreateMultipartUpload returned no upload id".into())
+        })?;
+        let mut urls = Vec::with_capacity(usize::from(parts));
+        for number in 1..=i32::from(parts) {
+            let request = self
+                .client
+                .upload_part()
+                .bucket(&self.bucket)
+                .key(&key)
+                .upload_id(s3_upload)
+                .part_number(number)
+                .presigned(presigning(expires_in)?)
+                .await
+                .map_err(backend)?;
+            urls.push(request.uri().to_owned());
+        }
+        Ok(Some(urls))
+    }
+
+    async fn complete_upload_parts(
+        &self,
+        upload_id: &str,
+        parts: &[(u16, String)],
+    ) -> Result<(), BlobError> {
+        let key = self.upload_key(upload_id)?;
+        let pending = self
+            .client
+            .list_multipart_uploads()
+            .bucket(&self.bucket)
+            .prefix(&key)
+            .send()
+            .await
+            .map_err(backend)?;
+        let s3_upload = pending
+            .uploads()
+            .iter()
+            .find(|u| u.key() == Some(key.as_str()))
+            .and_then(|u| u.upload_id())
+            .ok_or_else(|| BlobError::UploadNotFound(upload_id.to_owned()))?;
+        let invalid = |reason: String| BlobError::InvalidUpload {
+            id: upload_id.to_owned(),
+            reason,
+        };
+        if parts.is_empty() {
+            return Err(invalid("name the parts sent, with their ETags".into()));
+        }
+        let completed = parts
+            .iter()
+            .map(|(number, etag)| {
+                CompletedPart::builder()
+                    .part_number(i32::from(*number))
+                    .e_tag(etag)
+                    .build()
+            })
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&key)
+            .upload_id(s3_upload)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(completed))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|err| match err {
+                // Parts under 5 MiB but the last, unknown parts or ETags, a wrong order:
+                // the client's mistake, in S3's words.
+                SdkError::ServiceError(service) => invalid(
+                    service
+                        .err()
+                        .message()
+                        .unwrap_or("S3 refused to join the parts")
+                        .to_owned(),
+                ),
+                other => backend(other),
+            })?;
+        Ok(())
+    }
+
     async fn adopt_upload(
         &self,
         upload_id: &str,
@@ -450,16 +643,7 @@ impl BlobStore for S3BlobStore {
         };
         let key = self.blob_key(&blob);
         if self.exists(&key).await?.is_none() {
-            let source = format!("{}/{}", self.bucket, staged);
-            self.client
-                .copy_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .copy_source(percent_encode(&source))
-                .set_copy_source_if_match(etag)
-                .send()
-                .await
-                .map_err(backend)?;
+            self.copy_within(&staged, &key, size, etag).await?;
         }
         self.delete_key(&staged).await?;
         Ok(blob)

@@ -291,7 +291,7 @@ impl Datastore {
     }
 
     async fn blob_uri(&self, blob: &BlobRef) -> Result<String> {
-        if let Some(path) = self.blobs.local_path(blob) {
+        if let Some(path) = self.blobs.local_file(blob).await? {
             return Ok(path.to_string_lossy().into_owned());
         }
         match self
@@ -336,8 +336,12 @@ impl Datastore {
         ext: &Extension,
         info: Info,
     ) -> Result<LabelVersion> {
-        // Refuse before storing anything when the image is unknown.
-        self.image(image).await?;
+        // Refuse before storing anything when the image is unknown. The view as it
+        // stands vouches for a known image (the decision checks again against a caught-up
+        // view); only an unknown one needs a catch-up to be sure.
+        if self.view.peek().image(image).is_none() {
+            self.image(image).await?;
+        }
         let blob = self.blobs.put_file(file, ext).await?;
         self.save_label_blob(ctx, image, tag, blob, info).await
     }
@@ -356,8 +360,9 @@ impl Datastore {
         })
         .await?;
         // A replayed request id recorded nothing new: report the version it made then,
-        // which is the one holding this blob.
-        let view = self.view().await?;
+        // which is the one holding this blob. `execute` caught the view up past the
+        // append (or its first recording), so the view as it stands holds it.
+        let view = self.view.peek();
         view.label(image, tag)
             .and_then(|label| {
                 label

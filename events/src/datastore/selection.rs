@@ -9,8 +9,9 @@
 //! because they are leased to someone else (bounded by the number of annotators).
 //!
 //! Strategies, with MONAI Label's semantics where they exist:
-//! - `random`: images never handed out first, uniformly at random; then the one handed
-//!   out longest ago (MONAI's weight `now − last served` makes unserved images dominate);
+//! - `random`: images never handed out first, uniformly at random; then one handed out
+//!   longest ago, at random among those served in that same second (MONAI's weight
+//!   `now − last served` makes unserved images dominate);
 //! - `first` / `last`: the smallest / largest id;
 //! - `epistemic`: MONAI's `min(now − last served, 1 day)` then highest stored
 //!   uncertainty: images not handed out within a day, highest `epistemic_entropy`
@@ -23,6 +24,10 @@ use serde_json::Value;
 
 use crate::event::Info;
 use crate::id::ImageId;
+
+/// How many equally-old served images a re-serving pick draws from: enough to spread
+/// a team's concurrent requests, few enough to stay O(1) per pick.
+const MAX_SERVED_TIES: usize = 64;
 
 /// MONAI Label's cap on "time since served" for the epistemic strategy.
 const EPISTEMIC_RECENT_S: i64 = 86_400;
@@ -262,7 +267,22 @@ impl SelectionIndex {
         }
         // Leases by other clients are expected to be few: `free` skips them in order.
         let free = |id: &&ImageId| !self.held_by_other(id, client_id, now_ms);
-        let oldest_served = || self.served.iter().map(|(_, id)| id).find(free);
+        // Images last handed out in the same second were served equally long ago (the
+        // weight MONAI Label uses has one-second resolution): a uniform draw among them,
+        // not the smallest id, keeps concurrent annotators from racing for one image.
+        let oldest_served = || {
+            let mut candidates = self.served.iter().filter(|(_, id)| free(&id));
+            let &(oldest, ref first) = candidates.next()?;
+            let ties: Vec<&ImageId> = std::iter::once(first)
+                .chain(
+                    candidates
+                        .take_while(|(ts, _)| *ts == oldest)
+                        .map(|(_, id)| id),
+                )
+                .take(MAX_SERVED_TIES)
+                .collect();
+            Some(ties[random(ties.len()) % ties.len()])
+        };
         let pick = match strategy {
             Strategy::First => self.ids.iter().find(free),
             Strategy::Last => self.ids.iter().rev().find(free),
@@ -356,6 +376,29 @@ mod tests {
             index.pick(Strategy::Random, "c", 0, &|_| 0),
             Some(id_of(&index, 0))
         );
+    }
+
+    #[test]
+    fn repeats_draw_among_images_served_in_the_same_oldest_second() {
+        let mut index = index(10);
+        let ids: Vec<ImageId> = (0..10).map(id).collect();
+        index.served(&ids[9], 100);
+        for image in &ids[..9] {
+            index.served(image, 200);
+        }
+        // One image is older than the rest: it comes first, whatever the draw.
+        for k in 0..5 {
+            assert_eq!(
+                index.pick(Strategy::Random, "c", 0, &move |_| k),
+                Some(ids[9].clone())
+            );
+        }
+        index.served(&ids[9], 300);
+        // Nine tied in the oldest second: the draw decides among them.
+        let picks: BTreeSet<ImageId> = (0..9)
+            .map(|k| index.pick(Strategy::Random, "c", 0, &move |_| k).unwrap())
+            .collect();
+        assert_eq!(picks, ids[..9].iter().cloned().collect());
     }
 
     fn id_of(index: &SelectionIndex, ts: i64) -> ImageId {

@@ -17,13 +17,20 @@
 //! killed process and a power cut. Readers use their own connection and never wait
 //! behind an append's fsync.
 //!
-//! SQLite calls block, so they run on tokio's blocking pool, one connection per role
-//! behind a mutex. Appends made through this handle (or its clones) wake
-//! [`EventStore::wait_for_append`] at once; appends from other processes are noticed by
-//! polling the head.
+//! The same file can also hold a folder blob store's small blobs (table `blobs`, see
+//! [`crate::blob::fs::FolderBlobStore::open_with_inline`]), written on a second writer
+//! connection with `synchronous = NORMAL`: such a commit only reaches the WAL, and the
+//! next append's fsync of that WAL makes it durable too, so a small blob plus the event
+//! that references it cost one fsync instead of three. Why that is safe is argued in
+//! `docs/event-store.md` ("The embedded store: small blobs in the event database").
+//!
+//! SQLite calls block, so they run on tokio's blocking pool: the reader connection
+//! behind one mutex, the two writer connections behind another. Appends made through
+//! this handle (or its clones) wake [`EventStore::wait_for_append`] at once; appends
+//! from other processes are noticed by polling the head.
 
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -33,8 +40,10 @@ use tokio::sync::{oneshot, watch};
 use crate::event::{self, Actor, NewEvent, RecordedEvent, StreamId};
 use crate::store::{Appended, EventStore, ExpectedVersion, StoreError, check_append};
 
-/// Version of the table layout this build writes (`PRAGMA user_version`).
-const LAYOUT_VERSION: i64 = 1;
+/// Version of the table layout this build writes (`PRAGMA user_version`). Version 2
+/// added `blobs`: a file that holds blobs must not be opened by a build that would not
+/// look for them there.
+const LAYOUT_VERSION: i64 = 2;
 
 /// How long a connection waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -59,6 +68,10 @@ CREATE TABLE IF NOT EXISTS requests (
     request_id TEXT PRIMARY KEY,
     result     TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blobs (
+    name  TEXT PRIMARY KEY,
+    bytes BLOB NOT NULL
+);
 ";
 
 const COLUMNS: &str = "position, stream, sequence, timestamp_ms, actor, request_id, \
@@ -71,7 +84,7 @@ pub struct SqliteEventStore {
 }
 
 struct Inner {
-    writer: Mutex<Connection>,
+    writer: Mutex<Writers>,
     reader: Mutex<Connection>,
     /// Appends waiting for the writer. Whoever holds the writer commits every waiting
     /// append in one transaction (group commit): one fsync for many appends, so
@@ -79,6 +92,23 @@ struct Inner {
     pending: Mutex<Vec<Waiting>>,
     /// Highest position this handle has committed, to wake waiters without polling.
     appended: watch::Sender<u64>,
+}
+
+/// The connections that write, behind one lock: writers in this process take turns on
+/// it instead of meeting SQLite's busy handler, which sleeps in millisecond steps.
+struct Writers {
+    /// `synchronous = FULL`: a commit returns once the WAL is fsynced. Appends use it.
+    durable: Connection,
+    /// `synchronous = NORMAL`: a commit writes the WAL without an fsync (checkpoints and
+    /// WAL restarts still sync). Small blobs use it; the next durable commit's fsync of
+    /// the same WAL file covers them.
+    deferred: Connection,
+}
+
+impl std::fmt::Debug for SqliteEventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteEventStore").finish_non_exhaustive()
+    }
 }
 
 impl SqliteEventStore {
@@ -95,13 +125,14 @@ impl SqliteEventStore {
                 StoreError::Backend(format!("creating {}: {err}", parent.display()))
             })?;
         }
-        let mut writer = connect(path)?;
-        prepare_layout(&mut writer)?;
-        let reader = connect(path)?;
+        let mut durable = connect(path, Synchronous::Full)?;
+        prepare_layout(&mut durable)?;
+        let deferred = connect(path, Synchronous::Normal)?;
+        let reader = connect(path, Synchronous::Full)?;
         let head = query_head(&reader)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                writer: Mutex::new(writer),
+                writer: Mutex::new(Writers { durable, deferred }),
                 reader: Mutex::new(reader),
                 pending: Mutex::new(Vec::new()),
                 appended: watch::Sender::new(head),
@@ -109,7 +140,7 @@ impl SqliteEventStore {
         })
     }
 
-    /// Runs `work` on the blocking pool with the writer or the reader connection.
+    /// Runs `work` on the blocking pool with the durable writer or the reader connection.
     async fn run<T, F>(&self, write: bool, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
@@ -117,19 +148,90 @@ impl SqliteEventStore {
     {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let lock = if write { &inner.writer } else { &inner.reader };
-            // A panic inside `work` drops its transaction (rolling it back) before the
-            // lock is poisoned, so the connection is still sound.
-            let mut conn = lock.lock().unwrap_or_else(PoisonError::into_inner);
-            work(&mut conn)
+            if write {
+                work(&mut lock(&inner.writer).durable)
+            } else {
+                work(&mut lock(&inner.reader))
+            }
         })
         .await
         .map_err(|err| StoreError::Backend(format!("sqlite worker failed: {err}")))?
     }
+
+    /// Stores a small blob's bytes under `name`, unless a blob of that name is stored.
+    /// Blocks; call it from the blocking pool.
+    ///
+    /// Returns once the row is committed to the WAL but before it is fsynced: it becomes
+    /// durable with the next append committed to this file, by any handle or process,
+    /// because that append's fsync flushes the whole WAL file.
+    pub(crate) fn put_blob(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut writers = lock(&self.inner.writer);
+        let tx = writers
+            .deferred
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.prepare_cached("INSERT OR IGNORE INTO blobs (name, bytes) VALUES (?1, ?2)")?
+            .execute(params![name, bytes])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A stored blob's bytes, or `None`. Blocks.
+    pub(crate) fn blob(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(lock(&self.inner.reader)
+            .prepare_cached("SELECT bytes FROM blobs WHERE name = ?1")?
+            .query_row([name], |row| row.get(0))
+            .optional()?)
+    }
+
+    /// A stored blob's size in bytes, or `None`. Blocks.
+    pub(crate) fn blob_size(&self, name: &str) -> Result<Option<u64>, StoreError> {
+        let size: Option<i64> = lock(&self.inner.reader)
+            .prepare_cached("SELECT length(bytes) FROM blobs WHERE name = ?1")?
+            .query_row([name], |row| row.get(0))
+            .optional()?;
+        size.map(|size| stored_u64("blob size", size)).transpose()
+    }
+
+    /// Every stored blob's name and size. Blocks.
+    pub(crate) fn blob_sizes(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        let reader = lock(&self.inner.reader);
+        let mut statement = reader.prepare_cached("SELECT name, length(bytes) FROM blobs")?;
+        let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        rows.map(|row| {
+            let (name, size): (String, i64) = row?;
+            Ok((name, stored_u64("blob size", size)?))
+        })
+        .collect()
+    }
+
+    /// Deletes a stored blob (absent is not an error). Blocks.
+    pub(crate) fn delete_blob(&self, name: &str) -> Result<(), StoreError> {
+        lock(&self.inner.writer)
+            .deferred
+            .prepare_cached("DELETE FROM blobs WHERE name = ?1")?
+            .execute([name])?;
+        Ok(())
+    }
+}
+
+/// Locks a connection or the queue of waiting appends. A panic while a connection was
+/// held dropped its open transaction (rolling it back) before the lock was poisoned, so
+/// the connection is still sound; the queue is only ever pushed to or taken whole.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// When a connection's commits reach the disk (`PRAGMA synchronous`).
+#[derive(Clone, Copy)]
+enum Synchronous {
+    /// Every commit fsyncs the WAL before it returns.
+    Full,
+    /// Commits only write the WAL; checkpoints and WAL restarts still fsync.
+    Normal,
 }
 
 /// Opens one connection with the durability and sharing settings every handle needs.
-fn connect(path: &Path) -> Result<Connection, StoreError> {
+fn connect(path: &Path, sync: Synchronous) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))?;
@@ -139,7 +241,10 @@ fn connect(path: &Path) -> Result<Connection, StoreError> {
             path.display()
         )));
     }
-    conn.execute_batch("PRAGMA synchronous = FULL;")?;
+    conn.execute_batch(match sync {
+        Synchronous::Full => "PRAGMA synchronous = FULL;",
+        Synchronous::Normal => "PRAGMA synchronous = NORMAL;",
+    })?;
     Ok(conn)
 }
 
@@ -161,9 +266,9 @@ fn prepare_layout(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 fn query_head(conn: &Connection) -> Result<u64, StoreError> {
-    let head: i64 = conn.query_row("SELECT COALESCE(MAX(position), 0) FROM events", [], |row| {
-        row.get(0)
-    })?;
+    let head: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(position), 0) FROM events")?
+        .query_row([], |row| row.get(0))?;
     stored_u64("position", head)
 }
 
@@ -216,11 +321,8 @@ fn commit_group(conn: &mut Connection, group: Vec<Waiting>) {
 /// One append inside the group's transaction (`tx` sees the group's earlier appends).
 fn append_in(tx: &Connection, batch: Batch) -> Result<Appended, StoreError> {
     let earlier: Option<String> = tx
-        .query_row(
-            "SELECT result FROM requests WHERE request_id = ?1",
-            [&batch.request_id],
-            |row| row.get(0),
-        )
+        .prepare_cached("SELECT result FROM requests WHERE request_id = ?1")?
+        .query_row([&batch.request_id], |row| row.get(0))
         .optional()?;
     if let Some(earlier) = earlier {
         let mut appended: Appended = serde_json::from_str(&earlier)
@@ -229,11 +331,9 @@ fn append_in(tx: &Connection, batch: Batch) -> Result<Appended, StoreError> {
         return Ok(appended);
     }
 
-    let version: i64 = tx.query_row(
-        "SELECT COALESCE(MAX(sequence), 0) FROM events WHERE stream = ?1",
-        [batch.stream.as_str()],
-        |row| row.get(0),
-    )?;
+    let version: i64 = tx
+        .prepare_cached("SELECT COALESCE(MAX(sequence), 0) FROM events WHERE stream = ?1")?
+        .query_row([batch.stream.as_str()], |row| row.get(0))?;
     let version = stored_u64("sequence", version)?;
     if !batch.expected.matches(version) {
         return Err(StoreError::Conflict {
@@ -274,10 +374,8 @@ fn append_in(tx: &Connection, batch: Batch) -> Result<Appended, StoreError> {
     };
     let record = serde_json::to_string(&appended)
         .map_err(|err| StoreError::Backend(format!("encoding the request record: {err}")))?;
-    tx.execute(
-        "INSERT INTO requests (request_id, result) VALUES (?1, ?2)",
-        params![batch.request_id, record],
-    )?;
+    tx.prepare_cached("INSERT INTO requests (request_id, result) VALUES (?1, ?2)")?
+        .execute(params![batch.request_id, record])?;
     Ok(appended)
 }
 
@@ -391,16 +489,11 @@ impl EventStore for SqliteEventStore {
             rows,
         };
         let (reply, answer) = oneshot::channel();
-        self.inner
-            .pending
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push((batch, reply));
+        lock(&self.inner.pending).push((batch, reply));
         let inner = Arc::clone(&self.inner);
         self.run(true, move |conn| {
             // Another caller may already have committed ours with its group.
-            let group =
-                std::mem::take(&mut *inner.pending.lock().unwrap_or_else(PoisonError::into_inner));
+            let group = std::mem::take(&mut *lock(&inner.pending));
             if !group.is_empty() {
                 commit_group(conn, group);
             }

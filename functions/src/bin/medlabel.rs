@@ -24,7 +24,7 @@ use medlabel_events::datastore::{WriteContext, import_studies};
 use medlabel_events::jobs::Jobs;
 use medlabel_events::store::sqlite::SqliteEventStore;
 use medlabel_functions::runner::NoRunner;
-use medlabel_functions::state::{AppState, Config};
+use medlabel_functions::state::{AppState, Config, DicomWeb};
 
 fn cli() -> Command {
     Command::new("medlabel")
@@ -79,6 +79,17 @@ fn cli() -> Command {
                         .help("Runner device: cpu, cuda, cuda:N or auto"),
                 )
                 .arg(
+                    Arg::new("ohif")
+                        .long("ohif")
+                        .value_parser(value_parser!(PathBuf))
+                        .help("A built OHIF viewer folder to serve at /ohif/"),
+                )
+                .arg(
+                    Arg::new("dicomweb")
+                        .long("dicomweb")
+                        .help("A DICOMweb server for /proxy/dicom/ (basic auth from MEDLABEL_DICOMWEB_USERNAME/_PASSWORD)"),
+                )
+                .arg(
                     Arg::new("session-expiry")
                         .long("session-expiry")
                         .default_value("3600")
@@ -111,11 +122,16 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
     let temp_dir = home.join("tmp");
     std::fs::create_dir_all(&temp_dir)?;
     let store = open_store(&home.join("events.db")).await?;
-    let blobs = FolderBlobStore::open(home.join("blobs"))?;
+    let blobs = FolderBlobStore::open_with_inline(home.join("blobs"), &store)?;
     let config = Config {
         max_upload_bytes: *args.get_one::<u64>("max-upload-bytes").expect("defaulted"),
         max_session_expiry_s: *args.get_one::<u64>("session-expiry").expect("defaulted"),
         temp_dir,
+        ohif_dir: args.get_one::<PathBuf>("ohif").cloned(),
+        dicomweb: args
+            .get_one::<String>("dicomweb")
+            .cloned()
+            .map(DicomWeb::with_env_credentials),
         ..Config::default()
     };
     let state = AppState::open_with(

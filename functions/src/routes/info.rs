@@ -1,4 +1,5 @@
-//! The info function: `/info/`, the model files, the API docs.
+//! The info function: `/info/`, the model files, the API docs, and the viewer's
+//! routes ([`super::viewer`]).
 
 use std::collections::BTreeSet;
 
@@ -39,6 +40,7 @@ pub fn router() -> Router<AppState> {
             get(model_file).put(upload_model).delete(delete_model),
         )
         .route("/model/info/{model}", get(model_info))
+        .merge(super::viewer::router())
 }
 
 async fn docs() -> Html<String> {

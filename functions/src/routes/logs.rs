@@ -1,5 +1,6 @@
 //! The logs function: the server's recent log lines, as MONAI Label's `/logs/` serves
-//! its `app.log` (an HTML viewer by default, plain text with `text=true`).
+//! its `app.log` (an HTML viewer by default, plain text with `text=true`), and
+//! `/logs/gpu`, the host's `nvidia-smi` report.
 
 use axum::Router;
 use axum::extract::State;
@@ -12,7 +13,40 @@ use crate::extract::QueryParams;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/logs/", get(logs))
+    Router::new()
+        .route("/logs/", get(logs))
+        .route("/logs/gpu", get(gpu))
+}
+
+/// How long `nvidia-smi` may take before the request gives up on it.
+const NVIDIA_SMI_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `nvidia-smi`'s report on the host serving the API, as MONAI Label gives it. The
+/// local server and its runner share a host; a Lambda has no GPU, and says so.
+async fn gpu() -> Result<Response, ApiError> {
+    let unavailable = |why: String| {
+        ApiError::Unavailable(format!(
+            "no GPU report on this host: {why} (GPU work runs in the runner)"
+        ))
+    };
+    let run = tokio::process::Command::new("nvidia-smi")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(NVIDIA_SMI_TIMEOUT, run)
+        .await
+        .map_err(|_| unavailable(format!("nvidia-smi took over {NVIDIA_SMI_TIMEOUT:?}")))?
+        .map_err(|err| unavailable(format!("nvidia-smi cannot run: {err}")))?;
+    if !output.status.success() {
+        return Err(unavailable(format!(
+            "nvidia-smi failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        output.stdout,
+    )
+        .into_response())
 }
 
 async fn logs(State(state): State<AppState>, query: QueryParams) -> Result<Response, ApiError> {

@@ -13,6 +13,7 @@ pub mod logs;
 pub mod session;
 pub mod train;
 pub mod upload;
+pub mod viewer;
 
 use medlabel_events::blob::BlobRef;
 use std::time::Duration;
@@ -24,7 +25,7 @@ use crate::state::AppState;
 /// presigned URL for object stores (MONAI Label's `get_image_uri`).
 pub(crate) async fn blob_uri(state: &AppState, blob: &BlobRef) -> Result<String, ApiError> {
     let blobs = state.datastore.blob_store();
-    if let Some(path) = blobs.local_path(blob) {
+    if let Some(path) = blobs.local_file(blob).await? {
         return Ok(path.to_string_lossy().into_owned());
     }
     Ok(blobs

@@ -3,8 +3,14 @@
 //!
 //! 1. `POST /datastore/upload` → `{"upload_id", "url", "expires_in"}`: a presigned PUT URL
 //!    for a staging object (object stores only; the local server streams multipart
-//!    uploads of any size to disk instead, so it answers 404).
-//! 2. The client PUTs the file's bytes to `url`.
+//!    uploads of any size to disk instead, so it answers 404). For volumes over S3's
+//!    5 GB single-PUT limit, or to send in parallel, `POST /datastore/upload?parts=N`
+//!    answers `{"upload_id", "parts": [{"part_number", "url"}…], "min_part_size",
+//!    "expires_in"}` instead.
+//! 2. The client PUTs the file's bytes to `url`, or its consecutive pieces to the part
+//!    URLs (every piece but the last at least `min_part_size` bytes) and then joins them:
+//!    `POST /datastore/upload/{upload_id}/complete` with
+//!    `{"parts": [{"part_number", "etag"}…]}`, the `ETag` each part's PUT answered.
 //! 3. `POST /datastore/upload/{upload_id}/image?image=<id>&ext=.nii.gz` (or
 //!    `/label?image=<id>&tag=<tag>&ext=...`) with optional JSON params confirms it: the
 //!    object is hashed as it streams, checked against the size limit, moved to its
@@ -17,6 +23,7 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
 use medlabel_events::Extension;
+use medlabel_events::blob::MIN_UPLOAD_PART;
 use serde_json::{Value, json};
 
 use crate::context::Ctx;
@@ -25,33 +32,112 @@ use crate::extract::{QueryParams, Segment, json_body};
 use crate::routes::client_id;
 use crate::state::AppState;
 
+/// S3's most parts per multipart upload.
+const MAX_PARTS: u16 = 10_000;
+
 /// How long a presigned upload URL stays valid.
 const UPLOAD_URL_TTL: Duration = Duration::from_secs(3600);
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/datastore/upload", post(start_upload))
+        .route("/datastore/upload/{upload}/complete", post(complete_parts))
         .route("/datastore/upload/{upload}/image", post(confirm_image))
         .route("/datastore/upload/{upload}/label", post(confirm_label))
 }
 
-async fn start_upload(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn start_upload(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<Json<Value>, ApiError> {
+    let parts = match query.get("parts") {
+        None => None,
+        Some(raw) => Some(
+            raw.parse::<u16>()
+                .ok()
+                .filter(|n| (1..=MAX_PARTS).contains(n))
+                .ok_or_else(|| {
+                    ApiError::field(FieldError::new(
+                        "value_error",
+                        "query",
+                        "parts",
+                        format!("parts must be a whole number from 1 to {MAX_PARTS}"),
+                        json!(raw),
+                    ))
+                })?,
+        ),
+    };
     let upload_id = uuid::Uuid::new_v4().to_string();
-    let url = state
+    let blobs = state.datastore.blob_store();
+    let no_object_store = || {
+        ApiError::NotFound(
+            "presigned uploads need an object store; upload with PUT /datastore/image".into(),
+        )
+    };
+    let mut reply = json!({"upload_id": upload_id, "expires_in": UPLOAD_URL_TTL.as_secs()});
+    match parts {
+        None => {
+            let url = blobs
+                .presign_upload(&upload_id, UPLOAD_URL_TTL)
+                .await?
+                .ok_or_else(no_object_store)?;
+            reply["url"] = json!(url);
+        }
+        Some(parts) => {
+            let urls = blobs
+                .presign_upload_parts(&upload_id, parts, UPLOAD_URL_TTL)
+                .await?
+                .ok_or_else(no_object_store)?;
+            reply["parts"] = urls
+                .into_iter()
+                .enumerate()
+                .map(|(n, url)| json!({"part_number": n + 1, "url": url}))
+                .collect();
+            reply["min_part_size"] = json!(MIN_UPLOAD_PART);
+        }
+    }
+    Ok(Json(reply))
+}
+
+/// Joins the parts of a multipart upload from the ETags the client collected.
+async fn complete_parts(
+    State(state): State<AppState>,
+    upload: Segment,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
+    let body = json_body(body).await?;
+    let invalid = |msg: &str| {
+        ApiError::field(FieldError::new(
+            "value_error",
+            "body",
+            "parts",
+            msg,
+            body.get("parts").cloned().unwrap_or(Value::Null),
+        ))
+    };
+    let parts = body
+        .get("parts")
+        .and_then(Value::as_array)
+        .ok_or_else(|| invalid("parts must be a list of {part_number, etag}"))?
+        .iter()
+        .map(|part| {
+            let number = part["part_number"]
+                .as_u64()
+                .and_then(|n| u16::try_from(n).ok())
+                .filter(|n| (1..=MAX_PARTS).contains(n));
+            let etag = part["etag"].as_str().filter(|e| !e.is_empty());
+            number
+                .zip(etag)
+                .map(|(n, e)| (n, e.to_owned()))
+                .ok_or_else(|| invalid("every part needs a part_number (1 to 10000) and an etag"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    state
         .datastore
         .blob_store()
-        .presign_upload(&upload_id, UPLOAD_URL_TTL)
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(
-                "presigned uploads need an object store; upload with PUT /datastore/image".into(),
-            )
-        })?;
-    Ok(Json(json!({
-        "upload_id": upload_id,
-        "url": url,
-        "expires_in": UPLOAD_URL_TTL.as_secs(),
-    })))
+        .complete_upload_parts(&upload.0, &parts)
+        .await?;
+    Ok(Json(json!({"upload_id": upload.0, "parts": parts.len()})))
 }
 
 fn extension(query: &QueryParams) -> Result<Extension, ApiError> {

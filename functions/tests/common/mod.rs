@@ -33,16 +33,24 @@ impl Harness {
     }
 
     pub async fn with_limit(max_upload_bytes: u64) -> Self {
+        Self::with_config(Config {
+            max_upload_bytes,
+            ..Config::default()
+        })
+        .await
+    }
+
+    /// A harness with `config`; its spool folder is the harness's own.
+    pub async fn with_config(config: Config) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
-        let blobs = FolderBlobStore::open(dir.path().join("blobs")).unwrap();
+        let blobs = FolderBlobStore::open_with_inline(dir.path().join("blobs"), &store).unwrap();
         let temp = dir.path().join("tmp");
         std::fs::create_dir_all(&temp).unwrap();
         let clock = Arc::new(ManualClock::new(1_750_000_000_000));
         let config = Config {
-            max_upload_bytes,
             temp_dir: temp,
-            ..Config::default()
+            ..config
         };
         let state = AppState::open_with(
             Arc::new(store),
@@ -292,6 +300,15 @@ pub async fn send_lambda(
         headers,
         body,
     }
+}
+
+/// This crate's folder, read when the test runs: a test binary reused from a build in
+/// another checkout (cargo's fingerprints do not depend on the workspace's path) would
+/// carry that checkout's path in `env!`.
+pub fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .expect("cargo sets CARGO_MANIFEST_DIR")
+        .into()
 }
 
 /// The GPU runner binary `cargo test --workspace` builds beside this test's binaries.
