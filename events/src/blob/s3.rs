@@ -23,7 +23,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use aws_config::SdkConfig;
 use aws_sdk_s3::Client;
+use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::complete_multipart_upload::CompleteMultipartUploadError;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
@@ -165,20 +167,7 @@ impl S3BlobStore {
         key: &str,
         expected: &BlobRef,
     ) -> Result<(), BlobError> {
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(backend)?;
-        let upload_id = created
-            .upload_id()
-            .ok_or_else(|| {
-                BlobError::Backend("CreateMultipartUpload returned no upload id".into())
-            })?
-            .to_owned();
+        let upload_id = self.start_multipart(key).await?;
         let result = self.upload_parts(path, key, &upload_id, expected).await;
         if result.is_err() {
             // Best effort: a failed abort leaves parts that a bucket lifecycle rule for
@@ -245,17 +234,7 @@ impl S3BlobStore {
                 path.display()
             )));
         }
-        self.client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(parts))
-                    .build(),
-            )
-            .send()
+        self.complete_multipart(key, upload_id, parts)
             .await
             .map_err(backend)?;
         Ok(())
@@ -283,17 +262,7 @@ impl S3BlobStore {
                 .map_err(backend)?;
             return Ok(());
         }
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(dest)
-            .send()
-            .await
-            .map_err(backend)?;
-        let copy_id = created.upload_id().ok_or_else(|| {
-            BlobError::Backend("CreateMultipartUpload returned no upload id".into())
-        })?;
+        let copy_id = &self.start_multipart(dest).await?;
         let mut parts = Vec::new();
         let mut start = 0;
         while start < size {
@@ -325,11 +294,40 @@ impl S3BlobStore {
             );
             start = end + 1;
         }
+        self.complete_multipart(dest, copy_id, parts)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    /// Starts a multipart upload to `key`; S3's id for it.
+    async fn start_multipart(&self, key: &str) -> Result<String, BlobError> {
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(backend)?;
+        created
+            .upload_id()
+            .map(str::to_owned)
+            .ok_or_else(|| BlobError::Backend("CreateMultipartUpload returned no upload id".into()))
+    }
+
+    /// Joins `parts` of the multipart upload `upload_id` into the object `key`.
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: Vec<CompletedPart>,
+    ) -> Result<(), SdkError<CompleteMultipartUploadError, HttpResponse>> {
         self.client
             .complete_multipart_upload()
             .bucket(&self.bucket)
-            .key(dest)
-            .upload_id(copy_id)
+            .key(key)
+            .upload_id(upload_id)
             .multipart_upload(
                 CompletedMultipartUpload::builder()
                     .set_parts(Some(parts))
@@ -337,8 +335,7 @@ impl S3BlobStore {
             )
             .send()
             .await
-            .map_err(backend)?;
-        Ok(())
+            .map(drop)
     }
 
     async fn delete_key(&self, key: &str) -> Result<(), BlobError> {
@@ -504,17 +501,7 @@ impl BlobStore for S3BlobStore {
         expires_in: Duration,
     ) -> Result<Option<Vec<String>>, BlobError> {
         let key = self.upload_key(upload_id)?;
-        let created = self
-            .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&key)
-            .send()
-            .await
-            .map_err(backend)?;
-        let s3_upload = created.upload_id().ok_or_else(|| {
-            BlobError::Backend("CreateMultipartUpload returned no upload id".into())
-        })?;
+        let s3_upload = &self.start_multipart(&key).await?;
         let mut urls = Vec::with_capacity(usize::from(parts));
         for number in 1..=i32::from(parts) {
             let request = self
@@ -568,17 +555,7 @@ impl BlobStore for S3BlobStore {
                     .build()
             })
             .collect();
-        self.client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(&key)
-            .upload_id(s3_upload)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(completed))
-                    .build(),
-            )
-            .send()
+        self.complete_multipart(&key, s3_upload, completed)
             .await
             .map_err(|err| match err {
                 // Parts under 5 MiB but the last, unknown parts or ETags, a wrong order:
