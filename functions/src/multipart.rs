@@ -119,11 +119,14 @@ pub async fn read_form(
         let file_name = field.file_name().map(str::to_owned);
         match file_name {
             Some(file_name) if file_fields.contains(&name.as_str()) => {
-                let path = tempfile::Builder::new()
+                // Write through the handle tempfile opened: reopening the path with
+                // O_TRUNC makes ext4 flush the file when it is closed (auto_da_alloc),
+                // an I/O per upload that the spool does not need.
+                let (file, path) = tempfile::Builder::new()
                     .prefix("upload-")
                     .tempfile_in(temp_dir)?
-                    .into_temp_path();
-                let mut file = tokio::fs::File::create(&path).await?;
+                    .into_parts();
+                let mut file = tokio::fs::File::from_std(file);
                 let mut size = 0u64;
                 while let Some(chunk) = field
                     .chunk()
