@@ -8,11 +8,11 @@ use std::time::Instant;
 use medlabel_runner::infer::{InferOptions, infer_file};
 use medlabel_runner::kernels;
 use medlabel_runner::loss::dice_ce_loss;
+use medlabel_runner::optim::AdamW;
 use medlabel_runner::{
     Mode, Model, ModelConfig, Result, RunnerError, TrainRequest, parse_device, synth, train,
 };
 use serde_json::{Value, json};
-use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor};
 
 use crate::cli::Args;
@@ -111,7 +111,8 @@ pub fn bench(mut a: Args) -> Result<Value> {
     }
 
     let train_model = bench_model(device, None)?;
-    let mut opt = tch::nn::AdamW::default().build(&train_model.vs, 1e-4)?;
+    // The optimizer training uses (PyTorch's AdamW defaults, weight decay 0.01).
+    let mut opt = AdamW::new(&train_model.vs, 1e-4, 0.01);
     let xb = Tensor::randn([batch, 1, 96, 96, 96], (Kind::Float, device));
     let yb = Tensor::randint(2, [batch, 1, 96, 96, 96], (Kind::Int64, device));
     let mut times = Vec::new();

@@ -16,6 +16,7 @@ pub mod io;
 pub mod kernels;
 pub mod loss;
 pub mod model;
+pub mod optim;
 #[cfg(feature = "aws")]
 pub mod queue_worker;
 pub mod sagemaker;

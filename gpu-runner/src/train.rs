@@ -4,13 +4,15 @@
 //!
 //! Output folder layout (what the job worker publishes):
 //! - `config.json` + `model.safetensors`: the best model so far (by validation Dice);
-//! - `checkpoints/epoch_<N>.safetensors` + `.json` (epoch, iteration, best metric): the
-//!   last `n_saved` epochs, for resuming;
+//! - `checkpoints/epoch_<N>.safetensors` + `.json` (epoch, iteration, best metric) +
+//!   `.optimizer.safetensors` (AdamW's step and moments): the last `n_saved` epochs, for
+//!   resuming;
 //! - `train_stats.json`: MONAI Label's progress document, rewritten every epoch.
 //!
 //! An epoch is one pass over the training volumes, one iteration per volume with
-//! `num_samples` crops as the batch. Resuming restores weights and counters; AdamW's
-//! moment estimates restart from zero (tch cannot serialise optimizer state).
+//! `num_samples` crops as the batch. Resuming restores weights, counters and the
+//! optimizer's state ([`crate::optim::AdamW`]: step count and moments), so training goes
+//! on where it stopped; only the random crops are drawn afresh from the seed.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,14 +22,13 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use tch::nn;
-use tch::nn::OptimizerConfig;
 
 use crate::config::ModelConfig;
 use crate::dataset::{Sample, Sampling};
 use crate::error::{Result, RunnerError};
 use crate::loss::{dice_ce_loss, mean_dice};
 use crate::model::Model;
+use crate::optim::AdamW;
 use crate::sliding::SlidingWindow;
 use crate::stats::{PhaseStats, TrainStats};
 use crate::transforms::tensor_order;
@@ -149,8 +150,10 @@ pub fn train(
         best_metric: -1.0,
         best_metric_epoch: 0,
     };
+    let mut opt = AdamW::new(&model.vs, req.learning_rate, req.weight_decay);
     if let Some(ckpt) = &req.resume {
         model.vs.load(ckpt)?;
+        opt.load(&optimizer_file(ckpt))?;
         let side = ckpt.with_extension("json");
         let text = std::fs::read_to_string(&side).map_err(|e| RunnerError::io(&side, e))?;
         meta = serde_json::from_str(&text)
@@ -168,11 +171,6 @@ pub fn train(
         .map(|(i, l)| Sample::load(i, l, &cfg, device, false))
         .collect::<Result<Vec<_>>>()?;
 
-    let mut opt = nn::AdamW {
-        wd: req.weight_decay,
-        ..Default::default()
-    }
-    .build(&model.vs, req.learning_rate)?;
     let sampling = Sampling {
         num_samples: req.num_samples,
         pos: req.pos,
@@ -267,7 +265,7 @@ pub fn train(
             stats.eval.best_metric = meta.best_metric;
             stats.eval.best_metric_epoch = meta.best_metric_epoch;
         }
-        save_checkpoint(&model, &ckpt_dir, &meta, req.n_saved)?;
+        save_checkpoint(&model, &opt, &ckpt_dir, &meta, req.n_saved)?;
         stats.set_elapsed(started.elapsed().as_secs(), epoch == req.max_epochs);
         stats.write(out)?;
         progress(&stats);
@@ -323,15 +321,28 @@ fn split(datalist: &[Pair], val_split: f64, rng: &mut ChaCha8Rng) -> (Vec<Pair>,
     (all, val)
 }
 
-fn save_checkpoint(model: &Model, dir: &Path, meta: &CheckpointMeta, keep: usize) -> Result<()> {
+/// The optimizer state saved beside the checkpoint `weights`.
+fn optimizer_file(weights: &Path) -> PathBuf {
+    weights.with_extension("optimizer.safetensors")
+}
+
+fn save_checkpoint(
+    model: &Model,
+    opt: &AdamW,
+    dir: &Path,
+    meta: &CheckpointMeta,
+    keep: usize,
+) -> Result<()> {
     let weights = dir.join(format!("epoch_{}.safetensors", meta.epoch));
     model.vs.save(&weights)?;
+    opt.save(&optimizer_file(&weights))?;
     let side = weights.with_extension("json");
     let text = serde_json::to_string(meta).map_err(|e| RunnerError::json("checkpoint", e))?;
     std::fs::write(&side, text).map_err(|e| RunnerError::io(&side, e))?;
     if keep > 0 && meta.epoch > keep {
         for old in [
             format!("epoch_{}.safetensors", meta.epoch - keep),
+            format!("epoch_{}.optimizer.safetensors", meta.epoch - keep),
             format!("epoch_{}.json", meta.epoch - keep),
         ] {
             let p = dir.join(old);

@@ -61,6 +61,11 @@ fn stop_keeps_progress_and_resume_continues_from_the_checkpoint() {
         "{stats}"
     );
     assert!(out.join("model.safetensors").is_file());
+    // The optimizer's state is kept beside the checkpoint, so the resume below is warm.
+    assert!(
+        out.join("checkpoints/epoch_1.optimizer.safetensors")
+            .is_file()
+    );
 
     let resumed = TrainRequest {
         resume: Some(out.join("checkpoints/epoch_1.safetensors")),

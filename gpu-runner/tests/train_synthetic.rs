@@ -65,14 +65,22 @@ fn short_seeded_training_reaches_dice_above_point_eight_on_held_out_volumes() {
     );
     assert_eq!(epochs_seen, (1..=40).collect::<Vec<_>>());
     assert!(outcome.stats.total_time.is_some());
-    // Only the last n_saved checkpoints are kept.
+    // Only the last n_saved checkpoints (weights and optimizer state) are kept.
     let mut ckpts: Vec<String> = std::fs::read_dir(out.join("checkpoints"))
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .filter(|n| n.ends_with(".safetensors"))
         .collect();
     ckpts.sort();
-    assert_eq!(ckpts, vec!["epoch_39.safetensors", "epoch_40.safetensors"]);
+    assert_eq!(
+        ckpts,
+        vec![
+            "epoch_39.optimizer.safetensors",
+            "epoch_39.safetensors",
+            "epoch_40.optimizer.safetensors",
+            "epoch_40.safetensors"
+        ]
+    );
     let stats: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("train_stats.json")).unwrap())
             .unwrap();
