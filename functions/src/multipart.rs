@@ -22,6 +22,7 @@ use tempfile::TempPath;
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{ApiError, FieldError};
+use crate::state::Config;
 
 /// Largest text field (`params`, `info`): metadata, not payload.
 pub const MAX_TEXT_FIELD_BYTES: usize = 1 << 20;
@@ -172,6 +173,24 @@ pub async fn read_form(
         }
     }
     Ok(form)
+}
+
+/// [`read_form`] under the server's upload limit, spooling to its temp folder: what
+/// every upload route reads.
+pub async fn read_upload(
+    config: &Config,
+    headers: &HeaderMap,
+    body: Body,
+    file_fields: &[&str],
+) -> Result<Form, ApiError> {
+    read_form(
+        headers,
+        body,
+        file_fields,
+        config.max_upload_bytes,
+        &config.temp_dir,
+    )
+    .await
 }
 
 fn multipart_error(err: multer::Error, max_bytes: u64) -> ApiError {

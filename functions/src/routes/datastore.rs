@@ -22,7 +22,7 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::{
     MAX_JSON_BYTES, QueryParams, is_urlencoded, json_object, parse_id, urlencoded_fields,
 };
-use crate::multipart::{Upload, read_form};
+use crate::multipart::{Upload, read_form, read_upload};
 use crate::reply;
 use crate::routes::client_id;
 use crate::state::AppState;
@@ -123,14 +123,7 @@ async fn upload_image(
     if let Some(id) = query.get("image").filter(|s| !s.is_empty()) {
         crate::extract::parse_id("query", "image", id, ImageId::parse)?;
     }
-    let form = read_form(
-        &headers,
-        body,
-        &["file"],
-        state.config.max_upload_bytes,
-        &state.config.temp_dir,
-    )
-    .await?;
+    let form = read_upload(&state.config, &headers, body, &["file"]).await?;
     let upload = form.required_file("file")?;
     let (image, ext) = upload_name(upload, query.get("image"))?;
     let info = params_field(&form, "params")?;
@@ -267,14 +260,7 @@ async fn save_label(
     let tag = query.tag("tag")?;
     // Refuse an unknown image before reading the upload.
     state.datastore.image(&image).await?;
-    let form = read_form(
-        &headers,
-        body,
-        &["label"],
-        state.config.max_upload_bytes,
-        &state.config.temp_dir,
-    )
-    .await?;
+    let form = read_upload(&state.config, &headers, body, &["label"]).await?;
     let upload = form.required_file("label")?;
     let (_, ext) = upload_name(upload, None)?;
     let info = params_field(&form, "params")?;

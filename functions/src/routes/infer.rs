@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::context::Ctx;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{QueryParams, Segment, json_body, json_object, parse_bool, parse_id};
-use crate::multipart::{Form, Upload, read_form};
+use crate::multipart::{Form, Upload, read_upload};
 use crate::reply;
 use crate::routes::train::{stop, task_status};
 use crate::routes::{blob_uri, client_id};
@@ -95,14 +95,7 @@ async fn infer(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.to_ascii_lowercase().starts_with("multipart/"));
     let form = if is_multipart {
-        read_form(
-            &headers,
-            body,
-            &["file", "label"],
-            state.config.max_upload_bytes,
-            &state.config.temp_dir,
-        )
-        .await?
+        read_upload(&state.config, &headers, body, &["file", "label"]).await?
     } else {
         Form::default()
     };

@@ -19,7 +19,7 @@ use crate::catalogue;
 use crate::context::Ctx;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{Segment, parse_id};
-use crate::multipart::read_form;
+use crate::multipart::read_upload;
 use crate::reply;
 use crate::routes::activelearning::strategies_info;
 use crate::state::AppState;
@@ -227,14 +227,7 @@ async fn upload_model(
     let current = current_model(&state, &name)
         .await
         .map_err(|_| ApiError::NotFound(format!("Model File Name NOT configured for {name}")))?;
-    let form = read_form(
-        &headers,
-        body,
-        &["file"],
-        state.config.max_upload_bytes,
-        &state.config.temp_dir,
-    )
-    .await?;
+    let form = read_upload(&state.config, &headers, body, &["file"]).await?;
     let upload = form.required_file("file")?;
     let refuse = |why: String| {
         ApiError::field(FieldError::new(

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use crate::context::Ctx;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{QueryParams, Segment};
-use crate::multipart::read_form;
+use crate::multipart::read_upload;
 use crate::reply;
 use crate::routes::blob_uri;
 use crate::state::AppState;
@@ -66,14 +66,7 @@ async fn create(
         )));
     }
     let expiry = query.int("expiry", 0)?;
-    let form = read_form(
-        &headers,
-        body,
-        &["files"],
-        state.config.max_upload_bytes,
-        &state.config.temp_dir,
-    )
-    .await?;
+    let form = read_upload(&state.config, &headers, body, &["files"]).await?;
     let upload = form.required_file("files")?;
     if form.files.len() > 1 {
         return Err(ApiError::field(FieldError::new(
