@@ -28,6 +28,7 @@ use medlabel_functions::app::finish;
 use medlabel_functions::routes;
 use medlabel_functions::state::{AppState, Config};
 use medlabel_imaging::nifti::read_nifti_bytes;
+use medlabel_imaging::transforms::dice;
 use medlabel_tests::emulator::{AwsTestEnv, aws};
 use serde_json::{Value, json};
 
@@ -120,16 +121,6 @@ fn sample_case(dir: &Path) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
-fn dice(a: &[f32], b: &[f32]) -> f64 {
-    let (mut both, mut total) = (0usize, 0usize);
-    for (x, y) in a.iter().zip(b) {
-        let (x, y) = (*x > 0.5, *y > 0.5);
-        both += usize::from(x && y);
-        total += usize::from(x) + usize::from(y);
-    }
-    2.0 * both as f64 / total.max(1) as f64
-}
-
 async fn ok(router: &Router, req: Req) -> Reply {
     let what = format!("{} {}?{}", req.method, req.path, req.query);
     let reply = send_lambda(router.clone(), &req, Some("prod"), None).await;
@@ -217,8 +208,7 @@ async fn an_uploaded_image_is_segmented_by_a_batch_job_through_stream_queue_and_
     .await;
     let predicted = read_nifti_bytes(&label.body, true).unwrap();
     let truth = read_nifti_bytes(&truth, true).unwrap();
-    assert_eq!(predicted.dims, truth.dims);
-    let score = dice(&predicted.data, &truth.data);
+    let score = dice(&truth, &predicted).unwrap();
     assert!(score > 0.8, "batch inference Dice {score}");
 
     // Replaying the stream batch (a Lambda retry) runs nothing again. SQS drops the
