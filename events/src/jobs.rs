@@ -309,7 +309,6 @@ impl JobsView {
 
 /// The jobs service.
 pub struct Jobs {
-    store: Arc<dyn EventStore>,
     clock: Arc<dyn Clock>,
     view: Projected<JobsView>,
 }
@@ -317,8 +316,7 @@ pub struct Jobs {
 impl Jobs {
     pub fn new(store: Arc<dyn EventStore>, clock: Arc<dyn Clock>) -> Self {
         Self {
-            view: Projected::new(store.clone()),
-            store,
+            view: Projected::new(store),
             clock,
         }
     }
@@ -340,10 +338,9 @@ impl Jobs {
             actor: ctx.actor.clone(),
             timestamp_ms: self.clock.now_ms(),
         };
-        self.store
+        self.view
             .append(stream, expected, vec![event], &ctx.request_id)
             .await?;
-        self.view.catch_up().await?;
         Ok(())
     }
 

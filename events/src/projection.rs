@@ -4,14 +4,15 @@
 //! with `read_all(after its position)` before every read, under a lock so events are
 //! applied once and in order. One indexed query when nothing changed keeps that cheap,
 //! and it is what makes a write acknowledged by any process visible to the next read
-//! in every other (invariant 4).
+//! in every other (invariant 4). A write made through [`Projected::append`] brings the
+//! log's tail back with it, so the writer's next read finds its own write applied.
 
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use tokio::sync::Mutex;
 
-use crate::event::RecordedEvent;
-use crate::store::{EventStore, StoreError};
+use crate::event::{NewEvent, RecordedEvent, StreamId};
+use crate::store::{Appended, EventStore, ExpectedVersion, StoreError};
 
 /// Events fetched per catch-up round trip.
 const CATCH_UP_BATCH: usize = 1000;
@@ -65,6 +66,38 @@ impl<V: Projection> Projected<V> {
                 return Ok(());
             }
         }
+    }
+
+    /// Appends through the store and applies the log up to (at least) that append,
+    /// using the tail the store reads in the same round trip.
+    pub async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        request_id: &str,
+    ) -> Result<Appended, StoreError> {
+        let after = self.peek().position();
+        let (appended, tail) = self
+            .store
+            .append_and_read(stream, expected, events, request_id, after, CATCH_UP_BATCH)
+            .await?;
+        {
+            // The tail runs gaplessly from `after`, which the view had reached, so the
+            // events past wherever the view is now continue it.
+            let mut view = self.view.write().expect("view lock poisoned");
+            for event in &tail {
+                if event.position > view.position() {
+                    view.apply(event);
+                }
+            }
+        }
+        // A tail cut at the limit, or short of the append (a store whose log can show a
+        // gap for a moment), is finished by reading on.
+        if tail.len() >= CATCH_UP_BATCH || self.peek().position() < appended.last_position {
+            self.catch_up().await?;
+        }
+        Ok(appended)
     }
 
     /// The view, caught up with the log.

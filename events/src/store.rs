@@ -162,6 +162,24 @@ pub trait EventStore: Send + Sync + 'static {
         request_id: &str,
     ) -> Result<Appended, StoreError>;
 
+    /// [`EventStore::append`], then up to `limit` events after `after` as
+    /// [`EventStore::read_all`] returns them once the append is committed: what a
+    /// projection at `after` needs to see its own write. The default makes the two
+    /// calls; a store that can read in the same round trip as the write overrides it.
+    async fn append_and_read(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        request_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Appended, Vec<RecordedEvent>), StoreError> {
+        let appended = self.append(stream, expected, events, request_id).await?;
+        let tail = self.read_all(after, limit).await?;
+        Ok((appended, tail))
+    }
+
     /// The stream's events with sequence ≥ `from_sequence`, in order.
     async fn read_stream(
         &self,

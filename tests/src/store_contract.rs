@@ -562,6 +562,74 @@ pub async fn concurrent_writers_many_streams(store: Arc<dyn EventStore>) {
     }
 }
 
+/// `append_and_read` brings back the log after `after` with the caller's own append
+/// in it, also when many writers commit together; `limit` cuts the tail.
+pub async fn writers_read_their_own_appends(store: Arc<dyn EventStore>) {
+    let barrier = Arc::new(Barrier::new(WRITERS));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|writer| {
+            let (store, barrier) = (store.clone(), barrier.clone());
+            tokio::spawn(async move {
+                let stream = fresh_stream(&format!("own-{writer}"));
+                barrier.wait().await;
+                let after = store.head().await.unwrap();
+                let events = vec![
+                    named(format!("own-{writer}-a")),
+                    named(format!("own-{writer}-b")),
+                ];
+                let (appended, tail) = store
+                    .append_and_read(
+                        &stream,
+                        ExpectedVersion::NoStream,
+                        events,
+                        &fresh_request(),
+                        after,
+                        100_000,
+                    )
+                    .await
+                    .unwrap();
+                (after, appended, tail)
+            })
+        })
+        .collect();
+    for writer in writers {
+        let (after, appended, tail) = writer.await.unwrap();
+        let positions: Vec<u64> = tail.iter().map(|e| e.position).collect();
+        let gapless: Vec<u64> = (after + 1..=after + tail.len() as u64).collect();
+        assert_eq!(positions, gapless, "the tail runs gaplessly from `after`");
+        let own: Vec<&RecordedEvent> = tail
+            .iter()
+            .filter(|e| e.stream == appended.stream)
+            .collect();
+        assert_eq!(own.len(), 2, "the writer's own append is in its tail");
+        assert_eq!(
+            (own[0].position, own[1].position),
+            (appended.first_position, appended.last_position)
+        );
+        // The tail is what `read_all` returns from the same place.
+        let again = store.read_all(after, tail.len()).await.unwrap();
+        assert_eq!(again, tail);
+    }
+
+    let stream = fresh_stream("own-limit");
+    let after = store.head().await.unwrap();
+    let events = vec![named("x"), named("y"), named("z")];
+    let (appended, tail) = store
+        .append_and_read(
+            &stream,
+            ExpectedVersion::NoStream,
+            events,
+            &fresh_request(),
+            after,
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(tail.len(), 2);
+    assert_eq!(tail[0].position, after + 1);
+    assert!(appended.last_position > after);
+}
+
 /// [`follow`] yields the events already there, then wakes for new ones.
 pub async fn follow_sees_old_and_new(store: Arc<dyn EventStore>) {
     let stream = fresh_stream("follow");

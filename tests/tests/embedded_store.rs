@@ -69,6 +69,7 @@ event_store_contract!(
     refuses_bad_appends,
     concurrent_writers_one_stream,
     concurrent_writers_many_streams,
+    writers_read_their_own_appends,
     follow_sees_old_and_new,
 );
 

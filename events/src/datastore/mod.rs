@@ -169,17 +169,14 @@ impl Datastore {
                 })
                 .collect();
             match self
-                .store
+                .view
                 .append(&decision.stream, decision.expected, events, &ctx.request_id)
                 .await
             {
                 Ok(appended) if appended.replayed && appended.stream != decision.stream => {
                     return Err(DatastoreError::RequestIdReused(ctx.request_id.clone()));
                 }
-                Ok(_) => {
-                    self.refresh().await?;
-                    return Ok(Some(decision));
-                }
+                Ok(_) => return Ok(Some(decision)),
                 Err(StoreError::Conflict { .. }) => continue,
                 Err(err) => return Err(err.into()),
             }
