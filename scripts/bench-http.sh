@@ -14,7 +14,8 @@
 # OUT_DIR/http-<images>.jsonl and a table is printed at the end.
 #
 # Knobs (environment): BENCH_SIZES ("1000 10000"), BENCH_REQUESTS (20000),
-# BENCH_CLIENTS (16), MEDLABEL_PY (the venv's python, with nibabel).
+# BENCH_CLIENTS (16), MEDLABEL_PY (the venv's python, with nibabel), BENCH_BIN (a
+# folder with release `medlabel` and `loadgen` built elsewhere: nothing is built).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -35,8 +36,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cargo build --release -p medlabel-functions --bin medlabel -p medlabel-tests --bin loadgen
-bin=$CARGO_TARGET_DIR/release
+if [[ -n ${BENCH_BIN:-} ]]; then
+    bin=$(cd "$BENCH_BIN" && pwd)
+else
+    cargo build --release -p medlabel-functions --bin medlabel -p medlabel-tests --bin loadgen
+    bin=$CARGO_TARGET_DIR/release
+fi
 
 # Distinct images (content-addressed blobs must not collapse into one) and labels.
 make_studies() { # DIR COUNT
@@ -59,7 +64,7 @@ EOF
 # the "serving" line, i.e. the import).
 start_server() { # STUDIES LOG
     local begin line
-    begin=$(date +%s.%N)
+    begin=$(date +%s%N)
     "$bin/medlabel" serve --studies "$1" --host 127.0.0.1 --port 0 --runner /nonexistent \
         >"$2" 2>&1 &
     server_pid=$!
@@ -72,7 +77,8 @@ start_server() { # STUDIES LOG
         sleep 0.05
     done
     [[ -n $line ]] || { echo "bench-http: medlabel did not start" >&2; exit 1; }
-    started_s=$(printf '%.3f' "$(echo "$(date +%s.%N) - $begin" | bc)")
+    local ms=$((($(date +%s%N) - begin) / 1000000))
+    started_s=$(printf '%d.%03d' $((ms / 1000)) $((ms % 1000)))
     base=${line#at }
 }
 
@@ -135,6 +141,7 @@ done
 echo "load after: $(uptime)"
 
 echo
+command -v jq >/dev/null || { echo "results: $out (install jq for the table)"; exit 0; }
 printf '%-7s %-11s %7s %8s %8s %8s %8s %8s %8s %7s %6s\n' \
     images kind clients requests req/s p50_ms p90_ms p99_ms max_ms errors empty
 for size in $sizes; do

@@ -105,6 +105,9 @@ pub struct SelectionIndex {
     by_entropy: BTreeSet<(Reverse<Score>, ImageId)>,
     entropy: HashMap<ImageId, f64>,
     leases: HashMap<ImageId, Lease>,
+    /// The images each client has a lease record on (expired ones too), so that finding
+    /// a client's lease does not scan everyone's: one-off clients leave thousands.
+    leased_by: HashMap<String, BTreeSet<ImageId>>,
 }
 
 /// The latest `strategy[*].ts` recorded in an image's info (imported studies carry it).
@@ -178,7 +181,18 @@ impl SelectionIndex {
             self.by_entropy
                 .remove(&(Reverse(Score(score)), image.clone()));
         }
-        self.leases.remove(image);
+        self.drop_lease(image);
+    }
+
+    fn drop_lease(&mut self, image: &ImageId) {
+        if let Some(old) = self.leases.remove(image) {
+            if let Some(images) = self.leased_by.get_mut(&old.client_id) {
+                images.remove(image);
+                if images.is_empty() {
+                    self.leased_by.remove(&old.client_id);
+                }
+            }
+        }
     }
 
     fn take_from_pool(&mut self, image: &ImageId) {
@@ -204,6 +218,11 @@ impl SelectionIndex {
 
     pub fn set_lease(&mut self, image: &ImageId, lease: Lease) {
         if self.ids.contains(image) {
+            self.drop_lease(image);
+            self.leased_by
+                .entry(lease.client_id.clone())
+                .or_default()
+                .insert(image.clone());
             self.leases.insert(image.clone(), lease);
         }
     }
@@ -215,7 +234,7 @@ impl SelectionIndex {
             .get(image)
             .is_some_and(|l| l.client_id == client_id)
         {
-            self.leases.remove(image);
+            self.drop_lease(image);
         }
     }
 
@@ -240,11 +259,11 @@ impl SelectionIndex {
 
     /// The image `client_id` holds an unexpired lease on, if any (smallest id first).
     pub fn held_by(&self, client_id: &str, now_ms: i64) -> Option<&ImageId> {
-        self.leases
-            .iter()
-            .filter(|(_, l)| l.client_id == client_id && l.expires_at_ms > now_ms)
-            .map(|(id, _)| id)
-            .min()
+        self.leased_by.get(client_id)?.iter().find(|id| {
+            self.leases
+                .get(*id)
+                .is_some_and(|l| l.expires_at_ms > now_ms)
+        })
     }
 
     /// Seconds since `image` was last handed out (`now` if never): MONAI's weight.
@@ -359,6 +378,30 @@ mod tests {
         // Expired: free for anyone.
         assert_eq!(index.pick(Strategy::First, "b", 1_000, &zero), Some(id(0)));
         assert_eq!(index.pick(Strategy::Last, "b", 500, &zero), Some(id(2)));
+    }
+
+    #[test]
+    fn a_clients_lease_is_found_through_takeovers_releases_and_removals() {
+        let mut index = index(4);
+        let lease = |client: &str, expires_at_ms| Lease {
+            client_id: client.into(),
+            expires_at_ms,
+        };
+        index.set_lease(&id(0), lease("a", 100));
+        index.set_lease(&id(2), lease("a", 1_000));
+        index.set_lease(&id(3), lease("b", 1_000));
+        // The expired lease on img000 does not count; the live one does.
+        assert_eq!(index.held_by("a", 500), Some(&id(2)));
+        assert_eq!(index.held_by("b", 500), Some(&id(3)));
+        // Another client taking img002 over leaves "a" with nothing live.
+        index.set_lease(&id(2), lease("b", 2_000));
+        assert_eq!(index.held_by("a", 500), None);
+        assert_eq!(index.held_by("b", 500), Some(&id(2)));
+        index.release(&id(2), "b");
+        assert_eq!(index.held_by("b", 500), Some(&id(3)));
+        index.remove(&id(3));
+        assert_eq!(index.held_by("b", 500), None);
+        assert_eq!(index.held_by("nobody", 500), None);
     }
 
     #[test]
