@@ -185,12 +185,12 @@ impl SelectionIndex {
     }
 
     fn drop_lease(&mut self, image: &ImageId) {
-        if let Some(old) = self.leases.remove(image) {
-            if let Some(images) = self.leased_by.get_mut(&old.client_id) {
-                images.remove(image);
-                if images.is_empty() {
-                    self.leased_by.remove(&old.client_id);
-                }
+        if let Some(old) = self.leases.remove(image)
+            && let Some(images) = self.leased_by.get_mut(&old.client_id)
+        {
+            images.remove(image);
+            if images.is_empty() {
+                self.leased_by.remove(&old.client_id);
             }
         }
     }
