@@ -611,6 +611,35 @@ pub async fn writers_read_their_own_appends(store: Arc<dyn EventStore>) {
         assert_eq!(again, tail);
     }
 
+    // A reader far behind and one at the head, committing together, each get their own
+    // stretch of the log.
+    let head = store.head().await.unwrap();
+    let first = store.read_all(0, 1).await.unwrap();
+    let (behind_stream, current_stream) = (fresh_stream("own-behind"), fresh_stream("own-current"));
+    let (behind_request, current_request) = (fresh_request(), fresh_request());
+    let (behind, current) = tokio::join!(
+        store.append_and_read(
+            &behind_stream,
+            ExpectedVersion::NoStream,
+            vec![named("behind")],
+            &behind_request,
+            0,
+            1,
+        ),
+        store.append_and_read(
+            &current_stream,
+            ExpectedVersion::NoStream,
+            vec![named("current")],
+            &current_request,
+            head,
+            10_000,
+        ),
+    );
+    assert_eq!(behind.unwrap().1, first);
+    let (appended, tail) = current.unwrap();
+    assert_eq!(tail.first().map(|e| e.position), Some(head + 1));
+    assert!(tail.iter().any(|e| e.position == appended.last_position));
+
     let stream = fresh_stream("own-limit");
     let after = store.head().await.unwrap();
     let events = vec![named("x"), named("y"), named("z")];

@@ -88,10 +88,8 @@ pub struct SqliteEventStore {
 struct Inner {
     writer: Mutex<Writers>,
     reader: Mutex<Connection>,
-    /// Appends waiting for the writer. Whoever holds the writer commits every waiting
-    /// append in one transaction (group commit): one fsync for many appends, so
-    /// concurrent writers do not queue behind each other's fsyncs.
-    pending: Mutex<Vec<Waiting>>,
+    /// Appends waiting for the writer, and whether a leader is committing them.
+    pending: Mutex<Queue>,
     /// Highest position this handle has committed, to wake waiters without polling.
     appended: watch::Sender<u64>,
 }
@@ -105,6 +103,33 @@ struct Writers {
     /// WAL restarts still sync). Small blobs use it; the next durable commit's fsync of
     /// the same WAL file covers them.
     deferred: Connection,
+}
+
+impl Inner {
+    /// Commits waiting appends, group after group, until none is left.
+    fn lead_commits(&self) {
+        // A panic must not leave the queue believing a leader is at work.
+        struct Stepdown<'a>(&'a Mutex<Queue>);
+        impl Drop for Stepdown<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    lock(self.0).leading = false;
+                }
+            }
+        }
+        let _stepdown = Stepdown(&self.pending);
+        loop {
+            let group = {
+                let mut queue = lock(&self.pending);
+                if queue.waiting.is_empty() {
+                    queue.leading = false;
+                    return;
+                }
+                std::mem::take(&mut queue.waiting)
+            };
+            commit_group(&mut lock(&self.writer).durable, group);
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteEventStore {
@@ -136,40 +161,42 @@ impl SqliteEventStore {
             inner: Arc::new(Inner {
                 writer: Mutex::new(Writers { durable, deferred }),
                 reader: Mutex::new(reader),
-                pending: Mutex::new(Vec::new()),
+                pending: Mutex::new(Queue::default()),
                 appended: watch::Sender::new(head),
             }),
         })
     }
 
-    /// Commits `batch` on the blocking pool (with whatever other appends are waiting,
-    /// see [`commit_group`]) and, given `read_after = (after, limit)`, reads the log's
-    /// tail after `after` on the same connection in the same trip, so a writer sees its
-    /// own append without a second hand-off to the pool.
+    /// Commits `batch` and, given `read_after = (after, limit)`, returns the log's tail
+    /// after `after` read on the writer connection right after the commit.
+    ///
+    /// Group commit with a leader: the first append to find no leader becomes one and
+    /// commits, on the blocking pool, everything waiting, group after group, until the
+    /// queue is empty; appends arriving meanwhile only queue and wait for their answer.
+    /// A group costs one transaction, one fsync, one tail read and one trip to the pool,
+    /// however many appends it holds.
     async fn commit(
         &self,
         batch: Batch,
         read_after: Option<(u64, usize)>,
     ) -> Result<(Appended, Vec<RecordedEvent>), StoreError> {
         let (reply, answer) = oneshot::channel();
-        lock(&self.inner.pending).push((batch, reply));
-        let inner = Arc::clone(&self.inner);
-        let tail = tokio::task::spawn_blocking(move || {
-            let conn = &mut lock(&inner.writer).durable;
-            // Another caller may already have committed ours with its group; holding the
-            // writer means that commit has finished.
-            let group = std::mem::take(&mut *lock(&inner.pending));
-            if !group.is_empty() {
-                commit_group(conn, group);
-            }
-            match read_after {
-                Some((after, limit)) => read_tail(conn, after, limit),
-                None => Ok(Vec::new()),
-            }
-        })
-        .await
-        .map_err(|err| StoreError::Backend(format!("sqlite worker failed: {err}")))?;
-        let appended = answer
+        let lead = {
+            let mut queue = lock(&self.inner.pending);
+            queue.waiting.push(Waiting {
+                batch,
+                read_after,
+                reply,
+            });
+            !std::mem::replace(&mut queue.leading, true)
+        };
+        if lead {
+            let inner = Arc::clone(&self.inner);
+            // Not awaited: the leader answers every append, this one included, through
+            // its reply channel.
+            tokio::task::spawn_blocking(move || inner.lead_commits());
+        }
+        let (appended, tail) = answer
             .await
             .map_err(|_| StoreError::Backend("the group commit dropped an append".into()))??;
         if !appended.replayed {
@@ -181,7 +208,7 @@ impl SqliteEventStore {
                 newer
             });
         }
-        Ok((appended, tail?))
+        Ok((appended, tail))
     }
 
     /// Runs a read on the reader connection: right here when the connection is free,
@@ -359,8 +386,21 @@ fn encode_batch(
     })
 }
 
+/// Appends waiting for the group commit.
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Waiting>,
+    /// A leader is committing (see [`SqliteEventStore::commit`]).
+    leading: bool,
+}
+
 /// An append waiting for the group commit, with where to send its result.
-type Waiting = (Batch, oneshot::Sender<Result<Appended, StoreError>>);
+struct Waiting {
+    batch: Batch,
+    /// `(after, limit)`: the caller also wants the log's tail after `after`.
+    read_after: Option<(u64, usize)>,
+    reply: oneshot::Sender<Result<(Appended, Vec<RecordedEvent>), StoreError>>,
+}
 
 /// The validated, pre-encoded arguments of one append.
 struct Batch {
@@ -373,9 +413,15 @@ struct Batch {
 
 /// Commits a group of appends in one transaction. Each append runs in its own
 /// savepoint, so one that conflicts or fails is rolled back alone and reported to its
-/// caller; if the commit itself fails, every caller in the group gets the error.
+/// caller; if the commit itself fails, every caller in the group gets the error. The
+/// tails the callers asked for come from one read after the commit.
 fn commit_group(conn: &mut Connection, group: Vec<Waiting>) {
-    let (batches, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+    let mut batches = Vec::with_capacity(group.len());
+    let mut callers = Vec::with_capacity(group.len());
+    for waiting in group {
+        batches.push(waiting.batch);
+        callers.push((waiting.read_after, waiting.reply));
+    }
     let outcome = (|| -> Result<Vec<Result<Appended, StoreError>>, StoreError> {
         let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(batches.len());
@@ -390,18 +436,62 @@ fn commit_group(conn: &mut Connection, group: Vec<Waiting>) {
         tx.commit()?;
         Ok(results)
     })();
-    match outcome {
-        Ok(results) => {
-            for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(result);
-            }
-        }
+    let results = match outcome {
+        Ok(results) => results,
         Err(err) => {
             let message = err.to_string();
-            for reply in replies {
+            for (_, reply) in callers {
                 let _ = reply.send(Err(StoreError::Backend(message.clone())));
             }
+            return;
         }
+    };
+    // Overlapping tails (callers of one view sit near the head) come from one read;
+    // a view far behind gets its own.
+    let mut ranges: Vec<(u64, u64)> = callers
+        .iter()
+        .zip(&results)
+        .filter(|(_, result)| result.is_ok())
+        .filter_map(|((read_after, _), _)| *read_after)
+        .map(|(after, limit)| (after, after.saturating_add(limit as u64)))
+        .collect();
+    ranges.sort_unstable();
+    let mut spans: Vec<(u64, u64)> = Vec::new();
+    for (after, end) in ranges {
+        match spans.last_mut() {
+            Some(span) if after <= span.1 => span.1 = span.1.max(end),
+            _ => spans.push((after, end)),
+        }
+    }
+    let tails: Vec<_> = spans
+        .into_iter()
+        .map(|(from, to)| {
+            let limit = usize::try_from(to - from).unwrap_or(usize::MAX);
+            ((from, to), read_tail(conn, from, limit))
+        })
+        .collect();
+    for ((read_after, reply), result) in callers.into_iter().zip(results) {
+        let answer = result.and_then(|appended| {
+            let Some((after, limit)) = read_after else {
+                return Ok((appended, Vec::new()));
+            };
+            let (_, tail) = tails
+                .iter()
+                .find(|((from, to), _)| (*from..=*to).contains(&after))
+                .expect("every tail asked for lies in a span that was read");
+            let tail = tail.as_ref().map_err(|err| {
+                StoreError::Backend(format!("reading back after a committed append: {err}"))
+            })?;
+            // Positions are gapless, so the caller's slice starts right past `after`.
+            let events = tail
+                .iter()
+                .skip_while(|event| event.position <= after)
+                .take(limit)
+                .cloned()
+                .collect();
+            Ok((appended, events))
+        });
+        let _ = reply.send(answer);
     }
 }
 
