@@ -252,6 +252,15 @@ pub enum Event {
         #[serde(default)]
         result: Info,
     },
+    /// A read model `view` as of global `position`, encoded as `format` in `blob`
+    /// (`crate::snapshot`): a cold process starts there instead of folding the log.
+    /// No view changes on it.
+    SnapshotTaken {
+        view: String,
+        position: u64,
+        format: String,
+        blob: BlobRef,
+    },
 }
 
 impl Event {
@@ -280,6 +289,7 @@ impl Event {
             Event::JobProgressed { .. } => "JobProgressed",
             Event::JobStopRequested { .. } => "JobStopRequested",
             Event::JobFinished { .. } => "JobFinished",
+            Event::SnapshotTaken { .. } => "SnapshotTaken",
         }
     }
 }

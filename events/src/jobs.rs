@@ -54,7 +54,7 @@ pub fn job_stream(kind: JobKind, job: &RunId) -> StreamId {
 }
 
 /// A job as the log tells it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct JobRecord {
     pub id: RunId,
     pub kind: JobKind,
@@ -131,7 +131,7 @@ impl JobRecord {
 }
 
 /// A model version inference can use.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct PublishedModel {
     pub model: ModelName,
     pub version: u32,
@@ -143,7 +143,7 @@ pub struct PublishedModel {
 }
 
 /// Jobs and models, folded from the log.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct JobsView {
     position: u64,
     jobs: HashMap<RunId, JobRecord>,
@@ -151,6 +151,10 @@ pub struct JobsView {
     order: HashMap<JobKind, Vec<RunId>>,
     models: BTreeMap<ModelName, PublishedModel>,
     model_versions: HashMap<ModelName, (u64, u32)>,
+}
+
+impl crate::snapshot::Snapshot for JobsView {
+    const NAME: &'static str = "jobs";
 }
 
 impl Projection for JobsView {
@@ -319,6 +323,17 @@ impl Jobs {
             view: Projected::new(store),
             clock,
         }
+    }
+
+    /// Jobs from the view's latest snapshot and the events after it (see
+    /// [`crate::datastore::Datastore::open_from_snapshot`]).
+    pub async fn open_from_snapshot(
+        store: Arc<dyn EventStore>,
+        blobs: &dyn crate::blob::BlobStore,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, JobError> {
+        let view = crate::snapshot::open_projection(store, blobs, clock.now_ms()).await?;
+        Ok(Self { clock, view })
     }
 
     /// The jobs view, caught up with the log.

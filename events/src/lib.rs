@@ -20,6 +20,7 @@ pub mod jobs;
 pub mod projection;
 pub mod queue;
 pub mod session;
+pub mod snapshot;
 pub mod store;
 
 pub use blob::{BlobError, BlobRef, BlobStore};

@@ -87,6 +87,14 @@ impl<V: Projection> Projected<V> {
         }
     }
 
+    /// A projection that starts from `view` (a snapshot) instead of the empty view.
+    pub fn starting_at(store: Arc<dyn EventStore>, view: V) -> Self {
+        Self {
+            view: RwLock::new(view),
+            ..Self::new(store)
+        }
+    }
+
     pub fn store(&self) -> &Arc<dyn EventStore> {
         &self.store
     }

@@ -74,9 +74,14 @@ mod aws {
 
     use axum::Router;
     use medlabel_events::blob::s3::S3BlobStore;
+    use medlabel_events::clock::{Clock, SystemClock};
+    use medlabel_events::datastore::Datastore;
+    use medlabel_events::jobs::Jobs;
     use medlabel_events::store::dynamo::DynamoEventStore;
+    use medlabel_events::{BlobStore, EventStore};
 
     use crate::app::finish;
+    use crate::runner::NoRunner;
     use crate::state::{AppState, AuthConfig, Config, DicomWeb};
 
     /// Lambda's request payload limit: bigger uploads must use presigned URLs.
@@ -114,11 +119,18 @@ mod aws {
             auth,
             ..Config::default()
         };
+        let store: Arc<dyn EventStore> = Arc::new(store);
+        let blobs: Arc<dyn BlobStore> = Arc::new(blobs);
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        // A cold start begins at the views' latest snapshots and folds only the events
+        // after them (events/src/snapshot.rs).
+        let (datastore, jobs) = tokio::join!(
+            Datastore::open_from_snapshot(store.clone(), blobs.clone(), clock.clone()),
+            Jobs::open_from_snapshot(store, &*blobs, clock),
+        );
         // Models, training and batch jobs come from the log; interactive inference has
         // no runner endpoint here yet (see docs/deploy.md).
-        Ok(AppState::open(Arc::new(store), Arc::new(blobs), config)
-            .await?
-            .with_model_runner(None))
+        Ok(AppState::from_datastore(datastore?, Arc::new(NoRunner), config).with_jobs(jobs?, None))
     }
 
     /// The whole Lambda binary of one function: `router` is that function's routes.

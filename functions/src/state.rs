@@ -123,26 +123,40 @@ impl AppState {
         runner: Arc<dyn Runner>,
         config: Config,
     ) -> Result<Self, DatastoreError> {
-        let datastore =
-            Datastore::open_with_clock(store.clone(), blobs.clone(), clock.clone()).await?;
-        let sessions = Sessions::new(store, blobs, clock, config.max_session_expiry_s);
-        Ok(Self {
+        let datastore = Datastore::open_with_clock(store, blobs, clock).await?;
+        Ok(Self::from_datastore(datastore, runner, config))
+    }
+
+    /// The state around an opened datastore; sessions share its stores and clock.
+    pub fn from_datastore(datastore: Datastore, runner: Arc<dyn Runner>, config: Config) -> Self {
+        let sessions = Sessions::new(
+            datastore.event_store().clone(),
+            datastore.blob_store().clone(),
+            datastore.clock().clone(),
+            config.max_session_expiry_s,
+        );
+        Self {
             datastore: Arc::new(datastore),
             sessions: Arc::new(sessions),
             runner,
             picker: Arc::new(Picker::new(config.strategy_seed, config.lease)),
             config: Arc::new(config),
             logs: LogBuffer::global().clone(),
-        })
+        }
     }
 
     /// Replaces the runner with the event-driven [`ModelRunner`]: models from the log,
     /// jobs as events, interactive inference at `endpoint` (the runner's HTTP contract).
-    pub fn with_model_runner(mut self, endpoint: Option<String>) -> Self {
+    pub fn with_model_runner(self, endpoint: Option<String>) -> Self {
         let jobs = Jobs::new(
             self.datastore.event_store().clone(),
             self.datastore.clock().clone(),
         );
+        self.with_jobs(jobs, endpoint)
+    }
+
+    /// [`AppState::with_model_runner`] over an already opened jobs service.
+    pub fn with_jobs(mut self, jobs: Jobs, endpoint: Option<String>) -> Self {
         self.runner = Arc::new(ModelRunner::new(
             self.datastore.clone(),
             Arc::new(jobs),

@@ -36,6 +36,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::event::{Actor, Info, NewEvent, RecordedEvent, StreamId};
 use crate::id::{Extension, ImageId, InvalidId, Tag};
 use crate::projection::Projected;
+use crate::snapshot;
 use crate::store::{EventStore, StoreError};
 
 /// How many times a write re-decides after losing a version race before giving up.
@@ -119,6 +120,23 @@ impl Datastore {
         };
         datastore.refresh().await?;
         Ok(datastore)
+    }
+
+    /// Opens the datastore from the view's latest snapshot and the events after it,
+    /// recording a new snapshot when this start had many to fold (`crate::snapshot`):
+    /// for processes that start cold often, such as Lambda functions.
+    pub async fn open_from_snapshot(
+        store: Arc<dyn EventStore>,
+        blobs: Arc<dyn BlobStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        let view = snapshot::open_projection(store.clone(), &*blobs, clock.now_ms()).await?;
+        Ok(Self {
+            view,
+            store,
+            blobs,
+            clock,
+        })
     }
 
     pub fn event_store(&self) -> &Arc<dyn EventStore> {

@@ -70,14 +70,14 @@ impl Strategy {
 }
 
 /// A reservation of an image for one client.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Lease {
     pub client_id: String,
     pub expires_at_ms: i64,
 }
 
 /// Total order on scores so they can live in a `BTreeSet` (NaN sorts lowest).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Score(f64);
 
 impl Eq for Score {}
@@ -93,7 +93,7 @@ impl Ord for Score {
 }
 
 /// Indexes over the images that have no `final` label.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SelectionIndex {
     ids: BTreeSet<ImageId>,
     /// Never handed out: a vector for O(1) uniform picks, with positions for O(1) removal.

@@ -17,7 +17,7 @@ use crate::id::{Extension, ImageId, Tag};
 use super::selection::{Lease, SelectionIndex};
 
 /// One saved version of a label.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LabelVersion {
     pub version: u32,
     pub ext: Extension,
@@ -31,7 +31,7 @@ pub struct LabelVersion {
 }
 
 /// The current label under one tag, with every version saved since it was last removed.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LabelRecord {
     pub versions: Vec<LabelVersion>,
     /// The current info: the latest version's info merged with later updates and scores.
@@ -45,7 +45,7 @@ impl LabelRecord {
 }
 
 /// An image in the datastore and its labels.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ImageRecord {
     pub ext: Extension,
     pub blob: BlobRef,
@@ -65,7 +65,7 @@ impl ImageRecord {
 /// What the log says about an image stream even after the image is removed: its
 /// version (for optimistic concurrency) and the last label version per tag (so
 /// versions keep counting up across removals).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ImageStreamState {
     pub version: u64,
     pub last_label_version: BTreeMap<Tag, u32>,
@@ -80,7 +80,7 @@ pub struct Status {
 }
 
 /// The Datastore read model.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DatastoreView {
     /// Global position of the last event applied.
     pub position: u64,
@@ -115,6 +115,10 @@ impl Default for DatastoreView {
 
 fn seconds(ms: i64) -> Value {
     json!(ms.div_euclid(1000))
+}
+
+impl crate::snapshot::Snapshot for DatastoreView {
+    const NAME: &'static str = "datastore";
 }
 
 impl crate::projection::Projection for DatastoreView {
@@ -343,7 +347,8 @@ impl DatastoreView {
             | Event::JobStarted { .. }
             | Event::JobProgressed { .. }
             | Event::JobStopRequested { .. }
-            | Event::JobFinished { .. } => {}
+            | Event::JobFinished { .. }
+            | Event::SnapshotTaken { .. } => {}
         }
     }
 

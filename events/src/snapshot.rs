@@ -1,0 +1,412 @@
+//! Snapshots of read models, so that a cold process does not fold the whole log.
+//!
+//! A Lambda function starts cold often, and every start used to fold every event into
+//! its views: 200 images already cost ~200 ms against the emulator. A snapshot is the
+//! view itself, encoded (MessagePack, gzip) into a content-addressed blob, and recorded
+//! by a [`Event::SnapshotTaken`] event on the view's own stream (`snapshot/<name>`):
+//! a cold start reads that stream's last event, fetches one blob and folds only the
+//! events after the snapshot's position. Snapshots live in the log and the blob store
+//! the system already has; no backend needs anything new.
+//!
+//! Taking one is cheap to get wrong, so the rules are few:
+//! - The blob is stored before its event (invariant 3), and the event is appended at
+//!   the stream version read when loading, so of many cold starts racing to record a
+//!   snapshot one wins and the others record nothing.
+//! - A snapshot names its encoding ([`FORMAT`]); a process that cannot read it (another
+//!   encoding, a blob that is gone, bytes that do not decode, a position that does not
+//!   match) folds the log from the start instead. A snapshot only ever saves time.
+//! - Views ignore `SnapshotTaken` events, so recording one changes no view.
+
+use std::io::{Read, Write};
+use std::sync::Arc;
+
+use flate2::Compression;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::blob::{BlobStore, read_to_vec};
+use crate::event::{Actor, Event, NewEvent, RecordedEvent, StreamId};
+use crate::id::Extension;
+use crate::projection::{Projected, Projection};
+use crate::store::{EventStore, ExpectedVersion, StoreError};
+
+/// The encoding this build writes and reads. Bump the number whenever the layout of a
+/// snapshotted view (its fields, or their types' fields) changes, so that older
+/// snapshots are skipped rather than misread.
+pub const FORMAT: &str = "msgpack+gzip/1";
+
+/// A cold start that folded more events than this past the latest snapshot records a
+/// new one.
+pub const SNAPSHOT_AFTER_EVENTS: u64 = 200;
+
+/// A read model that can be saved and restored whole.
+pub trait Snapshot: Projection + Serialize + DeserializeOwned {
+    /// Names the view's snapshot stream (`snapshot/<NAME>`).
+    const NAME: &'static str;
+}
+
+/// The latest snapshot of a view as recorded in the log.
+#[derive(Debug)]
+pub struct Restored<V> {
+    pub view: V,
+    /// Version of the snapshot stream, the expected version of the next snapshot.
+    pub stream_version: u64,
+}
+
+fn stream<V: Snapshot>() -> StreamId {
+    StreamId::from_stored(format!("snapshot/{}", V::NAME))
+}
+
+/// Loads the view's latest snapshot. `Ok(None)` when there is none or it cannot be
+/// used (see the module docs); `Err` only when the store cannot be read.
+pub async fn load<V: Snapshot>(
+    store: &dyn EventStore,
+    blobs: &dyn BlobStore,
+) -> Result<Option<Restored<V>>, StoreError> {
+    let stream = stream::<V>();
+    let stream_version = store.stream_version(&stream).await?;
+    if stream_version == 0 {
+        return Ok(None);
+    }
+    let latest = store.read_stream(&stream, stream_version).await?;
+    let view = match latest.last() {
+        Some(recorded) => restore::<V>(recorded, blobs).await,
+        None => None,
+    };
+    Ok(Some(Restored {
+        view: match view {
+            Some(view) => view,
+            None => {
+                // Unusable: fold from the start, and let the next snapshot replace it.
+                return Ok(Some(Restored {
+                    view: V::default(),
+                    stream_version,
+                }));
+            }
+        },
+        stream_version,
+    }))
+}
+
+async fn restore<V: Snapshot>(recorded: &RecordedEvent, blobs: &dyn BlobStore) -> Option<V> {
+    let Event::SnapshotTaken {
+        position,
+        format,
+        blob,
+        ..
+    } = &recorded.event
+    else {
+        return None;
+    };
+    if format != FORMAT {
+        tracing::info!(view = V::NAME, %format, "snapshot in another format: folding the log");
+        return None;
+    }
+    let bytes = match read_to_vec(blobs, blob).await {
+        Ok(bytes) => bytes,
+        Err(err) => {
+            tracing::warn!(view = V::NAME, %err, "snapshot blob unreadable: folding the log");
+            return None;
+        }
+    };
+    match decode::<V>(&bytes) {
+        Some(view) if view.position() == *position => Some(view),
+        _ => {
+            tracing::warn!(view = V::NAME, "snapshot does not decode: folding the log");
+            None
+        }
+    }
+}
+
+/// A projection started from the view's latest snapshot and caught up with the log.
+/// When this start folded more than [`SNAPSHOT_AFTER_EVENTS`] events past the snapshot,
+/// it records a new one; failing to is logged, not returned (a snapshot only saves time).
+pub async fn open_projection<V: Snapshot>(
+    store: Arc<dyn EventStore>,
+    blobs: &dyn BlobStore,
+    now_ms: i64,
+) -> Result<Projected<V>, StoreError> {
+    let (view, stream_version) = match load::<V>(&*store, blobs).await? {
+        Some(restored) => (restored.view, restored.stream_version),
+        None => (V::default(), 0),
+    };
+    let since = view.position();
+    let projected = Projected::starting_at(store.clone(), view);
+    projected.catch_up().await?;
+    let (encoded, position) = {
+        let view = projected.peek();
+        let position = view.position();
+        let encoded = (position - since > SNAPSHOT_AFTER_EVENTS).then(|| encode(&*view));
+        (encoded, position)
+    };
+    if let Some(encoded) = encoded {
+        let saved = match encoded {
+            Ok(bytes) => save::<V>(&*store, blobs, bytes, position, stream_version, now_ms).await,
+            Err(err) => Err(err),
+        };
+        if let Err(err) = saved {
+            tracing::warn!(view = V::NAME, %err, "could not record a snapshot");
+        }
+    }
+    Ok(projected)
+}
+
+/// Records `bytes` (a view encoded at `position`) as the latest snapshot, if the
+/// snapshot stream is still at `stream_version`. Returns whether this call recorded it.
+pub async fn save<V: Snapshot>(
+    store: &dyn EventStore,
+    blobs: &dyn BlobStore,
+    bytes: Vec<u8>,
+    position: u64,
+    stream_version: u64,
+    timestamp_ms: i64,
+) -> Result<bool, SnapshotError> {
+    let ext = Extension::parse(".msgpack.gz").expect("a valid extension");
+    let blob = blobs.put_bytes(bytes, &ext).await?;
+    let event = NewEvent {
+        event: Event::SnapshotTaken {
+            view: V::NAME.into(),
+            position,
+            format: FORMAT.into(),
+            blob,
+        },
+        actor: Actor::admin(),
+        timestamp_ms,
+    };
+    let request_id = format!("snapshot:{}:{position}", V::NAME);
+    match store
+        .append(
+            &stream::<V>(),
+            ExpectedVersion::from_version(stream_version),
+            vec![event],
+            &request_id,
+        )
+        .await
+    {
+        Ok(appended) => Ok(!appended.replayed),
+        Err(StoreError::Conflict { .. }) => Ok(false),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// The view's bytes in [`FORMAT`].
+pub fn encode<V: Serialize>(view: &V) -> Result<Vec<u8>, SnapshotError> {
+    let packed = rmp_serde::to_vec(view).map_err(|err| SnapshotError::Encode(err.to_string()))?;
+    let mut gz = GzEncoder::new(Vec::new(), Compression::fast());
+    gz.write_all(&packed)
+        .and_then(|()| gz.finish())
+        .map_err(|err| SnapshotError::Encode(err.to_string()))
+}
+
+fn decode<V: DeserializeOwned>(bytes: &[u8]) -> Option<V> {
+    let mut packed = Vec::new();
+    GzDecoder::new(bytes).read_to_end(&mut packed).ok()?;
+    rmp_serde::from_slice(&packed).ok()
+}
+
+/// Why a snapshot could not be recorded (the view itself is unaffected).
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("encoding the snapshot: {0}")]
+    Encode(String),
+    #[error(transparent)]
+    Blob(#[from] crate::blob::BlobError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blob::fs::FolderBlobStore;
+    use crate::clock::SystemClock;
+    use crate::datastore::{Datastore, DatastoreView, Strategy, WriteContext};
+    use crate::id::{ImageId, Tag};
+    use crate::store::sqlite::SqliteEventStore;
+    use serde_json::json;
+    use std::time::Duration;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        store: Arc<dyn EventStore>,
+        blobs: Arc<dyn BlobStore>,
+    }
+
+    fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteEventStore::open(dir.path().join("events.db")).unwrap());
+        let blobs = Arc::new(FolderBlobStore::open(dir.path().join("blobs")).unwrap());
+        Fixture {
+            _dir: dir,
+            store,
+            blobs,
+        }
+    }
+
+    /// Images, labels, a lease and a score: every index of the view has content.
+    async fn fill(datastore: &Datastore, images: usize, seed: usize) {
+        let ctx = || WriteContext::fresh(Actor::admin());
+        let ext = Extension::parse(".nii.gz").unwrap();
+        for i in 0..images {
+            let id = ImageId::parse(format!("img{seed}_{i:04}")).unwrap();
+            let blob = datastore
+                .blob_store()
+                .put_bytes(format!("image {seed} {i}").into_bytes(), &ext)
+                .await
+                .unwrap();
+            let mut info = serde_json::Map::new();
+            info.insert("n".into(), json!(i));
+            datastore
+                .add_image_blob(&ctx(), &id, blob, info)
+                .await
+                .unwrap();
+            if i % 3 == 0 {
+                let label = datastore
+                    .blob_store()
+                    .put_bytes(format!("label {seed} {i}").into_bytes(), &ext)
+                    .await
+                    .unwrap();
+                let tag = Tag::parse("final").unwrap();
+                datastore
+                    .save_label_blob(&ctx(), &id, &tag, label, Default::default())
+                    .await
+                    .unwrap();
+            }
+            if i % 5 == 1 {
+                let mut values = serde_json::Map::new();
+                values.insert("epistemic_entropy".into(), json!(i as f64 / 10.0));
+                datastore
+                    .record_score(&ctx(), &id, "epistemic", None, values)
+                    .await
+                    .unwrap();
+            }
+        }
+        let pick = |n: usize| n / 2;
+        datastore
+            .next_sample(
+                &ctx(),
+                Strategy::Random,
+                "random",
+                "annotator",
+                Duration::from_secs(600),
+                &pick,
+            )
+            .await
+            .unwrap();
+    }
+
+    async fn full_fold(f: &Fixture) -> DatastoreView {
+        let datastore = Datastore::open(f.store.clone(), f.blobs.clone())
+            .await
+            .unwrap();
+        datastore.view().await.unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_start_from_a_snapshot_sees_exactly_what_a_full_fold_sees() {
+        let f = fixture();
+        let first = Datastore::open(f.store.clone(), f.blobs.clone())
+            .await
+            .unwrap();
+        fill(&first, SNAPSHOT_AFTER_EVENTS as usize, 1).await;
+        // A start with many events to fold records a snapshot of where it got to.
+        let cold =
+            Datastore::open_from_snapshot(f.store.clone(), f.blobs.clone(), Arc::new(SystemClock))
+                .await
+                .unwrap();
+        let restored = load::<DatastoreView>(&*f.store, &*f.blobs)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(restored.stream_version, 1);
+        assert!(restored.view.position > 0);
+        let expected = full_fold(&f).await;
+        assert_eq!(*cold.view().await.unwrap(), expected);
+
+        // Writes after the snapshot are folded on top of it.
+        fill(&first, 10, 2).await;
+        let warm =
+            Datastore::open_from_snapshot(f.store.clone(), f.blobs.clone(), Arc::new(SystemClock))
+                .await
+                .unwrap();
+        let expected = full_fold(&f).await;
+        assert_eq!(*warm.view().await.unwrap(), expected);
+        // Few events past it: no new snapshot.
+        let again = load::<DatastoreView>(&*f.store, &*f.blobs)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(again.stream_version, 1);
+        assert_eq!(again.view, restored.view);
+    }
+
+    #[tokio::test]
+    async fn an_unusable_snapshot_falls_back_to_folding_and_racing_savers_record_one() {
+        let f = fixture();
+        let datastore = Datastore::open(f.store.clone(), f.blobs.clone())
+            .await
+            .unwrap();
+        fill(&datastore, 20, 3).await;
+        // A blob that is not a view, recorded as a snapshot at the current position.
+        let position = datastore.view().await.unwrap().position;
+        assert!(
+            save::<DatastoreView>(&*f.store, &*f.blobs, b"not a view".to_vec(), position, 0, 1)
+                .await
+                .unwrap()
+        );
+        let restored = load::<DatastoreView>(&*f.store, &*f.blobs)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            restored.view.position, 0,
+            "an undecodable snapshot is not used"
+        );
+        let opened =
+            Datastore::open_from_snapshot(f.store.clone(), f.blobs.clone(), Arc::new(SystemClock))
+                .await
+                .unwrap();
+        let expected = full_fold(&f).await;
+        assert_eq!(*opened.view().await.unwrap(), expected);
+
+        // Two savers that read the same stream version: the first records, the second
+        // finds the stream moved and records nothing.
+        let view = full_fold(&f).await;
+        let bytes = encode(&view).unwrap();
+        let stream_version = f
+            .store
+            .stream_version(&stream::<DatastoreView>())
+            .await
+            .unwrap();
+        let (a, b) = tokio::join!(
+            save::<DatastoreView>(
+                &*f.store,
+                &*f.blobs,
+                bytes.clone(),
+                view.position,
+                stream_version,
+                2
+            ),
+            save::<DatastoreView>(
+                &*f.store,
+                &*f.blobs,
+                bytes.clone(),
+                view.position,
+                stream_version,
+                3
+            ),
+        );
+        // Same position, same request id: the loser is a replay or a conflict.
+        assert_eq!(
+            [a.unwrap(), b.unwrap()].iter().filter(|won| **won).count(),
+            1
+        );
+        let latest = load::<DatastoreView>(&*f.store, &*f.blobs)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(latest.view, view);
+    }
+}
