@@ -37,9 +37,9 @@ use crate::store::{EventStore, ExpectedVersion, StoreError};
 /// snapshots are skipped rather than misread.
 pub const FORMAT: &str = "msgpack+gzip/1";
 
-/// A cold start that folded more events than this past the latest snapshot records a
-/// new one.
-pub const SNAPSHOT_AFTER_EVENTS: u64 = 200;
+/// A cold start that folded at least this many events past the latest snapshot records
+/// a new one.
+pub const SNAPSHOT_AFTER_EVENTS: u64 = 100;
 
 /// A read model that can be saved and restored whole.
 pub trait Snapshot: Projection + Serialize + DeserializeOwned {
@@ -65,28 +65,15 @@ pub async fn load<V: Snapshot>(
     store: &dyn EventStore,
     blobs: &dyn BlobStore,
 ) -> Result<Option<Restored<V>>, StoreError> {
-    let stream = stream::<V>();
-    let stream_version = store.stream_version(&stream).await?;
-    if stream_version == 0 {
+    let Some(latest) = store.last_event(&stream::<V>()).await? else {
         return Ok(None);
-    }
-    let latest = store.read_stream(&stream, stream_version).await?;
-    let view = match latest.last() {
-        Some(recorded) => restore::<V>(recorded, blobs).await,
-        None => None,
     };
+    // An unusable snapshot restores the empty view: the log is folded from the start,
+    // and the next snapshot replaces it.
+    let view = restore::<V>(&latest, blobs).await.unwrap_or_default();
     Ok(Some(Restored {
-        view: match view {
-            Some(view) => view,
-            None => {
-                // Unusable: fold from the start, and let the next snapshot replace it.
-                return Ok(Some(Restored {
-                    view: V::default(),
-                    stream_version,
-                }));
-            }
-        },
-        stream_version,
+        view,
+        stream_version: latest.sequence,
     }))
 }
 
@@ -121,24 +108,34 @@ async fn restore<V: Snapshot>(recorded: &RecordedEvent, blobs: &dyn BlobStore) -
 }
 
 /// A projection started from the view's latest snapshot and caught up with the log.
-/// When this start folded more than [`SNAPSHOT_AFTER_EVENTS`] events past the snapshot,
+/// When this start folded [`SNAPSHOT_AFTER_EVENTS`] or more events past the snapshot,
 /// it records a new one; failing to is logged, not returned (a snapshot only saves time).
 pub async fn open_projection<V: Snapshot>(
     store: Arc<dyn EventStore>,
     blobs: &dyn BlobStore,
     now_ms: i64,
 ) -> Result<Projected<V>, StoreError> {
+    let started = std::time::Instant::now();
     let (view, stream_version) = match load::<V>(&*store, blobs).await? {
         Some(restored) => (restored.view, restored.stream_version),
         None => (V::default(), 0),
     };
     let since = view.position();
+    let loaded_ms = started.elapsed().as_millis();
     let projected = Projected::starting_at(store.clone(), view);
     projected.catch_up().await?;
+    tracing::info!(
+        view = V::NAME,
+        snapshot_position = since,
+        folded = projected.peek().position() - since,
+        loaded_ms,
+        ready_ms = started.elapsed().as_millis(),
+        "view restored"
+    );
     let (encoded, position) = {
         let view = projected.peek();
         let position = view.position();
-        let encoded = (position - since > SNAPSHOT_AFTER_EVENTS).then(|| encode(&*view));
+        let encoded = (position - since >= SNAPSHOT_AFTER_EVENTS).then(|| encode(&*view));
         (encoded, position)
     };
     if let Some(encoded) = encoded {

@@ -190,6 +190,17 @@ pub trait EventStore: Send + Sync + 'static {
     /// The stream's current version (0 if it does not exist).
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError>;
 
+    /// The stream's last event, if any (its `sequence` is the stream's version). The
+    /// default reads the version, then that event; a store that can fetch it in one
+    /// round trip overrides it.
+    async fn last_event(&self, stream: &StreamId) -> Result<Option<RecordedEvent>, StoreError> {
+        let version = self.stream_version(stream).await?;
+        if version == 0 {
+            return Ok(None);
+        }
+        Ok(self.read_stream(stream, version).await?.pop())
+    }
+
     /// Up to `limit` events with global position > `after`, in global order, without
     /// gaps: if position p is returned, every position below p was returned before.
     /// Fewer than `limit` only when no more were visible to this read (it reached the

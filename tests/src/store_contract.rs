@@ -74,6 +74,7 @@ pub async fn append_and_read_back(store: Arc<dyn EventStore>) {
     let stream = fresh_stream("read-back");
     assert_eq!(store.stream_version(&stream).await.unwrap(), 0);
     assert!(store.read_stream(&stream, 1).await.unwrap().is_empty());
+    assert!(store.last_event(&stream).await.unwrap().is_none());
 
     let request = fresh_request();
     let first = store
@@ -115,6 +116,10 @@ pub async fn append_and_read_back(store: Arc<dyn EventStore>) {
     assert!(second.first_position > first.last_position);
     assert_eq!(store.stream_version(&stream).await.unwrap(), 5);
     assert!(store.head().await.unwrap() >= second.last_position);
+
+    let last = store.last_event(&stream).await.unwrap().unwrap();
+    assert_eq!((last.sequence, name_of(&last)), (5, "e"));
+    assert_eq!(last.position, second.last_position);
 
     let tail = store.read_stream(&stream, 4).await.unwrap();
     let names: Vec<_> = tail.iter().map(name_of).collect();

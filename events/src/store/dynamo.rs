@@ -473,6 +473,25 @@ impl EventStore for DynamoEventStore {
         }
     }
 
+    async fn last_event(&self, stream: &StreamId) -> Result<Option<RecordedEvent>, StoreError> {
+        let page = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#s = :s AND #q > :meta")
+            .expression_attribute_names("#s", A_STREAM)
+            .expression_attribute_names("#q", A_SEQUENCE)
+            .expression_attribute_values(":s", s(stream.as_str()))
+            .expression_attribute_values(":meta", n(META_SEQUENCE))
+            .scan_index_forward(false)
+            .limit(1)
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(backend)?;
+        page.items().first().map(decode_event).transpose()
+    }
+
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
         let head = self.head().await?;
         let end = head.min(after.saturating_add(limit as u64));
