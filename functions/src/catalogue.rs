@@ -362,6 +362,22 @@ pub const ROUTES: &[Route] = &[
     ),
     route(
         "POST",
+        "/infer/wsi/{model}",
+        "infer",
+        "Whole-slide inference (WSIInput as the JSON body); no served model reads slides",
+        &["image", "session_id", "output"],
+        Json,
+    ),
+    route(
+        "POST",
+        "/infer/wsi_v2/{model}",
+        "infer",
+        "Whole-slide inference (WSIInput as the form field wsi); no served model reads slides",
+        &["image", "session_id", "output"],
+        Multipart(&["wsi", "file"]),
+    ),
+    route(
+        "POST",
         "/batch/infer/{model}",
         "infer",
         "Run batch inference",

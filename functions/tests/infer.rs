@@ -293,3 +293,75 @@ async fn train_tasks_run_one_at_a_time() {
     assert_eq!(all.json()["mirror"]["result"]["request"]["max_epochs"], 3);
     assert_eq!(all.json()["mirror"]["detail"], Value::Null);
 }
+
+#[tokio::test]
+async fn whole_slide_requests_are_checked_then_refused_without_recording_anything() {
+    let h = harness().await;
+    h.send(
+        Req::new("PUT", "/datastore/?image=ct")
+            .multipart(&[], &[("file", "ct.nii.gz", CT)])
+            .request(),
+    )
+    .await;
+    let head = h.head().await;
+    let region = json!({"level": 1, "location": [512, 256], "size": [1024, 1024], "extra": 1});
+    let cases = [
+        // A served model that reads volumes, not slides: why, in MONAI Label's shape.
+        (
+            Req::new("POST", "/infer/wsi/mirror?image=ct&output=dsa").json(region.clone()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "no whole-slide reader",
+        ),
+        (
+            Req::new("POST", "/infer/wsi_v2/mirror?image=ct")
+                .multipart(&[("wsi", &region.to_string())], &[]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "level-1 region at [512, 256]",
+        ),
+        (
+            Req::new("POST", "/infer/wsi/nope?image=ct").json(region.clone()),
+            StatusCode::NOT_FOUND,
+            "Model 'nope' NOT Found",
+        ),
+        (
+            Req::new("POST", "/infer/wsi/mirror?image=ct&output=xml").json(region.clone()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "'asap', 'dsa' or 'json'",
+        ),
+        (
+            Req::new("POST", "/infer/wsi/mirror?image=ct").json(json!({"size": [0, 5]})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "size and tile_size must be positive",
+        ),
+        (
+            Req::new("POST", "/infer/wsi/mirror?image=ct").json(json!({"location": "top"})),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Invalid WSIInput",
+        ),
+        (
+            Req::new("POST", "/infer/wsi_v2/mirror?image=ct")
+                .multipart(&[("wsi", "{not json")], &[]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "wsi",
+        ),
+        (
+            Req::new("POST", "/infer/wsi/mirror?image=missing").json(region.clone()),
+            StatusCode::NOT_FOUND,
+            "missing",
+        ),
+        (
+            Req::new("POST", "/infer/wsi/mirror").json(region.clone()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "Neither Image nor File",
+        ),
+    ];
+    for (request, status, detail) in cases {
+        let reply = h.send(request.request()).await;
+        assert_eq!(reply.status, status, "{reply:?}");
+        let text = reply.json()["detail"].to_string();
+        assert!(text.contains(detail), "{detail}: {text}");
+        // The Lambda path answers the same.
+        assert_eq!(h.send_lambda(&request).await.status, status);
+    }
+    assert_eq!(h.head().await, head, "a refused request records nothing");
+}

@@ -5,7 +5,8 @@
 //! files reach the runner as blobs (a URI it can read), never as paths on this host.
 //! With `save_label` the mask is saved to the datastore under `label_tag` (default
 //! `original`) with info `{model, params}`. The reply follows `output`: `json`, `image`,
-//! or (default) MONAI Label's multipart `params` + `image`.
+//! or (default) MONAI Label's multipart `params` + `image`. The whole-slide routes are in
+//! [`wsi`].
 
 use axum::body::Body;
 use axum::extract::State;
@@ -24,13 +25,15 @@ use crate::extract::{QueryParams, Segment, json_body, json_object, parse_bool, p
 use crate::multipart::{Form, Upload, read_upload};
 use crate::reply;
 use crate::routes::train::{stop, task_status};
-use crate::routes::{blob_uri, client_id};
+use crate::routes::{blob_uri, client_id, wsi};
 use crate::runner::InferRequest;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/infer/{model}", post(infer))
+        .route("/infer/wsi/{model}", post(wsi::infer_wsi))
+        .route("/infer/wsi_v2/{model}", post(wsi::infer_wsi_v2))
         .route("/batch/infer/{model}", post(batch_infer))
         .route("/batch/infer", get(batch_status).delete(batch_stop))
 }

@@ -14,6 +14,7 @@ pub mod session;
 pub mod train;
 pub mod upload;
 pub mod viewer;
+pub mod wsi;
 
 use medlabel_events::blob::BlobRef;
 use std::time::Duration;
