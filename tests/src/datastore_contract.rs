@@ -760,6 +760,49 @@ pub async fn writes_are_visible_across_instances(
         .unwrap();
     assert_eq!(first.status().await.unwrap().completed, 1);
     assert_eq!(first.json().await.unwrap(), second.json().await.unwrap());
+
+    // Writes decided on a view that missed the other instance's writes. A label: the
+    // image stream moved on, so the first decision conflicts and the second one, on a
+    // caught-up view, makes version 3 after the other instance's version 2.
+    let label = |name: &str| file(dir, name, name.as_bytes());
+    let tag = Tag::final_tag();
+    let other = first
+        .save_label(
+            &ctx("alice"),
+            &id("seen"),
+            &tag,
+            &label("v2"),
+            &nii(),
+            Info::new(),
+        )
+        .await
+        .unwrap();
+    let stale = second
+        .save_label(
+            &ctx("bob"),
+            &id("seen"),
+            &tag,
+            &label("v3"),
+            &nii(),
+            Info::new(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((other.version, stale.version), (2, 3));
+    // A refusal: the image is unknown to the stale view, so that answer is checked on a
+    // caught-up view before it is given, and the removal goes through.
+    first
+        .add_image(
+            &ctx("alice"),
+            &id("late"),
+            &file(dir, "late", b"late"),
+            &nii(),
+            Info::new(),
+        )
+        .await
+        .unwrap();
+    second.remove_image(&ctx("bob"), &id("late")).await.unwrap();
+    assert_eq!(first.list_images().await.unwrap(), vec![id("seen")]);
 }
 
 /// A seeded random source as the server uses one: `random(n)` below `n`.

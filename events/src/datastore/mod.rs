@@ -161,19 +161,34 @@ impl Datastore {
         Ok(self.view.read().await?)
     }
 
-    /// Decides against the current view and appends, re-deciding on version conflicts.
-    /// Returns the recorded events' positions (empty when the decision recorded nothing).
+    /// Decides against the view and appends, re-deciding on version conflicts. Returns
+    /// the decision recorded (`None` when it recorded nothing).
+    ///
+    /// The first decision uses the view as it stands, without a catch-up: it already
+    /// holds every write this process made, and one decided on a view that missed
+    /// another process's write appends at a stream version that is no longer current,
+    /// so it conflicts and is decided again on a caught-up view. Only a refusal or a
+    /// no-op is not guarded that way, so neither is believed until a caught-up view
+    /// decides it too.
     pub async fn execute<F>(&self, ctx: &WriteContext, decide: F) -> Result<Option<Decision>>
     where
         F: Fn(&DatastoreView) -> Result<Option<Decision>>,
     {
+        let mut caught_up = false;
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let decision = {
-                let view = self.view().await?;
-                decide(&view)?
+            let decided = if caught_up {
+                decide(&*self.view().await?)
+            } else {
+                decide(&self.view.peek())
             };
-            let Some(decision) = decision else {
-                return Ok(None);
+            let decision = match decided {
+                Ok(Some(decision)) => decision,
+                _ if !caught_up => {
+                    caught_up = true;
+                    continue;
+                }
+                Ok(None) => return Ok(None),
+                Err(err) => return Err(err),
             };
             let now = self.clock.now_ms();
             let events = decision
@@ -195,7 +210,7 @@ impl Datastore {
                     return Err(DatastoreError::RequestIdReused(ctx.request_id.clone()));
                 }
                 Ok(_) => return Ok(Some(decision)),
-                Err(StoreError::Conflict { .. }) => continue,
+                Err(StoreError::Conflict { .. }) => caught_up = true,
                 Err(err) => return Err(err.into()),
             }
         }
