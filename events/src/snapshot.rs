@@ -302,44 +302,6 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_start_from_a_snapshot_sees_exactly_what_a_full_fold_sees() {
-        let f = fixture();
-        let first = Datastore::open(f.store.clone(), f.blobs.clone())
-            .await
-            .unwrap();
-        fill(&first, SNAPSHOT_AFTER_EVENTS as usize, 1).await;
-        // A start with many events to fold records a snapshot of where it got to.
-        let cold =
-            Datastore::open_from_snapshot(f.store.clone(), f.blobs.clone(), Arc::new(SystemClock))
-                .await
-                .unwrap();
-        let restored = load::<DatastoreView>(&*f.store, &*f.blobs)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(restored.stream_version, 1);
-        assert!(restored.view.position > 0);
-        let expected = full_fold(&f).await;
-        assert_eq!(*cold.view().await.unwrap(), expected);
-
-        // Writes after the snapshot are folded on top of it.
-        fill(&first, 10, 2).await;
-        let warm =
-            Datastore::open_from_snapshot(f.store.clone(), f.blobs.clone(), Arc::new(SystemClock))
-                .await
-                .unwrap();
-        let expected = full_fold(&f).await;
-        assert_eq!(*warm.view().await.unwrap(), expected);
-        // Few events past it: no new snapshot.
-        let again = load::<DatastoreView>(&*f.store, &*f.blobs)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(again.stream_version, 1);
-        assert_eq!(again.view, restored.view);
-    }
-
-    #[tokio::test]
     async fn an_unusable_snapshot_falls_back_to_folding_and_racing_savers_record_one() {
         let f = fixture();
         let datastore = Datastore::open(f.store.clone(), f.blobs.clone())

@@ -1058,3 +1058,81 @@ pub async fn random_order(ds: &Datastore, dir: &Path, images: usize, seed: u64) 
     }
     order
 }
+
+/// A datastore opened from a snapshot (as a cold Lambda function opens it) sees exactly
+/// what a fold of the whole log sees: right after the start that recorded the snapshot,
+/// and after more writes on top of it. The jobs view restores the same way.
+pub async fn snapshots_restore_what_a_fold_sees(
+    store: Arc<dyn medlabel_events::EventStore>,
+    blobs: Arc<dyn medlabel_events::BlobStore>,
+    dir: &Path,
+) {
+    use medlabel_events::clock::SystemClock;
+    use medlabel_events::jobs::Jobs;
+    use medlabel_events::snapshot::{self, SNAPSHOT_AFTER_EVENTS};
+
+    let clock = Arc::new(SystemClock);
+    let full_fold = || async {
+        let ds = Datastore::open(store.clone(), blobs.clone()).await.unwrap();
+        ds.view().await.unwrap().clone()
+    };
+    let ds = Datastore::open(store.clone(), blobs.clone()).await.unwrap();
+    for i in 0..SNAPSHOT_AFTER_EVENTS {
+        let name = format!("snap{i:03}");
+        let path = file(dir, &name, name.as_bytes());
+        ds.add_image(
+            &ctx("alice"),
+            &id(&name),
+            &path,
+            &nii(),
+            info(json!({"n": i})),
+        )
+        .await
+        .unwrap();
+    }
+    let label = file(dir, "snap-label", b"label");
+    ds.save_label(
+        &ctx("bob"),
+        &id("snap001"),
+        &Tag::final_tag(),
+        &label,
+        &nii(),
+        Info::new(),
+    )
+    .await
+    .unwrap();
+
+    // This start folds everything and records a snapshot of where it got to.
+    let cold = Datastore::open_from_snapshot(store.clone(), blobs.clone(), clock.clone())
+        .await
+        .unwrap();
+    let restored = snapshot::load::<DatastoreView>(&*store, &*blobs)
+        .await
+        .unwrap()
+        .expect("a start that folded that many events records a snapshot");
+    assert!(restored.view.position >= SNAPSHOT_AFTER_EVENTS);
+    let expected = full_fold().await;
+    assert_eq!(*cold.view().await.unwrap(), expected);
+
+    // More writes: a start from the snapshot folds them on top of it.
+    ds.remove_image(&ctx("alice"), &id("snap002"))
+        .await
+        .unwrap();
+    let late = file(dir, "snap-late", b"late");
+    ds.add_image(&ctx("alice"), &id("late"), &late, &nii(), Info::new())
+        .await
+        .unwrap();
+    let warm = Datastore::open_from_snapshot(store.clone(), blobs.clone(), clock.clone())
+        .await
+        .unwrap();
+    let expected = full_fold().await;
+    assert_eq!(*warm.view().await.unwrap(), expected);
+    assert!(warm.image(&id("snap002")).await.is_err());
+
+    let jobs_cold = Jobs::open_from_snapshot(store.clone(), &*blobs, clock.clone())
+        .await
+        .unwrap();
+    let jobs_folded = Jobs::new(store.clone(), clock);
+    let expected = jobs_folded.view().await.unwrap().clone();
+    assert_eq!(*jobs_cold.view().await.unwrap(), expected);
+}

@@ -104,3 +104,9 @@ async fn jobs_lifecycle() {
     let (store, blobs) = stores().await;
     medlabel_tests::jobs_contract::lifecycle(store, blobs).await;
 }
+
+#[tokio::test]
+async fn snapshots_restore_what_a_fold_sees() {
+    let (dir, (store, blobs)) = (scratch(), stores().await);
+    contract::snapshots_restore_what_a_fold_sees(store, blobs, dir.path()).await;
+}

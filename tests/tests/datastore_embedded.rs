@@ -118,3 +118,12 @@ async fn seeded_random_is_reproducible() {
     let distinct: std::collections::BTreeSet<_> = first.iter().collect();
     assert_eq!(distinct.len(), 40, "every image once before any repeats");
 }
+
+#[tokio::test]
+async fn snapshots_restore_what_a_fold_sees() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteEventStore::open(dir.path().join("events.db")).unwrap());
+    let blobs =
+        Arc::new(FolderBlobStore::open_with_inline(dir.path().join("blobs"), &store).unwrap());
+    contract::snapshots_restore_what_a_fold_sees(store, blobs, dir.path()).await;
+}
