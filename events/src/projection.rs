@@ -102,7 +102,7 @@ impl<V: Projection> Projected<V> {
     /// Applies every event recorded since this call began (and perhaps more).
     pub async fn catch_up(&self) -> Result<(), StoreError> {
         let ticket = {
-            let mut rounds = self.lock_rounds();
+            let mut rounds = lock_rounds(&self.rounds);
             rounds.issued += 1;
             rounds.issued
         };
@@ -111,7 +111,7 @@ impl<V: Projection> Projected<V> {
             let mut ended = pin!(self.round_ended.notified());
             ended.as_mut().enable();
             let serves = {
-                let mut rounds = self.lock_rounds();
+                let mut rounds = lock_rounds(&self.rounds);
                 if rounds.served >= ticket {
                     return Ok(());
                 }
@@ -157,12 +157,6 @@ impl<V: Projection> Projected<V> {
                 return Ok(());
             }
         }
-    }
-
-    fn lock_rounds(&self) -> std::sync::MutexGuard<'_, Rounds> {
-        self.rounds
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Appends through the store and applies the log up to (at least) that append,

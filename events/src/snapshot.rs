@@ -8,7 +8,7 @@
 //! events after the snapshot's position. Snapshots live in the log and the blob store
 //! the system already has; no backend needs anything new.
 //!
-//! Taking one is cheap to get wrong, so the rules are few:
+//! The rules:
 //! - The blob is stored before its event (invariant 3), and the event is appended at
 //!   the stream version read when loading, so of many cold starts racing to record a
 //!   snapshot one wins and the others record nothing.
@@ -34,7 +34,8 @@ use crate::store::{EventStore, ExpectedVersion, StoreError};
 
 /// The encoding this build writes and reads. Bump the number whenever the layout of a
 /// snapshotted view (its fields, or their types' fields) changes, so that older
-/// snapshots are skipped rather than misread.
+/// snapshots are skipped rather than misread; a unit test pins the layout and fails
+/// until it is bumped.
 pub const FORMAT: &str = "msgpack+gzip/1";
 
 /// A cold start that folded at least this many events past the latest snapshot records
@@ -59,8 +60,9 @@ fn stream<V: Snapshot>() -> StreamId {
     StreamId::from_stored(format!("snapshot/{}", V::NAME))
 }
 
-/// Loads the view's latest snapshot. `Ok(None)` when there is none or it cannot be
-/// used (see the module docs); `Err` only when the store cannot be read.
+/// Loads the view's latest snapshot: `Ok(None)` when there is none, the empty view
+/// (so the log is folded from the start) when it cannot be used (see the module
+/// docs), `Err` only when the store cannot be read.
 pub async fn load<V: Snapshot>(
     store: &dyn EventStore,
     blobs: &dyn BlobStore,
@@ -223,6 +225,7 @@ mod tests {
     use crate::id::{ImageId, Tag};
     use crate::store::sqlite::SqliteEventStore;
     use serde_json::json;
+    use sha2::Digest;
     use std::time::Duration;
 
     struct Fixture {
@@ -299,6 +302,30 @@ mod tests {
             .await
             .unwrap();
         datastore.view().await.unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn the_layout_of_snapshotted_views_is_pinned_to_format() {
+        // One entry in every map, from a fixed clock: the encoding is deterministic, and
+        // it changes when a field of any snapshotted type does.
+        let f = fixture();
+        let clock = Arc::new(crate::clock::ManualClock::new(1_800_000_000_000));
+        let datastore = Datastore::open_with_clock(f.store.clone(), f.blobs.clone(), clock)
+            .await
+            .unwrap();
+        fill(&datastore, 1, 5).await;
+        let view = datastore.view().await.unwrap().clone();
+        let packed = rmp_serde::to_vec(&view).unwrap();
+        let jobs = rmp_serde::to_vec(&crate::jobs::JobsView::default()).unwrap();
+        let digest = sha2::Sha256::digest([packed, jobs].concat());
+        assert_eq!(
+            (FORMAT, hex::encode(digest).as_str()),
+            (
+                "msgpack+gzip/1",
+                "2fa4673120fb617806e224dfddbf9b54b3ddd195883cd2942dac5b5c60208ec6"
+            ),
+            "the layout of a snapshotted view changed: bump FORMAT and update this digest"
+        );
     }
 
     #[tokio::test]

@@ -27,9 +27,9 @@
 //! SQLite calls block. Appends run on tokio's blocking pool, with the two writer
 //! connections behind one mutex; an append can read the log's tail in the same trip
 //! ([`EventStore::append_and_read`]). Reads use the reader connection, behind another
-//! mutex, in place when it is free and on the blocking pool when it is not. Appends made through
-//! this handle (or its clones) wake [`EventStore::wait_for_append`] at once; appends
-//! from other processes are noticed by polling the head.
+//! mutex, in place when it is free and on the blocking pool when it is not. Appends
+//! made through this handle (or its clones) wake [`EventStore::wait_for_append`] at
+//! once; appends from other processes are noticed by polling the head.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
