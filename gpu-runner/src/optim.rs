@@ -17,6 +17,12 @@ use crate::error::{Result, RunnerError};
 const STEP: &str = "__step__";
 
 /// AdamW over the trainable variables of a [`nn::VarStore`].
+///
+/// The moments of all variables live in two flat tensors, and a step works on the
+/// concatenated gradients and parameters: a dozen kernels per step instead of a dozen
+/// per variable, which on a GPU is what made the per-variable loop slower than
+/// PyTorch's multi-tensor AdamW. A variable without a gradient in a step counts as
+/// gradient zero (its moments and weight decay still advance).
 pub struct AdamW {
     lr: f64,
     beta1: f64,
@@ -24,13 +30,19 @@ pub struct AdamW {
     eps: f64,
     weight_decay: f64,
     step: i64,
-    /// Trainable variables with their first and second moments, sorted by name.
+    /// First and second moments of every variable, end to end in `slots` order.
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    /// Trainable variables, sorted by name, each with views of its moments.
     slots: Vec<Slot>,
 }
 
 struct Slot {
     name: String,
     param: Tensor,
+    /// Where the variable's values start in the flat tensors, and how many there are.
+    offset: i64,
+    numel: i64,
     exp_avg: Tensor,
     exp_avg_sq: Tensor,
 }
@@ -44,13 +56,26 @@ impl AdamW {
             .filter(|(_, t)| t.requires_grad())
             .collect();
         variables.sort_by(|a, b| a.0.cmp(&b.0));
+        let total: i64 = variables.iter().map(|(_, t)| t.numel() as i64).sum();
+        let exp_avg = Tensor::zeros([total], (Kind::Float, vs.device()));
+        let exp_avg_sq = exp_avg.zeros_like();
+        let mut offset = 0;
         let slots = variables
             .into_iter()
-            .map(|(name, param)| Slot {
-                exp_avg: param.zeros_like(),
-                exp_avg_sq: param.zeros_like(),
-                name,
-                param,
+            .map(|(name, param)| {
+                let numel = param.numel() as i64;
+                let view =
+                    |flat: &Tensor| flat.narrow(0, offset, numel).view(param.size().as_slice());
+                let slot = Slot {
+                    exp_avg: view(&exp_avg),
+                    exp_avg_sq: view(&exp_avg_sq),
+                    name,
+                    param,
+                    offset,
+                    numel,
+                };
+                offset += numel;
+                slot
             })
             .collect();
         Self {
@@ -60,6 +85,8 @@ impl AdamW {
             eps: 1e-8,
             weight_decay,
             step: 0,
+            exp_avg,
+            exp_avg_sq,
             slots,
         }
     }
@@ -74,6 +101,9 @@ impl AdamW {
     }
 
     fn step(&mut self) {
+        if self.slots.is_empty() {
+            return;
+        }
         self.step += 1;
         let bias1 = 1.0 - self.beta1.powi(self.step as i32);
         let bias2_sqrt = (1.0 - self.beta2.powi(self.step as i32)).sqrt();
@@ -81,18 +111,31 @@ impl AdamW {
         let (beta1, beta2, eps) = (self.beta1, self.beta2, self.eps);
         let decay = 1.0 - self.lr * self.weight_decay;
         tch::no_grad(|| {
-            for slot in &mut self.slots {
+            let flat = |of: &dyn Fn(&Slot) -> Tensor| {
+                Tensor::cat(&self.slots.iter().map(of).collect::<Vec<_>>(), 0)
+            };
+            let grad = flat(&|slot| {
                 let grad = slot.param.grad();
-                if !grad.defined() {
-                    continue;
+                if grad.defined() {
+                    grad.reshape(-1)
+                } else {
+                    slot.param.zeros_like().reshape(-1)
                 }
-                let _ = slot.param.g_mul_scalar_(decay);
-                let _ = slot.exp_avg.g_mul_scalar_(beta1);
-                let _ = slot.exp_avg.g_add_(&(&grad * (1.0 - beta1)));
-                let _ = slot.exp_avg_sq.g_mul_scalar_(beta2);
-                let _ = slot.exp_avg_sq.g_add_(&(&grad * &grad * (1.0 - beta2)));
-                let denom = slot.exp_avg_sq.sqrt() / bias2_sqrt + eps;
-                let _ = slot.param.g_sub_(&(&slot.exp_avg / denom * step_size));
+            });
+            let mut params = flat(&|slot| slot.param.reshape(-1));
+            let _ = params.g_mul_scalar_(decay);
+            let _ = self.exp_avg.g_mul_scalar_(beta1);
+            let _ = self.exp_avg.g_add_(&(&grad * (1.0 - beta1)));
+            let _ = self.exp_avg_sq.g_mul_scalar_(beta2);
+            let _ = self.exp_avg_sq.g_add_(&(&grad * &grad * (1.0 - beta2)));
+            let denom = self.exp_avg_sq.sqrt() / bias2_sqrt + eps;
+            let _ = params.g_sub_(&(&self.exp_avg / denom * step_size));
+            for slot in &mut self.slots {
+                slot.param.copy_(
+                    &params
+                        .narrow(0, slot.offset, slot.numel)
+                        .view_as(&slot.param),
+                );
             }
         });
     }
