@@ -315,6 +315,34 @@ impl DynamoEventStore {
     }
 
     /// Events at positions `from..=to` within one bucket that the GSI already shows.
+    /// The stream's last event item, read strongly by one reverse query (only its
+    /// sequence when `sequence_only`).
+    async fn last_item(
+        &self,
+        stream: &StreamId,
+        sequence_only: bool,
+    ) -> Result<Option<Item>, StoreError> {
+        let query = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("#s = :s AND #q > :meta")
+            .expression_attribute_names("#s", A_STREAM)
+            .expression_attribute_names("#q", A_SEQUENCE)
+            .expression_attribute_values(":s", s(stream.as_str()))
+            .expression_attribute_values(":meta", n(META_SEQUENCE))
+            .scan_index_forward(false)
+            .limit(1)
+            .consistent_read(true);
+        let query = if sequence_only {
+            query.projection_expression("#q")
+        } else {
+            query
+        };
+        let page = query.send().await.map_err(backend)?;
+        Ok(page.items.unwrap_or_default().into_iter().next())
+    }
+
     async fn query_bucket(&self, from: u64, to: u64) -> Result<Vec<RecordedEvent>, StoreError> {
         let mut events = Vec::new();
         let mut start = None;
@@ -451,45 +479,17 @@ impl EventStore for DynamoEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
-        let page = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("#s = :s AND #q > :meta")
-            .expression_attribute_names("#s", A_STREAM)
-            .expression_attribute_names("#q", A_SEQUENCE)
-            .expression_attribute_values(":s", s(stream.as_str()))
-            .expression_attribute_values(":meta", n(META_SEQUENCE))
-            .projection_expression("#q")
-            .scan_index_forward(false)
-            .limit(1)
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(backend)?;
-        match page.items().first() {
-            Some(item) => get_n(item, A_SEQUENCE),
+        match self.last_item(stream, true).await? {
+            Some(item) => get_n(&item, A_SEQUENCE),
             None => Ok(0),
         }
     }
 
     async fn last_event(&self, stream: &StreamId) -> Result<Option<RecordedEvent>, StoreError> {
-        let page = self
-            .client
-            .query()
-            .table_name(&self.table)
-            .key_condition_expression("#s = :s AND #q > :meta")
-            .expression_attribute_names("#s", A_STREAM)
-            .expression_attribute_names("#q", A_SEQUENCE)
-            .expression_attribute_values(":s", s(stream.as_str()))
-            .expression_attribute_values(":meta", n(META_SEQUENCE))
-            .scan_index_forward(false)
-            .limit(1)
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(backend)?;
-        page.items().first().map(decode_event).transpose()
+        self.last_item(stream, false)
+            .await?
+            .map(|item| decode_event(&item))
+            .transpose()
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {
