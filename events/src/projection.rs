@@ -138,19 +138,26 @@ impl<V: Projection> Projected<V> {
         }
     }
 
+    /// Applies `events`, a gapless run of the log that starts at or before the view's
+    /// position: those past wherever the view is now continue it, the rest it has.
+    fn apply_from(&self, events: &[RecordedEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        let mut view = self.view.write().expect("view lock poisoned");
+        for event in events {
+            if event.position > view.position() {
+                view.apply(event);
+            }
+        }
+    }
+
     /// Reads and applies the log from the view's position until a short batch.
     async fn read_to_head(&self) -> Result<(), StoreError> {
         loop {
             let after = self.peek().position();
             let batch = self.store.read_all(after, CATCH_UP_BATCH).await?;
-            if !batch.is_empty() {
-                let mut view = self.view.write().expect("view lock poisoned");
-                for event in &batch {
-                    if event.position > view.position() {
-                        view.apply(event);
-                    }
-                }
-            }
+            self.apply_from(&batch);
             // A short batch ends where the store's log ended for this read: asking again
             // would cost a round trip to learn that (see `EventStore::read_all`).
             if batch.len() < CATCH_UP_BATCH {
@@ -173,16 +180,7 @@ impl<V: Projection> Projected<V> {
             .store
             .append_and_read(stream, expected, events, request_id, after, CATCH_UP_BATCH)
             .await?;
-        {
-            // The tail runs gaplessly from `after`, which the view had reached, so the
-            // events past wherever the view is now continue it.
-            let mut view = self.view.write().expect("view lock poisoned");
-            for event in &tail {
-                if event.position > view.position() {
-                    view.apply(event);
-                }
-            }
-        }
+        self.apply_from(&tail);
         // A tail cut at the limit, or short of the append (a store whose log can show a
         // gap for a moment), is finished by reading on.
         if tail.len() >= CATCH_UP_BATCH || self.peek().position() < appended.last_position {

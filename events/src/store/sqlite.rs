@@ -347,6 +347,14 @@ fn query_head(conn: &Connection) -> Result<u64, StoreError> {
     stored_u64("position", head)
 }
 
+/// The stream's version (its last sequence; 0 when it has none).
+fn stream_version_in(conn: &Connection, stream: &StreamId) -> Result<u64, StoreError> {
+    let version: i64 = conn
+        .prepare_cached("SELECT COALESCE(MAX(sequence), 0) FROM events WHERE stream = ?1")?
+        .query_row([stream.as_str()], |row| row.get(0))?;
+    stored_u64("sequence", version)
+}
+
 /// Up to `limit` events after position `after`, in order.
 fn read_tail(
     conn: &Connection,
@@ -508,10 +516,7 @@ fn append_in(tx: &Connection, batch: Batch) -> Result<Appended, StoreError> {
         return Ok(appended);
     }
 
-    let version: i64 = tx
-        .prepare_cached("SELECT COALESCE(MAX(sequence), 0) FROM events WHERE stream = ?1")?
-        .query_row([batch.stream.as_str()], |row| row.get(0))?;
-    let version = stored_u64("sequence", version)?;
+    let version = stream_version_in(tx, &batch.stream)?;
     if !batch.expected.matches(version) {
         return Err(StoreError::Conflict {
             stream: batch.stream,
@@ -686,14 +691,9 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64, StoreError> {
-        let stream = stream.as_str().to_owned();
-        self.read(move |conn| {
-            let version: i64 = conn
-                .prepare_cached("SELECT COALESCE(MAX(sequence), 0) FROM events WHERE stream = ?1")?
-                .query_row([stream], |row| row.get(0))?;
-            stored_u64("sequence", version)
-        })
-        .await
+        let stream = stream.clone();
+        self.read(move |conn| stream_version_in(conn, &stream))
+            .await
     }
 
     async fn read_all(&self, after: u64, limit: usize) -> Result<Vec<RecordedEvent>, StoreError> {

@@ -61,6 +61,17 @@ fn output(query: &QueryParams) -> Result<Output, ApiError> {
     }
 }
 
+/// MONAI Label's answer to an inference with neither an image, a file nor a session.
+pub(crate) fn no_image() -> ApiError {
+    ApiError::field(FieldError::new(
+        "missing",
+        "query",
+        "image",
+        "Neither Image nor File not Session ID input is provided",
+        Value::Null,
+    ))
+}
+
 /// Stores an uploaded file as a blob and returns a URI the runner can read.
 async fn upload_uri(state: &AppState, upload: &Upload) -> Result<String, ApiError> {
     let ext = split_file_name(&upload.file_name)
@@ -130,13 +141,7 @@ async fn infer(
         image_uri = Some(upload_uri(&state, upload).await?);
     }
     let Some(image_uri) = image_uri else {
-        return Err(ApiError::field(FieldError::new(
-            "missing",
-            "query",
-            "image",
-            "Neither Image nor File not Session ID input is provided",
-            Value::Null,
-        )));
+        return Err(no_image());
     };
     let label = match form.file("label") {
         Some(upload) => Some(upload_uri(&state, upload).await?),

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use crate::error::{ApiError, FieldError};
 use crate::extract::{QueryParams, Segment, json_body, json_object, parse_id};
 use crate::multipart::read_upload;
+use crate::routes::infer::no_image;
 use crate::state::AppState;
 
 /// MONAI Label's `WSIInput`: which region of which pyramid level to segment, in tiles.
@@ -148,15 +149,7 @@ async fn refuse(
             let id = parse_id("query", "image", id, ImageId::parse)?;
             state.datastore.image(&id).await?;
         }
-        None if !uploaded && session.is_none() => {
-            return Err(ApiError::field(FieldError::new(
-                "missing",
-                "query",
-                "image",
-                "Neither Image nor File not Session ID input is provided",
-                Value::Null,
-            )));
-        }
+        None if !uploaded && session.is_none() => return Err(no_image()),
         None => {}
     }
     let dimension = description
