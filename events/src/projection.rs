@@ -22,7 +22,7 @@ use crate::event::{NewEvent, RecordedEvent, StreamId};
 use crate::store::{Appended, EventStore, ExpectedVersion, StoreError};
 
 /// Events fetched per catch-up round trip.
-const CATCH_UP_BATCH: usize = 1000;
+pub(crate) const CATCH_UP_BATCH: usize = 1000;
 
 /// A read model that is a pure fold of the log.
 pub trait Projection: Default + Send + Sync + 'static {
@@ -140,7 +140,7 @@ impl<V: Projection> Projected<V> {
 
     /// Applies `events`, a gapless run of the log that starts at or before the view's
     /// position: those past wherever the view is now continue it, the rest it has.
-    fn apply_from(&self, events: &[RecordedEvent]) {
+    pub(crate) fn apply_from(&self, events: &[RecordedEvent]) {
         if events.is_empty() {
             return;
         }

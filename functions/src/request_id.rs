@@ -46,7 +46,7 @@ pub async fn middleware(mut request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|v| usable(v))
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(medlabel_events::datastore::new_request_id);
     request.extensions_mut().insert(RequestId(id.clone()));
     let span = tracing::info_span!(
         "request",

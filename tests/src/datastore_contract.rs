@@ -858,7 +858,8 @@ pub async fn annotators_never_share_images(ds: Arc<Datastore>, dir: &Path, image
                     )
                     .await
                     .unwrap()
-                    .expect("images are left");
+                    .expect("images are left")
+                    .image;
                 assert!(
                     ds.release_lease(&ctx(&client), &image, &client)
                         .await
@@ -935,6 +936,7 @@ pub async fn leases_end_and_expire(
         )
         .await
         .unwrap()
+        .map(|handout| handout.image)
     };
     assert_eq!(first("ann1").await, Some(id("a")));
     assert_eq!(
@@ -1016,7 +1018,8 @@ pub async fn epistemic_follows_scores(ds: &Datastore, dir: &Path) {
             )
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .image;
         order.push(image.to_string());
     }
     assert_eq!(order, ["high", "mid", "low"]);
@@ -1053,7 +1056,8 @@ pub async fn random_order(ds: &Datastore, dir: &Path, images: usize, seed: u64) 
             )
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .image;
         order.push(image);
     }
     order

@@ -410,3 +410,57 @@ async fn malformed_references_are_absent() {
     };
     assert!(store.local_path(&short).is_none());
 }
+
+/// Under steady appends the WAL still starts over (it would otherwise grow for as long
+/// as the load lasts: a passive checkpoint never finds a moment without a commit), and
+/// checkpoints copy the log into the database file, off the appends' path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_wal_stays_bounded_under_steady_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store: Arc<dyn EventStore> = Arc::new(SqliteEventStore::open(&path).unwrap());
+    let wal = dir.path().join("events.db-wal");
+    let size = |path: &std::path::Path| std::fs::metadata(path).map_or(0, |m| m.len());
+    let database_before = size(&path);
+    // ~2 KB per event: 6,000 of them write far more WAL than the restart threshold.
+    let name = "x".repeat(2048);
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            let name = name.clone();
+            tokio::spawn(async move {
+                for _ in 0..750 {
+                    let stream = fresh_stream("steady");
+                    store
+                        .append(
+                            &stream,
+                            ExpectedVersion::NoStream,
+                            vec![named(&*name)],
+                            &fresh_request(),
+                        )
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut largest_wal = 0;
+    while writers.iter().any(|w| !w.is_finished()) {
+        largest_wal = largest_wal.max(size(&wal));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    // Unbounded, the WAL would hold all ~120 MB written; bounded, it is a few checkpoint
+    // pauses' worth.
+    assert!(
+        largest_wal < 48 << 20,
+        "the WAL grew to {largest_wal} bytes under steady appends"
+    );
+    assert!(
+        size(&path) > database_before + (4 << 20),
+        "checkpoints copied the log into the database file"
+    );
+    assert_eq!(store.head().await.unwrap(), 6000);
+}

@@ -58,10 +58,17 @@ impl WriteContext {
         }
     }
 
-    /// A context with a fresh random request id.
+    /// A context with a fresh request id ([`new_request_id`]).
     pub fn fresh(actor: Actor) -> Self {
-        Self::new(actor, uuid::Uuid::new_v4().to_string())
+        Self::new(actor, new_request_id())
     }
+}
+
+/// A fresh request id: a UUIDv7, which sorts by time, so the store's request records
+/// (keyed by id) grow at one end of their index instead of dirtying a random page per
+/// write.
+pub fn new_request_id() -> String {
+    uuid::Uuid::now_v7().to_string()
 }
 
 /// Why a Datastore operation failed.
@@ -285,6 +292,15 @@ impl Datastore {
             .map(drop)
     }
 
+    /// Refuses an unknown image. The view as it stands vouches for a known image; only
+    /// an unknown one needs a catch-up to be sure (another process may have added it).
+    pub async fn require_image(&self, image: &ImageId) -> Result<()> {
+        if self.view.peek().image(image).is_none() {
+            self.image(image).await?;
+        }
+        Ok(())
+    }
+
     pub async fn image(&self, image: &ImageId) -> Result<ImageRecord> {
         self.view()
             .await?
@@ -366,12 +382,8 @@ impl Datastore {
         ext: &Extension,
         info: Info,
     ) -> Result<LabelVersion> {
-        // Refuse before storing anything when the image is unknown. The view as it
-        // stands vouches for a known image (the decision checks again against a caught-up
-        // view); only an unknown one needs a catch-up to be sure.
-        if self.view.peek().image(image).is_none() {
-            self.image(image).await?;
-        }
+        // Refuse before storing anything (the decision checks again).
+        self.require_image(image).await?;
         let blob = self.blobs.put_file(file, ext).await?;
         self.save_label_blob(ctx, image, tag, blob, info).await
     }
@@ -526,7 +538,8 @@ impl Datastore {
 
     /// Hands the next image to `client_id` with `strategy` and leases it to that client
     /// for `lease` (see [`Strategy`]); `None` when nothing is left for this client.
-    /// `random(n)` must return an index below `n`.
+    /// `random(n)` must return an index below `n`. The [`Handout`] describes the image
+    /// as the view stood when it was handed out, so the reply costs no further read.
     pub async fn next_sample(
         &self,
         ctx: &WriteContext,
@@ -535,7 +548,7 @@ impl Datastore {
         client_id: &str,
         lease: Duration,
         random: &(dyn Fn(usize) -> usize + Sync),
-    ) -> Result<Option<ImageId>> {
+    ) -> Result<Option<Handout>> {
         let lease_ms = lease.as_millis() as i64;
         {
             // The client asking again while its lease is fresh gets the image back
@@ -548,7 +561,7 @@ impl Datastore {
                     .lease(image)
                     .is_some_and(|l| l.expires_at_ms - now > lease_ms / 2);
                 if fresh {
-                    return Ok(Some(image.clone()));
+                    return Handout::from_view(&view, image, now).map(Some);
                 }
             }
         }
@@ -566,10 +579,13 @@ impl Datastore {
                 ))
             })
             .await?;
-        Ok(decision.and_then(|d| match d.events.first() {
-            Some(crate::event::Event::StrategySelected { image, .. }) => Some(image.clone()),
-            _ => None,
-        }))
+        let Some(crate::event::Event::StrategySelected { image, .. }) =
+            decision.as_ref().and_then(|d| d.events.first())
+        else {
+            return Ok(None);
+        };
+        // `execute` brought the view past its own append.
+        Handout::from_view(&self.view.peek(), image, self.clock.now_ms()).map(Some)
     }
 
     /// Ends `client_id`'s lease on `image`; `false` when it held none.
@@ -642,5 +658,28 @@ impl Datastore {
         limit_cases: Option<usize>,
     ) -> Result<PathBuf> {
         write_dataset_archive(self, dir, limit_cases).await
+    }
+}
+
+/// An image [`Datastore::next_sample`] handed out, as the view stood at that moment.
+#[derive(Debug, Clone)]
+pub struct Handout {
+    pub image: ImageId,
+    pub record: ImageRecord,
+    /// Seconds since the image was handed out before this time (MONAI Label's weight).
+    pub weight: i64,
+}
+
+impl Handout {
+    fn from_view(view: &DatastoreView, image: &ImageId, now_ms: i64) -> Result<Self> {
+        let record = view
+            .image(image)
+            .cloned()
+            .ok_or_else(|| DatastoreError::ImageNotFound(image.to_string()))?;
+        Ok(Self {
+            image: image.clone(),
+            record,
+            weight: view.selection().weight(image, now_ms),
+        })
     }
 }

@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::routing::{delete, post};
 use axum::{Json, Router};
 use medlabel_events::ImageId;
-use medlabel_events::datastore::Strategy;
+use medlabel_events::datastore::{Handout, Strategy};
 use medlabel_events::event::JobKind;
 use serde_json::{Map, Value, json};
 
@@ -62,7 +62,7 @@ async fn next_sample(
         .unwrap_or_else(|| ctx.user.to_string());
     let write = ctx.write(client_id(&params));
     let picker = &state.picker;
-    let Some(image) = state
+    let Some(handout) = state
         .datastore
         .next_sample(&write, strategy, &name.0, &client, picker.lease, &|n| {
             picker.below(n)
@@ -71,12 +71,11 @@ async fn next_sample(
     else {
         return Ok(Json(json!({})));
     };
-    let record = state.datastore.image(&image).await?;
-    let weight = {
-        let view = state.datastore.view().await?;
-        view.selection()
-            .weight(&image, state.datastore.clock().now_ms())
-    };
+    let Handout {
+        image,
+        record,
+        weight,
+    } = handout;
     let mut reply = Map::new();
     reply.insert("id".into(), json!(image));
     reply.insert("path".into(), json!(blob_uri(&state, &record.blob).await?));

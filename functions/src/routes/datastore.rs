@@ -259,7 +259,7 @@ async fn save_label(
     let image = query.image_id("image")?;
     let tag = query.tag("tag")?;
     // Refuse an unknown image before reading the upload.
-    state.datastore.image(&image).await?;
+    state.datastore.require_image(&image).await?;
     let form = read_upload(&state.config, &headers, body, &["label"]).await?;
     let upload = form.required_file("label")?;
     let (_, ext) = upload_name(upload, None)?;
