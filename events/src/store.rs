@@ -9,6 +9,8 @@
 //! Adapters: [`sqlite::SqliteEventStore`] (embedded, the local default) and, with the
 //! `aws` feature, [`dynamo::DynamoEventStore`].
 
+use std::ops::{Deref, Range};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -148,6 +150,44 @@ pub fn check_append(events: &[NewEvent], request_id: &str) -> Result<Vec<String>
 }
 
 /// The event store port.
+/// A stretch of the log that [`EventStore::append_and_read`] returns: appends committed
+/// together can share one read of it, each seeing its own part, without copies.
+#[derive(Debug, Clone)]
+pub struct Tail {
+    events: Arc<[RecordedEvent]>,
+    range: Range<usize>,
+}
+
+impl Tail {
+    /// At most `limit` of `events` (a gapless run of the log) past position `after`.
+    pub fn after(events: Arc<[RecordedEvent]>, after: u64, limit: usize) -> Self {
+        let start = events.partition_point(|event| event.position <= after);
+        let end = start.saturating_add(limit).min(events.len());
+        Self {
+            events,
+            range: start..end,
+        }
+    }
+}
+
+impl Deref for Tail {
+    type Target = [RecordedEvent];
+
+    fn deref(&self) -> &[RecordedEvent] {
+        &self.events[self.range.clone()]
+    }
+}
+
+impl From<Vec<RecordedEvent>> for Tail {
+    fn from(events: Vec<RecordedEvent>) -> Self {
+        let range = 0..events.len();
+        Self {
+            events: events.into(),
+            range,
+        }
+    }
+}
+
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// Appends `events` to `stream` if it is at `expected`, atomically and durably.
@@ -174,10 +214,10 @@ pub trait EventStore: Send + Sync + 'static {
         request_id: &str,
         after: u64,
         limit: usize,
-    ) -> Result<(Appended, Vec<RecordedEvent>), StoreError> {
+    ) -> Result<(Appended, Tail), StoreError> {
         let appended = self.append(stream, expected, events, request_id).await?;
         let tail = self.read_all(after, limit).await?;
-        Ok((appended, tail))
+        Ok((appended, tail.into()))
     }
 
     /// The stream's events with sequence ≥ `from_sequence`, in order.

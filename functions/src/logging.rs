@@ -7,7 +7,8 @@
 
 use std::collections::VecDeque;
 use std::io::Write;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::fmt::MakeWriter;
@@ -27,7 +28,7 @@ impl LogBuffer {
     }
 
     pub fn push(&self, line: &str) {
-        let mut lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lines = relock(&self.0);
         if lines.len() == KEPT_LINES {
             lines.pop_front();
         }
@@ -36,7 +37,7 @@ impl LogBuffer {
 
     /// The last `n` lines (all of them when `n` is 0), oldest first.
     pub fn tail(&self, n: usize) -> Vec<String> {
-        let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let lines = relock(&self.0);
         let skip = if n == 0 {
             0
         } else {
@@ -46,7 +47,7 @@ impl LogBuffer {
     }
 }
 
-/// Writes a formatted event to stdout and to the buffer.
+/// Collects one formatted event, then hands it to the buffer and to stdout.
 pub struct Tee {
     buffer: LogBuffer,
     pending: Vec<u8>,
@@ -55,12 +56,11 @@ pub struct Tee {
 impl Write for Tee {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         self.pending.extend_from_slice(bytes);
-        std::io::stdout().write_all(bytes)?;
         Ok(bytes.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stdout().flush()
+        Ok(())
     }
 }
 
@@ -70,6 +70,97 @@ impl Drop for Tee {
         for line in text.lines().filter(|l| !l.is_empty()) {
             self.buffer.push(line);
         }
+        Stdout::global().write(&self.pending);
+    }
+}
+
+/// Stdout as the subscriber writes it. On Lambda lines are written in place: a process
+/// frozen between invocations must not hold them back. Elsewhere they collect in memory
+/// and a thread of its own writes them every few milliseconds, so a request neither
+/// waits for a write nor wakes a thread per line (a loaded local server spent a seventh
+/// of its time writing its log).
+enum Stdout {
+    InPlace,
+    Batched(Arc<Batch>),
+}
+
+#[derive(Default)]
+struct Batch {
+    lines: Mutex<Vec<u8>>,
+    /// Signalled when lines arrive in an empty batch.
+    arrived: Condvar,
+    /// Held while a batch is written, so that batches reach stdout in order.
+    writing: Mutex<()>,
+}
+
+/// How long the writer lets lines gather before writing them.
+const GATHER: Duration = Duration::from_millis(5);
+
+impl Stdout {
+    fn global() -> &'static Stdout {
+        static GLOBAL: OnceLock<Stdout> = OnceLock::new();
+        GLOBAL.get_or_init(|| {
+            if on_lambda() {
+                return Stdout::InPlace;
+            }
+            let batch = Arc::new(Batch::default());
+            let writer = batch.clone();
+            match std::thread::Builder::new()
+                .name("log-writer".into())
+                .spawn(move || writer.write_forever())
+            {
+                Ok(_) => Stdout::Batched(batch),
+                Err(_) => Stdout::InPlace,
+            }
+        })
+    }
+
+    fn write(&self, line: &[u8]) {
+        match self {
+            // A closed stdout has nowhere to report to.
+            Stdout::InPlace => drop(std::io::stdout().write_all(line)),
+            Stdout::Batched(batch) => {
+                let mut lines = relock(&batch.lines);
+                if lines.is_empty() {
+                    batch.arrived.notify_one();
+                }
+                lines.extend_from_slice(line);
+            }
+        }
+    }
+}
+
+impl Batch {
+    fn write_forever(&self) {
+        loop {
+            {
+                let lines = relock(&self.lines);
+                let _waiting = self
+                    .arrived
+                    .wait_while(lines, |lines| lines.is_empty())
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            std::thread::sleep(GATHER);
+            self.write_out();
+        }
+    }
+
+    fn write_out(&self) {
+        let _writing = relock(&self.writing);
+        let lines = std::mem::take(&mut *relock(&self.lines));
+        let mut stdout = std::io::stdout().lock();
+        let _ = stdout.write_all(&lines).and_then(|()| stdout.flush());
+    }
+}
+
+fn relock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Writes every line logged so far to stdout: call it before the process exits.
+pub fn flush() {
+    if let Stdout::Batched(batch) = Stdout::global() {
+        batch.write_out();
     }
 }
 

@@ -613,7 +613,7 @@ pub async fn writers_read_their_own_appends(store: Arc<dyn EventStore>) {
         );
         // The tail is what `read_all` returns from the same place.
         let again = store.read_all(after, tail.len()).await.unwrap();
-        assert_eq!(again, tail);
+        assert_eq!(again, tail[..]);
     }
 
     // A reader far behind and one at the head, committing together, each get their own
@@ -640,7 +640,7 @@ pub async fn writers_read_their_own_appends(store: Arc<dyn EventStore>) {
             10_000,
         ),
     );
-    assert_eq!(behind.unwrap().1, first);
+    assert_eq!(behind.unwrap().1[..], first[..]);
     let (appended, tail) = current.unwrap();
     assert_eq!(tail.first().map(|e| e.position), Some(head + 1));
     assert!(tail.iter().any(|e| e.position == appended.last_position));

@@ -44,7 +44,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{oneshot, watch};
 
 use crate::event::{self, Actor, NewEvent, RecordedEvent, StreamId};
-use crate::store::{Appended, EventStore, ExpectedVersion, StoreError, check_append};
+use crate::store::{Appended, EventStore, ExpectedVersion, StoreError, Tail, check_append};
 
 /// Version of the table layout this build writes (`PRAGMA user_version`). Version 2
 /// added `blobs`: a file that holds blobs must not be opened by a build that would not
@@ -205,7 +205,7 @@ impl SqliteEventStore {
         &self,
         batch: Batch,
         read_after: Option<(u64, usize)>,
-    ) -> Result<(Appended, Vec<RecordedEvent>), StoreError> {
+    ) -> Result<(Appended, Tail), StoreError> {
         let (reply, answer) = oneshot::channel();
         let lead = {
             let mut queue = lock(&self.inner.pending);
@@ -472,7 +472,7 @@ struct Waiting {
     batch: Batch,
     /// `(after, limit)`: the caller also wants the log's tail after `after`.
     read_after: Option<(u64, usize)>,
-    reply: oneshot::Sender<Result<(Appended, Vec<RecordedEvent>), StoreError>>,
+    reply: oneshot::Sender<Result<(Appended, Tail), StoreError>>,
 }
 
 /// The validated, pre-encoded arguments of one append.
@@ -536,33 +536,28 @@ fn commit_group(conn: &mut Connection, group: Vec<Waiting>) {
             _ => spans.push((after, end)),
         }
     }
+    // One shared read per span: the callers' tails are views into it, not copies.
     let tails: Vec<_> = spans
         .into_iter()
         .map(|(from, to)| {
             let limit = usize::try_from(to - from).unwrap_or(usize::MAX);
-            ((from, to), read_tail(conn, from, limit))
+            let events = read_tail(conn, from, limit).map(Arc::<[RecordedEvent]>::from);
+            ((from, to), events)
         })
         .collect();
     for ((read_after, reply), result) in callers.into_iter().zip(results) {
         let answer = result.and_then(|appended| {
             let Some((after, limit)) = read_after else {
-                return Ok((appended, Vec::new()));
+                return Ok((appended, Vec::new().into()));
             };
-            let (_, tail) = tails
+            let (_, events) = tails
                 .iter()
                 .find(|((from, to), _)| (*from..=*to).contains(&after))
                 .expect("every tail asked for lies in a span that was read");
-            let tail = tail.as_ref().map_err(|err| {
+            let events = events.as_ref().map_err(|err| {
                 StoreError::Backend(format!("reading back after a committed append: {err}"))
             })?;
-            // Positions are gapless, so the caller's slice starts right past `after`.
-            let events = tail
-                .iter()
-                .skip_while(|event| event.position <= after)
-                .take(limit)
-                .cloned()
-                .collect();
-            Ok((appended, events))
+            Ok((appended, Tail::after(events.clone(), after, limit)))
         });
         let _ = reply.send(answer);
     }
@@ -731,7 +726,7 @@ impl EventStore for SqliteEventStore {
         request_id: &str,
         after: u64,
         limit: usize,
-    ) -> Result<(Appended, Vec<RecordedEvent>), StoreError> {
+    ) -> Result<(Appended, Tail), StoreError> {
         let batch = encode_batch(stream, expected, events, request_id)?;
         self.commit(batch, Some((after, limit))).await
     }

@@ -106,6 +106,7 @@ async fn main() {
         Some(("serve", args)) => serve(args).await,
         _ => unreachable!("clap requires a subcommand"),
     };
+    medlabel_functions::logging::flush();
     if let Err(err) = result {
         eprintln!("medlabel: {err}");
         std::process::exit(1);
