@@ -350,6 +350,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_start_folds_past_the_first_batch_with_and_without_a_snapshot() {
+        let f = fixture();
+        let datastore = Datastore::open(f.store.clone(), f.blobs.clone())
+            .await
+            .unwrap();
+        // The view as the start left it, before any read catches it up.
+        let open = || async {
+            open_projection::<DatastoreView>(f.store.clone(), &*f.blobs, 1)
+                .await
+                .unwrap()
+                .peek()
+                .clone()
+        };
+        // More events than one catch-up batch, with no snapshot yet, then as many again
+        // after the snapshot that start records.
+        fill(&datastore, 700, 1).await;
+        assert!(datastore.view().await.unwrap().position > CATCH_UP_BATCH as u64);
+        // Folded before the start, which records a snapshot event after it.
+        let expected = full_fold(&f).await;
+        assert_eq!(open().await, expected);
+        fill(&datastore, 700, 2).await;
+        let since = load::<DatastoreView>(&*f.store, &*f.blobs)
+            .await
+            .unwrap()
+            .expect("the first start recorded a snapshot")
+            .view
+            .position;
+        let expected = full_fold(&f).await;
+        assert!(expected.position - since > CATCH_UP_BATCH as u64);
+        assert_eq!(open().await, expected);
+    }
+
+    #[tokio::test]
     async fn an_unusable_snapshot_falls_back_to_folding_and_racing_savers_record_one() {
         let f = fixture();
         let datastore = Datastore::open(f.store.clone(), f.blobs.clone())
