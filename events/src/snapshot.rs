@@ -318,11 +318,15 @@ mod tests {
             .unwrap();
     }
 
-    async fn full_fold(f: &Fixture) -> DatastoreView {
-        let datastore = Datastore::open(f.store.clone(), f.blobs.clone())
+    /// A datastore on the fixture's stores, folding the whole log.
+    async fn datastore(f: &Fixture) -> Datastore {
+        Datastore::open(f.store.clone(), f.blobs.clone())
             .await
-            .unwrap();
-        datastore.view().await.unwrap().clone()
+            .unwrap()
+    }
+
+    async fn full_fold(f: &Fixture) -> DatastoreView {
+        datastore(f).await.view().await.unwrap().clone()
     }
 
     #[tokio::test]
@@ -352,9 +356,7 @@ mod tests {
     #[tokio::test]
     async fn a_start_folds_past_the_first_batch_with_and_without_a_snapshot() {
         let f = fixture();
-        let datastore = Datastore::open(f.store.clone(), f.blobs.clone())
-            .await
-            .unwrap();
+        let datastore = datastore(&f).await;
         // The view as the start left it, before any read catches it up.
         let open = || async {
             open_projection::<DatastoreView>(f.store.clone(), &*f.blobs, 1)
@@ -385,9 +387,7 @@ mod tests {
     #[tokio::test]
     async fn an_unusable_snapshot_falls_back_to_folding_and_racing_savers_record_one() {
         let f = fixture();
-        let datastore = Datastore::open(f.store.clone(), f.blobs.clone())
-            .await
-            .unwrap();
+        let datastore = datastore(&f).await;
         fill(&datastore, 20, 3).await;
         // A blob that is not a view, recorded as a snapshot at the current position.
         let position = datastore.view().await.unwrap().position;
