@@ -149,7 +149,6 @@ pub fn check_append(events: &[NewEvent], request_id: &str) -> Result<Vec<String>
     Ok(payloads)
 }
 
-/// The event store port.
 /// A stretch of the log that [`EventStore::append_and_read`] returns: appends committed
 /// together can share one read of it, each seeing its own part, without copies.
 #[derive(Debug, Clone)]
@@ -188,6 +187,7 @@ impl From<Vec<RecordedEvent>> for Tail {
     }
 }
 
+/// The event store port.
 #[async_trait]
 pub trait EventStore: Send + Sync + 'static {
     /// Appends `events` to `stream` if it is at `expected`, atomically and durably.
