@@ -8,12 +8,14 @@
 # start `loadgen lambda-cold-start` measures (spawn to the first answer posted to a
 # fake Lambda Runtime API; median of RUNS runs) with state in a fresh DynamoDB table
 # and S3 bucket on the moto emulator this script starts. The functions that rebuild
-# the datastore projection at start are timed again over SEED recorded images.
+# the datastore projection at start are timed again over SEED recorded images, and
+# once more with TAIL images recorded after the first start (which records the
+# snapshot), so that the later starts fold events past it.
 # arm64 `bootstrap` files that `cargo lambda build` left under the target directory
 # are listed too (this script does not run cargo lambda). JSON lines go to
 # OUT_DIR/lambda.jsonl and a table is printed at the end.
 #
-# Knobs (environment): BENCH_RUNS (5), BENCH_SEED (200), MEDLABEL_PY. The seed is
+# Knobs (environment): BENCH_RUNS (5), BENCH_SEED (200), BENCH_TAIL (50), MEDLABEL_PY. The seed is
 # small because moto answers each DynamoDB query by scanning in Python: recording
 # 1,000 images through it takes over four minutes, and its replay time is moto's,
 # not DynamoDB's.
@@ -25,6 +27,7 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/medlabel/target}
 python=${MEDLABEL_PY:-$HOME/.cache/medlabel/py/bin/python}
 runs=${BENCH_RUNS:-5}
 seed=${BENCH_SEED:-200}
+tail=${BENCH_TAIL:-50}
 out=${1:-$(mktemp -d)}
 mkdir -p "$out"
 work=$(mktemp -d)
@@ -81,9 +84,11 @@ for name in info datastore session activelearning infer train auth logs dispatch
         | sed "s/^{/{\"kind\":\"cold_start\",\"function\":\"$name\",/" | tee -a "$results"
     case $name in
         info | datastore | activelearning)
-            "$bin/loadgen" lambda-cold-start --bin "$work/$name.stripped" --runs "$runs" \
-                --seed-images "$seed" "${event[@]}" \
-                | sed "s/^{/{\"kind\":\"cold_start\",\"function\":\"$name\",/" | tee -a "$results"
+            for after in 0 "$tail"; do
+                "$bin/loadgen" lambda-cold-start --bin "$work/$name.stripped" --runs "$runs" \
+                    --seed-images "$seed" --tail-images "$after" "${event[@]}" \
+                    | sed "s/^{/{\"kind\":\"cold_start\",\"function\":\"$name\",/" | tee -a "$results"
+            done
             ;;
     esac
 done
@@ -98,14 +103,14 @@ done |
 echo "load after: $(uptime)"
 
 echo
-printf '%-15s %10s %10s %6s %10s %10s %s\n' function bytes stripped seed init_ms answer_ms "runs (ms)"
+printf '%-15s %10s %10s %6s %6s %10s %10s %s\n' function bytes stripped seed tail init_ms answer_ms "runs (ms)"
 jq -rs '
     (map(select(.kind == "size")) | map({(.bin): .}) | add) as $size
     | .[] | select(.kind == "cold_start")
-    | [.function, $size[.function].bytes, $size[.function].stripped_bytes, .seed_images,
+    | [.function, $size[.function].bytes, $size[.function].stripped_bytes, .seed_images, .tail_images,
        .median_init_ms, .median_answer_ms, (.answer_ms | map(tostring) | join(" ")),
        .status_code] | @tsv' "$results" |
-    while IFS=$'\t' read -r f b s n i a all code; do
-        printf '%-15s %10s %10s %6s %10s %10s %s (status %s)\n' "$f" "$b" "$s" "$n" "$i" "$a" "$all" "$code"
+    while IFS=$'\t' read -r f b s n t i a all code; do
+        printf '%-15s %10s %10s %6s %6s %10s %10s %s (status %s)\n' "$f" "$b" "$s" "$n" "$t" "$i" "$a" "$all" "$code"
     done
 echo "results: $out"

@@ -153,10 +153,6 @@ pub struct JobsView {
     model_versions: HashMap<ModelName, (u64, u32)>,
 }
 
-impl crate::snapshot::Snapshot for JobsView {
-    const NAME: &'static str = "jobs";
-}
-
 impl Projection for JobsView {
     fn position(&self) -> u64 {
         self.position
@@ -325,15 +321,13 @@ impl Jobs {
         }
     }
 
-    /// Jobs from the view's latest snapshot and the events after it (see
-    /// [`crate::datastore::Datastore::open_from_snapshot`]).
-    pub async fn open_from_snapshot(
-        store: Arc<dyn EventStore>,
-        blobs: &dyn crate::blob::BlobStore,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self, JobError> {
-        let view = crate::snapshot::open_projection(store, blobs, clock.now_ms()).await?;
-        Ok(Self { clock, view })
+    /// Jobs over `view`, a view restored elsewhere (`crate::cold_start`) that its first
+    /// read catches up with the log.
+    pub fn starting_at(store: Arc<dyn EventStore>, clock: Arc<dyn Clock>, view: JobsView) -> Self {
+        Self {
+            view: Projected::starting_at(store, view),
+            clock,
+        }
     }
 
     /// The jobs view, caught up with the log.

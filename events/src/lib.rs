@@ -13,6 +13,7 @@
 
 pub mod blob;
 pub mod clock;
+pub mod cold_start;
 pub mod datastore;
 pub mod event;
 pub mod id;

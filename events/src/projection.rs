@@ -199,6 +199,11 @@ impl<V: Projection> Projected<V> {
     pub fn peek(&self) -> RwLockReadGuard<'_, V> {
         self.view.read().expect("view lock poisoned")
     }
+
+    /// The view as it is, taken out of the projection.
+    pub fn into_view(self) -> V {
+        self.view.into_inner().expect("view lock poisoned")
+    }
 }
 
 #[cfg(test)]

@@ -5,8 +5,9 @@
 //! view itself, encoded (MessagePack, gzip) into a content-addressed blob, and recorded
 //! by a [`Event::SnapshotTaken`] event on the view's own stream (`snapshot/<name>`):
 //! a cold start reads that stream's last event, then fetches one blob while it reads the
-//! events after the snapshot's position. Snapshots live in the log and the blob store
-//! the system already has; no backend needs anything new.
+//! events after the snapshot's position (after the snapshot's own event, when that is
+//! the next one). Snapshots live in the log and the blob store the system already
+//! has; no backend needs anything new.
 //!
 //! The rules:
 //! - The blob is stored before its event (invariant 3), and the event is appended at
@@ -126,6 +127,13 @@ pub async fn open_projection<V: Snapshot>(
         Some(Event::SnapshotTaken { position, .. }) => *position,
         _ => 0,
     };
+    // When nothing came between that position and the snapshot's own event, the start
+    // holds the first event after the view already and reads on from there: a start on
+    // a log that stayed quiet since the snapshot then reads no events at all.
+    let held = match &latest {
+        Some(latest) if latest.position == named + 1 => std::slice::from_ref(latest),
+        _ => &[],
+    };
     let (restored, tail) = tokio::join!(
         async {
             match &latest {
@@ -133,7 +141,7 @@ pub async fn open_projection<V: Snapshot>(
                 None => None,
             }
         },
-        store.read_all(named, CATCH_UP_BATCH),
+        store.read_all(named + held.len() as u64, CATCH_UP_BATCH),
     );
     let view = restored.unwrap_or_default();
     let since = view.position();
@@ -141,6 +149,7 @@ pub async fn open_projection<V: Snapshot>(
     match tail {
         // The tail continues the restored view; a short one reached the log's end.
         Ok(tail) if since == named => {
+            projected.apply_from(held);
             projected.apply_from(&tail);
             if tail.len() == CATCH_UP_BATCH {
                 projected.catch_up().await?;
@@ -241,8 +250,8 @@ pub enum SnapshotError {
 mod tests {
     use super::*;
     use crate::blob::fs::FolderBlobStore;
-    use crate::clock::SystemClock;
-    use crate::datastore::{Datastore, DatastoreView, Strategy, WriteContext};
+    use crate::cold_start::{self, StartViews};
+    use crate::datastore::{Datastore, Strategy, WriteContext};
     use crate::id::{ImageId, Tag};
     use crate::store::sqlite::SqliteEventStore;
     use serde_json::json;
@@ -325,8 +334,12 @@ mod tests {
             .unwrap()
     }
 
-    async fn full_fold(f: &Fixture) -> DatastoreView {
-        datastore(f).await.view().await.unwrap().clone()
+    async fn full_fold(f: &Fixture) -> StartViews {
+        Projected::<StartViews>::new(f.store.clone())
+            .read()
+            .await
+            .unwrap()
+            .clone()
     }
 
     #[tokio::test]
@@ -339,15 +352,13 @@ mod tests {
             .await
             .unwrap();
         fill(&datastore, 1, 5).await;
-        let view = datastore.view().await.unwrap().clone();
-        let packed = rmp_serde::to_vec(&view).unwrap();
-        let jobs = rmp_serde::to_vec(&crate::jobs::JobsView::default()).unwrap();
-        let digest = sha2::Sha256::digest([packed, jobs].concat());
+        let views = full_fold(&f).await;
+        let digest = sha2::Sha256::digest(rmp_serde::to_vec(&views).unwrap());
         assert_eq!(
             (FORMAT, hex::encode(digest).as_str()),
             (
                 "msgpack+gzip/1",
-                "2fa4673120fb617806e224dfddbf9b54b3ddd195883cd2942dac5b5c60208ec6"
+                "0dab4c79497581afad411440fe67e9bb43793cd4cd955729c960936908074415"
             ),
             "the layout of a snapshotted view changed: bump FORMAT and update this digest"
         );
@@ -359,7 +370,7 @@ mod tests {
         let datastore = datastore(&f).await;
         // The view as the start left it, before any read catches it up.
         let open = || async {
-            open_projection::<DatastoreView>(f.store.clone(), &*f.blobs, 1)
+            open_projection::<StartViews>(f.store.clone(), &*f.blobs, 1)
                 .await
                 .unwrap()
                 .peek()
@@ -372,15 +383,28 @@ mod tests {
         // Folded before the start, which records a snapshot event after it.
         let expected = full_fold(&f).await;
         assert_eq!(open().await, expected);
+        // Nothing since the snapshot: the start holds the one event after it, its own.
+        let expected = full_fold(&f).await;
+        assert_eq!(
+            load::<StartViews>(&*f.store, &*f.blobs)
+                .await
+                .unwrap()
+                .expect("the first start recorded a snapshot")
+                .view
+                .position()
+                + 1,
+            expected.position()
+        );
+        assert_eq!(open().await, expected);
         fill(&datastore, 700, 2).await;
-        let since = load::<DatastoreView>(&*f.store, &*f.blobs)
+        let since = load::<StartViews>(&*f.store, &*f.blobs)
             .await
             .unwrap()
             .expect("the first start recorded a snapshot")
             .view
-            .position;
+            .position();
         let expected = full_fold(&f).await;
-        assert!(expected.position - since > CATCH_UP_BATCH as u64);
+        assert!(expected.position() - since > CATCH_UP_BATCH as u64);
         assert_eq!(open().await, expected);
     }
 
@@ -392,24 +416,29 @@ mod tests {
         // A blob that is not a view, recorded as a snapshot at the current position.
         let position = datastore.view().await.unwrap().position;
         assert!(
-            save::<DatastoreView>(&*f.store, &*f.blobs, b"not a view".to_vec(), position, 0, 1)
+            save::<StartViews>(&*f.store, &*f.blobs, b"not a view".to_vec(), position, 0, 1)
                 .await
                 .unwrap()
         );
-        let restored = load::<DatastoreView>(&*f.store, &*f.blobs)
+        let restored = load::<StartViews>(&*f.store, &*f.blobs)
             .await
             .unwrap()
             .unwrap();
         assert_eq!(
-            restored.view.position, 0,
+            restored.view.position(),
+            0,
             "an undecodable snapshot is not used"
         );
-        let opened =
-            Datastore::open_from_snapshot(f.store.clone(), f.blobs.clone(), Arc::new(SystemClock))
-                .await
-                .unwrap();
+        let (opened, jobs) = cold_start::open(
+            f.store.clone(),
+            f.blobs.clone(),
+            Arc::new(crate::clock::SystemClock),
+        )
+        .await
+        .unwrap();
         let expected = full_fold(&f).await;
-        assert_eq!(*opened.view().await.unwrap(), expected);
+        assert_eq!(*opened.view().await.unwrap(), expected.datastore);
+        assert_eq!(*jobs.view().await.unwrap(), expected.jobs);
 
         // Two savers that read the same stream version: the first records, the second
         // finds the stream moved and records nothing.
@@ -417,23 +446,23 @@ mod tests {
         let bytes = encode(&view).unwrap();
         let stream_version = f
             .store
-            .stream_version(&stream::<DatastoreView>())
+            .stream_version(&stream::<StartViews>())
             .await
             .unwrap();
         let (a, b) = tokio::join!(
-            save::<DatastoreView>(
+            save::<StartViews>(
                 &*f.store,
                 &*f.blobs,
                 bytes.clone(),
-                view.position,
+                view.position(),
                 stream_version,
                 2
             ),
-            save::<DatastoreView>(
+            save::<StartViews>(
                 &*f.store,
                 &*f.blobs,
                 bytes.clone(),
-                view.position,
+                view.position(),
                 stream_version,
                 3
             ),
@@ -443,7 +472,7 @@ mod tests {
             [a.unwrap(), b.unwrap()].iter().filter(|won| **won).count(),
             1
         );
-        let latest = load::<DatastoreView>(&*f.store, &*f.blobs)
+        let latest = load::<StartViews>(&*f.store, &*f.blobs)
             .await
             .unwrap()
             .unwrap();

@@ -75,8 +75,7 @@ mod aws {
     use axum::Router;
     use medlabel_events::blob::s3::S3BlobStore;
     use medlabel_events::clock::{Clock, SystemClock};
-    use medlabel_events::datastore::Datastore;
-    use medlabel_events::jobs::Jobs;
+    use medlabel_events::cold_start;
     use medlabel_events::store::dynamo::DynamoEventStore;
     use medlabel_events::{BlobStore, EventStore};
 
@@ -122,15 +121,12 @@ mod aws {
         let store: Arc<dyn EventStore> = Arc::new(store);
         let blobs: Arc<dyn BlobStore> = Arc::new(blobs);
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        // A cold start begins at the views' latest snapshots and folds only the events
-        // after them (events/src/snapshot.rs).
-        let (datastore, jobs) = tokio::join!(
-            Datastore::open_from_snapshot(store.clone(), blobs.clone(), clock.clone()),
-            Jobs::open_from_snapshot(store, &*blobs, clock),
-        );
+        // A cold start begins at the views' latest snapshot and folds only the events
+        // after it (events/src/cold_start.rs).
+        let (datastore, jobs) = cold_start::open(store, blobs, clock).await?;
         // Models, training and batch jobs come from the log; interactive inference has
         // no runner endpoint here yet (see docs/deploy.md).
-        Ok(AppState::from_datastore(datastore?, Arc::new(NoRunner), config).with_jobs(jobs?, None))
+        Ok(AppState::from_datastore(datastore, Arc::new(NoRunner), config).with_jobs(jobs, None))
     }
 
     /// The whole Lambda binary of one function: `router` is that function's routes.

@@ -1072,6 +1072,7 @@ pub async fn snapshots_restore_what_a_fold_sees(
     dir: &Path,
 ) {
     use medlabel_events::clock::SystemClock;
+    use medlabel_events::cold_start::{self, StartViews};
     use medlabel_events::jobs::Jobs;
     use medlabel_events::snapshot::{self, SNAPSHOT_AFTER_EVENTS};
 
@@ -1107,14 +1108,14 @@ pub async fn snapshots_restore_what_a_fold_sees(
     .unwrap();
 
     // This start folds everything and records a snapshot of where it got to.
-    let cold = Datastore::open_from_snapshot(store.clone(), blobs.clone(), clock.clone())
+    let (cold, _) = cold_start::open(store.clone(), blobs.clone(), clock.clone())
         .await
         .unwrap();
-    let restored = snapshot::load::<DatastoreView>(&*store, &*blobs)
+    let restored = snapshot::load::<StartViews>(&*store, &*blobs)
         .await
         .unwrap()
         .expect("a start that folded that many events records a snapshot");
-    assert!(restored.view.position >= SNAPSHOT_AFTER_EVENTS);
+    assert!(restored.view.datastore.position >= SNAPSHOT_AFTER_EVENTS);
     let expected = full_fold().await;
     assert_eq!(*cold.view().await.unwrap(), expected);
 
@@ -1126,17 +1127,14 @@ pub async fn snapshots_restore_what_a_fold_sees(
     ds.add_image(&ctx("alice"), &id("late"), &late, &nii(), Info::new())
         .await
         .unwrap();
-    let warm = Datastore::open_from_snapshot(store.clone(), blobs.clone(), clock.clone())
+    let (warm, jobs_warm) = cold_start::open(store.clone(), blobs.clone(), clock.clone())
         .await
         .unwrap();
     let expected = full_fold().await;
     assert_eq!(*warm.view().await.unwrap(), expected);
     assert!(warm.image(&id("snap002")).await.is_err());
 
-    let jobs_cold = Jobs::open_from_snapshot(store.clone(), &*blobs, clock.clone())
-        .await
-        .unwrap();
     let jobs_folded = Jobs::new(store.clone(), clock);
     let expected = jobs_folded.view().await.unwrap().clone();
-    assert_eq!(*jobs_cold.view().await.unwrap(), expected);
+    assert_eq!(*jobs_warm.view().await.unwrap(), expected);
 }

@@ -36,7 +36,6 @@ use crate::clock::{Clock, SystemClock};
 use crate::event::{Actor, Info, NewEvent, RecordedEvent, StreamId};
 use crate::id::{Extension, ImageId, InvalidId, Tag};
 use crate::projection::Projected;
-use crate::snapshot;
 use crate::store::{EventStore, StoreError};
 
 /// How many times a write re-decides after losing a version race before giving up.
@@ -129,21 +128,20 @@ impl Datastore {
         Ok(datastore)
     }
 
-    /// Opens the datastore from the view's latest snapshot and the events after it,
-    /// recording a new snapshot when this start had many to fold (`crate::snapshot`):
-    /// for processes that start cold often, such as Lambda functions.
-    pub async fn open_from_snapshot(
+    /// The datastore over `view`, a view restored elsewhere (`crate::cold_start`) that
+    /// its first read catches up with the log.
+    pub fn starting_at(
         store: Arc<dyn EventStore>,
         blobs: Arc<dyn BlobStore>,
         clock: Arc<dyn Clock>,
-    ) -> Result<Self> {
-        let view = snapshot::open_projection(store.clone(), &*blobs, clock.now_ms()).await?;
-        Ok(Self {
-            view,
+        view: DatastoreView,
+    ) -> Self {
+        Self {
+            view: Projected::starting_at(store.clone(), view),
             store,
             blobs,
             clock,
-        })
+        }
     }
 
     pub fn event_store(&self) -> &Arc<dyn EventStore> {

@@ -117,10 +117,6 @@ fn seconds(ms: i64) -> Value {
     json!(ms.div_euclid(1000))
 }
 
-impl crate::snapshot::Snapshot for DatastoreView {
-    const NAME: &'static str = "datastore";
-}
-
 impl crate::projection::Projection for DatastoreView {
     fn position(&self) -> u64 {
         self.position

@@ -11,7 +11,8 @@
 //!
 //! State lives in a fresh DynamoDB table and S3 bucket on the moto emulator
 //! (`MEDLABEL_AWS_ENDPOINT`, or one started for this process), optionally seeded with
-//! images so that the projection a function rebuilds at start is not empty.
+//! images so that the projection a function rebuilds at start is not empty, and with
+//! more after the first run so that the later ones fold events past its snapshot.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -45,6 +46,9 @@ pub struct Plan {
     pub event: Value,
     /// Images to record before the first run.
     pub seed_images: usize,
+    /// Images to record after the first run (which snapshots the seeded state), so that
+    /// the later runs fold that many events past the snapshot.
+    pub tail_images: usize,
     /// Per-run limit; a run that has not answered by then fails.
     pub timeout: Duration,
 }
@@ -65,7 +69,7 @@ pub async fn run(plan: Plan) -> Result<Value, LoadgenError> {
     let table = aws.fresh_table().await;
     let bucket = aws.fresh_bucket().await;
     if plan.seed_images > 0 {
-        seed(&aws, &table, &bucket, plan.seed_images).await?;
+        seed(&aws, &table, &bucket, "seed", plan.seed_images).await?;
     }
     let name = plan
         .bin
@@ -79,8 +83,8 @@ pub async fn run(plan: Plan) -> Result<Value, LoadgenError> {
         ("AWS_ACCESS_KEY_ID", "test".into()),
         ("AWS_SECRET_ACCESS_KEY", "test".into()),
         ("AWS_EC2_METADATA_DISABLED", "true".into()),
-        ("MEDLABEL_EVENTS_TABLE", table),
-        ("MEDLABEL_BLOBS_BUCKET", bucket),
+        ("MEDLABEL_EVENTS_TABLE", table.clone()),
+        ("MEDLABEL_BLOBS_BUCKET", bucket.clone()),
         // The dispatcher only needs a well-formed URL for an empty batch.
         (
             "MEDLABEL_JOB_QUEUE_URL",
@@ -95,7 +99,10 @@ pub async fn run(plan: Plan) -> Result<Value, LoadgenError> {
     let log = tempfile::NamedTempFile::new()?;
     let mut runs = Vec::with_capacity(plan.runs);
     let mut status = Value::Null;
-    for _ in 0..plan.runs {
+    for n in 0..plan.runs {
+        if n == 1 && plan.tail_images > 0 {
+            seed(&aws, &table, &bucket, "tail", plan.tail_images).await?;
+        }
         let (run, answer) = once(&plan, &env, log.path()).await?;
         status = answer
             .get("statusCode")
@@ -111,6 +118,7 @@ pub async fn run(plan: Plan) -> Result<Value, LoadgenError> {
         "path": plan.bin,
         "runs": plan.runs,
         "seed_images": plan.seed_images,
+        "tail_images": plan.tail_images,
         "median_answer_ms": median(&answered).map(millis),
         "median_init_ms": median(&polled).map(millis),
         "answer_ms": ms(&answered),
@@ -119,11 +127,12 @@ pub async fn run(plan: Plan) -> Result<Value, LoadgenError> {
     }))
 }
 
-/// Records `count` images that share one stored blob.
+/// Records `count` images named `<prefix>NNNNN` that share one stored blob.
 async fn seed(
     aws: &AwsTestEnv,
     table: &str,
     bucket: &str,
+    prefix: &str,
     count: usize,
 ) -> Result<(), LoadgenError> {
     let store = DynamoEventStore::new(aws.dynamodb(), table);
@@ -139,7 +148,7 @@ async fn seed(
         .await
         .map_err(|err| LoadgenError::Seed(err.to_string()))?;
     for n in 0..count {
-        let id = ImageId::parse(format!("seed{n:05}"))
+        let id = ImageId::parse(format!("{prefix}{n:05}"))
             .map_err(|err| LoadgenError::Seed(err.to_string()))?;
         datastore
             .add_image_blob(

@@ -92,6 +92,11 @@ fn cli() -> Command {
                     "0",
                     "Images recorded in the state first",
                 ))
+                .arg(count(
+                    "tail-images",
+                    "0",
+                    "Images recorded after the first run, past the snapshot it records",
+                ))
                 .arg(count("timeout-seconds", "30", "Limit of each run"))
                 .arg(
                     Arg::new("method")
@@ -181,6 +186,7 @@ fn lambda_plan(args: &ArgMatches) -> Result<lambda::Plan, LoadgenError> {
         runs: number(args, "runs") as usize,
         event,
         seed_images: number(args, "seed-images") as usize,
+        tail_images: number(args, "tail-images") as usize,
         timeout: Duration::from_secs(number(args, "timeout-seconds")),
     })
 }
