@@ -517,12 +517,12 @@ impl Jobs {
             event,
         )
         .await?;
-        Ok(self
-            .view
+        // Absent only when the request id was already spent on another model's publication.
+        self.view
             .peek()
             .model(model)
             .cloned()
-            .expect("just published"))
+            .ok_or_else(|| JobError::ModelNotFound(model.to_string()))
     }
 
     /// Withdraws a model (MONAI Label's `DELETE /model/{m}`).

@@ -80,6 +80,7 @@ mod aws {
     use medlabel_events::{BlobStore, EventStore};
 
     use crate::app::finish;
+    use crate::model_runner::InferenceEndpoint;
     use crate::runner::NoRunner;
     use crate::state::{AppState, AuthConfig, Config, DicomWeb};
 
@@ -91,7 +92,8 @@ mod aws {
     }
 
     /// State on DynamoDB (`MEDLABEL_EVENTS_TABLE`) and S3 (`MEDLABEL_BLOBS_BUCKET`);
-    /// `AWS_ENDPOINT_URL` (an emulator) is honoured by the SDK configuration. Auth is
+    /// `AWS_ENDPOINT_URL` (an emulator) is honoured by the SDK configuration. Interactive
+    /// inference runs on the SageMaker endpoint `MEDLABEL_RUNNER_ENDPOINT` names. Auth is
     /// on when `MEDLABEL_AUTH_CLIENT_ID` and `MEDLABEL_AUTH_REALM` are set;
     /// `/proxy/dicom/` relays to `MEDLABEL_DICOMWEB_URL` (basic auth from
     /// `MEDLABEL_DICOMWEB_USERNAME`/`_PASSWORD`).
@@ -124,9 +126,17 @@ mod aws {
         // A cold start begins at the views' latest snapshot and folds only the events
         // after it (events/src/cold_start.rs).
         let (datastore, jobs) = cold_start::open(store, blobs, clock).await?;
-        // Models, training and batch jobs come from the log; interactive inference has
-        // no runner endpoint here yet (see docs/deploy.md).
-        Ok(AppState::from_datastore(datastore, Arc::new(NoRunner), config).with_jobs(jobs, None))
+        let endpoint = std::env::var("MEDLABEL_RUNNER_ENDPOINT")
+            .ok()
+            .filter(|name| !name.is_empty())
+            .map(|name| InferenceEndpoint::SageMaker {
+                client: aws_sdk_sagemakerruntime::Client::new(&sdk),
+                name,
+            });
+        Ok(
+            AppState::from_datastore(datastore, Arc::new(NoRunner), config)
+                .with_jobs(jobs, endpoint),
+        )
     }
 
     /// The whole Lambda binary of one function: `router` is that function's routes.

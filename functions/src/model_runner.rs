@@ -6,9 +6,11 @@
 //!   runner's worker claims and runs them and reports back with events. A training
 //!   request pins the exact label versions it will train on, and the log position.
 //! - `dice`, `sum` and `agreement` scoring need no model and run here, at once.
-//! - Interactive inference calls the runner's `POST /invocations` (a loopback child
-//!   process locally; a SageMaker-style endpoint in the cloud) with the image's local
-//!   path, and the mask comes back as a file in the spool folder.
+//! - Interactive inference sends the runner's `POST /invocations` request to an
+//!   [`InferenceEndpoint`]: locally a child process on loopback that reads the image's
+//!   path and writes the mask into the spool folder; in the cloud a SageMaker endpoint
+//!   serving the runner image, which fetches the image from its presigned URL and sends
+//!   the mask back inline. Either way the mask ends up as a file in the spool folder.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -25,13 +27,26 @@ use serde_json::{Value, json};
 use crate::runner::{InferRequest, InferResult, Runner, RunnerError, RunnerInfo, TaskQuery};
 use crate::scoring;
 
+/// Where interactive inference runs: a server speaking the runner's HTTP contract.
+#[derive(Debug, Clone)]
+pub enum InferenceEndpoint {
+    /// The runner at this base URL (`http://127.0.0.1:8091`), sharing this machine's
+    /// file system: it reads images and writes masks by path.
+    Local(String),
+    /// A SageMaker real-time endpoint of this name, called with `InvokeEndpoint`.
+    #[cfg(feature = "aws")]
+    SageMaker {
+        client: aws_sdk_sagemakerruntime::Client,
+        name: String,
+    },
+}
+
 /// The runner of a medlabel deployment.
 pub struct ModelRunner {
     datastore: Arc<Datastore>,
     jobs: Arc<Jobs>,
-    /// Base URL of the runner's HTTP contract (`http://127.0.0.1:8091`); `None` when no
-    /// runner serves interactive inference.
-    endpoint: Option<String>,
+    /// `None` when no runner serves interactive inference.
+    endpoint: Option<InferenceEndpoint>,
     http: reqwest::Client,
     spool: PathBuf,
     /// Model configs by blob hash: blobs never change, so neither do these.
@@ -42,7 +57,7 @@ impl ModelRunner {
     pub fn new(
         datastore: Arc<Datastore>,
         jobs: Arc<Jobs>,
-        endpoint: Option<String>,
+        endpoint: Option<InferenceEndpoint>,
         spool: PathBuf,
     ) -> Self {
         Self {
@@ -98,6 +113,65 @@ impl ModelRunner {
         match self.jobs.view().await.map_err(job_error)?.model(&model) {
             Some(_) => Ok(model),
             None => Err(RunnerError::UnknownModel(name.into())),
+        }
+    }
+}
+
+/// Sends one `/invocations` request; returns the runner's status code and JSON reply.
+async fn invoke(
+    http: &reqwest::Client,
+    endpoint: &InferenceEndpoint,
+    body: Value,
+) -> Result<(u16, Value), RunnerError> {
+    let unreachable =
+        |err: &dyn std::fmt::Display| RunnerError::Failed(format!("runner unreachable: {err}"));
+    match endpoint {
+        InferenceEndpoint::Local(base) => {
+            let response = http
+                .post(format!("{base}/invocations"))
+                .json(&body)
+                .send()
+                .await
+                .map_err(|err| unreachable(&err))?;
+            let status = response.status().as_u16();
+            Ok((status, response.json().await.map_err(failed)?))
+        }
+        #[cfg(feature = "aws")]
+        InferenceEndpoint::SageMaker { client, name } => {
+            use aws_sdk_sagemakerruntime::error::{DisplayErrorContext, SdkError};
+            use aws_sdk_sagemakerruntime::operation::invoke_endpoint::InvokeEndpointError;
+            let sent = client
+                .invoke_endpoint()
+                .endpoint_name(name)
+                .content_type("application/json")
+                .accept("application/json")
+                .body(aws_sdk_sagemakerruntime::primitives::Blob::new(
+                    body.to_string(),
+                ))
+                .send()
+                .await;
+            match sent {
+                Ok(output) => {
+                    let reply = output.body.map(|b| b.into_inner()).unwrap_or_default();
+                    Ok((200, serde_json::from_slice(&reply).map_err(failed)?))
+                }
+                // The container answered with an error: its status and `{"detail"}` body.
+                Err(SdkError::ServiceError(err)) => match err.into_err() {
+                    InvokeEndpointError::ModelError(model) => Ok((
+                        model
+                            .original_status_code
+                            .and_then(|code| u16::try_from(code).ok())
+                            .unwrap_or(500),
+                        model
+                            .original_message
+                            .as_deref()
+                            .and_then(|m| serde_json::from_str(m).ok())
+                            .unwrap_or(Value::Null),
+                    )),
+                    other => Err(unreachable(&DisplayErrorContext(other))),
+                },
+                Err(other) => Err(unreachable(&DisplayErrorContext(other))),
+            }
         }
     }
 }
@@ -207,31 +281,40 @@ impl Runner for ModelRunner {
             .tempfile_in(&self.spool)
             .map_err(failed)?
             .into_temp_path();
-        let body = json!({
+        // A blob store without local files (S3) hands out presigned URLs.
+        let image_field =
+            if request.image.starts_with("https://") || request.image.starts_with("http://") {
+                "image_url"
+            } else {
+                "image"
+            };
+        let mut body = json!({
             "model": request.model,
-            "image": request.image,
-            "output": output.to_path_buf(),
+            "result_extension": ext,
             "params": request.params,
         });
-        let response = self
-            .http
-            .post(format!("{endpoint}/invocations"))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|err| RunnerError::Failed(format!("runner unreachable: {err}")))?;
-        let status = response.status();
-        let reply: Value = response.json().await.map_err(failed)?;
-        if status == reqwest::StatusCode::NOT_FOUND {
+        body[image_field] = json!(request.image);
+        if matches!(endpoint, InferenceEndpoint::Local(_)) {
+            body["output"] = json!(output.to_path_buf());
+        }
+        let (status, reply) = invoke(&self.http, endpoint, body).await?;
+        if status == 404 {
             return Err(RunnerError::UnknownModel(request.model));
         }
-        if !status.is_success() {
+        if !(200..300).contains(&status) {
             return Err(RunnerError::Failed(
                 reply["detail"]
                     .as_str()
                     .unwrap_or("inference failed")
                     .to_owned(),
             ));
+        }
+        if let Some(inline) = reply["label_b64"].as_str() {
+            use base64::Engine;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(inline)
+                .map_err(|err| RunnerError::Failed(format!("the runner's mask: {err}")))?;
+            std::fs::write(&output, bytes).map_err(failed)?;
         }
         let params = reply["params"].as_object().cloned().unwrap_or_default();
         let file_name = output
@@ -385,7 +468,11 @@ pub async fn publish_model_folder(
     let config = blobs
         .put_file(&dir.join("config.json"), &Extension::parse(".json")?)
         .await?;
-    let ctx = WriteContext::new(Actor::admin(), format!("starter-{}", &weights.sha256[..32]));
+    // Named as well as hashed: two folders may hold the same weights under two names.
+    let ctx = WriteContext::new(
+        Actor::admin(),
+        format!("starter-{model}-{}", &weights.sha256[..32]),
+    );
     let published = jobs
         .publish_model(&ctx, &model, weights, config, None, None)
         .await?;

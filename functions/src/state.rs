@@ -11,7 +11,7 @@ use medlabel_events::session::{DEFAULT_MAX_EXPIRY_S, Sessions};
 use medlabel_events::store::EventStore;
 
 use crate::logging::LogBuffer;
-use crate::model_runner::ModelRunner;
+use crate::model_runner::{InferenceEndpoint, ModelRunner};
 use crate::runner::{NoRunner, Runner};
 use crate::strategy::Picker;
 
@@ -146,8 +146,8 @@ impl AppState {
     }
 
     /// Replaces the runner with the event-driven [`ModelRunner`]: models from the log,
-    /// jobs as events, interactive inference at `endpoint` (the runner's HTTP contract).
-    pub fn with_model_runner(self, endpoint: Option<String>) -> Self {
+    /// jobs as events, interactive inference at `endpoint`.
+    pub fn with_model_runner(self, endpoint: Option<InferenceEndpoint>) -> Self {
         let jobs = Jobs::new(
             self.datastore.event_store().clone(),
             self.datastore.clock().clone(),
@@ -156,7 +156,7 @@ impl AppState {
     }
 
     /// [`AppState::with_model_runner`] over an already opened jobs service.
-    pub fn with_jobs(mut self, jobs: Jobs, endpoint: Option<String>) -> Self {
+    pub fn with_jobs(mut self, jobs: Jobs, endpoint: Option<InferenceEndpoint>) -> Self {
         self.runner = Arc::new(ModelRunner::new(
             self.datastore.clone(),
             Arc::new(jobs),

@@ -7,7 +7,11 @@
 //! on libtorch) → result events in DynamoDB → the functions show the result.
 //!
 //! Then the failure modes that delivery "at least once" brings: a replayed stream
-//! batch and a message delivered again after its job ran change nothing.
+//! batch and a message delivered again after its job ran change nothing. And a click:
+//! the infer function calls the runner's HTTP contract through the SageMaker runtime
+//! SDK, and the runner fetches the image from S3 by its presigned URL.
+
+#![cfg(feature = "aws")]
 
 mod common;
 
@@ -25,6 +29,7 @@ use medlabel_events::jobs::Jobs;
 use medlabel_events::store::dynamo::DynamoEventStore;
 use medlabel_events::{BlobStore, EventStore};
 use medlabel_functions::app::finish;
+use medlabel_functions::model_runner::InferenceEndpoint;
 use medlabel_functions::routes;
 use medlabel_functions::state::{AppState, Config};
 use medlabel_imaging::nifti::read_nifti_bytes;
@@ -67,6 +72,15 @@ impl Stack {
     /// One Lambda function as `lambda_main` builds it: its routes over state opened
     /// from DynamoDB + S3, with the event-log runner port.
     async fn function(&self, routes: fn() -> axum::Router<AppState>) -> Router {
+        self.function_inferring_at(routes, None).await
+    }
+
+    /// [`Stack::function`] with interactive inference at `endpoint`.
+    async fn function_inferring_at(
+        &self,
+        routes: fn() -> axum::Router<AppState>,
+        endpoint: Option<InferenceEndpoint>,
+    ) -> Router {
         let config = Config {
             max_upload_bytes: 6 * 1024 * 1024,
             temp_dir: std::env::temp_dir(),
@@ -75,7 +89,7 @@ impl Stack {
         let state = AppState::open(self.store(), self.blobs(), config)
             .await
             .unwrap()
-            .with_model_runner(None);
+            .with_model_runner(endpoint);
         finish(routes(), state)
     }
 
@@ -269,5 +283,179 @@ async fn an_uploaded_image_is_segmented_by_a_batch_job_through_stream_queue_and_
         stack.store().head().await.unwrap(),
         head,
         "nothing was recorded"
+    );
+}
+
+/// `medlabel-runner serve` with `models` on a free loopback port, once it answers
+/// `/ping`; the process is killed when the returned guard drops.
+async fn serve_runner(models: &Path) -> (tokio::process::Child, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new(common::runner_binary())
+        .args([
+            "serve",
+            "--device",
+            "cpu",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .arg("--model-dir")
+        .arg(models)
+        .env("OMP_NUM_THREADS", "1")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the runner starts");
+    let base = format!("http://127.0.0.1:{port}");
+    for _ in 0..600 {
+        if reqwest::get(format!("{base}/ping"))
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return (child, base);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the runner did not answer /ping");
+}
+
+/// What SageMaker puts in front of an endpoint's container, for a test: no emulator
+/// runs real-time endpoints. `POST /endpoints/{name}/invocations` (the SDK's request,
+/// its signature unchecked) goes to the container's `/invocations` as is; the
+/// container's reply comes back as is, or, when it failed, as SageMaker's `ModelError`
+/// naming the container's status and body.
+async fn sagemaker_front(runner: String) -> String {
+    use axum::extract::{Path as UrlPath, State};
+    use axum::response::IntoResponse;
+    async fn invoke(
+        State(runner): State<String>,
+        UrlPath(endpoint): UrlPath<String>,
+        body: axum::body::Bytes,
+    ) -> axum::response::Response {
+        assert_eq!(endpoint, "medlabel-infer");
+        let reply = reqwest::Client::new()
+            .post(format!("{runner}/invocations"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = reply.status();
+        let text = reply.text().await.unwrap();
+        if status.is_success() {
+            return ([("content-type", "application/json")], text).into_response();
+        }
+        let error = json!({
+            "Message": format!("Received client error ({status}) from primary"),
+            "OriginalStatusCode": status.as_u16(),
+            "OriginalMessage": text,
+        });
+        (
+            StatusCode::FAILED_DEPENDENCY,
+            [
+                ("x-amzn-errortype", "ModelError"),
+                ("content-type", "application/json"),
+            ],
+            error.to_string(),
+        )
+            .into_response()
+    }
+    let app = Router::new()
+        .route(
+            "/endpoints/{endpoint}/invocations",
+            axum::routing::post(invoke),
+        )
+        .with_state(runner);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{address}")
+}
+
+#[tokio::test]
+async fn a_click_in_the_cloud_is_segmented_by_the_sagemaker_endpoint() {
+    let stack = Stack::new().await;
+    let work = tempfile::tempdir().unwrap();
+    let (image, truth) = sample_case(&work.path().join("sample"));
+    let models = common::manifest_dir().join("../gpu-runner/models");
+    let jobs = Jobs::new(stack.store(), Arc::new(SystemClock));
+    medlabel_functions::model_runner::publish_model_folder(
+        &jobs,
+        stack.blobs().as_ref(),
+        &models.join(MODEL),
+    )
+    .await
+    .unwrap();
+    // A model the log knows but the endpoint does not serve.
+    let other = work.path().join("segmentation_other");
+    std::fs::create_dir_all(&other).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(models.join(MODEL).join(file), other.join(file)).unwrap();
+    }
+    medlabel_functions::model_runner::publish_model_folder(&jobs, stack.blobs().as_ref(), &other)
+        .await
+        .unwrap();
+
+    let (_runner, runner_url) = serve_runner(&models).await;
+    let front = sagemaker_front(runner_url).await;
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(&front)
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_sagemakerruntime::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .load()
+        .await;
+    let endpoint = InferenceEndpoint::SageMaker {
+        client: aws_sdk_sagemakerruntime::Client::new(&sdk),
+        name: "medlabel-infer".into(),
+    };
+    let datastore = stack.function(routes::datastore::router).await;
+    let infer = stack
+        .function_inferring_at(routes::infer::router, Some(endpoint))
+        .await;
+    let upload = Req::new("PUT", "/datastore/?image=spleen_000").multipart(
+        &[("params", r#"{"client_id":"e2e"}"#)],
+        &[("file", "spleen_000.nii.gz", &image)],
+    );
+    ok(&datastore, upload).await;
+
+    // The mask comes back inline through the endpoint and matches the true organ.
+    let reply = ok(
+        &infer,
+        Req::new(
+            "POST",
+            &format!("/infer/{MODEL}?image=spleen_000&output=image"),
+        ),
+    )
+    .await;
+    let predicted = read_nifti_bytes(&reply.body, true).unwrap();
+    let truth = read_nifti_bytes(&truth, true).unwrap();
+    let score = dice(&truth, &predicted).unwrap();
+    assert!(score > 0.8, "interactive inference Dice {score}");
+
+    // The container's own refusal reaches the client as MONAI Label words it.
+    let head = stack.store().head().await.unwrap();
+    let refused = send_lambda(
+        infer.clone(),
+        &Req::new(
+            "POST",
+            "/infer/segmentation_other?image=spleen_000&output=image",
+        ),
+        Some("prod"),
+        None,
+    )
+    .await;
+    assert_eq!(refused.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        refused.json()["detail"],
+        "Model 'segmentation_other' NOT Found"
+    );
+    assert_eq!(
+        stack.store().head().await.unwrap(),
+        head,
+        "nothing recorded"
     );
 }

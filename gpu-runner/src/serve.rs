@@ -6,14 +6,17 @@
 //!   ```json
 //!   {"model": "segmentation_spleen",            // optional when only one model is served
 //!    "image": "/data/img.nii.gz",               // a file the runner can read, or …
-//!    "image_b64": "<base64>", "image_ext": ".nii.gz",   // … the file's bytes inline
+//!    "image_b64": "<base64>", "image_ext": ".nii.gz",   // … the file's bytes inline, or …
+//!    "image_url": "https://…/img.nii.gz?X-Amz-…",     // … a URL to GET (presigned S3)
 //!    "output": "/data/out/label.nii.gz",        // optional: write the mask there
 //!    "result_extension": ".nii.gz",             // format of an inline mask
 //!    "params": {"overlap": 0.25, "sw_batch_size": 1, "mode": "gaussian", "amp": true}}
 //!   ```
 //!   `params` may carry MONAI Label's whole merged request (unknown keys are ignored;
-//!   `result_extension` there works too). Images are read from local paths or inline
-//!   bytes only: a caller holding a presigned URL downloads it first.
+//!   `result_extension` there works too). An `image_url` is how the cloud's infer
+//!   function hands over an image on S3: the endpoint shares no file system with it, and
+//!   a CT does not fit an InvokeEndpoint payload. The URL's path (or `image_ext`) names
+//!   the format; the download is capped like a request body.
 //!   Reply `200 {"label": path|null, "label_b64": base64|null, "params": {"model",
 //!   "label_names", "latencies"}}`: the mask is written to `output` when given, else
 //!   returned inline. `params` is what MONAI Label puts in an infer result's JSON.
@@ -58,6 +61,7 @@ pub struct Invocation {
     pub model: Option<String>,
     pub image: Option<PathBuf>,
     pub image_b64: Option<String>,
+    pub image_url: Option<String>,
     pub image_ext: Option<String>,
     pub output: Option<PathBuf>,
     pub result_extension: Option<String>,
@@ -93,6 +97,14 @@ pub struct Runner {
     models: BTreeMap<String, Mutex<Slot>>,
     device: Device,
     data_root: PathBuf,
+    http: reqwest::Client,
+}
+
+/// An image's bytes fetched from an `image_url`, with the name or extension that names
+/// its format.
+pub struct Fetched {
+    bytes: Vec<u8>,
+    ext: String,
 }
 
 impl Runner {
@@ -133,6 +145,7 @@ impl Runner {
             models,
             device,
             data_root,
+            http: reqwest::Client::new(),
         })
     }
 
@@ -141,8 +154,39 @@ impl Runner {
         self.models.keys().cloned().collect()
     }
 
-    /// Runs one invocation synchronously (the HTTP handler calls this on the blocking pool).
-    pub fn invoke(&self, req: &Invocation) -> Result<InvocationResult, (StatusCode, String)> {
+    /// Downloads an invocation's `image_url`, at most [`MAX_BODY`] bytes.
+    pub async fn fetch(&self, url: &str, ext: Option<&str>) -> Result<Fetched> {
+        let failed = |e: &dyn std::fmt::Display| RunnerError::invalid(format!("image_url: {e}"));
+        let parsed = reqwest::Url::parse(url).map_err(|e| failed(&e))?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(failed(&"only http and https URLs are fetched"));
+        }
+        // The path's file name names the format as well as a bare extension does.
+        let ext = ext.unwrap_or(parsed.path()).to_owned();
+        let mut response = self
+            .http
+            .get(parsed)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(|e| failed(&e))?;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| failed(&e))? {
+            if bytes.len() + chunk.len() > MAX_BODY {
+                return Err(failed(&format!("larger than {MAX_BODY} bytes")));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Fetched { bytes, ext })
+    }
+
+    /// Runs one invocation synchronously (the HTTP handler calls this on the blocking pool,
+    /// with the image it fetched when the invocation names an `image_url`).
+    pub fn invoke(
+        &self,
+        req: &Invocation,
+        fetched: Option<Fetched>,
+    ) -> Result<InvocationResult, (StatusCode, String)> {
         let bad = |e: RunnerError| (StatusCode::BAD_REQUEST, e.to_string());
         let name = match &req.model {
             Some(m) => m.clone(),
@@ -160,21 +204,24 @@ impl Runner {
             .models
             .get(&name)
             .ok_or((StatusCode::NOT_FOUND, format!("unknown model {name:?}")))?;
-        let image = match (&req.image, &req.image_b64) {
-            (Some(p), None) => {
+        let image = match (&req.image, &req.image_b64, fetched) {
+            (Some(p), None, None) => {
                 crate::io::read_image(&self.checked_path(p, true).map_err(bad)?).map_err(bad)?
             }
-            (None, Some(b)) => {
+            (None, Some(b), None) => {
                 let bytes = B64
                     .decode(b)
                     .map_err(|e| (StatusCode::BAD_REQUEST, format!("image_b64: {e}")))?;
                 crate::io::read_image_bytes(&bytes, req.image_ext.as_deref().unwrap_or(".nii.gz"))
                     .map_err(bad)?
             }
+            (None, None, Some(fetched)) => {
+                crate::io::read_image_bytes(&fetched.bytes, &fetched.ext).map_err(bad)?
+            }
             _ => {
                 return Err((
                     StatusCode::BAD_REQUEST,
-                    "give exactly one of `image` and `image_b64`".into(),
+                    "give exactly one of `image`, `image_b64` and `image_url`".into(),
                 ));
             }
         };
@@ -280,11 +327,18 @@ async fn ping(State(runner): State<Arc<Runner>>) -> Json<serde_json::Value> {
 }
 
 async fn invocations(State(runner): State<Arc<Runner>>, body: axum::body::Bytes) -> Response {
-    let req: Invocation = match serde_json::from_slice(&body) {
+    let mut req: Invocation = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
     };
-    match tokio::task::spawn_blocking(move || runner.invoke(&req)).await {
+    let fetched = match req.image_url.take() {
+        Some(url) => match runner.fetch(&url, req.image_ext.as_deref()).await {
+            Ok(fetched) => Some(fetched),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        },
+        None => None,
+    };
+    match tokio::task::spawn_blocking(move || runner.invoke(&req, fetched)).await {
         Ok(Ok(result)) => Json(result).into_response(),
         Ok(Err((status, msg))) => error(status, msg),
         Err(e) => error(

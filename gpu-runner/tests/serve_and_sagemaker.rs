@@ -2,6 +2,7 @@
 //! HTTP endpoint through its axum router, and the SageMaker training layout on disk.
 
 use std::collections::BTreeMap;
+use std::future::IntoFuture;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -111,12 +112,43 @@ async fn ping_and_invocations_by_path_and_inline() {
     let inline = b64.decode(body["label_b64"].as_str().unwrap()).unwrap();
     let inline = medlabel_runner::io::read_image_bytes(&inline, ".nrrd").unwrap();
     assert_eq!(inline.data, mask.data);
+
+    // By URL, as the cloud's infer function hands over an image on S3: the format comes
+    // from the URL's path, whatever its query says.
+    let url = file_server(bytes).await;
+    let (status, body) = call(
+        &app,
+        "POST",
+        "/invocations",
+        json!({"image_url": format!("{url}/sha256/ab/ab12.nii.gz?X-Amz-Expires=3600")}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let fetched = b64.decode(body["label_b64"].as_str().unwrap()).unwrap();
+    let fetched = medlabel_runner::io::read_image_bytes(&fetched, ".nii.gz").unwrap();
+    assert_eq!(fetched.data, mask.data);
+}
+
+/// Serves `bytes` at every path of a loopback HTTP server (a stand-in for a presigned S3
+/// URL) except `/missing`, which answers 404; returns the base URL.
+async fn file_server(bytes: Vec<u8>) -> String {
+    let app = axum::Router::new()
+        .route(
+            "/missing",
+            axum::routing::get(|| async { StatusCode::NOT_FOUND }),
+        )
+        .fallback(axum::routing::get(move || async move { bytes.clone() }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(axum::serve(listener, app).into_future());
+    format!("http://{address}")
 }
 
 #[tokio::test]
 async fn bad_invocations_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let (app, image) = serve_fixture(dir.path());
+    let url = file_server(b"not an image".to_vec()).await;
     let cases = [
         (
             json!({"image": image, "model": "nope"}),
@@ -124,6 +156,26 @@ async fn bad_invocations_get_clear_errors() {
             "unknown model",
         ),
         (json!({}), StatusCode::BAD_REQUEST, "exactly one of"),
+        (
+            json!({"image": image, "image_url": format!("{url}/a.nii.gz")}),
+            StatusCode::BAD_REQUEST,
+            "exactly one of",
+        ),
+        (
+            json!({"image_url": "file:///etc/hostname"}),
+            StatusCode::BAD_REQUEST,
+            "only http and https",
+        ),
+        (
+            json!({"image_url": format!("{url}/missing")}),
+            StatusCode::BAD_REQUEST,
+            "404",
+        ),
+        (
+            json!({"image_url": format!("{url}/not-an-image.nii.gz")}),
+            StatusCode::BAD_REQUEST,
+            "gzip stream is corrupt",
+        ),
         (
             json!({"image": "/etc/hostname"}),
             StatusCode::BAD_REQUEST,

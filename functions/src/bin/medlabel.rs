@@ -23,6 +23,7 @@ use medlabel_events::clock::SystemClock;
 use medlabel_events::datastore::{WriteContext, import_studies};
 use medlabel_events::jobs::Jobs;
 use medlabel_events::store::sqlite::SqliteEventStore;
+use medlabel_functions::model_runner::InferenceEndpoint;
 use medlabel_functions::runner::NoRunner;
 use medlabel_functions::state::{AppState, Config, DicomWeb};
 
@@ -187,7 +188,10 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
         Some(runner) => {
             let device: &String = args.get_one("device").expect("defaulted");
             let (child, endpoint) = spawn_runner(&runner, &home, device).await?;
-            (state.with_model_runner(Some(endpoint)), Some(child))
+            (
+                state.with_model_runner(Some(InferenceEndpoint::Local(endpoint))),
+                Some(child),
+            )
         }
         None => {
             tracing::warn!("no medlabel-runner found: serving without models");
