@@ -42,7 +42,7 @@ use aws_sdk_dynamodb::types::{
 };
 use tokio::sync::Mutex;
 
-use super::{Appended, EventStore, ExpectedVersion, StoreError, check_append};
+use super::{Appended, EventStore, ExpectedVersion, StoreError, Tail, check_append};
 use crate::event::{self, NewEvent, RecordedEvent, SCHEMA_VERSION, StreamId};
 
 /// Name of the global secondary index that orders events by position.
@@ -373,17 +373,16 @@ impl DynamoEventStore {
     }
 }
 
-#[async_trait]
-impl EventStore for DynamoEventStore {
-    async fn append(
+impl DynamoEventStore {
+    /// [`EventStore::append`] of `events`, already encoded as `payloads`.
+    async fn append_encoded(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
-        events: Vec<NewEvent>,
+        events: &[NewEvent],
+        payloads: &[String],
         request_id: &str,
     ) -> Result<Appended, StoreError> {
-        // check_append bounds each event and their sum to what one transaction takes.
-        let payloads = check_append(&events, request_id)?;
         let count = events.len() as u64;
         let mut attempt = 0;
         'read: while attempt < MAX_ATTEMPTS {
@@ -417,10 +416,7 @@ impl EventStore for DynamoEventStore {
                     last_position: head + count,
                     replayed: false,
                 };
-                match self
-                    .commit(&appended, &events, &payloads, request_id)
-                    .await?
-                {
+                match self.commit(&appended, events, payloads, request_id).await? {
                     Ok(()) => {
                         *hint = Some(appended.last_position);
                         return Ok(appended);
@@ -444,6 +440,62 @@ impl EventStore for DynamoEventStore {
             "append to {stream} gave up after {MAX_ATTEMPTS} attempts: the global head or \
              the table stayed contended"
         )))
+    }
+}
+
+#[async_trait]
+impl EventStore for DynamoEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        request_id: &str,
+    ) -> Result<Appended, StoreError> {
+        // check_append bounds each event and their sum to what one transaction takes.
+        let payloads = check_append(&events, request_id)?;
+        self.append_encoded(stream, expected, &events, &payloads, request_id)
+            .await
+    }
+
+    /// When the append's first position is the one right after `after`, the log between
+    /// them is the append itself: the transaction moved the head from `after` to its
+    /// last position. The tail is then decoded from the items just written, exactly as
+    /// a read would decode them, and the write costs no read (two round trips fewer).
+    async fn append_and_read(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+        request_id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<(Appended, Tail), StoreError> {
+        let payloads = check_append(&events, request_id)?;
+        let appended = self
+            .append_encoded(stream, expected, &events, &payloads, request_id)
+            .await?;
+        if appended.replayed || appended.first_position != after + 1 {
+            let tail = self.read_all(after, limit).await?;
+            return Ok((appended, tail.into()));
+        }
+        let recorded = events
+            .iter()
+            .zip(&payloads)
+            .zip(0..)
+            .map(|((new, payload), offset)| {
+                let item = self.event_item(
+                    &appended.stream,
+                    appended.first_sequence + offset,
+                    appended.first_position + offset,
+                    new,
+                    payload,
+                    request_id,
+                )?;
+                decode_event(&item)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((appended, Tail::after(recorded.into(), after, limit)))
     }
 
     async fn read_stream(
