@@ -117,60 +117,62 @@ impl ModelRunner {
     }
 }
 
-/// Sends one `/invocations` request; returns the runner's status code and JSON reply.
-async fn invoke(
-    http: &reqwest::Client,
-    endpoint: &InferenceEndpoint,
-    body: Value,
-) -> Result<(u16, Value), RunnerError> {
-    let unreachable =
-        |err: &dyn std::fmt::Display| RunnerError::Failed(format!("runner unreachable: {err}"));
-    match endpoint {
-        InferenceEndpoint::Local(base) => {
-            let response = http
-                .post(format!("{base}/invocations"))
-                .json(&body)
-                .send()
-                .await
-                .map_err(|err| unreachable(&err))?;
-            let status = response.status().as_u16();
-            Ok((status, response.json().await.map_err(failed)?))
-        }
-        #[cfg(feature = "aws")]
-        InferenceEndpoint::SageMaker { client, name } => {
-            use aws_sdk_sagemakerruntime::error::{DisplayErrorContext, SdkError};
-            use aws_sdk_sagemakerruntime::operation::invoke_endpoint::InvokeEndpointError;
-            let sent = client
-                .invoke_endpoint()
-                .endpoint_name(name)
-                .content_type("application/json")
-                .accept("application/json")
-                .body(aws_sdk_sagemakerruntime::primitives::Blob::new(
-                    body.to_string(),
-                ))
-                .send()
-                .await;
-            match sent {
-                Ok(output) => {
-                    let reply = output.body.map(|b| b.into_inner()).unwrap_or_default();
-                    Ok((200, serde_json::from_slice(&reply).map_err(failed)?))
+impl InferenceEndpoint {
+    /// Sends one `/invocations` request; returns the runner's status code and JSON reply.
+    async fn invoke(
+        &self,
+        http: &reqwest::Client,
+        body: Value,
+    ) -> Result<(u16, Value), RunnerError> {
+        let unreachable =
+            |err: &dyn std::fmt::Display| RunnerError::Failed(format!("runner unreachable: {err}"));
+        match self {
+            InferenceEndpoint::Local(base) => {
+                let response = http
+                    .post(format!("{base}/invocations"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .map_err(|err| unreachable(&err))?;
+                let status = response.status().as_u16();
+                Ok((status, response.json().await.map_err(failed)?))
+            }
+            #[cfg(feature = "aws")]
+            InferenceEndpoint::SageMaker { client, name } => {
+                use aws_sdk_sagemakerruntime::error::{DisplayErrorContext, SdkError};
+                use aws_sdk_sagemakerruntime::operation::invoke_endpoint::InvokeEndpointError;
+                let sent = client
+                    .invoke_endpoint()
+                    .endpoint_name(name)
+                    .content_type("application/json")
+                    .accept("application/json")
+                    .body(aws_sdk_sagemakerruntime::primitives::Blob::new(
+                        body.to_string(),
+                    ))
+                    .send()
+                    .await;
+                match sent {
+                    Ok(output) => {
+                        let reply = output.body.map(|b| b.into_inner()).unwrap_or_default();
+                        Ok((200, serde_json::from_slice(&reply).map_err(failed)?))
+                    }
+                    // The container answered with an error: its status and `{"detail"}` body.
+                    Err(SdkError::ServiceError(err)) => match err.into_err() {
+                        InvokeEndpointError::ModelError(model) => Ok((
+                            model
+                                .original_status_code
+                                .and_then(|code| u16::try_from(code).ok())
+                                .unwrap_or(500),
+                            model
+                                .original_message
+                                .as_deref()
+                                .and_then(|m| serde_json::from_str(m).ok())
+                                .unwrap_or(Value::Null),
+                        )),
+                        other => Err(unreachable(&DisplayErrorContext(other))),
+                    },
+                    Err(other) => Err(unreachable(&DisplayErrorContext(other))),
                 }
-                // The container answered with an error: its status and `{"detail"}` body.
-                Err(SdkError::ServiceError(err)) => match err.into_err() {
-                    InvokeEndpointError::ModelError(model) => Ok((
-                        model
-                            .original_status_code
-                            .and_then(|code| u16::try_from(code).ok())
-                            .unwrap_or(500),
-                        model
-                            .original_message
-                            .as_deref()
-                            .and_then(|m| serde_json::from_str(m).ok())
-                            .unwrap_or(Value::Null),
-                    )),
-                    other => Err(unreachable(&DisplayErrorContext(other))),
-                },
-                Err(other) => Err(unreachable(&DisplayErrorContext(other))),
             }
         }
     }
@@ -297,7 +299,7 @@ impl Runner for ModelRunner {
         if matches!(endpoint, InferenceEndpoint::Local(_)) {
             body["output"] = json!(output.to_path_buf());
         }
-        let (status, reply) = invoke(&self.http, endpoint, body).await?;
+        let (status, reply) = endpoint.invoke(&self.http, body).await?;
         if status == 404 {
             return Err(RunnerError::UnknownModel(request.model));
         }
