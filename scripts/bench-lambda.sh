@@ -78,7 +78,8 @@ for name in info datastore session activelearning infer train auth logs dispatch
     else
         read -r method path <<<"${request[$name]}"
         event=(--method "$method" --path "$path")
-        if [[ $method == POST ]]; then event+=(--body '{"client_id":"cold-start"}'); fi
+        # A new client each run: its next sample is a fresh pick, a durable write.
+        if [[ $method == POST ]]; then event+=(--body '{"client_id":"cold-start-{run}"}'); fi
     fi
     "$bin/loadgen" lambda-cold-start --bin "$work/$name.stripped" --runs "$runs" "${event[@]}" \
         | sed "s/^{/{\"kind\":\"cold_start\",\"function\":\"$name\",/" | tee -a "$results"

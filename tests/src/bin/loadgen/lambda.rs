@@ -42,7 +42,8 @@ const REQUEST_ID: &str = "00000000-0000-4000-8000-000000000001";
 pub struct Plan {
     pub bin: PathBuf,
     pub runs: usize,
-    /// The invocation event (an API Gateway v2 request, or any raw event).
+    /// The invocation event (an API Gateway v2 request, or any raw event); `{run}` in
+    /// it becomes the run's number, so that each run can be a different client.
     pub event: Value,
     /// Images to record before the first run.
     pub seed_images: usize,
@@ -103,7 +104,7 @@ pub async fn run(plan: Plan) -> Result<Value, LoadgenError> {
         if n == 1 && plan.tail_images > 0 {
             seed(&aws, &table, &bucket, "tail", plan.tail_images).await?;
         }
-        let (run, answer) = once(&plan, &env, log.path()).await?;
+        let (run, answer) = once(&plan, n, &env, log.path()).await?;
         status = answer
             .get("statusCode")
             .cloned()
@@ -163,15 +164,16 @@ async fn seed(
     Ok(())
 }
 
-/// One spawn: returns the timings and the function's answer.
+/// One spawn (run number `n`): returns the timings and the function's answer.
 async fn once(
     plan: &Plan,
+    n: usize,
     env: &[(&str, String)],
     log: &Path,
 ) -> Result<(Run, Value), LoadgenError> {
     let (done, finished) = oneshot::channel();
     let runtime = Arc::new(Runtime {
-        event: plan.event.to_string(),
+        event: plan.event.to_string().replace("{run}", &n.to_string()),
         first_poll: OnceLock::new(),
         done: Mutex::new(Some(done)),
     });

@@ -113,7 +113,7 @@ fn cli() -> Command {
                 .arg(
                     Arg::new("body")
                         .long("body")
-                        .help("JSON body of the API Gateway event"),
+                        .help("JSON body of the API Gateway event ({run}: the run's number)"),
                 )
                 .arg(
                     Arg::new("raw-event")
