@@ -7,7 +7,8 @@
 # (release). For each binary: its size, the size of a stripped copy, and the cold
 # start `loadgen lambda-cold-start` measures (spawn to the first answer posted to a
 # fake Lambda Runtime API; median of RUNS runs) with state in a fresh DynamoDB table
-# and S3 bucket on the moto emulator this script starts. The functions that rebuild
+# and S3 bucket on the moto emulator this script starts, and the binary's own share of
+# it (`own_ms`: the answer time less the time the emulator spent answering it). The functions that rebuild
 # the datastore projection at start are timed again over SEED recorded images, and
 # once more with TAIL images recorded after the first start (which records the
 # snapshot), so that the later starts fold events past it.
@@ -104,14 +105,14 @@ done |
 echo "load after: $(uptime)"
 
 echo
-printf '%-15s %10s %10s %6s %6s %10s %10s %s\n' function bytes stripped seed tail init_ms answer_ms "runs (ms)"
+printf '%-15s %10s %10s %6s %6s %10s %10s %10s %s\n' function bytes stripped seed tail init_ms answer_ms own_ms "runs (ms)"
 jq -rs '
     (map(select(.kind == "size")) | map({(.bin): .}) | add) as $size
     | .[] | select(.kind == "cold_start")
     | [.function, $size[.function].bytes, $size[.function].stripped_bytes, .seed_images, .tail_images,
-       .median_init_ms, .median_answer_ms, (.answer_ms | map(tostring) | join(" ")),
+       .median_init_ms, .median_answer_ms, .median_own_ms, (.answer_ms | map(tostring) | join(" ")),
        .status_code] | @tsv' "$results" |
-    while IFS=$'\t' read -r f b s n t i a all code; do
-        printf '%-15s %10s %10s %6s %6s %10s %10s %s (status %s)\n' "$f" "$b" "$s" "$n" "$t" "$i" "$a" "$all" "$code"
+    while IFS=$'\t' read -r f b s n t i a o all code; do
+        printf '%-15s %10s %10s %6s %6s %10s %10s %10s %s (status %s)\n' "$f" "$b" "$s" "$n" "$t" "$i" "$a" "$o" "$all" "$code"
     done
 echo "results: $out"

@@ -7,7 +7,8 @@
 //! clock starts just before `spawn` and stops when the `response` POST reaches the
 //! fake runtime, so a run includes loading the binary, the SDK and state setup, one
 //! request against the emulator-backed state and the reply. The time to the first
-//! `next` poll (initialisation alone) is reported beside it.
+//! `next` poll (initialisation alone) is reported beside it, and, when the emulator
+//! reports its busy time, the process's own share (the answer less the emulator's time).
 //!
 //! State lives in a fresh DynamoDB table and S3 bucket on the moto emulator
 //! (`MEDLABEL_AWS_ENDPOINT`, or one started for this process), optionally seeded with
@@ -54,11 +55,25 @@ pub struct Plan {
     pub timeout: Duration,
 }
 
-/// Timings of one run, both from just before spawn.
+/// Timings of one run, the first two from just before spawn.
 #[derive(Debug, Clone, Copy)]
 struct Run {
     first_poll: Duration,
     answered: Duration,
+    /// Time the emulator spent handling requests during the run, when it reports it.
+    emulator: Option<Duration>,
+}
+
+/// The seconds the emulator has spent handling requests so far, if it reports them
+/// (`scripts/moto_server.py` does, at `/_medlabel/busy`).
+async fn emulator_busy(endpoint: &str) -> Option<Duration> {
+    let reply: Value = reqwest::get(format!("{endpoint}/_medlabel/busy"))
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()?;
+    reply["busy_s"].as_f64().map(Duration::from_secs_f64)
 }
 
 /// Measures `plan.runs` cold starts and returns the JSON report line.
@@ -104,7 +119,11 @@ pub async fn run(plan: Plan) -> Result<Value, LoadgenError> {
         if n == 1 && plan.tail_images > 0 {
             seed(&aws, &table, &bucket, "tail", plan.tail_images).await?;
         }
-        let (run, answer) = once(&plan, n, &env, log.path()).await?;
+        let busy_before = emulator_busy(&aws.endpoint).await;
+        let (mut run, answer) = once(&plan, n, &env, log.path()).await?;
+        run.emulator = busy_before
+            .zip(emulator_busy(&aws.endpoint).await)
+            .map(|(before, after)| after.saturating_sub(before));
         status = answer
             .get("statusCode")
             .cloned()
@@ -114,6 +133,12 @@ pub async fn run(plan: Plan) -> Result<Value, LoadgenError> {
     let answered: Vec<Duration> = runs.iter().map(|r| r.answered).collect();
     let polled: Vec<Duration> = runs.iter().map(|r| r.first_poll).collect();
     let ms = |values: &[Duration]| values.iter().map(|d| millis(*d)).collect::<Vec<_>>();
+    // The process's own share: the answer time less the emulator's.
+    let own: Option<Vec<Duration>> = runs
+        .iter()
+        .map(|r| r.emulator.map(|e| r.answered.saturating_sub(e)))
+        .collect();
+    let emulator: Option<Vec<Duration>> = runs.iter().map(|r| r.emulator).collect();
     Ok(json!({
         "bin": name,
         "path": plan.bin,
@@ -124,6 +149,8 @@ pub async fn run(plan: Plan) -> Result<Value, LoadgenError> {
         "median_init_ms": median(&polled).map(millis),
         "answer_ms": ms(&answered),
         "init_ms": ms(&polled),
+        "emulator_ms": emulator.as_deref().map(ms),
+        "median_own_ms": own.as_deref().and_then(median).map(millis),
         "status_code": status,
     }))
 }
@@ -216,6 +243,7 @@ async fn once(
             let run = Run {
                 first_poll: first_poll - start,
                 answered: at - start,
+                emulator: None,
             };
             Ok((run, serde_json::from_slice(&body).unwrap_or(Value::Null)))
         }
