@@ -446,20 +446,20 @@ impl Runner for ModelRunner {
 }
 
 /// Publishes `dir` as version 1 of the model named after the folder, unless that model
-/// has a version already. The request id derives from the weights, so a restart
-/// records nothing twice.
+/// has a version already; returns whether this call published it. The request id
+/// derives from the name and the weights, so a restart records nothing twice.
 pub async fn publish_model_folder(
     jobs: &Jobs,
     blobs: &dyn BlobStore,
     dir: &Path,
-) -> Result<(), Box<dyn std::error::Error>> {
+) -> Result<bool, Box<dyn std::error::Error>> {
     let name = dir
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or("the starter model folder has no name")?;
     let model = ModelName::parse(name)?;
     if jobs.view().await?.model(&model).is_some() {
-        return Ok(());
+        return Ok(false);
     }
     let weights = blobs
         .put_file(
@@ -478,6 +478,6 @@ pub async fn publish_model_folder(
     let published = jobs
         .publish_model(&ctx, &model, weights, config, None, None)
         .await?;
-    tracing::info!(model = %published.model, version = published.version, "starter model published");
-    Ok(())
+    tracing::info!(model = %published.model, version = published.version, "model published");
+    Ok(true)
 }

@@ -93,6 +93,26 @@ impl Stack {
         finish(routes(), state)
     }
 
+    /// `medlabel publish-model DIR` against this stack; what it printed.
+    fn publish_model(&self, dir: &Path) -> Value {
+        let output = Command::new(env!("CARGO_BIN_EXE_medlabel"))
+            .arg("publish-model")
+            .arg(dir)
+            .args(["--table", &self.table, "--bucket", &self.bucket])
+            .env("AWS_ENDPOINT_URL", &self.env.endpoint)
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .output()
+            .expect("medlabel starts");
+        assert!(
+            output.status.success(),
+            "publish-model failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+
     /// `medlabel-runner sqs-worker --until-empty` against this stack; what it handled.
     fn run_worker(&self, work: &Path) -> Vec<Value> {
         let output = Command::new(common::runner_binary())
@@ -153,15 +173,22 @@ async fn an_uploaded_image_is_segmented_by_a_batch_job_through_stream_queue_and_
     let work = tempfile::tempdir().unwrap();
     let (image, truth) = sample_case(&work.path().join("sample"));
 
-    // An operator published the starter model (what `medlabel serve --starter-model`
-    // does locally).
+    // An operator published the starter model to the deployment's log; doing it again
+    // publishes nothing.
     let starter = common::manifest_dir()
         .join("../gpu-runner/models")
         .join(MODEL);
-    let jobs = Jobs::new(stack.store(), Arc::new(SystemClock));
-    medlabel_functions::model_runner::publish_model_folder(&jobs, stack.blobs().as_ref(), &starter)
-        .await
-        .unwrap();
+    assert_eq!(
+        stack.publish_model(&starter),
+        json!({"model": MODEL, "published": true})
+    );
+    assert_eq!(
+        stack.publish_model(&starter),
+        json!({"model": MODEL, "published": false})
+    );
+    let info = stack.function(routes::info::router).await;
+    let listed = ok(&info, Req::new("GET", "/info/")).await.json();
+    assert!(listed["models"][MODEL].is_object(), "{listed}");
 
     // A client uploads an image and asks for batch inference, through API Gateway.
     let datastore = stack.function(routes::datastore::router).await;

@@ -28,7 +28,7 @@ use medlabel_functions::runner::NoRunner;
 use medlabel_functions::state::{AppState, Config, DicomWeb};
 
 fn cli() -> Command {
-    Command::new("medlabel")
+    let command = Command::new("medlabel")
         .about("MONAI Label compatible, event-sourced annotation server")
         .subcommand_required(true)
         .subcommand(
@@ -97,7 +97,35 @@ fn cli() -> Command {
                         .value_parser(value_parser!(u64))
                         .help("Longest session lifetime in seconds (MONAI_LABEL_SESSION_EXPIRY)"),
                 ),
-        )
+        );
+    #[cfg(feature = "aws")]
+    let command = command.subcommand(
+        Command::new("publish-model")
+            .about(
+                "Publish a model folder (config.json, model.safetensors) to a deployment's \
+                 log, when that model has no version yet; later versions come from \
+                 training or PUT /model/{name}",
+            )
+            .arg(
+                Arg::new("model")
+                    .required(true)
+                    .value_parser(value_parser!(PathBuf))
+                    .help("The model folder; its name is the model's"),
+            )
+            .arg(
+                Arg::new("table")
+                    .long("table")
+                    .required(true)
+                    .help("The deployment's event table (stack output EventsTableName)"),
+            )
+            .arg(
+                Arg::new("bucket")
+                    .long("bucket")
+                    .required(true)
+                    .help("The deployment's blob bucket (stack output BlobsBucketName)"),
+            ),
+    );
+    command
 }
 
 #[tokio::main]
@@ -105,6 +133,8 @@ async fn main() {
     let matches = cli().get_matches();
     let result = match matches.subcommand() {
         Some(("serve", args)) => serve(args).await,
+        #[cfg(feature = "aws")]
+        Some(("publish-model", args)) => publish_model(args).await,
         _ => unreachable!("clap requires a subcommand"),
     };
     medlabel_functions::logging::flush();
@@ -112,6 +142,29 @@ async fn main() {
         eprintln!("medlabel: {err}");
         std::process::exit(1);
     }
+}
+
+/// Publishes a model folder to a cloud deployment's log (DynamoDB + S3; the SDK's
+/// usual configuration picks the account, region and endpoint) and prints the outcome.
+#[cfg(feature = "aws")]
+async fn publish_model(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
+    use medlabel_events::blob::s3::S3BlobStore;
+    use medlabel_events::store::dynamo::DynamoEventStore;
+    let dir: &PathBuf = args.get_one("model").expect("required");
+    let table: &String = args.get_one("table").expect("required");
+    let bucket: &String = args.get_one("bucket").expect("required");
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let store = DynamoEventStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
+    let blobs = S3BlobStore::new(S3BlobStore::client(&sdk), bucket);
+    let jobs = Jobs::new(Arc::new(store), Arc::new(SystemClock));
+    let published =
+        medlabel_functions::model_runner::publish_model_folder(&jobs, &blobs, dir).await?;
+    let model = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    println!(
+        "{}",
+        serde_json::json!({"model": model, "published": published})
+    );
+    Ok(())
 }
 
 async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
