@@ -15,8 +15,17 @@ case "${1:-}" in
     ;;
   serve)
     shift
+    # With a deployment's table and bucket (the stack sets both), the endpoint serves
+    # the models published in its log and follows it; without, the model folder(s) in
+    # /opt/ml/model.
+    if [ -n "${MEDLABEL_EVENTS_TABLE:-}" ] && [ -n "${MEDLABEL_BLOBS_BUCKET:-}" ]; then
+      set -- --table "$MEDLABEL_EVENTS_TABLE" --bucket "$MEDLABEL_BLOBS_BUCKET" "$@"
+      model_dir="${MEDLABEL_MODEL_DIR:-/tmp/medlabel-models}"
+    else
+      model_dir="${MEDLABEL_MODEL_DIR:-/opt/ml/model}"
+    fi
     exec medlabel-runner serve \
-      --model-dir "${MEDLABEL_MODEL_DIR:-/opt/ml/model}" \
+      --model-dir "$model_dir" \
       --addr "0.0.0.0:${SAGEMAKER_BIND_TO_PORT:-8080}" \
       --data-root "${MEDLABEL_DATA_ROOT:-/opt/ml}" \
       --device "${MEDLABEL_DEVICE:-auto}" \

@@ -24,8 +24,6 @@ use axum::http::StatusCode;
 use common::{Reply, Req, send_lambda};
 use medlabel_dispatcher::{Dispatcher, JobAction};
 use medlabel_events::blob::s3::S3BlobStore;
-use medlabel_events::clock::SystemClock;
-use medlabel_events::jobs::Jobs;
 use medlabel_events::store::dynamo::DynamoEventStore;
 use medlabel_events::{BlobStore, EventStore};
 use medlabel_functions::app::finish;
@@ -313,24 +311,25 @@ async fn an_uploaded_image_is_segmented_by_a_batch_job_through_stream_queue_and_
     );
 }
 
-/// `medlabel-runner serve` with `models` on a free loopback port, once it answers
-/// `/ping`; the process is killed when the returned guard drops.
-async fn serve_runner(models: &Path) -> (tokio::process::Child, String) {
+/// `medlabel-runner serve` on a free loopback port, as the SageMaker endpoint runs it:
+/// serving the models published in the stack's log, written into `models`. Returns once
+/// it answers `/ping`; the process is killed when the returned guard drops.
+async fn serve_runner(stack: &Stack, models: &Path) -> (tokio::process::Child, String) {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let child = tokio::process::Command::new(common::runner_binary())
-        .args([
-            "serve",
-            "--device",
-            "cpu",
-            "--addr",
-            &format!("127.0.0.1:{port}"),
-        ])
+        .args(["serve", "--device", "cpu"])
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .args(["--table", &stack.table, "--bucket", &stack.bucket])
         .arg("--model-dir")
         .arg(models)
+        .env("AWS_ENDPOINT_URL", &stack.env.endpoint)
+        .env("AWS_ACCESS_KEY_ID", "test")
+        .env("AWS_SECRET_ACCESS_KEY", "test")
+        .env("AWS_REGION", "us-east-1")
         .env("OMP_NUM_THREADS", "1")
         .kill_on_drop(true)
         .spawn()
@@ -406,26 +405,13 @@ async fn a_click_in_the_cloud_is_segmented_by_the_sagemaker_endpoint() {
     let stack = Stack::new().await;
     let work = tempfile::tempdir().unwrap();
     let (image, truth) = sample_case(&work.path().join("sample"));
-    let models = common::manifest_dir().join("../gpu-runner/models");
-    let jobs = Jobs::new(stack.store(), Arc::new(SystemClock));
-    medlabel_functions::model_runner::publish_model_folder(
-        &jobs,
-        stack.blobs().as_ref(),
-        &models.join(MODEL),
-    )
-    .await
-    .unwrap();
-    // A model the log knows but the endpoint does not serve.
-    let other = work.path().join("segmentation_other");
-    std::fs::create_dir_all(&other).unwrap();
-    for file in ["config.json", "model.safetensors"] {
-        std::fs::copy(models.join(MODEL).join(file), other.join(file)).unwrap();
-    }
-    medlabel_functions::model_runner::publish_model_folder(&jobs, stack.blobs().as_ref(), &other)
-        .await
-        .unwrap();
+    let starter = common::manifest_dir()
+        .join("../gpu-runner/models")
+        .join(MODEL);
+    stack.publish_model(&starter);
 
-    let (_runner, runner_url) = serve_runner(&models).await;
+    // The endpoint starts with what the log holds.
+    let (_runner, runner_url) = serve_runner(&stack, &work.path().join("endpoint")).await;
     let front = sagemaker_front(runner_url).await;
     let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .endpoint_url(&front)
@@ -463,26 +449,55 @@ async fn a_click_in_the_cloud_is_segmented_by_the_sagemaker_endpoint() {
     let score = dice(&truth, &predicted).unwrap();
     assert!(score > 0.8, "interactive inference Dice {score}");
 
-    // The container's own refusal reaches the client as MONAI Label words it.
+    // The container's refusal of a request is a failed inference that records nothing.
     let head = stack.store().head().await.unwrap();
     let refused = send_lambda(
         infer.clone(),
         &Req::new(
             "POST",
-            "/infer/segmentation_other?image=spleen_000&output=image",
-        ),
+            &format!("/infer/{MODEL}?image=spleen_000&output=image"),
+        )
+        .multipart(&[("params", r#"{"overlap":"high"}"#)], &[]),
         Some("prod"),
         None,
     )
     .await;
-    assert_eq!(refused.status, StatusCode::NOT_FOUND);
-    assert_eq!(
-        refused.json()["detail"],
-        "Model 'segmentation_other' NOT Found"
-    );
+    assert_eq!(refused.status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(
         stack.store().head().await.unwrap(),
         head,
         "nothing recorded"
     );
+
+    // A model published while the endpoint runs is served once the endpoint has seen it;
+    // until then the endpoint's 404 reaches the client as MONAI Label words it.
+    let other = work.path().join("segmentation_other");
+    std::fs::create_dir_all(&other).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(starter.join(file), other.join(file)).unwrap();
+    }
+    assert_eq!(stack.publish_model(&other)["published"], true);
+    let click = Req::new(
+        "POST",
+        "/infer/segmentation_other?image=spleen_000&output=json",
+    );
+    let mut answer = send_lambda(infer.clone(), &click, Some("prod"), None).await;
+    for _ in 0..60 {
+        if answer.status != StatusCode::NOT_FOUND {
+            break;
+        }
+        assert_eq!(
+            answer.json()["detail"],
+            "Model 'segmentation_other' NOT Found"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        answer = send_lambda(infer.clone(), &click, Some("prod"), None).await;
+    }
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(answer.json()["model"], "segmentation_other");
 }

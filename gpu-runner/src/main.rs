@@ -8,6 +8,7 @@
 //!                       [--roi N,N,N] [--spacing F,F,F] [--channels N,..] [--strides N,..]
 //!                       [--res-units N] [--norm instance|batch] [--dropout F] [--num-samples N]
 //! medlabel-runner serve --model-dir DIR [--addr 127.0.0.1:8080] [--device D] [--data-root DIR]
+//!                       [--table NAME --bucket NAME]   (serve the models published there)
 //! medlabel-runner worker --home DIR [--serve 127.0.0.1:8091] [--device D] [--exit-with-stdin]
 //! medlabel-runner sqs-worker [--queue-url URL] [--table NAME] [--bucket NAME] [--work DIR]
 //!                            [--device D] [--until-empty]
@@ -83,11 +84,34 @@ fn run(cmd: &str, mut a: Args) -> Result<serde_json::Value> {
             let data_root = a
                 .opt_path("data-root")
                 .unwrap_or_else(|| PathBuf::from("/"));
+            let log = match (a.get("table"), a.get("bucket")) {
+                (Some(table), Some(bucket)) => Some((table, bucket)),
+                (None, None) => None,
+                _ => {
+                    return Err(RunnerError::invalid(
+                        "give both --table and --bucket, or neither",
+                    ));
+                }
+            };
             a.finish()?;
-            let runner = Arc::new(serve::Runner::new(&model_dir, device, &data_root)?);
             let rt =
                 tokio::runtime::Runtime::new().map_err(|e| RunnerError::io("tokio runtime", e))?;
-            rt.block_on(serve::serve(&addr, runner))?;
+            match log {
+                #[cfg(feature = "aws")]
+                Some((table, bucket)) => rt.block_on(serve_following_log(
+                    &addr, &model_dir, device, &data_root, table, bucket,
+                ))?,
+                #[cfg(not(feature = "aws"))]
+                Some(_) => {
+                    return Err(RunnerError::invalid(
+                        "--table and --bucket need a runner built with the `aws` feature",
+                    ));
+                }
+                None => {
+                    let runner = Arc::new(serve::Runner::new(&model_dir, device, &data_root)?);
+                    rt.block_on(serve::serve(&addr, runner))?;
+                }
+            }
             json!({"stopped": true})
         }
         "worker" => {
@@ -205,6 +229,48 @@ async fn worker_cmd(home: PathBuf, addr: String, device: String) -> Result<()> {
         &home,
     )?);
     tokio::try_join!(worker.run(), serve::serve(&addr, runner)).map(drop)
+}
+
+/// How often an endpoint following the log looks for newly published models.
+#[cfg(feature = "aws")]
+const MODEL_SYNC_PAUSE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The interactive endpoint of a cloud deployment (SageMaker's `serve`): it serves the
+/// models published in the log on DynamoDB (blobs on S3), written into `model_dir` at
+/// start and whenever a new one or a new version is published (a finished training).
+#[cfg(feature = "aws")]
+async fn serve_following_log(
+    addr: &str,
+    model_dir: &std::path::Path,
+    device: tch::Device,
+    data_root: &std::path::Path,
+    table: String,
+    bucket: String,
+) -> Result<()> {
+    use medlabel_events::blob::s3::S3BlobStore;
+    use medlabel_events::jobs::Jobs;
+    use medlabel_events::store::dynamo::DynamoEventStore;
+    use medlabel_runner::worker::sync_models;
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let store = DynamoEventStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
+    let blobs = S3BlobStore::new(S3BlobStore::client(&sdk), bucket);
+    let jobs = Jobs::new(Arc::new(store), Arc::new(medlabel_events::SystemClock));
+    std::fs::create_dir_all(model_dir).map_err(|e| RunnerError::io(model_dir, e))?;
+    sync_models(&jobs, &blobs, model_dir).await?;
+    let runner = Arc::new(serve::Runner::following(model_dir, device, data_root)?);
+    let follow = async {
+        loop {
+            tokio::time::sleep(MODEL_SYNC_PAUSE).await;
+            // A failed sync (a throttled read, say) is retried on the next round.
+            if let Err(err) = sync_models(&jobs, &blobs, model_dir).await {
+                tracing::warn!(%err, "could not sync the published models");
+            }
+        }
+    };
+    tokio::select! {
+        served = serve::serve(addr, runner) => served,
+        never = follow => never,
+    }
 }
 
 /// The cloud worker (the ECS task's command): jobs from SQS, the log on DynamoDB, blobs

@@ -27,12 +27,14 @@
 //! canonicalisation), so a caller cannot make the runner read or write elsewhere.
 //! Models are the sub-folders of the model directory holding a `config.json` (or the
 //! directory itself); a model whose `model.safetensors` changes on disk is reloaded on
-//! its next request, the way MONAI Label picks up a newly trained model. Inference runs
-//! on the blocking pool, one request per model at a time.
+//! its next request, the way MONAI Label picks up a newly trained model, and a
+//! sub-folder that appears later (a model published to the log the endpoint follows) is
+//! loaded on the first request that names it. Inference runs on the blocking pool, one
+//! request per model at a time.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -94,7 +96,11 @@ struct Slot {
 
 /// Shared server state: the model slots and where request paths may point.
 pub struct Runner {
-    models: BTreeMap<String, Mutex<Slot>>,
+    /// The served models by name; a folder of model folders gains one whenever a new
+    /// folder appears in it (a model published to the log it follows).
+    models: RwLock<BTreeMap<String, Arc<Mutex<Slot>>>>,
+    /// That folder, when the runner serves one (not a single model's own folder).
+    model_folders: Option<PathBuf>,
     device: Device,
     data_root: PathBuf,
     http: reqwest::Client,
@@ -110,8 +116,26 @@ pub struct Fetched {
 impl Runner {
     /// Finds and loads the models under `model_dir`; `data_root` bounds request paths.
     pub fn new(model_dir: &Path, device: Device, data_root: &Path) -> Result<Self> {
+        let runner = Self::open(model_dir, device, data_root)?;
+        if runner.model_names().is_empty() {
+            return Err(RunnerError::invalid(format!(
+                "no model folders (with {CONFIG_FILE}) in {}",
+                model_dir.display()
+            )));
+        }
+        Ok(runner)
+    }
+
+    /// [`Runner::new`] for a folder that models are written into while it serves (see
+    /// [`crate::worker::sync_models`]): it may start empty.
+    pub fn following(model_dir: &Path, device: Device, data_root: &Path) -> Result<Self> {
+        Self::open(model_dir, device, data_root)
+    }
+
+    fn open(model_dir: &Path, device: Device, data_root: &Path) -> Result<Self> {
         let mut dirs = Vec::new();
-        if model_dir.join(CONFIG_FILE).is_file() {
+        let single = model_dir.join(CONFIG_FILE).is_file();
+        if single {
             dirs.push(model_dir.to_path_buf());
         } else {
             for entry in std::fs::read_dir(model_dir).map_err(|e| RunnerError::io(model_dir, e))? {
@@ -120,12 +144,6 @@ impl Runner {
                     dirs.push(p);
                 }
             }
-        }
-        if dirs.is_empty() {
-            return Err(RunnerError::invalid(format!(
-                "no model folders (with {CONFIG_FILE}) in {}",
-                model_dir.display()
-            )));
         }
         let mut models = BTreeMap::new();
         for dir in dirs {
@@ -136,13 +154,14 @@ impl Runner {
                 .to_owned();
             let mut slot = Slot { dir, loaded: None };
             slot.current(device)?;
-            models.insert(name, Mutex::new(slot));
+            models.insert(name, Arc::new(Mutex::new(slot)));
         }
         let data_root = data_root
             .canonicalize()
             .map_err(|e| RunnerError::io(data_root, e))?;
         Ok(Self {
-            models,
+            models: RwLock::new(models),
+            model_folders: (!single).then(|| model_dir.to_path_buf()),
             device,
             data_root,
             http: reqwest::Client::new(),
@@ -151,7 +170,38 @@ impl Runner {
 
     /// Names of the served models.
     pub fn model_names(&self) -> Vec<String> {
-        self.models.keys().cloned().collect()
+        self.read_models().keys().cloned().collect()
+    }
+
+    fn read_models(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<String, Arc<Mutex<Slot>>>> {
+        self.models.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The slot of model `name`, loading its folder first if it appeared since.
+    fn slot(&self, name: &str) -> Result<Option<Arc<Mutex<Slot>>>> {
+        if let Some(slot) = self.read_models().get(name) {
+            return Ok(Some(slot.clone()));
+        }
+        // Only a plain folder name, so a request cannot point outside the folder.
+        let plain = !name.starts_with('.')
+            && matches!(
+                Path::new(name).components().collect::<Vec<_>>()[..],
+                [std::path::Component::Normal(_)]
+            );
+        let Some(dir) = self.model_folders.as_ref().map(|f| f.join(name)) else {
+            return Ok(None);
+        };
+        // Both files: a folder being written gets its config first (each file lands whole).
+        if !plain || !dir.join(CONFIG_FILE).is_file() || !dir.join(WEIGHTS_FILE).is_file() {
+            return Ok(None);
+        }
+        let mut slot = Slot { dir, loaded: None };
+        slot.current(self.device)?;
+        let mut models = self.models.write().unwrap_or_else(|p| p.into_inner());
+        let slot = models
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Mutex::new(slot)));
+        Ok(Some(slot.clone()))
     }
 
     /// Downloads an invocation's `image_url`, at most [`MAX_BODY`] bytes.
@@ -190,9 +240,7 @@ impl Runner {
         let bad = |e: RunnerError| (StatusCode::BAD_REQUEST, e.to_string());
         let name = match &req.model {
             Some(m) => m.clone(),
-            None if self.models.len() == 1 => {
-                self.models.keys().next().cloned().unwrap_or_default()
-            }
+            None if self.model_names().len() == 1 => self.model_names().pop().unwrap_or_default(),
             None => {
                 return Err((
                     StatusCode::BAD_REQUEST,
@@ -201,8 +249,8 @@ impl Runner {
             }
         };
         let slot = self
-            .models
-            .get(&name)
+            .slot(&name)
+            .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
             .ok_or((StatusCode::NOT_FOUND, format!("unknown model {name:?}")))?;
         let image = match (&req.image, &req.image_b64, fetched) {
             (Some(p), None, None) => {

@@ -121,18 +121,7 @@ impl Worker {
 
     /// Writes every published model into the models folder; returns how many there are.
     pub async fn sync_models(&self) -> Result<usize> {
-        let models: Vec<PublishedModel> = self
-            .jobs
-            .view()
-            .await
-            .map_err(store_error)?
-            .models()
-            .cloned()
-            .collect();
-        for model in &models {
-            self.materialise(model).await?;
-        }
-        Ok(models.len())
+        sync_models(&self.jobs, self.blobs.as_ref(), &self.config.models_dir).await
     }
 
     /// Claims and runs every submitted job, one at a time.
@@ -191,28 +180,6 @@ impl Worker {
         Ok(JobRun::Finished(status))
     }
 
-    /// Writes a published model's files into `<models>/<name>/` unless they are there.
-    async fn materialise(&self, model: &PublishedModel) -> Result<PathBuf> {
-        let dir = self.config.models_dir.join(model.model.as_str());
-        let marker = dir.join(".version");
-        let stamp = format!("{} {}", model.version, model.weights.sha256);
-        if std::fs::read_to_string(&marker).is_ok_and(|s| s == stamp) {
-            return Ok(dir);
-        }
-        std::fs::create_dir_all(&dir).map_err(|e| RunnerError::io(&dir, e))?;
-        for (blob, name) in [(&model.config, CONFIG_FILE), (&model.weights, WEIGHTS_FILE)] {
-            let bytes = read_to_vec(self.blobs.as_ref(), blob)
-                .await
-                .map_err(store_error)?;
-            let staged = dir.join(format!(".{name}.tmp"));
-            std::fs::write(&staged, bytes).map_err(|e| RunnerError::io(&staged, e))?;
-            std::fs::rename(&staged, dir.join(name)).map_err(|e| RunnerError::io(&dir, e))?;
-        }
-        std::fs::write(&marker, stamp).map_err(|e| RunnerError::io(&marker, e))?;
-        tracing::info!(model = %model.model, version = model.version, "model materialised");
-        Ok(dir)
-    }
-
     /// A local file holding a blob: the blob itself in a folder store, else a download.
     async fn local_file(&self, blob: &medlabel_events::BlobRef, scratch: &Path) -> Result<PathBuf> {
         if let Some(path) = self.blobs.local_path(blob) {
@@ -239,7 +206,8 @@ impl Worker {
             .model(model)
             .cloned()
             .ok_or_else(|| RunnerError::invalid(format!("model {model} is not published")))?;
-        let model_dir = self.materialise(&published).await?;
+        let model_dir =
+            materialise(self.blobs.as_ref(), &self.config.models_dir, &published).await?;
         let scratch = self.config.work_dir.join(job.id.as_str());
         std::fs::create_dir_all(&scratch).map_err(|e| RunnerError::io(&scratch, e))?;
         let outcome = match job.kind {
@@ -502,6 +470,47 @@ impl Worker {
         }
         Ok((JobStatus::Done, json!({"results": results})))
     }
+}
+
+/// Writes every model published in `jobs` into `models_dir`, one folder per model, and
+/// returns how many there are. A `serve` endpoint reading that folder picks each up on
+/// its next request: a new folder by its name, a new version by its weights' mtime.
+pub async fn sync_models(jobs: &Jobs, blobs: &dyn BlobStore, models_dir: &Path) -> Result<usize> {
+    let models: Vec<PublishedModel> = jobs
+        .view()
+        .await
+        .map_err(store_error)?
+        .models()
+        .cloned()
+        .collect();
+    for model in &models {
+        materialise(blobs, models_dir, model).await?;
+    }
+    Ok(models.len())
+}
+
+/// Writes a published model's files into `<models_dir>/<name>/` unless they are there.
+async fn materialise(
+    blobs: &dyn BlobStore,
+    models_dir: &Path,
+    model: &PublishedModel,
+) -> Result<PathBuf> {
+    let dir = models_dir.join(model.model.as_str());
+    let marker = dir.join(".version");
+    let stamp = format!("{} {}", model.version, model.weights.sha256);
+    if std::fs::read_to_string(&marker).is_ok_and(|s| s == stamp) {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| RunnerError::io(&dir, e))?;
+    for (blob, name) in [(&model.config, CONFIG_FILE), (&model.weights, WEIGHTS_FILE)] {
+        let bytes = read_to_vec(blobs, blob).await.map_err(store_error)?;
+        let staged = dir.join(format!(".{name}.tmp"));
+        std::fs::write(&staged, bytes).map_err(|e| RunnerError::io(&staged, e))?;
+        std::fs::rename(&staged, dir.join(name)).map_err(|e| RunnerError::io(&dir, e))?;
+    }
+    std::fs::write(&marker, stamp).map_err(|e| RunnerError::io(&marker, e))?;
+    tracing::info!(model = %model.model, version = model.version, "model materialised");
+    Ok(dir)
 }
 
 fn ext(value: &str) -> Extension {

@@ -129,6 +129,31 @@ async fn ping_and_invocations_by_path_and_inline() {
     assert_eq!(fetched.data, mask.data);
 }
 
+/// A model folder written into the models folder while the runner serves (a model
+/// published to the log it follows) is served by its name from the next request on.
+#[tokio::test]
+async fn a_model_folder_that_appears_is_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, image) = serve_fixture(dir.path());
+    let request = json!({"image": image, "model": "spleen_copy"});
+    let (status, _) = call(&app, "POST", "/invocations", request.clone()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let models = dir.path().join("models");
+    std::fs::create_dir(models.join("spleen_copy")).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(
+            models.join("spleen_tiny").join(file),
+            models.join("spleen_copy").join(file),
+        )
+        .unwrap();
+    }
+    let (status, body) = call(&app, "POST", "/invocations", request).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["params"]["model"], "spleen_copy");
+    let (_, ping) = call(&app, "GET", "/ping", Value::Null).await;
+    assert_eq!(ping["models"], json!(["spleen_copy", "spleen_tiny"]));
+}
+
 /// Serves `bytes` at every path of a loopback HTTP server (a stand-in for a presigned S3
 /// URL) except `/missing`, which answers 404; returns the base URL.
 async fn file_server(bytes: Vec<u8>) -> String {
@@ -156,6 +181,11 @@ async fn bad_invocations_get_clear_errors() {
             "unknown model",
         ),
         (json!({}), StatusCode::BAD_REQUEST, "exactly one of"),
+        (
+            json!({"image": image, "model": "../models/spleen_tiny"}),
+            StatusCode::NOT_FOUND,
+            "unknown model",
+        ),
         (
             json!({"image": image, "image_url": format!("{url}/a.nii.gz")}),
             StatusCode::BAD_REQUEST,
