@@ -238,13 +238,13 @@ impl Runner {
         fetched: Option<Fetched>,
     ) -> Result<InvocationResult, (StatusCode, String)> {
         let bad = |e: RunnerError| (StatusCode::BAD_REQUEST, e.to_string());
-        let name = match &req.model {
-            Some(m) => m.clone(),
-            None if self.model_names().len() == 1 => self.model_names().pop().unwrap_or_default(),
-            None => {
+        let name = match (&req.model, self.model_names().as_slice()) {
+            (Some(m), _) => m.clone(),
+            (None, [only]) => only.clone(),
+            (None, served) => {
                 return Err((
                     StatusCode::BAD_REQUEST,
-                    format!("`model` is required; served: {:?}", self.model_names()),
+                    format!("`model` is required; served: {served:?}"),
                 ));
             }
         };
