@@ -153,6 +153,15 @@ fn sample_case(dir: &Path) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
+/// A client's upload of the sample case as `spleen_000`, through API Gateway.
+async fn upload_sample(datastore: &Router, image: &[u8]) {
+    let upload = Req::new("PUT", "/datastore/?image=spleen_000").multipart(
+        &[("params", r#"{"client_id":"e2e"}"#)],
+        &[("file", "spleen_000.nii.gz", image)],
+    );
+    ok(datastore, upload).await;
+}
+
 async fn ok(router: &Router, req: Req) -> Reply {
     let what = format!("{} {}?{}", req.method, req.path, req.query);
     let reply = send_lambda(router.clone(), &req, Some("prod"), None).await;
@@ -191,11 +200,7 @@ async fn an_uploaded_image_is_segmented_by_a_batch_job_through_stream_queue_and_
     // A client uploads an image and asks for batch inference, through API Gateway.
     let datastore = stack.function(routes::datastore::router).await;
     let infer = stack.function(routes::infer::router).await;
-    let upload = Req::new("PUT", "/datastore/?image=spleen_000").multipart(
-        &[("params", r#"{"client_id":"e2e"}"#)],
-        &[("file", "spleen_000.nii.gz", &image)],
-    );
-    ok(&datastore, upload).await;
+    upload_sample(&datastore, &image).await;
     let requested = ok(
         &infer,
         Req::new("POST", &format!("/batch/infer/{MODEL}?images=all")),
@@ -429,11 +434,7 @@ async fn a_click_in_the_cloud_is_segmented_by_the_sagemaker_endpoint() {
     let infer = stack
         .function_inferring_at(routes::infer::router, Some(endpoint))
         .await;
-    let upload = Req::new("PUT", "/datastore/?image=spleen_000").multipart(
-        &[("params", r#"{"client_id":"e2e"}"#)],
-        &[("file", "spleen_000.nii.gz", &image)],
-    );
-    ok(&datastore, upload).await;
+    upload_sample(&datastore, &image).await;
 
     // The mask comes back inline through the endpoint and matches the true organ.
     let reply = ok(

@@ -214,16 +214,7 @@ impl DynamoEventStore {
         request_id: &str,
     ) -> Result<Result<(), Retry>, StoreError> {
         let mut items = Vec::with_capacity(events.len() + 2);
-        for (offset, (new, payload)) in events.iter().zip(payloads).enumerate() {
-            let offset = offset as u64;
-            let item = self.event_item(
-                &appended.stream,
-                appended.first_sequence + offset,
-                appended.first_position + offset,
-                new,
-                payload,
-                request_id,
-            )?;
+        for item in self.event_items(appended, events, payloads, request_id)? {
             items.push(put_new(&self.table, item)?);
         }
         let old_head = appended.first_position - 1;
@@ -284,6 +275,31 @@ impl DynamoEventStore {
             _ => None,
         };
         retry.map(Err).ok_or_else(|| backend(err))
+    }
+
+    /// The items that record `events` (encoded as `payloads`) as `appended`.
+    fn event_items(
+        &self,
+        appended: &Appended,
+        events: &[NewEvent],
+        payloads: &[String],
+        request_id: &str,
+    ) -> Result<Vec<Item>, StoreError> {
+        events
+            .iter()
+            .zip(payloads)
+            .zip(0..)
+            .map(|((new, payload), offset)| {
+                self.event_item(
+                    &appended.stream,
+                    appended.first_sequence + offset,
+                    appended.first_position + offset,
+                    new,
+                    payload,
+                    request_id,
+                )
+            })
+            .collect()
     }
 
     fn event_item(
@@ -479,21 +495,10 @@ impl EventStore for DynamoEventStore {
             let tail = self.read_all(after, limit).await?;
             return Ok((appended, tail.into()));
         }
-        let recorded = events
+        let recorded = self
+            .event_items(&appended, &events, &payloads, request_id)?
             .iter()
-            .zip(&payloads)
-            .zip(0..)
-            .map(|((new, payload), offset)| {
-                let item = self.event_item(
-                    &appended.stream,
-                    appended.first_sequence + offset,
-                    appended.first_position + offset,
-                    new,
-                    payload,
-                    request_id,
-                )?;
-                decode_event(&item)
-            })
+            .map(decode_event)
             .collect::<Result<Vec<_>, _>>()?;
         Ok((appended, Tail::after(recorded.into(), after, limit)))
     }
