@@ -91,48 +91,53 @@ impl Stack {
         finish(routes(), state)
     }
 
-    /// `medlabel publish-model DIR` against this stack; what it printed.
-    fn publish_model(&self, dir: &Path) -> Value {
-        let output = Command::new(env!("CARGO_BIN_EXE_medlabel"))
-            .arg("publish-model")
-            .arg(dir)
-            .args(["--table", &self.table, "--bucket", &self.bucket])
-            .env("AWS_ENDPOINT_URL", &self.env.endpoint)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
+    /// The environment that points a child process's AWS SDK at this stack's emulator.
+    fn aws_env(&self) -> [(&str, &str); 4] {
+        [
+            ("AWS_ENDPOINT_URL", &self.env.endpoint),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ]
+    }
+
+    /// Runs `command` against this stack to its end; the JSON it printed.
+    fn run(&self, mut command: Command) -> Value {
+        let output = command
+            .envs(self.aws_env())
             .output()
-            .expect("medlabel starts");
+            .expect("the command starts");
         assert!(
             output.status.success(),
-            "publish-model failed: {}",
+            "{command:?} failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         serde_json::from_slice(&output.stdout).unwrap()
     }
 
+    /// `medlabel publish-model DIR` against this stack; what it printed.
+    fn publish_model(&self, dir: &Path) -> Value {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_medlabel"));
+        command.arg("publish-model").arg(dir).args([
+            "--table",
+            &self.table,
+            "--bucket",
+            &self.bucket,
+        ]);
+        self.run(command)
+    }
+
     /// `medlabel-runner sqs-worker --until-empty` against this stack; what it handled.
     fn run_worker(&self, work: &Path) -> Vec<Value> {
-        let output = Command::new(common::runner_binary())
+        let mut command = Command::new(common::runner_binary());
+        command
             .args(["sqs-worker", "--until-empty", "--device", "cpu"])
             .args(["--queue-url", &self.queue_url])
             .args(["--table", &self.table, "--bucket", &self.bucket])
             .arg("--work")
             .arg(work)
-            .env("AWS_ENDPOINT_URL", &self.env.endpoint)
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_REGION", "us-east-1")
-            .env("OMP_NUM_THREADS", "1")
-            .output()
-            .expect("the runner starts");
-        assert!(
-            output.status.success(),
-            "sqs-worker failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let reply: Value = serde_json::from_slice(&output.stdout).unwrap();
-        reply["handled"].as_array().unwrap().clone()
+            .env("OMP_NUM_THREADS", "1");
+        self.run(command)["handled"].as_array().unwrap().clone()
     }
 }
 
@@ -331,10 +336,7 @@ async fn serve_runner(stack: &Stack, models: &Path) -> (tokio::process::Child, S
         .args(["--table", &stack.table, "--bucket", &stack.bucket])
         .arg("--model-dir")
         .arg(models)
-        .env("AWS_ENDPOINT_URL", &stack.env.endpoint)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_REGION", "us-east-1")
+        .envs(stack.aws_env())
         .env("OMP_NUM_THREADS", "1")
         .kill_on_drop(true)
         .spawn()
