@@ -44,6 +44,17 @@ impl StreamId {
     pub fn job(id: &RunId) -> Self {
         Self(format!("job/{id}"))
     }
+    /// The requests for one kind of job (`tasks/train`, `tasks/scoring`,
+    /// `tasks/batch_infer`): a request is decided at this stream's version, so of two
+    /// concurrent requests for the one slot of a kind exactly one is accepted.
+    pub fn tasks(kind: JobKind) -> Self {
+        let name = match kind {
+            JobKind::Train => "train",
+            JobKind::Scoring => "scoring",
+            JobKind::BatchInfer => "batch_infer",
+        };
+        Self(format!("tasks/{name}"))
+    }
     /// Rebuilds a stream id read back from storage.
     pub fn from_stored(value: String) -> Self {
         Self(value)
@@ -233,9 +244,19 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         as_of_position: Option<u64>,
     },
+    /// A runner claimed the job; it holds it until `lease_until_ms` unless it renews
+    /// the lease (absent in logs from before leases: such a claim never lapses).
     JobStarted {
         job: RunId,
         worker: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lease_until_ms: Option<i64>,
+    },
+    /// The runner holding the job is alive and extends its lease.
+    JobLeaseRenewed {
+        job: RunId,
+        worker: String,
+        lease_until_ms: i64,
     },
     /// Progress of a running job; for training, `stats` uses MONAI Label's
     /// `train_stats` keys (epoch, total_epochs, best_metric, ...).
@@ -260,6 +281,13 @@ pub enum Event {
         position: u64,
         format: String,
         blob: BlobRef,
+    },
+
+    /// Stands in, when read, for a stored event that could not be decoded (damage, or a
+    /// payload from before the edge limits): readers apply it as a no-op and go on, and
+    /// the datastore view lists it as quarantined. Never written.
+    Unreadable {
+        reason: String,
     },
 }
 
@@ -286,10 +314,12 @@ impl Event {
             Event::ModelDeleted { .. } => "ModelDeleted",
             Event::JobRequested { .. } => "JobRequested",
             Event::JobStarted { .. } => "JobStarted",
+            Event::JobLeaseRenewed { .. } => "JobLeaseRenewed",
             Event::JobProgressed { .. } => "JobProgressed",
             Event::JobStopRequested { .. } => "JobStopRequested",
             Event::JobFinished { .. } => "JobFinished",
             Event::SnapshotTaken { .. } => "SnapshotTaken",
+            Event::Unreadable { .. } => "Unreadable",
         }
     }
 }
@@ -327,4 +357,27 @@ pub fn encode(event: &Event) -> Result<String, serde_json::Error> {
 /// Decodes a stored payload written by [`encode`].
 pub fn decode(payload: &str) -> Result<Event, serde_json::Error> {
     serde_json::from_str(payload)
+}
+
+/// Decodes a stored event's payload and actor, or quarantines the event: a store's
+/// reader calls this so that one undecodable record never halts a projection (design
+/// invariant 9). The stand-in is [`Event::Unreadable`] by the `admin` actor, logged
+/// with its position.
+pub fn decode_or_quarantine(
+    position: u64,
+    stream: &str,
+    payload: &str,
+    actor: &str,
+) -> (Event, Actor) {
+    let decoded = decode(payload)
+        .map_err(|err| format!("payload: {err}"))
+        .and_then(|event| {
+            serde_json::from_str(actor)
+                .map(|actor| (event, actor))
+                .map_err(|err| format!("actor: {err}"))
+        });
+    decoded.unwrap_or_else(|reason| {
+        tracing::error!(position, stream, %reason, "quarantined an event that cannot be decoded");
+        (Event::Unreadable { reason }, Actor::admin())
+    })
 }

@@ -1,23 +1,36 @@
 //! GPU jobs (training, scoring, batch inference) and published models, as events.
 //!
 //! MONAI Label keeps task records in memory and loses them on restart; here a job is a
-//! stream (`train/<run>` or `job/<id>`): `JobRequested` → `JobStarted` (a runner's claim:
-//! appended at version 1, so two runners cannot both claim a job) → `JobProgressed`* →
+//! stream (`train/<run>` or `job/<id>`) and every change to it an event:
+//! `JobRequested` → `JobStarted` (a runner's claim, at the job stream's first version, so
+//! two runners cannot both claim a job) → `JobLeaseRenewed`* / `JobProgressed`* →
 //! `JobFinished`. A training request pins the exact label versions it will train on.
 //! Published models are streams too (`model/<name>`), so every model version, its metric
 //! and the run that produced it stay on record.
+//!
+//! Every write is a pure decision ([`decide`]) appended at the version it was decided
+//! on ([`crate::decision::execute`]):
+//! - A request is appended to its kind's stream (`tasks/<kind>`) at that stream's
+//!   version, so of several concurrent requests for a kind's one slot (MONAI Label runs
+//!   one task of each kind at a time) exactly one is accepted, across processes and
+//!   Lambda instances: the others conflict, see it on a caught-up view and are refused.
+//! - A runner holds a claimed job only while it renews its lease. A job whose lease
+//!   lapsed (its runner was killed, or hangs) is ended as `ERROR` by whoever meets it
+//!   next (a request, a stop, a status read, a runner), so training can start again.
+//! - Stopping a job ends it at once (`STOPPED`, as MONAI Label's kill does); the runner
+//!   sees the job is no longer running and stops its work.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLockReadGuard};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::blob::BlobRef;
 use crate::clock::Clock;
 use crate::datastore::WriteContext;
-use crate::event::{
-    Event, Info, JobKind, JobStatus, LabelVersionRef, NewEvent, RecordedEvent, StreamId,
-};
+use crate::decision::{self, Decision, WriteError};
+use crate::event::{Event, Info, JobKind, JobStatus, LabelVersionRef, RecordedEvent, StreamId};
 use crate::id::{ModelName, RunId};
 use crate::projection::{Projected, Projection};
 use crate::store::{EventStore, ExpectedVersion, StoreError};
@@ -32,8 +45,21 @@ pub enum JobError {
     NotFound(JobKind),
     #[error("Model File NOT Found for {0}")]
     ModelNotFound(String),
+    #[error("gave up after {0} version conflicts; try again")]
+    Contended(usize),
+    #[error("request id {0:?} was already used for a different write")]
+    RequestIdReused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl WriteError for JobError {
+    fn contended(attempts: usize) -> Self {
+        Self::Contended(attempts)
+    }
+    fn request_id_reused(request_id: &str) -> Self {
+        Self::RequestIdReused(request_id.to_owned())
+    }
 }
 
 /// MONAI Label's capitalised task names.
@@ -67,6 +93,11 @@ pub struct JobRecord {
     pub started_at_ms: Option<i64>,
     pub ended_at_ms: Option<i64>,
     pub worker: Option<String>,
+    /// Until when the runner holds the job (`None`: no lease, as in logs from before
+    /// leases, or not claimed yet).
+    pub lease_until_ms: Option<i64>,
+    /// A client asked to stop it (`JobStopRequested`, in logs from before stops ended a
+    /// job at once).
     pub stop_requested: bool,
     /// The latest progress (for training: MONAI Label's `train_stats`).
     pub stats: Info,
@@ -105,6 +136,16 @@ impl JobRecord {
     /// Whether the job still occupies its kind's single slot.
     pub fn is_active(&self) -> bool {
         matches!(self.status, JobStatus::Submitted | JobStatus::Running)
+    }
+
+    /// Whether the job is running on a lease that ran out before `now_ms`.
+    pub fn lease_lapsed(&self, now_ms: i64) -> bool {
+        self.status == JobStatus::Running && self.lease_until_ms.is_some_and(|t| t < now_ms)
+    }
+
+    /// The stream this job's events after the request go to.
+    pub fn stream(&self) -> StreamId {
+        job_stream(self.kind, &self.id)
     }
 
     /// MONAI Label's task dict: `{id, status, request, start_ts, end_ts?, details}`.
@@ -151,6 +192,8 @@ pub struct JobsView {
     order: HashMap<JobKind, Vec<RunId>>,
     models: BTreeMap<ModelName, PublishedModel>,
     model_versions: HashMap<ModelName, (u64, u32)>,
+    /// The version of each kind's request stream (`tasks/<kind>`).
+    task_versions: HashMap<JobKind, u64>,
 }
 
 impl Projection for JobsView {
@@ -170,6 +213,12 @@ impl Projection for JobsView {
                 labels,
                 as_of_position,
             } => {
+                // Requests go to the kind's stream; logs from before that hold them in the
+                // job's own stream, which then starts at version 1.
+                let own_stream = recorded.stream == job_stream(*kind, job);
+                if recorded.stream == StreamId::tasks(*kind) {
+                    self.task_versions.insert(*kind, recorded.sequence);
+                }
                 self.order.entry(*kind).or_default().push(job.clone());
                 self.jobs.insert(
                     job.clone(),
@@ -185,17 +234,30 @@ impl Projection for JobsView {
                         started_at_ms: None,
                         ended_at_ms: None,
                         worker: None,
+                        lease_until_ms: None,
                         stop_requested: false,
                         stats: Info::new(),
                         result: Info::new(),
-                        version: recorded.sequence,
+                        version: if own_stream { recorded.sequence } else { 0 },
                     },
                 );
             }
-            Event::JobStarted { job, worker } => self.update(job, recorded, |record| {
+            Event::JobStarted {
+                job,
+                worker,
+                lease_until_ms,
+            } => self.update(job, recorded, |record| {
                 record.status = JobStatus::Running;
                 record.started_at_ms = Some(ts);
                 record.worker = Some(worker.clone());
+                record.lease_until_ms = *lease_until_ms;
+            }),
+            Event::JobLeaseRenewed {
+                job,
+                lease_until_ms,
+                ..
+            } => self.update(job, recorded, |record| {
+                record.lease_until_ms = Some(*lease_until_ms)
             }),
             Event::JobProgressed { job, stats } => {
                 self.update(job, recorded, |record| record.stats = stats.clone())
@@ -234,6 +296,28 @@ impl Projection for JobsView {
                         published_at_ms: ts,
                     },
                 );
+            }
+            // An undecodable event's stream version still counts (see the datastore view).
+            Event::Unreadable { .. } => {
+                let stream = recorded.stream.as_str();
+                if let Some(model) = stream
+                    .strip_prefix("model/")
+                    .and_then(|name| ModelName::parse(name).ok())
+                {
+                    let last = self.model_versions.get(&model).map_or(0, |v| v.1);
+                    self.model_versions.insert(model, (recorded.sequence, last));
+                } else if let Some(kind) = [JobKind::Train, JobKind::Scoring, JobKind::BatchInfer]
+                    .into_iter()
+                    .find(|kind| recorded.stream == StreamId::tasks(*kind))
+                {
+                    self.task_versions.insert(kind, recorded.sequence);
+                } else if let Some(job) = self
+                    .jobs
+                    .values_mut()
+                    .find(|j| j.stream() == recorded.stream)
+                {
+                    job.version = recorded.sequence;
+                }
             }
             Event::ModelDeleted { model } => {
                 let last = self.model_versions.get(model).map_or(0, |v| v.1);
@@ -307,10 +391,237 @@ impl JobsView {
     }
 }
 
+/// Job and model decisions: pure functions of the view, each returning the events to
+/// record on one stream at the version it saw (or nothing, or a refusal).
+pub mod decide {
+    use super::*;
+
+    fn on_job(job: &JobRecord, event: Event) -> Decision {
+        Decision {
+            stream: job.stream(),
+            expected: ExpectedVersion::from_version(job.version),
+            events: vec![event],
+        }
+    }
+
+    fn finished(job: &JobRecord, status: JobStatus, result: Info) -> Decision {
+        on_job(
+            job,
+            Event::JobFinished {
+                job: job.id.clone(),
+                status,
+                result,
+            },
+        )
+    }
+
+    /// A request for job `job`. Unless `enqueue`, an active job of the same kind
+    /// refuses it (MONAI Label's one-at-a-time rule and 429). A job already requested
+    /// (a retried request names the same job) records nothing.
+    #[allow(clippy::too_many_arguments)]
+    pub fn request(
+        view: &JobsView,
+        job: &RunId,
+        kind: JobKind,
+        model: Option<ModelName>,
+        params: Info,
+        labels: Vec<LabelVersionRef>,
+        as_of_position: Option<u64>,
+        enqueue: bool,
+    ) -> Result<Option<Decision>, JobError> {
+        if view.job(job).is_some() {
+            return Ok(None);
+        }
+        if !enqueue && view.active(kind).is_some() {
+            return Err(JobError::AlreadyRunning(kind));
+        }
+        let version = view.task_versions.get(&kind).copied().unwrap_or(0);
+        Ok(Some(Decision {
+            stream: StreamId::tasks(kind),
+            expected: ExpectedVersion::from_version(version),
+            events: vec![Event::JobRequested {
+                job: job.clone(),
+                kind,
+                model,
+                params,
+                labels,
+                as_of_position,
+            }],
+        }))
+    }
+
+    /// `worker` claims a submitted job until `lease_until_ms`.
+    pub fn claim(
+        view: &JobsView,
+        job: &RunId,
+        worker: &str,
+        lease_until_ms: i64,
+    ) -> Option<Decision> {
+        let job = view.job(job).filter(|j| j.status == JobStatus::Submitted)?;
+        Some(on_job(
+            job,
+            Event::JobStarted {
+                job: job.id.clone(),
+                worker: worker.into(),
+                lease_until_ms: Some(lease_until_ms),
+            },
+        ))
+    }
+
+    /// `worker` extends its lease on a job it runs; `None` when the job is no longer
+    /// its own running job (stopped, expired, or claimed by another).
+    pub fn renew_lease(
+        view: &JobsView,
+        job: &RunId,
+        worker: &str,
+        lease_until_ms: i64,
+    ) -> Option<Decision> {
+        let job = view
+            .job(job)
+            .filter(|j| j.status == JobStatus::Running && j.worker.as_deref() == Some(worker))?;
+        Some(on_job(
+            job,
+            Event::JobLeaseRenewed {
+                job: job.id.clone(),
+                worker: worker.into(),
+                lease_until_ms,
+            },
+        ))
+    }
+
+    /// Progress of an active job; nothing once it ended.
+    pub fn progress(view: &JobsView, job: &RunId, stats: Info) -> Option<Decision> {
+        let job = view.job(job).filter(|j| j.is_active())?;
+        Some(on_job(
+            job,
+            Event::JobProgressed {
+                job: job.id.clone(),
+                stats,
+            },
+        ))
+    }
+
+    /// Ends an active job; nothing when it already ended (stopped or expired meanwhile).
+    pub fn finish(
+        view: &JobsView,
+        job: &RunId,
+        status: JobStatus,
+        result: Info,
+    ) -> Option<Decision> {
+        let job = view.job(job).filter(|j| j.is_active())?;
+        Some(finished(job, status, result))
+    }
+
+    /// Stops the active job of `kind` at once: `STOPPED`, with a line on how far it
+    /// got in `details` (MONAI Label's stop answers with the task's last log lines).
+    pub fn stop(view: &JobsView, kind: JobKind, now_ms: i64) -> Option<Decision> {
+        let job = view.active(kind)?;
+        let line = match (&job.worker, job.stats.get("epoch")) {
+            (None, _) => "stopped before a runner took it".to_owned(),
+            (Some(_), _) if job.lease_lapsed(now_ms) => {
+                "stopped; its runner had stopped renewing its lease".to_owned()
+            }
+            (Some(worker), Some(epoch)) => format!(
+                "stopped on {worker} after epoch {epoch} of {}",
+                job.stats.get("total_epochs").unwrap_or(&Value::Null)
+            ),
+            (Some(worker), None) => format!("stopped on {worker} before its first epoch ended"),
+        };
+        Some(finished(
+            job,
+            JobStatus::Stopped,
+            result_with_detail(job, line),
+        ))
+    }
+
+    /// Ends a running job whose lease lapsed before `now_ms` as `ERROR`.
+    pub fn expire(view: &JobsView, job: &RunId, now_ms: i64) -> Option<Decision> {
+        let job = view.job(job).filter(|j| j.lease_lapsed(now_ms))?;
+        let line = format!(
+            "ended: runner {} stopped renewing its lease (held until {})",
+            job.worker.as_deref().unwrap_or("?"),
+            format_ts(job.lease_until_ms.unwrap_or_default()),
+        );
+        Some(finished(
+            job,
+            JobStatus::Error,
+            result_with_detail(job, line),
+        ))
+    }
+
+    /// Ends a running job of `worker`, a runner known to be gone, as `ERROR`.
+    pub fn abandon(view: &JobsView, job: &RunId, worker: &str, why: &str) -> Option<Decision> {
+        let job = view
+            .job(job)
+            .filter(|j| j.status == JobStatus::Running && j.worker.as_deref() == Some(worker))?;
+        let line = format!("ended: runner {worker} {why}");
+        Some(finished(
+            job,
+            JobStatus::Error,
+            result_with_detail(job, line),
+        ))
+    }
+
+    fn result_with_detail(job: &JobRecord, line: String) -> Info {
+        let mut result = job.result.clone();
+        let mut details = match result.remove("details") {
+            Some(Value::Array(lines)) => lines,
+            _ => Vec::new(),
+        };
+        details.push(Value::String(line));
+        result.insert("details".into(), Value::Array(details));
+        result
+    }
+
+    /// The next version of `model`.
+    pub fn publish_model(
+        view: &JobsView,
+        model: &ModelName,
+        weights: BlobRef,
+        config: BlobRef,
+        metric: Option<f64>,
+        training_run: Option<RunId>,
+    ) -> Decision {
+        let (stream_version, last) = view.model_versions.get(model).copied().unwrap_or((0, 0));
+        Decision {
+            stream: StreamId::model(model),
+            expected: ExpectedVersion::from_version(stream_version),
+            events: vec![Event::ModelPublished {
+                model: model.clone(),
+                version: last + 1,
+                weights,
+                config,
+                metric,
+                training_run,
+            }],
+        }
+    }
+
+    /// Withdraws a published model.
+    pub fn delete_model(view: &JobsView, model: &ModelName) -> Result<Decision, JobError> {
+        view.model(model)
+            .ok_or_else(|| JobError::ModelNotFound(model.to_string()))?;
+        let (stream_version, _) = view.model_versions[model];
+        Ok(Decision {
+            stream: StreamId::model(model),
+            expected: ExpectedVersion::from_version(stream_version),
+            events: vec![Event::ModelDeleted {
+                model: model.clone(),
+            }],
+        })
+    }
+}
+
 /// The jobs service.
 pub struct Jobs {
     clock: Arc<dyn Clock>,
     view: Projected<JobsView>,
+}
+
+/// A write context for one step of `ctx`'s request (`<request id>/<step>`), so a
+/// request that writes several streams records each once when retried.
+fn step(ctx: &WriteContext, step: &str) -> WriteContext {
+    WriteContext::new(ctx.actor.clone(), format!("{}/{step}", ctx.request_id))
 }
 
 impl Jobs {
@@ -335,26 +646,29 @@ impl Jobs {
         Ok(self.view.read().await?)
     }
 
-    async fn append(
-        &self,
-        ctx: &WriteContext,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        event: Event,
-    ) -> Result<(), JobError> {
-        let event = NewEvent {
-            event,
-            actor: ctx.actor.clone(),
-            timestamp_ms: self.clock.now_ms(),
-        };
-        self.view
-            .append(stream, expected, vec![event], &ctx.request_id)
-            .await?;
-        Ok(())
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
     }
 
-    /// Asks for a job. Unless `enqueue`, a job of the same kind still active refuses it
-    /// (MONAI Label's one-at-a-time rule and 429).
+    async fn execute(
+        &self,
+        ctx: &WriteContext,
+        decide: impl Fn(&JobsView) -> Result<Option<Decision>, JobError>,
+    ) -> Result<Option<Decision>, JobError> {
+        decision::execute(&self.view, ctx, || self.clock.now_ms(), decide).await
+    }
+
+    fn recorded(&self, job: &RunId) -> Result<JobRecord, JobError> {
+        // Absent only when the request id had been spent on another write.
+        self.view
+            .peek()
+            .job(job)
+            .cloned()
+            .ok_or_else(|| JobError::RequestIdReused(job.to_string()))
+    }
+
+    /// Asks for a job; unless `enqueue`, an active job of the same kind refuses it with
+    /// [`JobError::AlreadyRunning`]. Jobs whose lease lapsed are ended first.
     #[allow(clippy::too_many_arguments)]
     pub async fn request(
         &self,
@@ -366,56 +680,67 @@ impl Jobs {
         as_of_position: Option<u64>,
         enqueue: bool,
     ) -> Result<JobRecord, JobError> {
-        if !enqueue && self.view().await?.active(kind).is_some() {
-            return Err(JobError::AlreadyRunning(kind));
-        }
+        self.expire_lapsed(ctx).await?;
         // The job id derives from the request id, so a retried request names the same
-        // job and the store's idempotency records it once.
+        // job and records nothing new.
         let job = RunId::parse(
             uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, ctx.request_id.as_bytes()).to_string(),
         )
         .expect("a UUID is a valid run id");
-        let event = Event::JobRequested {
-            job: job.clone(),
-            kind,
-            model,
-            params,
-            labels,
-            as_of_position,
-        };
-        self.append(ctx, &job_stream(kind, &job), ExpectedVersion::Any, event)
-            .await?;
-        Ok(self.view.peek().job(&job).cloned().expect("just recorded"))
+        self.execute(ctx, |view| {
+            decide::request(
+                view,
+                &job,
+                kind,
+                model.clone(),
+                params.clone(),
+                labels.clone(),
+                as_of_position,
+                enqueue,
+            )
+        })
+        .await?;
+        self.recorded(&job)
     }
 
-    /// Claims a submitted job for `worker`; `false` if another runner got it first or
-    /// it is no longer submitted.
+    /// Claims a submitted job for `worker`, holding it for `lease`; `false` if another
+    /// runner got it first or it is no longer submitted.
     pub async fn claim(
         &self,
         ctx: &WriteContext,
         job: &JobRecord,
         worker: &str,
+        lease: Duration,
     ) -> Result<bool, JobError> {
-        if job.status != JobStatus::Submitted {
-            return Ok(false);
-        }
-        let event = Event::JobStarted {
-            job: job.id.clone(),
-            worker: worker.into(),
-        };
-        match self
-            .append(
-                ctx,
-                &job_stream(job.kind, &job.id),
-                ExpectedVersion::Exact(job.version),
-                event,
-            )
-            .await
-        {
-            Ok(()) => Ok(true),
-            Err(JobError::Store(StoreError::Conflict { .. })) => Ok(false),
-            Err(err) => Err(err),
-        }
+        let until = self.clock.now_ms() + lease.as_millis() as i64;
+        let claimed = self
+            .execute(ctx, |view| Ok(decide::claim(view, &job.id, worker, until)))
+            .await?
+            .is_some();
+        // A replayed claim (the runner restarted mid-job) records nothing; it is still
+        // this worker's claim only if the log says so.
+        Ok(claimed
+            || self.view.peek().job(&job.id).is_some_and(|j| {
+                j.status == JobStatus::Running && j.worker.as_deref() == Some(worker)
+            }))
+    }
+
+    /// Extends `worker`'s lease on `job` by `lease` from now; `false` when the job is no
+    /// longer its running job (stopped, expired or finished), so the work must stop.
+    pub async fn renew_lease(
+        &self,
+        ctx: &WriteContext,
+        job: &RunId,
+        worker: &str,
+        lease: Duration,
+    ) -> Result<bool, JobError> {
+        let until = self.clock.now_ms() + lease.as_millis() as i64;
+        Ok(self
+            .execute(ctx, |view| {
+                Ok(decide::renew_lease(view, job, worker, until))
+            })
+            .await?
+            .is_some())
     }
 
     pub async fn progress(
@@ -424,19 +749,14 @@ impl Jobs {
         job: &JobRecord,
         stats: Info,
     ) -> Result<(), JobError> {
-        let event = Event::JobProgressed {
-            job: job.id.clone(),
-            stats,
-        };
-        self.append(
-            ctx,
-            &job_stream(job.kind, &job.id),
-            ExpectedVersion::Any,
-            event,
-        )
+        self.execute(ctx, |view| {
+            Ok(decide::progress(view, &job.id, stats.clone()))
+        })
         .await
+        .map(drop)
     }
 
+    /// Ends `job` with `status`; records nothing when it already ended.
     pub async fn finish(
         &self,
         ctx: &WriteContext,
@@ -444,45 +764,76 @@ impl Jobs {
         status: JobStatus,
         result: Info,
     ) -> Result<(), JobError> {
-        let event = Event::JobFinished {
-            job: job.id.clone(),
-            status,
-            result,
-        };
-        self.append(
-            ctx,
-            &job_stream(job.kind, &job.id),
-            ExpectedVersion::Any,
-            event,
-        )
+        self.execute(ctx, |view| {
+            Ok(decide::finish(view, &job.id, status, result.clone()))
+        })
         .await
+        .map(drop)
     }
 
-    /// Asks the active job of `kind` to stop; a job no runner has claimed yet stops at
-    /// once. Returns the job as it now stands, or `None` when nothing was active.
+    /// Stops the active job of `kind` at once; returns it as it now stands, or `None`
+    /// when nothing was active.
     pub async fn stop(
         &self,
         ctx: &WriteContext,
         kind: JobKind,
     ) -> Result<Option<JobRecord>, JobError> {
-        let Some(job) = self.view().await?.active(kind).cloned() else {
-            return Ok(None);
-        };
-        let stream = job_stream(kind, &job.id);
-        let event = if job.status == JobStatus::Submitted {
-            Event::JobFinished {
-                job: job.id.clone(),
-                status: JobStatus::Stopped,
-                result: Info::new(),
-            }
-        } else {
-            Event::JobStopRequested {
-                job: job.id.clone(),
-            }
-        };
-        self.append(ctx, &stream, ExpectedVersion::Any, event)
+        let now = self.clock.now_ms();
+        let stopped = self
+            .execute(ctx, |view| Ok(decide::stop(view, kind, now)))
             .await?;
-        Ok(self.view.peek().job(&job.id).cloned())
+        Ok(match stopped {
+            Some(Decision { events, .. }) => match events.first() {
+                Some(Event::JobFinished { job, .. }) => self.view.peek().job(job).cloned(),
+                _ => None,
+            },
+            None => None,
+        })
+    }
+
+    /// Ends every running job whose lease lapsed as `ERROR`; returns how many. Costs no
+    /// write when none did. Concurrent callers record each ending once.
+    pub async fn expire_lapsed(&self, ctx: &WriteContext) -> Result<usize, JobError> {
+        let now = self.clock.now_ms();
+        let lapsed: Vec<(RunId, i64)> = self
+            .view()
+            .await?
+            .jobs
+            .values()
+            .filter(|j| j.lease_lapsed(now))
+            .map(|j| (j.id.clone(), j.lease_until_ms.unwrap_or_default()))
+            .collect();
+        for (job, until) in &lapsed {
+            let ctx = WriteContext::new(ctx.actor.clone(), format!("expire/{job}/{until}"));
+            self.execute(&ctx, |view| Ok(decide::expire(view, job, now)))
+                .await?;
+        }
+        Ok(lapsed.len())
+    }
+
+    /// Ends the running jobs of `worker`, a runner known to be gone (`why` says how),
+    /// as `ERROR`; returns how many.
+    pub async fn abandon(
+        &self,
+        ctx: &WriteContext,
+        worker: &str,
+        why: &str,
+    ) -> Result<usize, JobError> {
+        let held: Vec<RunId> = self
+            .view()
+            .await?
+            .jobs
+            .values()
+            .filter(|j| j.status == JobStatus::Running && j.worker.as_deref() == Some(worker))
+            .map(|j| j.id.clone())
+            .collect();
+        for job in &held {
+            self.execute(&step(ctx, &format!("abandon-{job}")), |view| {
+                Ok(decide::abandon(view, job, worker, why))
+            })
+            .await?;
+        }
+        Ok(held.len())
     }
 
     /// Makes `weights` + `config` the model inference uses, as the next version.
@@ -495,27 +846,16 @@ impl Jobs {
         metric: Option<f64>,
         training_run: Option<RunId>,
     ) -> Result<PublishedModel, JobError> {
-        let (stream_version, last) = self
-            .view()
-            .await?
-            .model_versions
-            .get(model)
-            .copied()
-            .unwrap_or((0, 0));
-        let event = Event::ModelPublished {
-            model: model.clone(),
-            version: last + 1,
-            weights,
-            config,
-            metric,
-            training_run,
-        };
-        self.append(
-            ctx,
-            &StreamId::model(model),
-            ExpectedVersion::from_version(stream_version),
-            event,
-        )
+        self.execute(ctx, |view| {
+            Ok(Some(decide::publish_model(
+                view,
+                model,
+                weights.clone(),
+                config.clone(),
+                metric,
+                training_run.clone(),
+            )))
+        })
         .await?;
         // Absent only when the request id was already spent on another model's publication.
         self.view
@@ -531,14 +871,9 @@ impl Jobs {
         ctx: &WriteContext,
         model: &ModelName,
     ) -> Result<(), JobError> {
-        if self.view().await?.model(model).is_none() {
-            return Err(JobError::ModelNotFound(model.to_string()));
-        }
-        let event = Event::ModelDeleted {
-            model: model.clone(),
-        };
-        self.append(ctx, &StreamId::model(model), ExpectedVersion::Any, event)
+        self.execute(ctx, |view| decide::delete_model(view, model).map(Some))
             .await
+            .map(drop)
     }
 }
 

@@ -9,12 +9,15 @@
 //! current [`datastore::DatastoreView`] that return events, and the view is rebuilt by
 //! folding the log, so a projection dropped and replayed gives the identical state.
 //!
-//! This crate knows neither HTTP nor torch: the functions and the GPU runner build on it.
+//! This crate knows neither HTTP nor torch (volumes are read with the pure-Rust
+//! `medlabel-imaging`, to check files before they are recorded): the functions and the
+//! GPU runner build on it.
 
 pub mod blob;
 pub mod clock;
 pub mod cold_start;
 pub mod datastore;
+pub mod decision;
 pub mod event;
 pub mod id;
 pub mod jobs;

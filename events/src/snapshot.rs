@@ -37,7 +37,7 @@ use crate::store::{EventStore, ExpectedVersion, StoreError};
 /// snapshotted view (its fields, or their types' fields) changes, so that older
 /// snapshots are skipped rather than misread; a unit test pins the layout and fails
 /// until it is bumped.
-pub const FORMAT: &str = "msgpack+gzip/1";
+pub const FORMAT: &str = "msgpack+gzip/2";
 
 /// A cold start that folded at least this many events past the latest snapshot records
 /// a new one.
@@ -357,8 +357,8 @@ mod tests {
         assert_eq!(
             (FORMAT, hex::encode(digest).as_str()),
             (
-                "msgpack+gzip/1",
-                "0dab4c79497581afad411440fe67e9bb43793cd4cd955729c960936908074415"
+                "msgpack+gzip/2",
+                "a52d6fa0a789ee51c3efda4867af9ee5ff80d3561ed658f40f8957198c40b29e"
             ),
             "the layout of a snapshotted view changed: bump FORMAT and update this digest"
         );

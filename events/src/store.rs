@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::event::{NewEvent, RecordedEvent, StreamId};
+use crate::event::{Event, NewEvent, RecordedEvent, StreamId};
 
 #[cfg(feature = "aws")]
 pub mod dynamo;
@@ -96,6 +96,10 @@ pub enum StoreError {
     TooManyEvents { count: usize, limit: usize },
     #[error("an append needs at least one event")]
     EmptyAppend,
+    /// The event would be stored in a form no reader could decode: refused, since one
+    /// unreadable event in the log would stop every projection that meets it.
+    #[error("the event would not read back once stored: {0}")]
+    Unreadable(String),
     #[error("request id must be 1 to 128 printable ASCII characters")]
     InvalidRequestId,
     /// A stored record could not be decoded: the log is damaged or from a newer schema.
@@ -126,8 +130,16 @@ pub fn check_append(events: &[NewEvent], request_id: &str) -> Result<Vec<String>
     let payloads = events
         .iter()
         .map(|e| {
+            if let Event::Unreadable { .. } = e.event {
+                return Err(StoreError::Unreadable(
+                    "a quarantined event is never written again".into(),
+                ));
+            }
             let payload = crate::event::encode(&e.event)
-                .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+                .map_err(|err| StoreError::Unreadable(err.to_string()))?;
+            // Read back exactly as a reader will, before anything is written (invariant 9).
+            crate::event::decode(&payload)
+                .map_err(|err| StoreError::Unreadable(err.to_string()))?;
             // The envelope (stream, actor, ids) rides in the same item: leave it room.
             let size = payload.len() + 1024;
             if size > MAX_EVENT_BYTES {

@@ -16,6 +16,19 @@ use crate::error::{ApiError, FieldError};
 /// Largest JSON body (activelearning, train, scoring params) or url-encoded form read.
 pub const MAX_JSON_BYTES: usize = 4 << 20;
 
+/// Largest JSON value a client may send as `params`, `info` or a JSON body. Whatever a
+/// client sends ends up in one event (at most `MAX_EVENT_BYTES`, 350 KB with its
+/// envelope), so the edge refuses what the log could not hold, with room to spare for
+/// the request's other fields.
+pub const MAX_CLIENT_JSON_BYTES: usize = 64 << 10;
+
+/// Deepest nesting of arrays and objects a client's JSON may have. serde_json refuses
+/// to read more than 128 levels, and an event nests a client's value a few levels
+/// deeper than the client did (envelope, payload, info): a value accepted at the edge
+/// near that bound could be written and then never read again, stopping every reader
+/// of the log. MONAI Label's clients send two or three levels.
+pub const MAX_CLIENT_JSON_DEPTH: usize = 32;
+
 /// The query string as ordered pairs (the first occurrence of a name wins).
 #[derive(Debug, Clone, Default)]
 pub struct QueryParams(Vec<(String, String)>);
@@ -156,12 +169,55 @@ pub fn json_object(location: &str, name: &str, text: &str) -> Result<Info, ApiEr
     if text.trim().is_empty() {
         return Ok(Info::new());
     }
+    if text.len() > MAX_CLIENT_JSON_BYTES {
+        return Err(invalid(format!(
+            "JSON value of {} bytes is larger than the {MAX_CLIENT_JSON_BYTES}-byte limit",
+            text.len()
+        )));
+    }
+    // Checked on the text, before parsing: serde_json's own limit (128) is too deep for
+    // what the log must read back, and a too-deep value is refused without building it.
+    if let Some(depth) = nesting_beyond(text, MAX_CLIENT_JSON_DEPTH) {
+        return Err(invalid(format!(
+            "JSON value nests deeper than {MAX_CLIENT_JSON_DEPTH} levels (at least {depth})"
+        )));
+    }
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(Value::Null) => Ok(Info::new()),
         Ok(_) => Err(invalid("Input should be a JSON object".into())),
         Err(err) => Err(invalid(format!("JSON decode error: {err}"))),
     }
+}
+
+/// The nesting depth of arrays and objects in `text` once it passes `limit`, or `None`
+/// when it never does. Brackets inside strings do not count; the text need not be valid
+/// JSON (the parser judges that afterwards).
+fn nesting_beyond(text: &str, limit: usize) -> Option<usize> {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for byte in text.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return Some(depth);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
 }
 
 /// Reads a small body whole, refusing more than `limit` bytes with 413.
@@ -234,5 +290,38 @@ mod tests {
                 "{bad} accepted"
             );
         }
+    }
+
+    /// `{"a": [[...[1]...]]}` with `depth` levels of arrays and objects in all.
+    fn nested(depth: usize) -> String {
+        format!(
+            "{{\"a\":{}1{}}}",
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        )
+    }
+
+    #[test]
+    fn json_deeper_than_the_limit_is_refused_before_parsing() {
+        assert!(json_object("body", "info", &nested(MAX_CLIENT_JSON_DEPTH)).is_ok());
+        let refused = json_object("body", "info", &nested(MAX_CLIENT_JSON_DEPTH + 1));
+        assert!(
+            matches!(&refused, Err(ApiError::Validation(e)) if e[0].msg.contains("deeper than 32")),
+            "{refused:?}"
+        );
+        // serde_json alone would have accepted this one, and the log could not read it back.
+        assert!(json_object("body", "info", &nested(125)).is_err());
+        // Brackets inside strings are text, not nesting.
+        let text = format!("{{\"a\":\"{}\\\"{}\"}}", "[".repeat(100), "{".repeat(100));
+        assert_eq!(json_object("body", "info", &text).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn json_larger_than_the_limit_is_refused() {
+        let fits = format!("{{\"a\":\"{}\"}}", "x".repeat(MAX_CLIENT_JSON_BYTES - 8));
+        assert_eq!(fits.len(), MAX_CLIENT_JSON_BYTES);
+        assert!(json_object("body", "params", &fits).is_ok());
+        let over = format!("{{\"a\":\"{}\"}}", "x".repeat(MAX_CLIENT_JSON_BYTES - 7));
+        assert!(json_object("body", "params", &over).is_err());
     }
 }

@@ -135,7 +135,7 @@ mod aws {
             });
         Ok(
             AppState::from_datastore(datastore, Arc::new(NoRunner), config)
-                .with_jobs(jobs, endpoint),
+                .with_jobs(Arc::new(jobs), endpoint),
         )
     }
 

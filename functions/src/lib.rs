@@ -27,6 +27,8 @@ pub mod runner;
 pub mod scoring;
 pub mod state;
 pub mod strategy;
+pub mod supervisor;
+pub mod volumes;
 pub mod weights;
 
 pub use app::{app, finish};

@@ -20,19 +20,55 @@ use async_trait::async_trait;
 use medlabel_events::blob::read_to_vec;
 use medlabel_events::datastore::{Datastore, WriteContext};
 use medlabel_events::event::{JobKind, LabelVersionRef};
-use medlabel_events::jobs::{JobError, Jobs};
+use medlabel_events::jobs::{JobError, Jobs, PublishedModel};
 use medlabel_events::{Actor, BlobStore, Extension, Info, ModelName, Tag};
 use serde_json::{Value, json};
 
 use crate::runner::{InferRequest, InferResult, Runner, RunnerError, RunnerInfo, TaskQuery};
 use crate::scoring;
 
+/// Where the local runner child listens and the secret it wants, as its supervisor
+/// last saw it: empty while the child starts or restarts.
+#[derive(Debug, Default)]
+pub struct LocalRunner {
+    current: std::sync::RwLock<Option<LocalAddress>>,
+}
+
+/// One start of the local runner child.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalAddress {
+    /// Base URL, e.g. `http://127.0.0.1:41873`.
+    pub url: String,
+    /// The per-start secret it requires as a bearer token.
+    pub secret: String,
+}
+
+impl LocalRunner {
+    /// A runner already listening at `address` (no supervisor moves it).
+    pub fn at(address: LocalAddress) -> Self {
+        let runner = Self::default();
+        runner.set(Some(address));
+        runner
+    }
+
+    pub fn set(&self, address: Option<LocalAddress>) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = address;
+    }
+
+    pub fn get(&self) -> Option<LocalAddress> {
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 /// Where interactive inference runs: a server speaking the runner's HTTP contract.
 #[derive(Debug, Clone)]
 pub enum InferenceEndpoint {
-    /// The runner at this base URL (`http://127.0.0.1:8091`), sharing this machine's
-    /// file system: it reads images and writes masks by path.
-    Local(String),
+    /// The local runner child, sharing this machine's file system: it reads images and
+    /// writes masks by path.
+    Local(Arc<LocalRunner>),
     /// A SageMaker real-time endpoint of this name, called with `InvokeEndpoint`.
     #[cfg(feature = "aws")]
     SageMaker {
@@ -108,12 +144,20 @@ impl ModelRunner {
         Ok((labels, view.position))
     }
 
-    async fn model(&self, name: &str) -> Result<ModelName, RunnerError> {
+    /// The current version of model `name`, from a view caught up with the log.
+    async fn published(&self, name: &str) -> Result<PublishedModel, RunnerError> {
         let model = ModelName::parse(name).map_err(|_| RunnerError::UnknownModel(name.into()))?;
-        match self.jobs.view().await.map_err(job_error)?.model(&model) {
-            Some(_) => Ok(model),
-            None => Err(RunnerError::UnknownModel(name.into())),
-        }
+        self.jobs
+            .view()
+            .await
+            .map_err(job_error)?
+            .model(&model)
+            .cloned()
+            .ok_or_else(|| RunnerError::UnknownModel(name.into()))
+    }
+
+    async fn model(&self, name: &str) -> Result<ModelName, RunnerError> {
+        Ok(self.published(name).await?.model)
     }
 }
 
@@ -124,12 +168,19 @@ impl InferenceEndpoint {
         http: &reqwest::Client,
         body: Value,
     ) -> Result<(u16, Value), RunnerError> {
-        let unreachable =
-            |err: &dyn std::fmt::Display| RunnerError::Failed(format!("runner unreachable: {err}"));
+        let unreachable = |err: &dyn std::fmt::Display| {
+            RunnerError::Unavailable(format!("the runner is unreachable: {err}"))
+        };
         match self {
-            InferenceEndpoint::Local(base) => {
+            InferenceEndpoint::Local(runner) => {
+                let address = runner.get().ok_or_else(|| {
+                    RunnerError::Unavailable(
+                        "the runner is starting; try again in a few seconds".into(),
+                    )
+                })?;
                 let response = http
-                    .post(format!("{base}/invocations"))
+                    .post(format!("{}/invocations", address.url))
+                    .bearer_auth(&address.secret)
                     .json(&body)
                     .send()
                     .await
@@ -187,7 +238,7 @@ fn job_error(err: JobError) -> RunnerError {
         JobError::AlreadyRunning(kind) => RunnerError::AlreadyRunning(kind),
         JobError::NotFound(kind) => RunnerError::NoTasks(kind),
         JobError::ModelNotFound(model) => RunnerError::UnknownModel(model),
-        JobError::Store(err) => failed(err),
+        JobError::Contended(_) | JobError::RequestIdReused(_) | JobError::Store(_) => failed(err),
     }
 }
 
@@ -266,11 +317,10 @@ impl Runner for ModelRunner {
     }
 
     async fn infer(&self, request: InferRequest) -> Result<InferResult, RunnerError> {
-        self.model(&request.model).await?;
-        let endpoint = self
-            .endpoint
-            .as_ref()
-            .ok_or_else(|| RunnerError::Failed("no runner is serving inference".into()))?;
+        let published = self.published(&request.model).await?;
+        let endpoint = self.endpoint.as_ref().ok_or_else(|| {
+            RunnerError::Unavailable("no runner serves interactive inference here".into())
+        })?;
         let ext = request
             .params
             .get("result_extension")
@@ -290,8 +340,11 @@ impl Runner for ModelRunner {
             } else {
                 "image"
             };
+        // The version this view of the log has: a runner holding an older one brings
+        // it in first, so the first inference after a publication uses it.
         let mut body = json!({
             "model": request.model,
+            "model_version": published.version,
             "result_extension": ext,
             "params": request.params,
         });

@@ -79,6 +79,9 @@ pub enum RunnerError {
     NotRunning(JobKind),
     #[error("runner failed: {0}")]
     Failed(String),
+    /// No runner can take the request now (none configured, or it is restarting).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// The runner port.

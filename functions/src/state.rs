@@ -67,6 +67,12 @@ pub struct Config {
     pub ohif_dir: Option<PathBuf>,
     /// The DICOMweb server behind `/proxy/dicom/`; `None`: the route answers 503.
     pub dicomweb: Option<DicomWeb>,
+    /// Web origins allowed to call the API from a browser (CORS). Empty: none, so no
+    /// other site's page can read patient data through a visitor's browser.
+    pub cors_origins: Vec<String>,
+    /// Host names requests must name (`Host` header, port ignored), so a DNS-rebinding
+    /// page cannot reach a loopback server through a name of its own. `None`: any.
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 impl Default for Config {
@@ -83,6 +89,8 @@ impl Default for Config {
             strategy_seed: None,
             ohif_dir: None,
             dicomweb: None,
+            cors_origins: Vec::new(),
+            allowed_hosts: None,
         }
     }
 }
@@ -152,14 +160,14 @@ impl AppState {
             self.datastore.event_store().clone(),
             self.datastore.clock().clone(),
         );
-        self.with_jobs(jobs, endpoint)
+        self.with_jobs(Arc::new(jobs), endpoint)
     }
 
     /// [`AppState::with_model_runner`] over an already opened jobs service.
-    pub fn with_jobs(mut self, jobs: Jobs, endpoint: Option<InferenceEndpoint>) -> Self {
+    pub fn with_jobs(mut self, jobs: Arc<Jobs>, endpoint: Option<InferenceEndpoint>) -> Self {
         self.runner = Arc::new(ModelRunner::new(
             self.datastore.clone(),
-            Arc::new(jobs),
+            jobs,
             endpoint,
             self.config.temp_dir.clone(),
         ));

@@ -10,8 +10,9 @@ use common::{Harness, Req};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-const CT: &[u8] = b"fake nifti bytes: not parsed by the API layer";
-const MASK: &[u8] = b"fake label bytes";
+static CT: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| common::ct_volume(1));
+static MASK: std::sync::LazyLock<Vec<u8>> =
+    std::sync::LazyLock::new(|| common::label_volume(1, 100));
 
 async fn upload(h: &Harness, query: &str, file_name: &str, bytes: &[u8]) -> common::Reply {
     h.send(
@@ -40,7 +41,7 @@ async fn save_label(h: &Harness, image: &str, tag: &str, bytes: &[u8]) -> common
 #[tokio::test]
 async fn info_reports_monai_shape_and_datastore_status() {
     let h = Harness::new().await;
-    upload(&h, "?image=ct_1", "/home/me/ct_1.nii.gz", CT).await;
+    upload(&h, "?image=ct_1", "/home/me/ct_1.nii.gz", CT.as_slice()).await;
     let reply = h.send(Req::new("GET", "/info/").request()).await;
     assert_eq!(reply.status, StatusCode::OK);
     let info = reply.json();
@@ -68,14 +69,20 @@ async fn info_reports_monai_shape_and_datastore_status() {
 async fn datastore_round_trip() {
     let h = Harness::new().await;
     // The Python client: PUT /datastore/?image=<id>, full local path as file name.
-    let reply = upload(&h, "?image=spleen_3", "/data/in/whatever.nii.gz", CT).await;
+    let reply = upload(
+        &h,
+        "?image=spleen_3",
+        "/data/in/whatever.nii.gz",
+        CT.as_slice(),
+    )
+    .await;
     assert_eq!(reply.status, StatusCode::OK, "{:?}", reply);
     assert_eq!(reply.json(), json!({"image": "spleen_3"}));
     // Without an id: the base name minus all suffixes.
     let reply = h
         .send(
             Req::new("PUT", "/datastore/image")
-                .multipart(&[], &[("file", "C:\\scans\\a.b.nii.gz", CT)])
+                .multipart(&[], &[("file", "C:\\scans\\a.b.nii.gz", CT.as_slice())])
                 .request(),
         )
         .await;
@@ -97,7 +104,7 @@ async fn datastore_round_trip() {
     assert_eq!(spleen["info"]["user"], "admin");
 
     // HEAD with both checksum notations; a wrong one is 404.
-    let sha = hex::encode(Sha256::digest(CT));
+    let sha = hex::encode(Sha256::digest(CT.as_slice()));
     for sum in [sha.clone(), format!("SHA256:{sha}"), String::new()] {
         let reply = h
             .send(
@@ -124,7 +131,7 @@ async fn datastore_round_trip() {
     let image = h
         .send(Req::new("GET", "/datastore/image?image=spleen_3").request())
         .await;
-    assert_eq!(image.body, CT);
+    assert_eq!(image.body, CT.as_slice());
     assert_eq!(
         image.header("content-disposition"),
         Some("attachment; filename=\"spleen_3.nii.gz\"")
@@ -159,7 +166,7 @@ async fn datastore_round_trip() {
     );
 
     // Labels: empty tag means final.
-    let reply = save_label(&h, "spleen_3", "", MASK).await;
+    let reply = save_label(&h, "spleen_3", "", MASK.as_slice()).await;
     assert_eq!(
         reply.json(),
         json!({"image": "spleen_3", "label": "spleen_3"})
@@ -175,7 +182,7 @@ async fn datastore_round_trip() {
     let label = h
         .send(Req::new("GET", "/datastore/label?label=spleen_3&tag=final").request())
         .await;
-    assert_eq!(label.body, MASK);
+    assert_eq!(label.body, MASK.as_slice());
     assert_eq!(
         label.header("content-disposition"),
         Some("attachment; filename=\"spleen_3.nii.gz\"")
@@ -218,7 +225,7 @@ async fn datastore_round_trip() {
         .unwrap()
         .read_to_end(&mut label_bytes)
         .unwrap();
-    assert_eq!(label_bytes, MASK);
+    assert_eq!(label_bytes, MASK.as_slice());
 
     let reply = h
         .send(Req::new("DELETE", "/datastore/label?id=spleen_3&tag=final").request())
@@ -241,7 +248,10 @@ async fn sessions_round_trip_and_expire() {
     let reply = h
         .send(
             Req::new("PUT", "/session/?expiry=120")
-                .multipart(&[("client_id", "c1")], &[("files", "/x/ct.nii.gz", CT)])
+                .multipart(
+                    &[("client_id", "c1")],
+                    &[("files", "/x/ct.nii.gz", CT.as_slice())],
+                )
                 .request(),
         )
         .await;
@@ -258,7 +268,7 @@ async fn sessions_round_trip_and_expire() {
     let file = h
         .send(Req::new("GET", &format!("/session/{id}?image=true")).request())
         .await;
-    assert_eq!(file.body, CT);
+    assert_eq!(file.body, CT.as_slice());
     assert_eq!(
         file.header("content-disposition"),
         Some("attachment; filename=\"ct.nii.gz\"")
@@ -280,7 +290,7 @@ async fn sessions_round_trip_and_expire() {
     let reply = h
         .send(
             Req::new("PUT", "/session/")
-                .multipart(&[], &[("files", "b.nrrd", CT)])
+                .multipart(&[], &[("files", "b.nii.gz", CT.as_slice())])
                 .request(),
         )
         .await;
@@ -303,7 +313,8 @@ async fn sessions_round_trip_and_expire() {
 #[tokio::test]
 async fn sessions_belong_to_their_user() {
     let h = Harness::new().await;
-    let create = Req::new("PUT", "/session/").multipart(&[], &[("files", "ct.nii.gz", CT)]);
+    let create =
+        Req::new("PUT", "/session/").multipart(&[], &[("files", "ct.nii.gz", CT.as_slice())]);
     let made = common::send_lambda(h.app(), &create, None, Some("alice")).await;
     assert_eq!(made.status, StatusCode::OK);
     let id = made.json()["session_id"].as_str().unwrap().to_owned();
@@ -328,7 +339,7 @@ async fn sessions_belong_to_their_user() {
 async fn strategies_hand_out_unlabeled_images() {
     let h = Harness::new().await;
     for id in ["b", "a", "c"] {
-        upload(&h, &format!("?image={id}"), "x.nii.gz", CT).await;
+        upload(&h, &format!("?image={id}"), "x.nii.gz", CT.as_slice()).await;
     }
     let next = |strategy: &'static str, client: &'static str| {
         let app = h.app();
@@ -406,7 +417,7 @@ async fn strategies_hand_out_unlabeled_images() {
     assert_eq!(second.header("x-request-id"), Some("retry-1"));
 
     for id in ["a", "b", "c"] {
-        save_label(&h, id, "final", MASK).await;
+        save_label(&h, id, "final", MASK.as_slice()).await;
     }
     assert_eq!(next("first", "ohif").await, json!({}));
     let unknown = h
@@ -418,7 +429,7 @@ async fn strategies_hand_out_unlabeled_images() {
 #[tokio::test]
 async fn model_routes_without_models_answer_like_monai_label() {
     let h = Harness::new().await;
-    upload(&h, "?image=ct", "ct.nii.gz", CT).await;
+    upload(&h, "?image=ct", "ct.nii.gz", CT.as_slice()).await;
     let head = h.head().await;
     let cases: &[(&str, &str, StatusCode)] = &[
         (

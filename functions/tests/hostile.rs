@@ -7,14 +7,14 @@ use axum::http::StatusCode;
 use common::{Harness, Req};
 use serde_json::json;
 
-const CT: &[u8] = b"image bytes";
+static CT: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| common::ct_volume(1));
 
 async fn seeded() -> Harness {
     let h = Harness::new().await;
     let reply = h
         .send(
             Req::new("PUT", "/datastore/?image=ct")
-                .multipart(&[], &[("file", "ct.nii.gz", CT)])
+                .multipart(&[], &[("file", "ct.nii.gz", CT.as_slice())])
                 .request(),
         )
         .await;
@@ -65,7 +65,8 @@ async fn unknown_ids_are_404() {
         Req::new("PUT", "/datastore/label/info?label=ct&tag=final")
             .header("content-type", "application/x-www-form-urlencoded")
             .body("info=%7B%7D"),
-        Req::new("PUT", "/datastore/label?image=nope").multipart(&[], &[("label", "l.nii.gz", CT)]),
+        Req::new("PUT", "/datastore/label?image=nope")
+            .multipart(&[], &[("label", "l.nii.gz", CT.as_slice())]),
         Req::new("GET", "/session/7c9e6679-7425-40de-944b-e07fc1f90ae7"),
         Req::new("DELETE", "/session/7c9e6679-7425-40de-944b-e07fc1f90ae7"),
         Req::new("GET", "/datastore/dataset"),
@@ -79,10 +80,14 @@ async fn unknown_ids_are_404() {
 async fn malformed_params_are_422() {
     let h = seeded().await;
     for req in [
-        Req::new("PUT", "/datastore/?image=x")
-            .multipart(&[("params", "{not json")], &[("file", "x.nii.gz", CT)]),
-        Req::new("PUT", "/datastore/label?image=ct")
-            .multipart(&[("params", "[1,2]")], &[("label", "l.nii.gz", CT)]),
+        Req::new("PUT", "/datastore/?image=x").multipart(
+            &[("params", "{not json")],
+            &[("file", "x.nii.gz", CT.as_slice())],
+        ),
+        Req::new("PUT", "/datastore/label?image=ct").multipart(
+            &[("params", "[1,2]")],
+            &[("label", "l.nii.gz", CT.as_slice())],
+        ),
         Req::new("PUT", "/datastore/image/info?image=ct")
             .header("content-type", "application/x-www-form-urlencoded")
             .body("info=%7Bbad"),
@@ -122,9 +127,9 @@ async fn traversal_ids_are_refused() {
             Req::new("GET", &format!("/datastore/label?label=ct&tag={id}")),
             Req::new("DELETE", &format!("/datastore/?id={id}")),
             Req::new("PUT", &format!("/datastore/?image={id}"))
-                .multipart(&[], &[("file", "x.nii.gz", CT)]),
+                .multipart(&[], &[("file", "x.nii.gz", CT.as_slice())]),
             Req::new("PUT", &format!("/datastore/label?image=ct&tag={id}"))
-                .multipart(&[], &[("label", "l.nii.gz", CT)]),
+                .multipart(&[], &[("label", "l.nii.gz", CT.as_slice())]),
         ] {
             refused(&h, req, StatusCode::UNPROCESSABLE_ENTITY).await;
         }
@@ -150,7 +155,7 @@ async fn traversal_ids_are_refused() {
     let reply = h
         .send(
             Req::new("PUT", "/datastore/")
-                .multipart(&[], &[("file", "../../etc/passwd.nii.gz", CT)])
+                .multipart(&[], &[("file", "../../etc/passwd.nii.gz", CT.as_slice())])
                 .request(),
         )
         .await;
@@ -158,7 +163,7 @@ async fn traversal_ids_are_refused() {
     let head = h.head().await;
     refused(
         &h,
-        Req::new("PUT", "/datastore/").multipart(&[], &[("file", "../..", CT)]),
+        Req::new("PUT", "/datastore/").multipart(&[], &[("file", "../..", CT.as_slice())]),
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
@@ -201,7 +206,7 @@ async fn seeded_with_limit(limit: u64) -> Harness {
     let reply = h
         .send(
             Req::new("PUT", "/datastore/?image=ct")
-                .multipart(&[], &[("file", "ct.nii.gz", CT)])
+                .multipart(&[], &[("file", "ct.nii.gz", CT.as_slice())])
                 .request(),
         )
         .await;
@@ -234,7 +239,7 @@ async fn a_retried_write_records_once() {
     let h = seeded().await;
     let req = Req::new("PUT", "/datastore/label?image=ct&tag=final")
         .header("x-request-id", "client-retry-42")
-        .multipart(&[], &[("label", "l.nii.gz", b"mask")]);
+        .multipart(&[], &[("label", "l.nii.gz", &common::label_volume(1, 50))]);
     let first = h.send(req.request()).await;
     assert_eq!(first.status, StatusCode::OK);
     assert_eq!(first.header("x-request-id"), Some("client-retry-42"));
@@ -256,4 +261,177 @@ async fn a_retried_write_records_once() {
         1
     );
     assert!(history.iter().any(|e| e.request_id == "client-retry-42"));
+}
+
+/// A label of `dims` voxels on the test grid's spacing, valued `value(index)`, as
+/// `datatype`.
+fn label_of(dims: [usize; 3], datatype: medlabel_imaging::DataType, value: f32) -> Vec<u8> {
+    common::nifti(dims, datatype, true, |i| if i < 20 { value } else { 0.0 })
+}
+
+/// gzip of a NIfTI header for the test grid (uint8) followed by `payload` bytes.
+fn gz_with_payload(payload: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let header = common::nifti(
+        common::TEST_DIMS,
+        medlabel_imaging::DataType::U8,
+        false,
+        |_| 0.0,
+    );
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(&header[..352]).unwrap();
+    encoder.write_all(payload).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[tokio::test]
+async fn labels_that_are_not_labels_of_their_image_are_refused() {
+    use medlabel_imaging::DataType;
+    let h = seeded().await;
+    let good = common::label_volume(1, 40);
+    let voxels: usize = common::TEST_DIMS.iter().product();
+    let mut off_grid = common::TEST_DIMS;
+    off_grid[2] += 1;
+    let cases: Vec<(&str, &str, Vec<u8>, &str)> = vec![
+        (
+            "garbage",
+            "l.nii.gz",
+            b"\x1f\x8b random bytes named .nii.gz".to_vec(),
+            "gzip",
+        ),
+        ("not NIfTI", "l.nii", vec![7u8; 600], "sizeof_hdr"),
+        (
+            "truncated gzip",
+            "l.nii.gz",
+            good[..good.len() / 2].to_vec(),
+            "NIfTI",
+        ),
+        (
+            "short payload",
+            "l.nii.gz",
+            gz_with_payload(&vec![0u8; voxels / 2]),
+            "truncated",
+        ),
+        (
+            "decompression bomb",
+            "l.nii.gz",
+            gz_with_payload(&vec![0u8; 64 << 20]),
+            "longer than",
+        ),
+        (
+            "another shape",
+            "l.nii.gz",
+            label_of(off_grid, DataType::U8, 1.0),
+            "shape mismatch",
+        ),
+        (
+            "fractional voxels",
+            "l.nii.gz",
+            label_of(common::TEST_DIMS, DataType::F32, 0.5),
+            "whole numbers",
+        ),
+        (
+            "NaN voxels",
+            "l.nii.gz",
+            label_of(common::TEST_DIMS, DataType::F32, f32::NAN),
+            "whole numbers",
+        ),
+        (
+            "raw label of the wrong size",
+            "label.bin",
+            vec![1u8; voxels - 1],
+            "one byte per voxel",
+        ),
+        (
+            "unknown format",
+            "l.png",
+            good.clone(),
+            "unsupported file extension",
+        ),
+    ];
+    for (what, file_name, bytes, why) in cases {
+        let reply = refused(
+            &h,
+            Req::new("PUT", "/datastore/label?image=ct&tag=final")
+                .multipart(&[], &[("label", file_name, &bytes)]),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        let detail = reply.json()["detail"][0]["msg"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(detail.contains(why), "{what}: {detail}");
+        assert_eq!(
+            reply.json()["detail"][0]["loc"],
+            json!(["body", "label"]),
+            "{what}"
+        );
+    }
+    // An affine off by more than the tolerance: the same dims, somewhere else.
+    let mut moved = medlabel_imaging::io::read_volume_bytes(&good, ".nii.gz").unwrap();
+    moved.affine[0][3] += 5.0;
+    let moved = medlabel_imaging::nifti::write_nifti_bytes(&moved, DataType::U8, true).unwrap();
+    let reply = refused(
+        &h,
+        Req::new("PUT", "/datastore/label?image=ct")
+            .multipart(&[], &[("label", "l.nii.gz", &moved)]),
+        StatusCode::UNPROCESSABLE_ENTITY,
+    )
+    .await;
+    assert!(
+        reply.json()["detail"][0]["msg"]
+            .as_str()
+            .unwrap()
+            .contains("affines differ")
+    );
+
+    // OHIF's raw label (one uint8 per voxel, in the image's voxel order) becomes a NIfTI
+    // label on the image's grid.
+    let raw: Vec<u8> = (0..voxels).map(|i| u8::from(i % 5 == 0)).collect();
+    let saved = h
+        .send(
+            Req::new("PUT", "/datastore/label?image=ct&tag=final")
+                .multipart(&[], &[("label", "label.bin", &raw)])
+                .request(),
+        )
+        .await;
+    assert_eq!(saved.status, StatusCode::OK, "{:?}", saved.json());
+    let download = h
+        .send(Req::new("GET", "/datastore/label?label=ct&tag=final").request())
+        .await;
+    assert_eq!(
+        download.header("content-disposition"),
+        Some("attachment; filename=\"ct.nii.gz\"")
+    );
+    let label = medlabel_imaging::io::read_volume_bytes(&download.body, ".nii.gz").unwrap();
+    let image = medlabel_imaging::io::read_volume_bytes(&CT, ".nii.gz").unwrap();
+    assert_eq!(label.grid(), image.grid());
+    assert_eq!(
+        label.data,
+        raw.iter().map(|&v| f32::from(v)).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
+async fn images_that_do_not_read_are_refused() {
+    let h = Harness::new().await;
+    let good = common::ct_volume(3);
+    for (what, file_name, bytes) in [
+        ("garbage", "x.nii.gz", b"random bytes".to_vec()),
+        ("truncated", "x.nii.gz", good[..good.len() - 40].to_vec()),
+        ("named as NRRD", "x.nrrd", good.clone()),
+    ] {
+        for req in [
+            Req::new("PUT", "/datastore/?image=x").multipart(&[], &[("file", file_name, &bytes)]),
+            Req::new("PUT", "/session/").multipart(&[], &[("files", file_name, &bytes)]),
+        ] {
+            let reply = refused(&h, req, StatusCode::UNPROCESSABLE_ENTITY).await;
+            let detail = reply.json()["detail"][0]["msg"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            assert!(detail.starts_with(file_name), "{what}: {detail}");
+        }
+    }
 }

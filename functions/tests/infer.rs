@@ -112,10 +112,10 @@ async fn harness() -> Harness {
     h
 }
 
-const CT: &[u8] = b"0123456789abcdef";
+static CT: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| common::ct_volume(1));
 
 fn mirrored() -> Vec<u8> {
-    CT.iter().rev().copied().collect()
+    CT.as_slice().iter().rev().copied().collect()
 }
 
 /// Splits a multipart reply into (headers, body) per part.
@@ -149,7 +149,7 @@ async fn infer_replies_in_every_output_and_saves_labels() {
     let h = harness().await;
     h.send(
         Req::new("PUT", "/datastore/?image=ct")
-            .multipart(&[], &[("file", "ct.nii.gz", CT)])
+            .multipart(&[], &[("file", "ct.nii.gz", CT.as_slice())])
             .request(),
     )
     .await;
@@ -184,7 +184,7 @@ async fn infer_replies_in_every_output_and_saves_labels() {
         .send(Req::new("POST", "/infer/mirror?image=ct&output=json").request())
         .await
         .json();
-    assert_eq!(json_reply["size"], CT.len());
+    assert_eq!(json_reply["size"], CT.as_slice().len());
     let image = h
         .send(Req::new("POST", "/infer/mirror?image=ct&output=image").request())
         .await;
@@ -212,17 +212,17 @@ async fn infer_replies_in_every_output_and_saves_labels() {
         .await
         .json();
     assert_eq!(label_info["model"], "mirror");
-    assert_eq!(label_info["params"]["size"], CT.len());
+    assert_eq!(label_info["params"]["size"], CT.as_slice().len());
 }
 
 #[tokio::test]
 async fn infer_takes_sessions_and_uploaded_files() {
     let h = harness().await;
-    let other: &[u8] = b"session volume";
+    let other = common::ct_volume(2);
     let session = h
         .send(
             Req::new("PUT", "/session/")
-                .multipart(&[], &[("files", "s.nii.gz", other)])
+                .multipart(&[], &[("files", "s.nii.gz", &other)])
                 .request(),
         )
         .await
@@ -242,7 +242,10 @@ async fn infer_takes_sessions_and_uploaded_files() {
     let reply = h
         .send(
             Req::new("POST", "/infer/mirror?image=&output=image")
-                .multipart(&[("params", "{}")], &[("file", "/abs/path/up.nii.gz", CT)])
+                .multipart(
+                    &[("params", "{}")],
+                    &[("file", "/abs/path/up.nii.gz", CT.as_slice())],
+                )
                 .request(),
         )
         .await;
@@ -299,7 +302,7 @@ async fn whole_slide_requests_are_checked_then_refused_without_recording_anythin
     let h = harness().await;
     h.send(
         Req::new("PUT", "/datastore/?image=ct")
-            .multipart(&[], &[("file", "ct.nii.gz", CT)])
+            .multipart(&[], &[("file", "ct.nii.gz", CT.as_slice())])
             .request(),
     )
     .await;

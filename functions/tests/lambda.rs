@@ -25,7 +25,9 @@ fn normalise(reply: &Reply, h: &Harness) -> Vec<u8> {
 }
 
 fn script() -> Vec<Req> {
-    let ct: &[u8] = b"\x00\x01binary\xffvolume";
+    let ct = common::ct_volume(1);
+    let ct = ct.as_slice();
+    let label = common::label_volume(1, 40);
     vec![
         Req::new("GET", "/info/"),
         Req::new("GET", "/info"),
@@ -33,10 +35,8 @@ fn script() -> Vec<Req> {
             &[("params", r#"{"client_id":"py"}"#)],
             &[("file", "/home/u/ct_1.nii.gz", ct)],
         ),
-        Req::new("PUT", "/datastore/label?image=ct_1&tag=final").multipart(
-            &[("params", "{}")],
-            &[("label", "/tmp/l.nii.gz", b"mask\x00\xff")],
-        ),
+        Req::new("PUT", "/datastore/label?image=ct_1&tag=final")
+            .multipart(&[("params", "{}")], &[("label", "/tmp/l.nii.gz", &label)]),
         Req::new("GET", "/datastore/?output=all"),
         Req::new("GET", "/datastore/image?image=ct_1"),
         Req::new("HEAD", "/datastore/image?image=ct_1"),

@@ -1,9 +1,8 @@
 //! The real MONAI Label Python client (monailabel 0.8.5) against a spawned
 //! `medlabel serve`: the compatibility the whole product promises.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 mod common;
 
@@ -17,40 +16,9 @@ fn python() -> std::path::PathBuf {
     cache.join("py/bin/python")
 }
 
-/// Kills the server when the test ends, however it ends.
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(studies: &Path, extra: &[&std::ffi::OsStr]) -> (Server, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_medlabel"))
-        .args(["serve", "--studies"])
-        .arg(studies)
-        .args(["--host", "127.0.0.1", "--port", "0"])
-        .args(extra)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("medlabel starts");
-    let stdout = child.stdout.take().unwrap();
-    let server = Server(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("medlabel exited before printing its URL")
-            .unwrap();
-        if let Some(at) = line.find(" at http://") {
-            break line[at + 4..].trim().trim_end_matches('/').to_owned();
-        }
-    };
-    // Keep draining the log so the server never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+fn start(studies: &Path, extra: &[&std::ffi::OsStr]) -> (common::LocalServer, String) {
+    let server = common::LocalServer::start(studies, extra);
+    let url = server.url.clone();
     (server, url)
 }
 
@@ -76,10 +44,18 @@ fn run_script(script: &str, url: &str, work: &Path) {
 #[test]
 fn python_client_works_against_medlabel_serve() {
     let studies = tempfile::tempdir().unwrap();
-    std::fs::write(studies.path().join("imported_1.nii.gz"), b"imported image").unwrap();
+    std::fs::write(
+        studies.path().join("imported_1.nii.gz"),
+        common::ct_volume(1),
+    )
+    .unwrap();
     let labels = studies.path().join("labels").join("final");
     std::fs::create_dir_all(&labels).unwrap();
-    std::fs::write(labels.join("imported_1.nii.gz"), b"imported label").unwrap();
+    std::fs::write(
+        labels.join("imported_1.nii.gz"),
+        common::label_volume(1, 60),
+    )
+    .unwrap();
     let work = tempfile::tempdir().unwrap();
 
     // No runner: the app has no models, as a MONAI Label app without models.

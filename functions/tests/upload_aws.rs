@@ -10,6 +10,7 @@ use common::Req;
 use medlabel_events::blob::MIN_UPLOAD_PART;
 use medlabel_events::blob::s3::S3BlobStore;
 use medlabel_functions::{AppState, Config};
+use medlabel_imaging::DataType;
 use medlabel_tests::emulator::aws;
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -68,7 +69,8 @@ async fn presigned_upload_then_confirm_records_the_image_and_label() {
         started.json()["upload_id"].as_str().unwrap().to_owned(),
         started.json()["url"].as_str().unwrap().to_owned(),
     );
-    let volume: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let dims = [64, 64, 24];
+    let volume = common::nifti(dims, DataType::I16, false, |i| (i % 251) as f32);
     put(&url, volume.clone()).await;
 
     let before = head(&state).await;
@@ -100,7 +102,7 @@ async fn presigned_upload_then_confirm_records_the_image_and_label() {
         app(),
         Req::new(
             "POST",
-            &format!("/datastore/upload/{id}/image?image=ct&ext=.nii.gz"),
+            &format!("/datastore/upload/{id}/image?image=ct&ext=.nii"),
         )
         .json(json!({"client_id": "big-uploader"}))
         .request(),
@@ -124,16 +126,39 @@ async fn presigned_upload_then_confirm_records_the_image_and_label() {
     .await;
     assert_eq!(again.status, 404);
 
+    // A label that is not a volume is refused at the confirm step and records nothing.
+    let garbage = common::send(app(), Req::new("POST", "/datastore/upload").request())
+        .await
+        .json();
+    put(garbage["url"].as_str().unwrap(), vec![1u8; 5000]).await;
+    let before = head(&state).await;
+    let refused = common::send(
+        app(),
+        Req::new(
+            "POST",
+            &format!(
+                "/datastore/upload/{}/label?image=ct&tag=final&ext=.nii.gz",
+                garbage["upload_id"].as_str().unwrap()
+            ),
+        )
+        .json(json!({}))
+        .request(),
+    )
+    .await;
+    assert_eq!(refused.status, 422, "{:?}", refused.json());
+    assert_eq!(head(&state).await, before);
+
     let label_upload = common::send(app(), Req::new("POST", "/datastore/upload").request())
         .await
         .json();
-    put(label_upload["url"].as_str().unwrap(), vec![1u8; 5000]).await;
+    let mask = common::nifti(dims, DataType::U8, true, |i| f32::from(i % 3 == 0));
+    put(label_upload["url"].as_str().unwrap(), mask).await;
     let label = common::send(
         app(),
         Req::new(
             "POST",
             &format!(
-                "/datastore/upload/{}/label?image=ct&tag=final",
+                "/datastore/upload/{}/label?image=ct&tag=final&ext=.nii.gz",
                 label_upload["upload_id"].as_str().unwrap()
             ),
         )
@@ -229,9 +254,11 @@ async fn a_volume_sent_in_parts_is_joined_hashed_and_recorded() {
     let app = || medlabel_functions::app(state.clone());
 
     let part = MIN_UPLOAD_PART as usize;
-    let volume: Vec<u8> = (0..2 * part + 1_000_007)
-        .map(|i| (i * 31 % 251) as u8)
-        .collect();
+    // An uncompressed 11.5 MB volume: two full parts and a shorter last one.
+    let volume = common::nifti([256, 256, 88], DataType::I16, false, |i| {
+        (i * 31 % 251) as f32
+    });
+    assert!(volume.len() > 2 * part && volume.len() < 3 * part);
     let (id, urls) = start_parts(app(), 3).await;
     let mut parts = Vec::new();
     for (n, (url, piece)) in urls.iter().zip(volume.chunks(part)).enumerate() {
@@ -244,7 +271,7 @@ async fn a_volume_sent_in_parts_is_joined_hashed_and_recorded() {
         app(),
         Req::new(
             "POST",
-            &format!("/datastore/upload/{id}/image?image=big_ct"),
+            &format!("/datastore/upload/{id}/image?image=big_ct&ext=.nii"),
         )
         .json(json!({"client_id": "uploader"}))
         .request(),

@@ -14,6 +14,9 @@ use crate::unet::UNetConfig;
 pub const CONFIG_FILE: &str = "config.json";
 /// File name of the weights inside a model folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// File name of the stamp a worker writes last into a model folder it materialises:
+/// `"<model version> <weights sha256>"`.
+pub const VERSION_FILE: &str = ".version";
 
 /// Intensity normalisation applied after resampling.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,7 +9,8 @@
 //!                       [--res-units N] [--norm instance|batch] [--dropout F] [--num-samples N]
 //! medlabel-runner serve --model-dir DIR [--addr 127.0.0.1:8080] [--device D] [--data-root DIR]
 //!                       [--table NAME --bucket NAME]   (serve the models published there)
-//! medlabel-runner worker --home DIR [--serve 127.0.0.1:8091] [--device D] [--exit-with-stdin]
+//! medlabel-runner worker --home DIR [--serve 127.0.0.1:0] [--device D] [--lease-seconds N]
+//!                        [--exit-with-stdin] [--secret-stdin]
 //! medlabel-runner sqs-worker [--queue-url URL] [--table NAME] [--bucket NAME] [--work DIR]
 //!                            [--device D] [--until-empty]
 //! medlabel-runner sagemaker-train [--root /opt/ml]
@@ -108,7 +109,8 @@ fn run(cmd: &str, mut a: Args) -> Result<serde_json::Value> {
                     ));
                 }
                 None => {
-                    let runner = Arc::new(serve::Runner::new(&model_dir, device, &data_root)?);
+                    let paths = serve::DataPaths::below(&data_root)?;
+                    let runner = Arc::new(serve::Runner::new(&model_dir, device, paths)?);
                     rt.block_on(serve::serve(&addr, runner))?;
                 }
             }
@@ -116,19 +118,43 @@ fn run(cmd: &str, mut a: Args) -> Result<serde_json::Value> {
         }
         "worker" => {
             let home = a.path("home")?;
-            let addr = a.get_or("serve", "127.0.0.1:8091");
+            let addr = a.get_or("serve", "127.0.0.1:0");
             let device = a.get_or("device", "auto");
-            if a.flag("exit-with-stdin") {
+            let lease = std::time::Duration::from_secs_f64(a.parse_or(
+                "lease-seconds",
+                medlabel_runner::worker::DEFAULT_LEASE.as_secs_f64(),
+            )?);
+            let exit_with_stdin = a.flag("exit-with-stdin");
+            let secret_stdin = a.flag("secret-stdin");
+            a.finish()?;
+            // The secret comes on stdin, never in argv or the environment, where any
+            // local process could read it.
+            let mut stdin = std::io::BufReader::new(std::io::stdin());
+            let secret = if secret_stdin {
+                let mut line = String::new();
+                std::io::BufRead::read_line(&mut stdin, &mut line)
+                    .map_err(|e| RunnerError::io("stdin", e))?;
+                let secret = line.trim().to_owned();
+                if secret.is_empty() {
+                    return Err(RunnerError::invalid("--secret-stdin: no secret on stdin"));
+                }
+                Some(secret)
+            } else {
+                None
+            };
+            if exit_with_stdin {
                 // The parent holds our stdin: when it dies, however it dies, we read EOF.
-                std::thread::spawn(|| {
-                    let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-                    std::process::exit(0);
+                // `_exit`, not `exit`: libtorch's static destructors must not run while
+                // another thread is inside a kernel (the log already holds all we did).
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut stdin, &mut std::io::sink());
+                    // SAFETY: ends the process at once, running no handlers.
+                    unsafe { libc::_exit(0) }
                 });
             }
-            a.finish()?;
             let rt =
                 tokio::runtime::Runtime::new().map_err(|e| RunnerError::io("tokio runtime", e))?;
-            rt.block_on(worker_cmd(home, addr, device))?;
+            rt.block_on(worker_cmd(home, addr, device, lease, secret))?;
             json!({"stopped": true})
         }
         #[cfg(feature = "aws")]
@@ -194,8 +220,18 @@ fn run(cmd: &str, mut a: Args) -> Result<serde_json::Value> {
 }
 
 /// The local `medlabel`'s child: the event-log worker plus the HTTP contract on `addr`,
-/// over the studies folder's `.medlabel` home (`events.db`, `blobs/`, `models/`).
-async fn worker_cmd(home: PathBuf, addr: String, device: String) -> Result<()> {
+/// over the studies folder's `.medlabel` home (`events.db`, `blobs/`, `models/`,
+/// `tmp/`). Once listening it prints `{"listening": "<address>"}` as a line of its
+/// own, so a parent that asked for port 0 learns the port (and the worker's name in
+/// `JobStarted`, to end its jobs if it dies). Images are read from
+/// `blobs/` and `tmp/`, masks written to `tmp/` only.
+async fn worker_cmd(
+    home: PathBuf,
+    addr: String,
+    device: String,
+    lease: std::time::Duration,
+    secret: Option<String>,
+) -> Result<()> {
     use medlabel_events::blob::fs::FolderBlobStore;
     use medlabel_events::store::sqlite::SqliteEventStore;
     use medlabel_runner::worker::{Worker, WorkerConfig};
@@ -209,6 +245,7 @@ async fn worker_cmd(home: PathBuf, addr: String, device: String) -> Result<()> {
         work_dir: home.join("work"),
         device: device.clone(),
         name: format!("runner-{}", std::process::id()),
+        lease,
     };
     let worker = Worker::open(
         Arc::new(store),
@@ -217,18 +254,29 @@ async fn worker_cmd(home: PathBuf, addr: String, device: String) -> Result<()> {
         config,
     )
     .await?;
-    if worker.sync_models().await? == 0 {
-        eprintln!(
-            "medlabel-runner worker: no model is published yet; serving starts with the first"
-        );
-        return worker.run().await;
+    worker.sync_models().await?;
+    let (blobs_dir, spool) = (home.join("blobs"), home.join("tmp"));
+    for dir in [&models_dir, &blobs_dir, &spool] {
+        std::fs::create_dir_all(dir).map_err(|e| RunnerError::io(dir, e))?;
     }
-    let runner = Arc::new(serve::Runner::new(
-        &models_dir,
-        parse_device(&device)?,
-        &home,
-    )?);
-    tokio::try_join!(worker.run(), serve::serve(&addr, runner)).map(drop)
+    let paths = serve::DataPaths::new(&[&blobs_dir, &spool], &[&spool])?;
+    let mut runner = serve::Runner::following(&models_dir, parse_device(&device)?, paths)?
+        .with_source(Arc::new(worker.model_source()));
+    if let Some(secret) = secret {
+        runner = runner.with_secret(secret);
+    }
+    let listener = tokio::net::TcpListener::bind(&addr)
+        .await
+        .map_err(|e| RunnerError::io(&addr, e))?;
+    let bound = listener
+        .local_addr()
+        .map_err(|e| RunnerError::io(&addr, e))?;
+    println!(
+        "{}",
+        json!({"listening": bound.to_string(), "worker": worker.name()})
+    );
+    std::io::Write::flush(&mut std::io::stdout()).map_err(|e| RunnerError::io("stdout", e))?;
+    tokio::try_join!(worker.run(), serve::serve_on(listener, Arc::new(runner))).map(drop)
 }
 
 /// How often an endpoint following the log looks for newly published models.
@@ -250,19 +298,26 @@ async fn serve_following_log(
     use medlabel_events::blob::s3::S3BlobStore;
     use medlabel_events::jobs::Jobs;
     use medlabel_events::store::dynamo::DynamoEventStore;
-    use medlabel_runner::worker::sync_models;
+    use medlabel_runner::worker::LogModels;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let store = DynamoEventStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
     let blobs = S3BlobStore::new(S3BlobStore::client(&sdk), bucket);
     let jobs = Jobs::new(Arc::new(store), Arc::new(medlabel_events::SystemClock));
     std::fs::create_dir_all(model_dir).map_err(|e| RunnerError::io(model_dir, e))?;
-    sync_models(&jobs, &blobs, model_dir).await?;
-    let runner = Arc::new(serve::Runner::following(model_dir, device, data_root)?);
+    let models = Arc::new(LogModels::new(
+        Arc::new(jobs),
+        Arc::new(blobs),
+        model_dir.to_path_buf(),
+    ));
+    models.sync().await?;
+    let paths = serve::DataPaths::below(data_root)?;
+    let runner =
+        Arc::new(serve::Runner::following(model_dir, device, paths)?.with_source(models.clone()));
     let follow = async {
         loop {
             tokio::time::sleep(MODEL_SYNC_PAUSE).await;
             // A failed sync (a throttled read, say) is retried on the next round.
-            if let Err(err) = sync_models(&jobs, &blobs, model_dir).await {
+            if let Err(err) = models.sync().await {
                 tracing::warn!(%err, "could not sync the published models");
             }
         }
@@ -296,6 +351,7 @@ async fn sqs_worker_cmd(
         work_dir: work.join("jobs"),
         device,
         name: format!("sqs-runner-{}", std::process::id()),
+        lease: medlabel_runner::worker::DEFAULT_LEASE,
     };
     let worker = Worker::open(
         Arc::new(store),

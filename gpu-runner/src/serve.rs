@@ -23,14 +23,21 @@
 //! - Errors are `{"detail": "…"}`: 400 for a malformed request or unreadable image, 404
 //!   for an unknown model, 500 when inference itself fails.
 //!
-//! Paths in requests are only accepted below the configured `data_root` (after
-//! canonicalisation), so a caller cannot make the runner read or write elsewhere.
+//! Paths in requests are only accepted below the configured roots ([`DataPaths`]:
+//! images are read from some folders, masks written to others, after
+//! canonicalisation), so a caller cannot make the runner read or write elsewhere. A
+//! runner started with a secret ([`Runner::with_secret`]: the local server's child,
+//! which listens on loopback where any local process could call it) answers only
+//! requests that carry it as `Authorization: Bearer <secret>`.
+//!
 //! Models are the sub-folders of the model directory holding a `config.json` (or the
-//! directory itself); a model whose `model.safetensors` changes on disk is reloaded on
-//! its next request, the way MONAI Label picks up a newly trained model, and a
-//! sub-folder that appears later (a model published to the log the endpoint follows) is
-//! loaded on the first request that names it. Inference runs on the blocking pool, one
-//! request per model at a time.
+//! directory itself). A model folder written by [`crate::worker`] carries a `.version`
+//! stamp; a request may name the `model_version` its caller's view of the log has, and
+//! a runner that follows a log ([`ModelSource`]) brings that version in before it
+//! infers, so the first inference after a publication already uses it. Otherwise a
+//! model whose stamp (or weights' mtime) changes is reloaded on its next request, and a
+//! sub-folder that appears later is loaded on the first request that names it.
+//! Inference runs on the blocking pool, one request per model at a time.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -48,7 +55,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::Device;
 
-use crate::config::{CONFIG_FILE, WEIGHTS_FILE};
+use crate::config::{CONFIG_FILE, VERSION_FILE, WEIGHTS_FILE};
 use crate::error::{Result, RunnerError};
 use crate::infer::{InferOptions, Latencies, segment};
 use crate::model::Model;
@@ -67,6 +74,9 @@ pub struct Invocation {
     pub image_ext: Option<String>,
     pub output: Option<PathBuf>,
     pub result_extension: Option<String>,
+    /// The model version the caller's view of the log names: a runner holding an older
+    /// one brings it in from its [`ModelSource`] first.
+    pub model_version: Option<u32>,
     /// MONAI Label's request params, merged flat: the runner reads the [`InferOptions`]
     /// keys and `result_extension`, and ignores the rest (`client_id`, `label_tag`, …).
     #[serde(default)]
@@ -85,13 +95,72 @@ pub struct InvocationResult {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResultParams {
     pub model: String,
+    /// The version of the model that made the mask (its folder's stamp), so a saved
+    /// label records which model version produced it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<u32>,
     pub label_names: BTreeMap<String, i64>,
     pub latencies: Latencies,
 }
 
+/// What identifies the files a slot loaded: the worker's `.version` stamp, or for a
+/// folder without one the weights' modification time.
+#[derive(Debug, Clone, PartialEq)]
+enum Stamp {
+    Version(String),
+    Modified(SystemTime),
+}
+
+impl Stamp {
+    /// The model version a `.version` stamp names (`"<version> <sha256>"`).
+    fn version(&self) -> Option<u32> {
+        match self {
+            Stamp::Version(text) => text.split_whitespace().next()?.parse().ok(),
+            Stamp::Modified(_) => None,
+        }
+    }
+}
+
 struct Slot {
     dir: PathBuf,
-    loaded: Option<(SystemTime, Model)>,
+    loaded: Option<(Stamp, Model)>,
+}
+
+/// Where request paths may point: images are read below `read`, masks written below
+/// `write` (canonical folders).
+#[derive(Debug, Clone)]
+pub struct DataPaths {
+    read: Vec<PathBuf>,
+    write: Vec<PathBuf>,
+}
+
+impl DataPaths {
+    /// Reads below any of `read`, writes below any of `write`; every folder must exist.
+    pub fn new(read: &[&Path], write: &[&Path]) -> Result<Self> {
+        let canonical = |dirs: &[&Path]| {
+            dirs.iter()
+                .map(|d| d.canonicalize().map_err(|e| RunnerError::io(d, e)))
+                .collect::<Result<Vec<_>>>()
+        };
+        Ok(Self {
+            read: canonical(read)?,
+            write: canonical(write)?,
+        })
+    }
+
+    /// Reads and writes anywhere below `root`.
+    pub fn below(root: &Path) -> Result<Self> {
+        Self::new(&[root], &[root])
+    }
+}
+
+/// Brings a published model version into the model folder (the worker following the
+/// log implements it).
+#[async_trait::async_trait]
+pub trait ModelSource: Send + Sync + 'static {
+    /// Writes the current version of model `name` into its folder, if the log has one
+    /// at least as new as `version`.
+    async fn bring_in(&self, name: &str, version: u32) -> Result<()>;
 }
 
 /// Shared server state: the model slots and where request paths may point.
@@ -102,8 +171,11 @@ pub struct Runner {
     /// That folder, when the runner serves one (not a single model's own folder).
     model_folders: Option<PathBuf>,
     device: Device,
-    data_root: PathBuf,
+    paths: DataPaths,
     http: reqwest::Client,
+    /// Required as a bearer token on every request, when set.
+    secret: Option<String>,
+    source: Option<Arc<dyn ModelSource>>,
 }
 
 /// An image's bytes fetched from an `image_url`, with the name or extension that names
@@ -114,9 +186,9 @@ pub struct Fetched {
 }
 
 impl Runner {
-    /// Finds and loads the models under `model_dir`; `data_root` bounds request paths.
-    pub fn new(model_dir: &Path, device: Device, data_root: &Path) -> Result<Self> {
-        let runner = Self::open(model_dir, device, data_root)?;
+    /// Finds and loads the models under `model_dir`; `paths` bounds request paths.
+    pub fn new(model_dir: &Path, device: Device, paths: DataPaths) -> Result<Self> {
+        let runner = Self::open(model_dir, device, paths)?;
         if runner.model_names().is_empty() {
             return Err(RunnerError::invalid(format!(
                 "no model folders (with {CONFIG_FILE}) in {}",
@@ -128,11 +200,23 @@ impl Runner {
 
     /// [`Runner::new`] for a folder that models are written into while it serves (see
     /// [`crate::worker::sync_models`]): it may start empty.
-    pub fn following(model_dir: &Path, device: Device, data_root: &Path) -> Result<Self> {
-        Self::open(model_dir, device, data_root)
+    pub fn following(model_dir: &Path, device: Device, paths: DataPaths) -> Result<Self> {
+        Self::open(model_dir, device, paths)
     }
 
-    fn open(model_dir: &Path, device: Device, data_root: &Path) -> Result<Self> {
+    /// Requires `secret` as a bearer token on every request.
+    pub fn with_secret(mut self, secret: String) -> Self {
+        self.secret = Some(secret);
+        self
+    }
+
+    /// Brings in the model versions requests name from `source`.
+    pub fn with_source(mut self, source: Arc<dyn ModelSource>) -> Self {
+        self.source = Some(source);
+        self
+    }
+
+    fn open(model_dir: &Path, device: Device, paths: DataPaths) -> Result<Self> {
         let mut dirs = Vec::new();
         let single = model_dir.join(CONFIG_FILE).is_file();
         if single {
@@ -156,16 +240,29 @@ impl Runner {
             slot.current(device)?;
             models.insert(name, Arc::new(Mutex::new(slot)));
         }
-        let data_root = data_root
-            .canonicalize()
-            .map_err(|e| RunnerError::io(data_root, e))?;
         Ok(Self {
             models: RwLock::new(models),
             model_folders: (!single).then(|| model_dir.to_path_buf()),
             device,
-            data_root,
+            paths,
             http: reqwest::Client::new(),
+            secret: None,
+            source: None,
         })
+    }
+
+    /// Makes sure model `name` is at `version` or later before it serves a request
+    /// naming that version: a runner following a log brings it in when its folder
+    /// holds an older one.
+    pub async fn ensure_version(&self, name: &str, version: u32) -> Result<()> {
+        let (Some(source), Some(folders)) = (&self.source, &self.model_folders) else {
+            return Ok(());
+        };
+        let on_disk = stamp(&folders.join(name)).ok().and_then(|s| s.version());
+        if on_disk.is_some_and(|held| held >= version) {
+            return Ok(());
+        }
+        source.bring_in(name, version).await
     }
 
     /// Names of the served models.
@@ -283,7 +380,7 @@ impl Runner {
             .transpose()
             .map_err(bad)?;
         let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-        let model = slot
+        let (model, model_version) = slot
             .current(self.device)
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         let internal = |e: RunnerError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
@@ -313,14 +410,15 @@ impl Runner {
             label_b64,
             params: ResultParams {
                 model: name,
+                model_version,
                 label_names: model.config.label_names(),
                 latencies,
             },
         })
     }
 
-    /// Resolves a request path and checks it lies under `data_root`; an output's parent
-    /// must exist (the file itself need not).
+    /// Resolves a request path and checks it lies under one of the read (or, for an
+    /// output, write) roots; an output's parent must exist (the file itself need not).
     fn checked_path(&self, p: &Path, must_exist: bool) -> Result<PathBuf> {
         let resolved = if must_exist {
             p.canonicalize().map_err(|e| RunnerError::io(p, e))?
@@ -337,27 +435,44 @@ impl Runner {
                 .map_err(|e| RunnerError::io(parent, e))?
                 .join(name)
         };
-        if !resolved.starts_with(&self.data_root) {
+        let roots = if must_exist {
+            &self.paths.read
+        } else {
+            &self.paths.write
+        };
+        if !roots.iter().any(|root| resolved.starts_with(root)) {
             return Err(RunnerError::invalid(format!(
-                "{} is outside the runner's data root",
-                p.display()
+                "{} is outside the folders the runner may {}",
+                p.display(),
+                if must_exist { "read" } else { "write" }
             )));
         }
         Ok(resolved)
     }
 }
 
+/// What identifies the files in model folder `dir` now.
+fn stamp(dir: &Path) -> Result<Stamp> {
+    if let Ok(text) = std::fs::read_to_string(dir.join(VERSION_FILE)) {
+        return Ok(Stamp::Version(text));
+    }
+    let weights = dir.join(WEIGHTS_FILE);
+    std::fs::metadata(&weights)
+        .and_then(|m| m.modified())
+        .map(Stamp::Modified)
+        .map_err(|e| RunnerError::io(&weights, e))
+}
+
 impl Slot {
-    /// The model, reloaded first if its weights file changed since it was loaded.
-    fn current(&mut self, device: Device) -> Result<&Model> {
-        let weights = self.dir.join(WEIGHTS_FILE);
-        let mtime = std::fs::metadata(&weights)
-            .and_then(|m| m.modified())
-            .map_err(|e| RunnerError::io(&weights, e))?;
-        if self.loaded.as_ref().is_none_or(|(t, _)| *t != mtime) {
-            self.loaded = Some((mtime, Model::load(&self.dir, device)?));
+    /// The model and its version (when its folder is stamped with one), reloaded first
+    /// if the folder changed since it was loaded.
+    fn current(&mut self, device: Device) -> Result<(&Model, Option<u32>)> {
+        let now = stamp(&self.dir)?;
+        if self.loaded.as_ref().is_none_or(|(held, _)| *held != now) {
+            self.loaded = Some((now, Model::load(&self.dir, device)?));
         }
-        Ok(&self.loaded.as_ref().expect("loaded just above").1)
+        let (stamp, model) = self.loaded.as_ref().expect("loaded just above");
+        Ok((model, stamp.version()))
     }
 }
 
@@ -367,7 +482,39 @@ pub fn router(runner: Arc<Runner>) -> Router {
         .route("/ping", get(ping))
         .route("/invocations", post(invocations))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            runner.clone(),
+            require_secret,
+        ))
         .with_state(runner)
+}
+
+/// Refuses a request without the runner's secret (when it has one) before anything
+/// else reads it.
+async fn require_secret(
+    State(runner): State<Arc<Runner>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Some(secret) = &runner.secret {
+        let sent = request
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if !sent.is_some_and(|sent| same_secret(sent.as_bytes(), secret.as_bytes())) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "this runner answers only the server that started it".into(),
+            );
+        }
+    }
+    next.run(request).await
+}
+
+/// Compares in time independent of where the two first differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn ping(State(runner): State<Arc<Runner>>) -> Json<serde_json::Value> {
@@ -379,6 +526,14 @@ async fn invocations(State(runner): State<Arc<Runner>>, body: axum::body::Bytes)
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("request body: {e}")),
     };
+    if let (Some(name), Some(version)) = (req.model.as_deref(), req.model_version)
+        && let Err(e) = runner.ensure_version(name, version).await
+    {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("model {name} version {version}: {e}"),
+        );
+    }
     let fetched = match req.image_url.take() {
         Some(url) => match runner.fetch(&url, req.image_ext.as_deref()).await {
             Ok(fetched) => Some(fetched),
@@ -405,8 +560,16 @@ pub async fn serve(addr: &str, runner: Arc<Runner>) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| RunnerError::io(addr, e))?;
+    serve_on(listener, runner).await
+}
+
+/// Serves `router` on a bound listener until the process is stopped.
+pub async fn serve_on(listener: tokio::net::TcpListener, runner: Arc<Runner>) -> Result<()> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| RunnerError::io("listener", e))?;
     tracing::info!(%addr, models = ?runner.model_names(), "runner serving");
     axum::serve(listener, router(runner))
         .await
-        .map_err(|e| RunnerError::io(addr, e))
+        .map_err(|e| RunnerError::io(addr.to_string(), e))
 }

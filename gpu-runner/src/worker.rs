@@ -27,15 +27,21 @@ use medlabel_events::jobs::{JobRecord, Jobs, PublishedModel};
 use medlabel_events::{BlobStore, Clock, EventStore, Extension, Info, RunId, Tag, UserName};
 use serde_json::{Value, json};
 
-use crate::config::{CONFIG_FILE, WEIGHTS_FILE};
+use crate::config::{CONFIG_FILE, VERSION_FILE, WEIGHTS_FILE};
 use crate::error::{Result, RunnerError};
 use crate::infer::{InferOptions, infer_file};
 use crate::model::Model;
 use crate::train::{TrainRequest, train};
 use crate::uncertainty::mc_dropout;
 
-/// How often a running job checks for a stop request.
+/// How often a running job looks at the log to see whether it still runs (a stop, or
+/// an expiry by someone who saw its lease lapse, ends it there).
 const STOP_POLL: Duration = Duration::from_secs(1);
+
+/// How long a claim holds a job unless renewed, by default. The worker renews it every
+/// third of that while the job runs, so a runner that dies (or hangs) frees the job's
+/// slot within one lease.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
 /// Where the worker keeps its files, and how it runs models.
 #[derive(Debug, Clone)]
@@ -48,6 +54,8 @@ pub struct WorkerConfig {
     pub device: String,
     /// This worker's name in `JobStarted` events.
     pub name: String,
+    /// How long a claim or a renewal holds a job ([`DEFAULT_LEASE`]).
+    pub lease: Duration,
 }
 
 /// What [`Worker::run_job_once`] did with a job.
@@ -110,6 +118,10 @@ impl Worker {
         let store = self.datastore.event_store().clone();
         loop {
             self.sync_models().await?;
+            self.jobs
+                .expire_lapsed(&WriteContext::fresh(self.actor()))
+                .await
+                .map_err(store_error)?;
             self.run_pending().await?;
             let head = store.head().await.map_err(store_error)?;
             store
@@ -122,6 +134,20 @@ impl Worker {
     /// Writes every published model into the models folder; returns how many there are.
     pub async fn sync_models(&self) -> Result<usize> {
         sync_models(&self.jobs, self.blobs.as_ref(), &self.config.models_dir).await
+    }
+
+    /// The name this worker records in `JobStarted` events.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The published models of this worker's log, for a `serve` endpoint beside it.
+    pub fn model_source(&self) -> LogModels {
+        LogModels::new(
+            self.jobs.clone(),
+            self.blobs.clone(),
+            self.config.models_dir.clone(),
+        )
     }
 
     /// Claims and runs every submitted job, one at a time.
@@ -162,13 +188,25 @@ impl Worker {
         if job.status != JobStatus::Submitted
             || !self
                 .jobs
-                .claim(&self.ctx(&job, "claim"), &job, &self.config.name)
+                .claim(
+                    &self.ctx(&job, "claim"),
+                    &job,
+                    &self.config.name,
+                    self.config.lease,
+                )
                 .await
                 .map_err(store_error)?
         {
             return Ok(JobRun::TakenOrEnded);
         }
-        let (status, result) = match self.run_job(&job).await {
+        let stop = Arc::new(AtomicBool::new(false));
+        // Polled beside the work, never instead of it: the two share the jobs view, and
+        // a catch-up one of them began must be able to finish while the other waits.
+        let outcome = tokio::select! {
+            outcome = self.run_job(&job, &stop) => outcome,
+            never = self.hold(&job, &stop) => match never {},
+        };
+        let (status, result) = match outcome {
             Ok(outcome) => outcome,
             Err(err) => (JobStatus::Error, json!({"details": [err.to_string()]})),
         };
@@ -178,6 +216,49 @@ impl Worker {
             .await
             .map_err(store_error)?;
         Ok(JobRun::Finished(status))
+    }
+
+    /// Watches a running job for as long as it runs: renews its lease every third of a
+    /// lease, and sets `stop` once the log says it no longer runs here (stopped, or
+    /// expired by someone who saw its lease lapse).
+    async fn hold(&self, job: &JobRecord, stop: &AtomicBool) -> std::convert::Infallible {
+        let mut poll = tokio::time::interval(STOP_POLL);
+        let (mut renewed_at, mut renewals) = (tokio::time::Instant::now(), 0u64);
+        loop {
+            poll.tick().await;
+            match self.still_runs(job).await {
+                Ok(false) => stop.store(true, Ordering::SeqCst),
+                Ok(true) if renewed_at.elapsed() >= self.config.lease / 3 => {
+                    renewals += 1;
+                    let ctx = self.ctx(job, &format!("lease-{renewals}"));
+                    match self
+                        .jobs
+                        .renew_lease(&ctx, &job.id, &self.config.name, self.config.lease)
+                        .await
+                    {
+                        Ok(true) => renewed_at = tokio::time::Instant::now(),
+                        Ok(false) => stop.store(true, Ordering::SeqCst),
+                        // A failed renewal (a throttled write) is retried on the next tick.
+                        Err(err) => {
+                            tracing::warn!(job = %job.id, %err, "could not renew the job's lease")
+                        }
+                    }
+                }
+                Ok(true) => {}
+                Err(err) => tracing::warn!(job = %job.id, %err, "could not read the job's state"),
+            }
+        }
+    }
+
+    /// Whether `job` is still this worker's running job (not stopped, expired or
+    /// finished by someone else).
+    async fn still_runs(&self, job: &JobRecord) -> Result<bool> {
+        let view = self.jobs.view().await.map_err(store_error)?;
+        Ok(view.job(&job.id).is_some_and(|j| {
+            j.status == JobStatus::Running
+                && !j.stop_requested
+                && j.worker.as_deref() == Some(self.config.name.as_str())
+        }))
     }
 
     /// A local file holding a blob: the blob itself in a folder store, else a download.
@@ -193,7 +274,8 @@ impl Worker {
         Ok(path)
     }
 
-    async fn run_job(&self, job: &JobRecord) -> Result<(JobStatus, Value)> {
+    /// Runs a claimed job until it ends or `stop` is set (then it ends early).
+    async fn run_job(&self, job: &JobRecord, stop: &Arc<AtomicBool>) -> Result<(JobStatus, Value)> {
         let model = job
             .model
             .as_ref()
@@ -211,9 +293,15 @@ impl Worker {
         let scratch = self.config.work_dir.join(job.id.as_str());
         std::fs::create_dir_all(&scratch).map_err(|e| RunnerError::io(&scratch, e))?;
         let outcome = match job.kind {
-            JobKind::Train => self.train(job, &published, &model_dir, &scratch).await,
-            JobKind::Scoring => self.score_epistemic(job, &published, &model_dir).await,
-            JobKind::BatchInfer => self.batch_infer(job, &model_dir, &scratch).await,
+            JobKind::Train => {
+                self.train(job, &published, &model_dir, &scratch, stop)
+                    .await
+            }
+            JobKind::Scoring => {
+                self.score_epistemic(job, &published, &model_dir, stop)
+                    .await
+            }
+            JobKind::BatchInfer => self.batch_infer(job, &model_dir, &scratch, stop).await,
         };
         // Scratch holds copies only; the results are blobs and events by now.
         let _ = std::fs::remove_dir_all(&scratch);
@@ -226,6 +314,7 @@ impl Worker {
         published: &PublishedModel,
         model_dir: &Path,
         scratch: &Path,
+        stop: &Arc<AtomicBool>,
     ) -> Result<(JobStatus, Value)> {
         let mut datalist = Vec::with_capacity(job.labels.len());
         for pinned in &job.labels {
@@ -242,7 +331,6 @@ impl Worker {
         }
         let request = train_request(&job.params, model_dir, &self.config.device);
         let out = scratch.join("run");
-        let stop = Arc::new(AtomicBool::new(false));
         let (progress_tx, mut progress_rx) = tokio::sync::mpsc::unbounded_channel();
         let training = {
             let stop = stop.clone();
@@ -263,13 +351,6 @@ impl Worker {
             tokio::select! {
                 done = &mut training => break done.map_err(|e| RunnerError::invalid(e.to_string()))??,
                 Some(stats) = progress_rx.recv() => self.record_progress(job, stats).await?,
-                _ = tokio::time::sleep(STOP_POLL) => {
-                    let requested = self.jobs.view().await.map_err(store_error)?
-                        .job(&job.id).is_some_and(|j| j.stop_requested);
-                    if requested {
-                        stop.store(true, Ordering::SeqCst);
-                    }
-                }
             }
         };
         while let Ok(stats) = progress_rx.try_recv() {
@@ -345,6 +426,7 @@ impl Worker {
         job: &JobRecord,
         published: &PublishedModel,
         model_dir: &Path,
+        stop: &AtomicBool,
     ) -> Result<(JobStatus, Value)> {
         let passes = job
             .params
@@ -361,6 +443,9 @@ impl Worker {
         let model = Arc::new(std::sync::Mutex::new(Model::load(model_dir, device)?));
         let mut scores = Info::new();
         for (n, image) in images.iter().enumerate() {
+            if stop.load(Ordering::SeqCst) {
+                return Ok((JobStatus::Stopped, json!({"scores": scores})));
+            }
             let record = self.datastore.image(image).await.map_err(store_error)?;
             let scratch = self.config.work_dir.join(job.id.as_str());
             let path = self.local_file(&record.blob, &scratch).await?;
@@ -400,6 +485,7 @@ impl Worker {
         job: &JobRecord,
         model_dir: &Path,
         scratch: &Path,
+        stop: &AtomicBool,
     ) -> Result<(JobStatus, Value)> {
         let which = job
             .params
@@ -438,6 +524,9 @@ impl Worker {
         let model = Arc::new(std::sync::Mutex::new(Model::load(model_dir, device)?));
         let mut results = Info::new();
         for image in &images {
+            if stop.load(Ordering::SeqCst) {
+                return Ok((JobStatus::Stopped, json!({"results": results})));
+            }
             let record = self.datastore.image(image).await.map_err(store_error)?;
             let input = self.local_file(&record.blob, scratch).await?;
             let output = scratch.join(format!("{image}.nii.gz"));
@@ -472,6 +561,52 @@ impl Worker {
     }
 }
 
+/// The models published in a log, written on demand into a folder a `serve` endpoint
+/// reads ([`crate::serve::ModelSource`]).
+pub struct LogModels {
+    jobs: Arc<Jobs>,
+    blobs: Arc<dyn BlobStore>,
+    models_dir: PathBuf,
+}
+
+impl LogModels {
+    pub fn new(jobs: Arc<Jobs>, blobs: Arc<dyn BlobStore>, models_dir: PathBuf) -> Self {
+        Self {
+            jobs,
+            blobs,
+            models_dir,
+        }
+    }
+
+    /// Writes every published model into the folder; returns how many there are.
+    pub async fn sync(&self) -> Result<usize> {
+        sync_models(&self.jobs, self.blobs.as_ref(), &self.models_dir).await
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::serve::ModelSource for LogModels {
+    async fn bring_in(&self, name: &str, version: u32) -> Result<()> {
+        let published = self
+            .jobs
+            .view()
+            .await
+            .map_err(store_error)?
+            .models()
+            .find(|m| m.model.as_str() == name)
+            .cloned();
+        match published {
+            Some(model) if model.version >= version => {
+                materialise(self.blobs.as_ref(), &self.models_dir, &model).await?;
+                Ok(())
+            }
+            _ => Err(RunnerError::invalid(format!(
+                "the log has no version {version} of model {name}"
+            ))),
+        }
+    }
+}
+
 /// Writes every model published in `jobs` into `models_dir`, one folder per model, and
 /// returns how many there are. A `serve` endpoint reading that folder picks each up on
 /// its next request: a new folder by its name, a new version by its weights' mtime.
@@ -495,8 +630,12 @@ async fn materialise(
     models_dir: &Path,
     model: &PublishedModel,
 ) -> Result<PathBuf> {
+    // One writer at a time: the worker's sync and a request bringing a version in may
+    // materialise the same model together, through the same staging names.
+    static WRITING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _writing = WRITING.lock().await;
     let dir = models_dir.join(model.model.as_str());
-    let marker = dir.join(".version");
+    let marker = dir.join(VERSION_FILE);
     let stamp = format!("{} {}", model.version, model.weights.sha256);
     if std::fs::read_to_string(&marker).is_ok_and(|s| s == stamp) {
         return Ok(dir);

@@ -10,7 +10,7 @@ use axum::body::{Body, to_bytes};
 use axum::http::{Request, StatusCode};
 use base64::Engine;
 use medlabel_runner::sagemaker::{SageMakerPaths, has_model};
-use medlabel_runner::serve::{InvocationResult, Runner, router};
+use medlabel_runner::serve::{DataPaths, InvocationResult, Runner, router};
 use medlabel_runner::{Intensity, Model, ModelConfig, UNetConfig, synth};
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -62,7 +62,7 @@ fn serve_fixture(root: &Path) -> (axum::Router, std::path::PathBuf) {
         .unwrap();
     let data = root.join("data");
     let pairs = synth::write_studies(&data, 1, 3, [20, 18, 12], [3.0, 3.0, 4.0]).unwrap();
-    let runner = Runner::new(&models, tch::Device::Cpu, &data).unwrap();
+    let runner = Runner::new(&models, tch::Device::Cpu, DataPaths::below(&data).unwrap()).unwrap();
     (router(Arc::new(runner)), pairs[0].0.clone())
 }
 
@@ -209,12 +209,12 @@ async fn bad_invocations_get_clear_errors() {
         (
             json!({"image": "/etc/hostname"}),
             StatusCode::BAD_REQUEST,
-            "outside the runner's data root",
+            "outside the folders the runner may read",
         ),
         (
             json!({"image": image, "output": "/tmp/x.nii.gz"}),
             StatusCode::BAD_REQUEST,
-            "outside the runner's data root",
+            "outside the folders the runner may write",
         ),
         (
             json!({"image_b64": "!!!"}),
@@ -279,4 +279,80 @@ fn sagemaker_training_job_writes_model_or_failure() {
     assert!(medlabel_runner::sagemaker::run(&paths).is_err());
     let reason = std::fs::read_to_string(paths.failure()).unwrap();
     assert!(reason.contains("absent"), "{reason}");
+}
+
+/// The local server's child takes requests only with the secret its parent gave it, and
+/// reads and writes only where it was told to.
+#[tokio::test]
+async fn a_runner_answers_only_its_bearer_and_stays_in_its_folders() {
+    let dir = tempfile::tempdir().unwrap();
+    let models = dir.path().join("models");
+    tch::manual_seed(0);
+    Model::new(tiny_config(), tch::Device::Cpu)
+        .unwrap()
+        .save(&models.join("spleen_tiny"))
+        .unwrap();
+    let (blobs, spool, elsewhere) = (
+        dir.path().join("blobs"),
+        dir.path().join("tmp"),
+        dir.path().join("elsewhere"),
+    );
+    for folder in [&blobs, &spool, &elsewhere] {
+        std::fs::create_dir_all(folder).unwrap();
+    }
+    let pairs = synth::write_studies(&blobs, 1, 3, [20, 18, 12], [3.0, 3.0, 4.0]).unwrap();
+    let image = &pairs[0].0;
+    let outside = elsewhere.join("copy.nii.gz");
+    std::fs::copy(image, &outside).unwrap();
+    let paths = DataPaths::new(&[&blobs, &spool], &[&spool]).unwrap();
+    let runner = Runner::new(&models, tch::Device::Cpu, paths)
+        .unwrap()
+        .with_secret("s3cret".into());
+    let app = router(Arc::new(runner));
+    let send = |uri: &str, bearer: Option<&str>, body: Value| {
+        let mut req = Request::builder()
+            .method(if body.is_null() { "GET" } else { "POST" })
+            .uri(uri)
+            .header("content-type", "application/json");
+        if let Some(bearer) = bearer {
+            req = req.header("authorization", format!("Bearer {bearer}"));
+        }
+        let req = req.body(Body::from(body.to_string())).unwrap();
+        let app = app.clone();
+        async move {
+            let reply = app.oneshot(req).await.unwrap();
+            let status = reply.status();
+            let bytes = to_bytes(reply.into_body(), usize::MAX).await.unwrap();
+            (
+                status,
+                serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null),
+            )
+        }
+    };
+    for bearer in [None, Some("guess"), Some("s3cret ")] {
+        let (status, body) = send("/ping", bearer, Value::Null).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{bearer:?}");
+        assert!(body["detail"].is_string());
+        let (status, _) = send("/invocations", bearer, json!({"image": image})).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{bearer:?}");
+    }
+    let ok = |body: Value| send("/invocations", Some("s3cret"), body);
+    let (status, _) = ok(json!({"image": image, "output": spool.join("mask.nii.gz")})).await;
+    assert_eq!(status, StatusCode::OK);
+    for (body, why) in [
+        (json!({"image": outside}), "may read"),
+        (
+            json!({"image": image, "output": blobs.join("mask.nii.gz")}),
+            "may write",
+        ),
+        (
+            json!({"image": image, "output": elsewhere.join("mask.nii.gz")}),
+            "may write",
+        ),
+    ] {
+        let (status, reply) = ok(body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+        assert!(reply["detail"].as_str().unwrap().contains(why), "{reply}");
+    }
+    assert!(!blobs.join("mask.nii.gz").exists() && !elsewhere.join("mask.nii.gz").exists());
 }

@@ -62,6 +62,10 @@ pub enum ImageError {
         index: usize,
         datatype: &'static str,
     },
+    /// A label holds a voxel that is not a whole number (or not finite): label values
+    /// are class indices.
+    #[error("a label holds whole numbers, but voxel {index} is {value}")]
+    FractionalLabel { index: usize, value: f32 },
     /// Two volumes that must share a voxel grid do not have the same dims.
     #[error("shape mismatch: {a:?} vs {b:?} (dims i, j, k)")]
     ShapeMismatch { a: [usize; 3], b: [usize; 3] },

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use crate::{DataType, ImageError, ReadLimits, Volume, nifti, nrrd};
+use crate::{DataType, Grid, ImageError, ReadLimits, Volume, nifti, nrrd};
 
 /// A volume file format, as decided by the file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +45,33 @@ impl Format {
             Self::NiftiGz => ".nii.gz",
             Self::Nrrd => ".nrrd",
         }
+    }
+}
+
+/// How much of a file's start is read to find its grid: a NIfTI header needs a few
+/// hundred bytes (inflated or not), and NRRD headers written by Slicer, MONAI Label and
+/// this crate stay far below this.
+pub const GRID_PREFIX_BYTES: u64 = 64 << 10;
+
+/// Reads only the voxel grid of the volume file at `path` ([`read_grid_bytes`] on its
+/// first [`GRID_PREFIX_BYTES`]).
+pub fn read_grid(path: impl AsRef<Path>) -> Result<Grid, ImageError> {
+    use std::io::Read;
+    let path = path.as_ref();
+    let mut prefix = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|file| file.take(GRID_PREFIX_BYTES).read_to_end(&mut prefix))
+        .map_err(|e| ImageError::io(path, e))?;
+    read_grid_bytes(&prefix, &path.to_string_lossy())
+}
+
+/// Reads only the voxel grid (dims and affine) from the first bytes of a volume file
+/// named `name` (its extension picks the format); nothing past the header is read, so
+/// this costs the same for a 300 MB CT as for a tiny label.
+pub fn read_grid_bytes(prefix: &[u8], name: &str) -> Result<Grid, ImageError> {
+    match Format::from_name(name)? {
+        Format::Nifti | Format::NiftiGz => nifti::read_grid_bytes(prefix),
+        Format::Nrrd => nrrd::read_grid_bytes(prefix),
     }
 }
 

@@ -69,5 +69,5 @@ pub use datatype::DataType;
 pub use error::ImageError;
 pub use limits::{DEFAULT_MAX_VOXEL_BYTES, ReadLimits};
 pub use volume::{
-    Affine, GRID_TOLERANCE, Grid, IDENTITY, Volume, check_same_dims, check_same_grid,
+    Affine, GRID_TOLERANCE, Grid, IDENTITY, Volume, check_label, check_same_dims, check_same_grid,
 };

@@ -23,7 +23,7 @@ use flate2::write::GzEncoder;
 
 use crate::affine::{QForm, from_qform, to_qform};
 use crate::limits::{header_read_error, read_payload};
-use crate::{Affine, DataType, IDENTITY, ImageError, ReadLimits, Volume};
+use crate::{Affine, DataType, Grid, IDENTITY, ImageError, ReadLimits, Volume};
 
 const FORMAT: &str = "NIfTI";
 const NIFTI1_HEADER: usize = 348;
@@ -232,11 +232,22 @@ const NIFTI2: Layout = Layout {
     srow: 400,
 };
 
-fn read_stream(
-    reader: &mut dyn Read,
-    known_len: Option<u64>,
-    limits: &ReadLimits,
-) -> Result<Volume<f32>, ImageError> {
+/// Reads only the header of a NIfTI file image: its voxel grid. `prefix` need hold
+/// only the file's first bytes (those of a `.nii.gz` are inflated just far enough).
+pub fn read_grid_bytes(prefix: &[u8]) -> Result<Grid, ImageError> {
+    let header = if prefix.starts_with(&GZIP_MAGIC) {
+        read_header(&mut MultiGzDecoder::new(prefix))?
+    } else {
+        read_header(&mut &prefix[..])?
+    };
+    Ok(Grid {
+        dims: header.dims.map(|d| d as usize),
+        affine: header.affine,
+    })
+}
+
+/// Reads and parses the header (either version, either byte order).
+fn read_header(reader: &mut dyn Read) -> Result<Header, ImageError> {
     let mut buf = vec![0u8; NIFTI2_HEADER];
     reader
         .read_exact(&mut buf[..4])
@@ -259,8 +270,15 @@ fn read_stream(
     reader
         .read_exact(&mut buf[4..])
         .map_err(|e| header_read_error(e, FORMAT, "header"))?;
-    let header = parse_header(buf, layout, big)?;
+    parse_header(buf, layout, big)
+}
 
+fn read_stream(
+    reader: &mut dyn Read,
+    known_len: Option<u64>,
+    limits: &ReadLimits,
+) -> Result<Volume<f32>, ImageError> {
+    let header = read_header(reader)?;
     let (voxels, raw_len) = limits.budget(header.dims, header.datatype)?;
     let skip = header.vox_offset - header.header_len;
     let skipped = std::io::copy(&mut reader.take(skip), &mut std::io::sink())

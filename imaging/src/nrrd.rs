@@ -23,7 +23,7 @@ use flate2::read::MultiGzDecoder;
 use flate2::write::GzEncoder;
 
 use crate::limits::{header_read_error, read_payload};
-use crate::{Affine, DataType, IDENTITY, ImageError, ReadLimits, Volume};
+use crate::{Affine, DataType, Grid, IDENTITY, ImageError, ReadLimits, Volume};
 
 const FORMAT: &str = "NRRD";
 /// Headers longer than this are refused (Slicer's with hundreds of segments stay far
@@ -86,6 +86,16 @@ pub fn read_nrrd_bytes_with_limits(
         .decode_into(&raw, header.big_endian, &mut data);
     Ok(Volume {
         data,
+        dims: header.sizes,
+        affine: header.affine,
+    })
+}
+
+/// Reads only the header of an NRRD file image: its voxel grid. `prefix` need hold
+/// only the file's first bytes, through the blank line that ends the header.
+pub fn read_grid_bytes(prefix: &[u8]) -> Result<Grid, ImageError> {
+    let (header, _) = parse_header(prefix)?;
+    Ok(Grid {
         dims: header.sizes,
         affine: header.affine,
     })

@@ -119,15 +119,42 @@ pub const GRID_TOLERANCE: f64 = 1e-3;
 /// label against its image. Fails with [`ImageError::ShapeMismatch`] or
 /// [`ImageError::AffineMismatch`].
 pub fn check_same_grid<A, B>(a: &Volume<A>, b: &Volume<B>) -> Result<(), ImageError> {
-    check_same_dims(a, b)?;
-    let max_diff = max_abs_diff(&a.affine, &b.affine);
-    if max_diff.is_nan() || max_diff > GRID_TOLERANCE {
-        return Err(ImageError::AffineMismatch {
-            max_diff,
-            tolerance: GRID_TOLERANCE,
-        });
+    a.grid().check_same(&b.grid())
+}
+
+/// Checks that `label` can be a label of an image on `image`'s grid: whole-number,
+/// finite voxels ([`ImageError::FractionalLabel`]) on that grid.
+pub fn check_label(label: &Volume<f32>, image: &Grid) -> Result<(), ImageError> {
+    if let Some((index, &value)) = label
+        .data
+        .iter()
+        .enumerate()
+        .find(|(_, v)| !v.is_finite() || v.fract() != 0.0)
+    {
+        return Err(ImageError::FractionalLabel { index, value });
     }
-    Ok(())
+    image.check_same(&label.grid())
+}
+
+impl Grid {
+    /// Checks that `other` has these dims and (within [`GRID_TOLERANCE`]) this affine,
+    /// as [`check_same_grid`] does for volumes.
+    pub fn check_same(&self, other: &Grid) -> Result<(), ImageError> {
+        if self.dims != other.dims {
+            return Err(ImageError::ShapeMismatch {
+                a: self.dims,
+                b: other.dims,
+            });
+        }
+        let max_diff = max_abs_diff(&self.affine, &other.affine);
+        if max_diff.is_nan() || max_diff > GRID_TOLERANCE {
+            return Err(ImageError::AffineMismatch {
+                max_diff,
+                tolerance: GRID_TOLERANCE,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Checks only that `a` and `b` have the same dims ([`ImageError::ShapeMismatch`]).

@@ -105,6 +105,18 @@ async fn jobs_lifecycle() {
     medlabel_tests::jobs_contract::lifecycle(store, blobs).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_concurrent_requests_accept_one() {
+    let (store, _) = stores().await;
+    medlabel_tests::jobs_contract::concurrent_requests_accept_one(store).await;
+}
+
+#[tokio::test]
+async fn jobs_leases() {
+    let (store, _) = stores().await;
+    medlabel_tests::jobs_contract::leases_end_jobs_of_runners_that_went_away(store).await;
+}
+
 #[tokio::test]
 async fn snapshots_restore_what_a_fold_sees() {
     let (dir, (store, blobs)) = (scratch(), stores().await);

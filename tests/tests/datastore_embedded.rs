@@ -102,6 +102,20 @@ async fn jobs_lifecycle() {
     medlabel_tests::jobs_contract::lifecycle(Arc::new(store), Arc::new(blobs)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jobs_concurrent_requests_accept_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
+    medlabel_tests::jobs_contract::concurrent_requests_accept_one(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn jobs_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteEventStore::open(dir.path().join("events.db")).unwrap();
+    medlabel_tests::jobs_contract::leases_end_jobs_of_runners_that_went_away(Arc::new(store)).await;
+}
+
 /// The same seed gives the same hand-out order on a fresh datastore; another seed does not.
 #[tokio::test]
 async fn seeded_random_is_reproducible() {

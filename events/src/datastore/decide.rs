@@ -8,13 +8,7 @@ use crate::store::ExpectedVersion;
 
 use super::{DatastoreError, DatastoreView, Result, Strategy};
 
-/// Events to append to one stream, valid only if the stream is still at `expected`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Decision {
-    pub stream: StreamId,
-    pub expected: ExpectedVersion,
-    pub events: Vec<Event>,
-}
+pub use crate::decision::Decision;
 
 impl Decision {
     fn on_image(view: &DatastoreView, image: &ImageId, events: Vec<Event>) -> Self {

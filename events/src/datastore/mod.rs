@@ -27,19 +27,16 @@ pub use decide::Decision;
 pub use selection::{Lease, SelectionIndex, Strategy};
 pub use studies::{ImportReport, export_studies, import_studies};
 pub use view::{
-    DatastoreView, ImageRecord, ImageStreamState, LabelRecord, LabelVersion, Status, label_names,
-    merge,
+    DatastoreView, ImageRecord, ImageStreamState, LabelRecord, LabelVersion, Quarantined, Removed,
+    Status, label_names, merge,
 };
 
 use crate::blob::{BlobError, BlobReader, BlobRef, BlobStore};
 use crate::clock::{Clock, SystemClock};
-use crate::event::{Actor, Info, NewEvent, RecordedEvent, StreamId};
+use crate::event::{Actor, Info, RecordedEvent, StreamId};
 use crate::id::{Extension, ImageId, InvalidId, Tag};
 use crate::projection::Projected;
 use crate::store::{EventStore, StoreError};
-
-/// How many times a write re-decides after losing a version race before giving up.
-const MAX_CONFLICT_RETRIES: usize = 64;
 
 /// Who is writing, and the request id that makes the write idempotent.
 #[derive(Debug, Clone)]
@@ -98,6 +95,15 @@ pub enum DatastoreError {
 }
 
 pub type Result<T, E = DatastoreError> = std::result::Result<T, E>;
+
+impl crate::decision::WriteError for DatastoreError {
+    fn contended(attempts: usize) -> Self {
+        Self::Contended(attempts)
+    }
+    fn request_id_reused(request_id: &str) -> Self {
+        Self::RequestIdReused(request_id.to_owned())
+    }
+}
 
 /// The Datastore service: MONAI Label's Datastore methods as a fold of events.
 pub struct Datastore {
@@ -166,60 +172,14 @@ impl Datastore {
         Ok(self.view.read().await?)
     }
 
-    /// Decides against the view and appends, re-deciding on version conflicts. Returns
-    /// the decision recorded (`None` when it recorded nothing).
-    ///
-    /// The first decision uses the view as it stands, without a catch-up: it already
-    /// holds every write this process made, and one decided on a view that missed
-    /// another process's write appends at a stream version that is no longer current,
-    /// so it conflicts and is decided again on a caught-up view. Only a refusal or a
-    /// no-op is not guarded that way, so neither is believed until a caught-up view
-    /// decides it too.
+    /// Decides against the view and appends, re-deciding on version conflicts
+    /// ([`crate::decision::execute`]). Returns the decision recorded (`None` when it
+    /// recorded nothing).
     pub async fn execute<F>(&self, ctx: &WriteContext, decide: F) -> Result<Option<Decision>>
     where
         F: Fn(&DatastoreView) -> Result<Option<Decision>>,
     {
-        let mut caught_up = false;
-        for _ in 0..MAX_CONFLICT_RETRIES {
-            let decided = if caught_up {
-                decide(&*self.view().await?)
-            } else {
-                decide(&self.view.peek())
-            };
-            let decision = match decided {
-                Ok(Some(decision)) => decision,
-                _ if !caught_up => {
-                    caught_up = true;
-                    continue;
-                }
-                Ok(None) => return Ok(None),
-                Err(err) => return Err(err),
-            };
-            let now = self.clock.now_ms();
-            let events = decision
-                .events
-                .iter()
-                .cloned()
-                .map(|event| NewEvent {
-                    event,
-                    actor: ctx.actor.clone(),
-                    timestamp_ms: now,
-                })
-                .collect();
-            match self
-                .view
-                .append(&decision.stream, decision.expected, events, &ctx.request_id)
-                .await
-            {
-                Ok(appended) if appended.replayed && appended.stream != decision.stream => {
-                    return Err(DatastoreError::RequestIdReused(ctx.request_id.clone()));
-                }
-                Ok(_) => return Ok(Some(decision)),
-                Err(StoreError::Conflict { .. }) => caught_up = true,
-                Err(err) => return Err(err.into()),
-            }
-        }
-        Err(DatastoreError::Contended(MAX_CONFLICT_RETRIES))
+        crate::decision::execute(&self.view, ctx, || self.clock.now_ms(), decide).await
     }
 
     // ----- datastore metadata
@@ -290,13 +250,15 @@ impl Datastore {
             .map(drop)
     }
 
-    /// Refuses an unknown image. The view as it stands vouches for a known image; only
-    /// an unknown one needs a catch-up to be sure (another process may have added it).
-    pub async fn require_image(&self, image: &ImageId) -> Result<()> {
-        if self.view.peek().image(image).is_none() {
-            self.image(image).await?;
+    /// The image, refusing an unknown one. The view as it stands vouches for a known
+    /// image; only an unknown one needs a catch-up to be sure (another process may have
+    /// added it).
+    pub async fn require_image(&self, image: &ImageId) -> Result<ImageRecord> {
+        let known = self.view.peek().image(image).cloned();
+        match known {
+            Some(record) => Ok(record),
+            None => self.image(image).await,
         }
-        Ok(())
     }
 
     pub async fn image(&self, image: &ImageId) -> Result<ImageRecord> {

@@ -6,13 +6,19 @@
 //! (hard links, see [`FolderBlobStore::link_file`]), so the user's files are neither
 //! moved nor duplicated. Import is idempotent: files already recorded with the same
 //! content are skipped, and request ids derive from the content, so re-running it after
-//! a crash records nothing twice.
+//! a crash records nothing twice. A file whose content was removed through the API is
+//! not imported again (the removal is in the log), unless it changed since. Files that
+//! do not read as volumes are skipped with the reason: an image's header must read, a
+//! label must read whole, hold whole numbers and lie on its image's grid.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use medlabel_imaging::io::{read_grid, read_volume};
+use medlabel_imaging::{Grid, check_label};
 use serde_json::Value;
 
+use crate::blob::BlobStore;
 use crate::blob::fs::FolderBlobStore;
 use crate::event::Info;
 use crate::id::{ImageId, KNOWN_EXTENSIONS, Tag, split_file_name};
@@ -25,6 +31,9 @@ pub struct ImportReport {
     pub images_added: usize,
     pub labels_added: usize,
     pub unchanged: usize,
+    /// Files left out because their content was removed through the API since they were
+    /// imported (they come back only if the file changes).
+    pub removed: usize,
     /// Files skipped, with the reason (bad names, orphan labels, unreadable files).
     pub skipped: Vec<(PathBuf, String)>,
 }
@@ -111,7 +120,8 @@ pub async fn import_studies(
         }
     }
 
-    let mut images: BTreeMap<ImageId, ()> = BTreeMap::new();
+    // The grid of each image file in the folder, for its labels.
+    let mut images: BTreeMap<ImageId, Grid> = BTreeMap::new();
     for path in volume_files(studies)? {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         let (id, ext) = match split_file_name(&name) {
@@ -121,9 +131,28 @@ pub async fn import_studies(
                 continue;
             }
         };
+        // The header alone: reading every voxel of a folder of CTs at each start would
+        // take minutes, and an image's voxels are read whole when first used.
+        let grid = match read_grid(&path) {
+            Ok(grid) => grid,
+            Err(err) => {
+                report
+                    .skipped
+                    .push((path.clone(), format!("not a readable volume: {err}")));
+                continue;
+            }
+        };
         let blob = blobs.link_file(&path, &ext).await?;
-        images.insert(id.clone(), ());
-        let current = datastore.view().await?.image(&id).map(|r| r.blob.clone());
+        let (current, removed) = {
+            let view = datastore.view().await?;
+            let removed = view.removed(&id).and_then(|r| r.image.clone());
+            (view.image(&id).map(|r| r.blob.clone()), removed)
+        };
+        if current.is_none() && removed.as_ref() == Some(&blob) {
+            report.removed += 1;
+            continue;
+        }
+        images.insert(id.clone(), grid);
         if current.as_ref() == Some(&blob) {
             report.unchanged += 1;
             continue;
@@ -165,20 +194,33 @@ pub async fn import_studies(
                         .push((path.clone(), "invalid label file name".into()));
                     continue;
                 };
-                if !images.contains_key(&id) && datastore.view().await?.image(&id).is_none() {
-                    report
-                        .skipped
-                        .push((path.clone(), "label without an image".into()));
+                let blob = blobs.link_file(&path, &ext).await?;
+                let (current, removed, recorded_image) = {
+                    let view = datastore.view().await?;
+                    let removed = view.removed(&id).and_then(|r| r.labels.get(&tag).cloned());
+                    let current = view.label(&id, &tag).map(|l| l.latest().blob.clone());
+                    (current, removed, view.image(&id).map(|r| r.blob.clone()))
+                };
+                if current.is_none() && removed.as_ref() == Some(&blob) {
+                    report.removed += 1;
                     continue;
                 }
-                let blob = blobs.link_file(&path, &ext).await?;
-                let current = datastore
-                    .view()
-                    .await?
-                    .label(&id, &tag)
-                    .map(|l| l.latest().blob.clone());
+                let grid = match (images.get(&id), &recorded_image) {
+                    (Some(grid), _) => Some(*grid),
+                    (None, Some(image)) => blobs.local_path(image).and_then(|p| read_grid(p).ok()),
+                    (None, None) => {
+                        report
+                            .skipped
+                            .push((path.clone(), "label without an image".into()));
+                        continue;
+                    }
+                };
                 if current.as_ref() == Some(&blob) {
                     report.unchanged += 1;
+                    continue;
+                }
+                if let Err(why) = check_label_file(&path, grid).await {
+                    report.skipped.push((path.clone(), why));
                     continue;
                 }
                 let info = info_at(
@@ -197,6 +239,19 @@ pub async fn import_studies(
         }
     }
     Ok(report)
+}
+
+/// Reads a label file whole and checks it against its image's grid (when the image's
+/// header could be read); the reason it cannot be imported otherwise.
+async fn check_label_file(path: &Path, image: Option<Grid>) -> std::result::Result<(), String> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let label = read_volume(&path).map_err(|err| format!("not a readable volume: {err}"))?;
+        check_label(&label, &image.unwrap_or_else(|| label.grid()))
+            .map_err(|err| format!("not a label of its image: {err}"))
+    })
+    .await
+    .map_err(|err| format!("label check failed: {err}"))?
 }
 
 /// A per-item request id under the import's own, bounded to the store's 128 characters.

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use serde_json::{Value, json};
 
 use crate::blob::BlobRef;
-use crate::event::{Actor, Event, Info, RecordedEvent};
+use crate::event::{Actor, Event, Info, RecordedEvent, StreamId};
 use crate::id::{Extension, ImageId, Tag};
 
 use super::selection::{Lease, SelectionIndex};
@@ -71,6 +71,26 @@ pub struct ImageStreamState {
     pub last_label_version: BTreeMap<Tag, u32>,
 }
 
+/// A stored event no reader could decode, skipped by the fold (design invariant 9).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Quarantined {
+    pub position: u64,
+    pub stream: String,
+    pub event_type: String,
+    pub reason: String,
+}
+
+/// What a removal through the API took out of the datastore: the file contents the
+/// studies folder may still hold, so that an import at the next start does not bring
+/// them back (a removed patient image stays removed) unless the file changed since.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Removed {
+    /// The image's blob, when the image itself was removed.
+    pub image: Option<BlobRef>,
+    /// The latest blob of each label removed (with its image or on its own).
+    pub labels: BTreeMap<Tag, BlobRef>,
+}
+
 /// Counts MONAI Label's `/datastore/?output=stats` reports.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Status {
@@ -95,6 +115,10 @@ pub struct DatastoreView {
     unlabeled: HashMap<Tag, BTreeSet<ImageId>>,
     /// Active-learning indexes over the images without a final label.
     selection: SelectionIndex,
+    /// What was removed from each image and not added back since.
+    removed: HashMap<ImageId, Removed>,
+    /// Undecodable events met while folding, by position.
+    quarantined: BTreeMap<u64, Quarantined>,
 }
 
 impl Default for DatastoreView {
@@ -109,6 +133,8 @@ impl Default for DatastoreView {
             labeled: HashMap::new(),
             unlabeled: HashMap::new(),
             selection: SelectionIndex::default(),
+            removed: HashMap::new(),
+            quarantined: BTreeMap::new(),
         }
     }
 }
@@ -153,6 +179,9 @@ impl DatastoreView {
                 info,
             } => {
                 self.bump(image, recorded.sequence);
+                if let Some(removed) = self.removed.get_mut(image) {
+                    removed.image = None;
+                }
                 let mut info = info.clone();
                 info.entry("ts").or_insert_with(|| seconds(ts));
                 info.insert("name".into(), json!(format!("{image}{ext}")));
@@ -190,7 +219,12 @@ impl DatastoreView {
             Event::ImageRemoved { image } => {
                 self.bump(image, recorded.sequence);
                 if let Some(record) = self.images.remove(image) {
-                    for tag in record.labels.keys() {
+                    let removed = self.removed.entry(image.clone()).or_default();
+                    removed.image = Some(record.blob.clone());
+                    for (tag, label) in &record.labels {
+                        removed
+                            .labels
+                            .insert(tag.clone(), label.latest().blob.clone());
                         if let Some(set) = self.labeled.get_mut(tag) {
                             set.remove(image);
                         }
@@ -214,6 +248,9 @@ impl DatastoreView {
                 let Some(record) = self.images.get_mut(image) else {
                     return;
                 };
+                if let Some(removed) = self.removed.get_mut(image) {
+                    removed.labels.remove(tag);
+                }
                 let mut label_info = info.clone();
                 label_info.entry("ts").or_insert_with(|| seconds(ts));
                 label_info.insert("name".into(), json!(format!("{image}{ext}")));
@@ -261,9 +298,13 @@ impl DatastoreView {
                 let removed = self
                     .images
                     .get_mut(image)
-                    .and_then(|r| r.labels.remove(tag))
-                    .is_some();
-                if removed {
+                    .and_then(|r| r.labels.remove(tag));
+                if let Some(label) = removed {
+                    self.removed
+                        .entry(image.clone())
+                        .or_default()
+                        .labels
+                        .insert(tag.clone(), label.latest().blob.clone());
                     if let Some(set) = self.labeled.get_mut(tag) {
                         set.remove(image);
                     }
@@ -341,10 +382,33 @@ impl DatastoreView {
             | Event::ModelDeleted { .. }
             | Event::JobRequested { .. }
             | Event::JobStarted { .. }
+            | Event::JobLeaseRenewed { .. }
             | Event::JobProgressed { .. }
             | Event::JobStopRequested { .. }
             | Event::JobFinished { .. }
             | Event::SnapshotTaken { .. } => {}
+            Event::Unreadable { reason } => {
+                // Its stream's version still counts: the next write there is decided at
+                // the version after it, not at one the store has gone past for good.
+                let stream = recorded.stream.as_str();
+                if stream == StreamId::datastore().as_str() {
+                    self.datastore_version = recorded.sequence;
+                } else if let Some(image) = stream
+                    .strip_prefix("image/")
+                    .and_then(|id| ImageId::parse(id).ok())
+                {
+                    self.bump(&image, recorded.sequence);
+                }
+                self.quarantined.insert(
+                    recorded.position,
+                    Quarantined {
+                        position: recorded.position,
+                        stream: recorded.stream.to_string(),
+                        event_type: recorded.event_type.clone(),
+                        reason: reason.clone(),
+                    },
+                );
+            }
         }
     }
 
@@ -437,6 +501,16 @@ impl DatastoreView {
             ids.sort();
         }
         ids
+    }
+
+    /// What removals took from `id` that was not added back since.
+    pub fn removed(&self, id: &ImageId) -> Option<&Removed> {
+        self.removed.get(id)
+    }
+
+    /// The events this fold could not decode and skipped, by position.
+    pub fn quarantined(&self) -> impl ExactSizeIterator<Item = &Quarantined> {
+        self.quarantined.values()
     }
 
     /// The active-learning indexes (images without a final label).

@@ -635,14 +635,18 @@ fn put_new(table: &str, item: Item) -> Result<TransactWriteItem, StoreError> {
 }
 
 fn decode_event(item: &Item) -> Result<RecordedEvent, StoreError> {
-    let payload = get_s(item, A_PAYLOAD)?;
-    let event = event::decode(payload).map_err(|err| StoreError::Corrupt(err.to_string()))?;
-    let actor = serde_json::from_str(get_s(item, A_ACTOR)?)
-        .map_err(|err| StoreError::Corrupt(format!("actor: {err}")))?;
+    let stream = get_s(item, A_STREAM)?;
+    let position = get_n(item, A_POSITION)?;
+    let (event, actor) = event::decode_or_quarantine(
+        position,
+        stream,
+        get_s(item, A_PAYLOAD)?,
+        get_s(item, A_ACTOR)?,
+    );
     Ok(RecordedEvent {
-        stream: StreamId::from_stored(get_s(item, A_STREAM)?.to_owned()),
+        stream: StreamId::from_stored(stream.to_owned()),
         sequence: get_n(item, A_SEQUENCE)?,
-        position: get_n(item, A_POSITION)?,
+        position,
         timestamp_ms: get_n(item, A_TIMESTAMP)?,
         actor,
         request_id: get_s(item, A_REQUEST)?.to_owned(),

@@ -43,7 +43,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::{oneshot, watch};
 
-use crate::event::{self, Actor, NewEvent, RecordedEvent, StreamId};
+use crate::event::{self, NewEvent, RecordedEvent, StreamId};
 use crate::store::{Appended, EventStore, ExpectedVersion, StoreError, Tail, check_append};
 
 /// Version of the table layout this build writes (`PRAGMA user_version`). Version 2
@@ -665,14 +665,15 @@ impl StoredRow {
                 self.position
             ))
         };
-        let actor: Actor = serde_json::from_str(&self.actor).map_err(|err| at("actor", &err))?;
-        let event = event::decode(&self.payload).map_err(|err| at("payload", &err))?;
         let schema_version =
             u16::try_from(self.schema_version).map_err(|err| at("schema version", &err))?;
+        let position = stored_u64("position", self.position)?;
+        let (event, actor) =
+            event::decode_or_quarantine(position, &self.stream, &self.payload, &self.actor);
         Ok(RecordedEvent {
             stream: StreamId::from_stored(self.stream),
             sequence: stored_u64("sequence", self.sequence)?,
-            position: stored_u64("position", self.position)?,
+            position,
             timestamp_ms: self.timestamp_ms,
             actor,
             request_id: self.request_id,

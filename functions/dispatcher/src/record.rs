@@ -250,6 +250,7 @@ mod tests {
             Event::JobStarted {
                 job: RunId::parse("run-1").unwrap(),
                 worker: "gpu-0".into(),
+                lease_until_ms: Some(1_800_000_000_000),
             },
             Event::JobFinished {
                 job: RunId::parse("run-1").unwrap(),

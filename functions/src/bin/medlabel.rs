@@ -7,8 +7,13 @@
 //!
 //! GPU work runs in a child process, `medlabel-runner worker` (found beside this binary
 //! or given by `--runner`): it follows the same event log, runs training, scoring and
-//! batch-inference jobs, and serves interactive inference on a loopback port. This
-//! binary never links libtorch. `--starter-model DIR` publishes a model folder
+//! batch-inference jobs, and serves interactive inference on a loopback port, restarted
+//! by a supervisor whenever it dies (`medlabel_functions::supervisor`). This binary
+//! never links libtorch.
+//!
+//! Browsers: no other web origin may call the API unless named by `--cors-origin`, and
+//! a server bound to loopback answers only requests for a loopback name or its address
+//! (DNS rebinding). `--starter-model DIR` publishes a model folder
 //! (`config.json` + `model.safetensors`) as version 1 of its model when none is
 //! published yet, so a fresh studies folder can segment at once.
 
@@ -16,16 +21,17 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use clap::{Arg, ArgMatches, Command, value_parser};
+use clap::{Arg, ArgAction, ArgMatches, Command, value_parser};
 use medlabel_events::Actor;
 use medlabel_events::blob::fs::FolderBlobStore;
 use medlabel_events::clock::SystemClock;
 use medlabel_events::datastore::{WriteContext, import_studies};
 use medlabel_events::jobs::Jobs;
 use medlabel_events::store::sqlite::SqliteEventStore;
-use medlabel_functions::model_runner::InferenceEndpoint;
+use medlabel_functions::model_runner::{InferenceEndpoint, LocalRunner};
 use medlabel_functions::runner::NoRunner;
 use medlabel_functions::state::{AppState, Config, DicomWeb};
+use medlabel_functions::supervisor::{RunnerCommand, RunnerSupervisor};
 
 fn cli() -> Command {
     let command = Command::new("medlabel")
@@ -89,6 +95,19 @@ fn cli() -> Command {
                     Arg::new("dicomweb")
                         .long("dicomweb")
                         .help("A DICOMweb server for /proxy/dicom/ (basic auth from MEDLABEL_DICOMWEB_USERNAME/_PASSWORD)"),
+                )
+                .arg(
+                    Arg::new("cors-origin")
+                        .long("cors-origin")
+                        .action(ArgAction::Append)
+                        .help("A web origin allowed to call the API from a browser, e.g. https://viewer.example (repeatable; default: none)"),
+                )
+                .arg(
+                    Arg::new("job-lease")
+                        .long("job-lease")
+                        .default_value("60")
+                        .value_parser(value_parser!(f64))
+                        .help("Seconds a runner holds a job without renewing it; a job whose runner stops renewing ends as ERROR"),
                 )
                 .arg(
                     Arg::new("session-expiry")
@@ -178,6 +197,19 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&temp_dir)?;
     let store = open_store(&home.join("events.db")).await?;
     let blobs = FolderBlobStore::open_with_inline(home.join("blobs"), &store)?;
+    let host: &String = args.get_one("host").expect("defaulted");
+    let allowed_hosts = loopback_names(host);
+    if allowed_hosts.is_none() {
+        tracing::warn!(
+            %host,
+            "listening beyond loopback without authentication: anyone who can reach this \
+             address can read, change and delete every image and label"
+        );
+        eprintln!(
+            "medlabel: WARNING: --host {host} is reachable from the network and authentication \
+             is off: anyone who can reach it gets full access to the patient data"
+        );
+    }
     let config = Config {
         max_upload_bytes: *args.get_one::<u64>("max-upload-bytes").expect("defaulted"),
         max_session_expiry_s: *args.get_one::<u64>("session-expiry").expect("defaulted"),
@@ -187,6 +219,13 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
             .get_one::<String>("dicomweb")
             .cloned()
             .map(DicomWeb::with_env_credentials),
+        cors_origins: args
+            .get_many::<String>("cors-origin")
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect(),
+        allowed_hosts,
         ..Config::default()
     };
     let state = AppState::open_with(
@@ -218,8 +257,11 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
         state.sessions.clone(),
     ));
 
+    let jobs = Arc::new(Jobs::new(
+        state.datastore.event_store().clone(),
+        Arc::new(SystemClock),
+    ));
     if let Some(dir) = args.get_one::<PathBuf>("starter-model") {
-        let jobs = Jobs::new(state.datastore.event_store().clone(), Arc::new(SystemClock));
         medlabel_functions::model_runner::publish_model_folder(
             &jobs,
             state.datastore.blob_store().as_ref(),
@@ -237,22 +279,26 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
                 .map(|d| d.join("medlabel-runner"))
         })
         .filter(|path| path.is_file());
-    let (state, _child) = match runner {
-        Some(runner) => {
-            let device: &String = args.get_one("device").expect("defaulted");
-            let (child, endpoint) = spawn_runner(&runner, &home, device).await?;
-            (
-                state.with_model_runner(Some(InferenceEndpoint::Local(endpoint))),
-                Some(child),
-            )
+    let state = match runner {
+        Some(binary) => {
+            let endpoint = Arc::new(LocalRunner::default());
+            let command = RunnerCommand {
+                binary,
+                home: home.clone(),
+                device: args.get_one::<String>("device").expect("defaulted").clone(),
+                lease: std::time::Duration::from_secs_f64(
+                    *args.get_one::<f64>("job-lease").expect("defaulted"),
+                ),
+            };
+            tokio::spawn(RunnerSupervisor::new(command, endpoint.clone(), jobs.clone()).run());
+            state.with_jobs(jobs, Some(InferenceEndpoint::Local(endpoint)))
         }
         None => {
             tracing::warn!("no medlabel-runner found: serving without models");
-            (state.with_model_runner(None), None)
+            state.with_jobs(jobs, None)
         }
     };
 
-    let host: &String = args.get_one("host").expect("defaulted");
     let port: u16 = *args.get_one("port").expect("defaulted");
     let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
     let address: SocketAddr = listener.local_addr()?;
@@ -268,32 +314,28 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Starts `medlabel-runner worker` on a free loopback port. The child holds a pipe to
-/// us as its stdin and exits at EOF, so it ends with this process however that ends.
-async fn spawn_runner(
-    runner: &Path,
-    home: &Path,
-    device: &str,
-) -> Result<(tokio::process::Child, String), Box<dyn std::error::Error>> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let child = tokio::process::Command::new(runner)
-        .arg("worker")
-        .arg("--home")
-        .arg(home)
-        .arg("--serve")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--device")
-        .arg(device)
-        .arg("--exit-with-stdin")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    tracing::info!(runner = %runner.display(), %endpoint, "runner started");
-    Ok((child, endpoint))
+/// The host names a server bound to `host` answers, when `host` is a loopback address
+/// or name; `None` when it listens beyond this machine.
+fn loopback_names(host: &str) -> Option<Vec<String>> {
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_matches(|c| c == '[' || c == ']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    loopback.then(|| {
+        let mut names: Vec<String> = ["localhost", "127.0.0.1", "[::1]"]
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        let bracketed = match host.parse::<std::net::Ipv6Addr>() {
+            Ok(v6) => format!("[{v6}]"),
+            Err(_) => host.to_owned(),
+        };
+        if !names.contains(&bracketed) {
+            names.push(bracketed);
+        }
+        names
+    })
 }
 
 async fn open_store(path: &Path) -> Result<SqliteEventStore, Box<dyn std::error::Error>> {

@@ -26,6 +26,7 @@ use crate::multipart::{Upload, read_form, read_upload};
 use crate::reply;
 use crate::routes::client_id;
 use crate::state::AppState;
+use crate::volumes::{check_image, check_label};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -127,6 +128,7 @@ async fn upload_image(
     let upload = form.required_file("file")?;
     let (image, ext) = upload_name(upload, query.get("image"))?;
     let info = params_field(&form, "params")?;
+    check_image(&upload.path, &ext, "file", &upload.file_name).await?;
     let write = ctx.write(client_id(&info));
     let id = state
         .datastore
@@ -259,11 +261,21 @@ async fn save_label(
     let image = query.image_id("image")?;
     let tag = query.tag("tag")?;
     // Refuse an unknown image before reading the upload.
-    state.datastore.require_image(&image).await?;
+    let record = state.datastore.require_image(&image).await?;
     let form = read_upload(&state.config, &headers, body, &["label"]).await?;
     let upload = form.required_file("label")?;
     let (_, ext) = upload_name(upload, None)?;
     let info = params_field(&form, "params")?;
+    let checked = check_label(
+        &state,
+        (&image, &record),
+        &upload.path,
+        &ext,
+        "label",
+        &upload.file_name,
+    )
+    .await?;
+    let (file, ext) = checked.file(&upload.path, &ext);
     let write = ctx.write(client_id(&info));
     // `{"annotator_tag": true}` keeps this annotator's label apart from everyone's:
     // under a tag named after the client (or the user), for agreement scoring and a
@@ -278,7 +290,7 @@ async fn save_label(
     };
     state
         .datastore
-        .save_label(&write, &image, &tag, &upload.path, &ext, info)
+        .save_label(&write, &image, &tag, file, ext, info)
         .await?;
     Ok(Json(json!({"image": image, "label": image})))
 }

@@ -58,9 +58,15 @@ async fn reload() -> Json<Value> {
 /// MONAI Label's app info, recomputed per call.
 pub async fn app_info(state: &AppState) -> Result<Value, ApiError> {
     let described = state.runner.describe().await?;
-    let (name, description, status) = {
+    let (name, description, status, quarantined) = {
         let view = state.datastore.view().await?;
-        (view.name.clone(), view.description.clone(), view.status())
+        let quarantined: Vec<_> = view.quarantined().cloned().collect();
+        (
+            view.name.clone(),
+            view.description.clone(),
+            view.status(),
+            quarantined,
+        )
     };
     let mut labels = BTreeSet::new();
     for model in described.models.values() {
@@ -82,7 +88,7 @@ pub async fn app_info(state: &AppState) -> Result<Value, ApiError> {
     } else {
         description
     };
-    Ok(json!({
+    let mut info = json!({
         "name": app_name,
         "description": app_description,
         "version": MONAI_LABEL_VERSION,
@@ -93,7 +99,13 @@ pub async fn app_info(state: &AppState) -> Result<Value, ApiError> {
         "scoring": described.scoring,
         "train_stats": described.train_stats,
         "datastore": status,
-    }))
+    });
+    // Events the log holds but no reader could decode: skipped, and shown (only when
+    // there are any) so an operator learns of them and where they are.
+    if !quarantined.is_empty() {
+        info["quarantined_events"] = json!(quarantined);
+    }
+    Ok(info)
 }
 
 async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

@@ -14,8 +14,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use medlabel_events::Info;
+use medlabel_events::id::split_file_name;
 use medlabel_events::session::{Session, Sessions};
+use medlabel_events::{Extension, Info};
 use serde_json::{Value, json};
 
 use crate::context::Ctx;
@@ -25,6 +26,7 @@ use crate::multipart::read_upload;
 use crate::reply;
 use crate::routes::blob_uri;
 use crate::state::AppState;
+use crate::volumes::check_image;
 
 /// How often the local server sweeps expired sessions (MONAI Label: every 5 minutes).
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(300);
@@ -77,6 +79,15 @@ async fn create(
             json!(form.files.len()),
         )));
     }
+    let base = upload
+        .file_name
+        .rsplit(['/', '\\'])
+        .next()
+        .unwrap_or_default();
+    let ext = split_file_name(base)
+        .map(|(_, ext)| ext)
+        .unwrap_or_else(|_| Extension::parse("").expect("empty extension is valid"));
+    check_image(&upload.path, &ext, "files", &upload.file_name).await?;
     if let Err(err) = state.sessions.sweep().await {
         tracing::warn!(error = %err, "session sweep failed");
     }

@@ -31,6 +31,7 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::{QueryParams, Segment, json_body};
 use crate::routes::client_id;
 use crate::state::AppState;
+use crate::volumes::{check_image, check_label, spooled};
 
 /// S3's most parts per multipart upload.
 const MAX_PARTS: u16 = 10_000;
@@ -168,6 +169,9 @@ async fn confirm_image(
         .blob_store()
         .adopt_upload(&upload.0, &ext, state.config.max_upload_bytes)
         .await?;
+    // Checked before any event names it; a refused blob is left for the sweep.
+    let file = spooled(&state, &blob).await?;
+    check_image(&file, &ext, "upload", &upload.0).await?;
     let write = ctx.write(client_id(&info));
     state
         .datastore
@@ -188,12 +192,17 @@ async fn confirm_label(
     let ext = extension(&query)?;
     let info = json_body(body).await?;
     // Refuse an unknown image before touching the upload.
-    state.datastore.image(&image).await?;
-    let blob = state
-        .datastore
-        .blob_store()
+    let record = state.datastore.image(&image).await?;
+    let blobs = state.datastore.blob_store();
+    let mut blob = blobs
         .adopt_upload(&upload.0, &ext, state.config.max_upload_bytes)
         .await?;
+    // Checked before any event names it; a refused blob is left for the sweep.
+    let file = spooled(&state, &blob).await?;
+    let checked = check_label(&state, (&image, &record), &file, &ext, "upload", &upload.0).await?;
+    if let Some((converted, ext)) = &checked.converted {
+        blob = blobs.put_file(converted, ext).await?;
+    }
     let write = ctx.write(client_id(&info));
     let saved = state
         .datastore

@@ -327,3 +327,121 @@ pub fn runner_binary() -> std::path::PathBuf {
     );
     runner
 }
+
+/// The grid every test volume shares: 8×8×4 voxels of 1.5 × 1.5 × 2 mm.
+pub const TEST_DIMS: [usize; 3] = [8, 8, 4];
+
+fn test_affine() -> medlabel_imaging::Affine {
+    [
+        [1.5, 0.0, 0.0, -6.0],
+        [0.0, 1.5, 0.0, -6.0],
+        [0.0, 0.0, 2.0, 0.0],
+        [0.0, 0.0, 0.0, 1.0],
+    ]
+}
+
+/// A NIfTI file image on a grid of `dims` voxels of 1.5 × 1.5 × 2 mm, each voxel
+/// `value(index)` stored as `datatype`, gzipped when `gz`.
+pub fn nifti(
+    dims: [usize; 3],
+    datatype: medlabel_imaging::DataType,
+    gz: bool,
+    value: impl Fn(usize) -> f32,
+) -> Vec<u8> {
+    let voxels = dims.iter().product::<usize>();
+    let data = (0..voxels).map(value).collect();
+    let volume = medlabel_imaging::Volume::new(data, dims, test_affine()).unwrap();
+    medlabel_imaging::nifti::write_nifti_bytes(&volume, datatype, gz).unwrap()
+}
+
+/// A tiny CT-like image as a `.nii.gz` (int16): uploads are read whole before they
+/// are recorded, so tests send real volumes. `seed` varies the voxels, so images with
+/// different seeds are different blobs.
+pub fn ct_volume(seed: u32) -> Vec<u8> {
+    nifti(TEST_DIMS, medlabel_imaging::DataType::I16, true, |i| {
+        ((i as u32).wrapping_mul(2_654_435_761) ^ seed) as f32 % 400.0 - 100.0
+    })
+}
+
+/// A label on [`ct_volume`]'s grid as a `.nii.gz` (uint8): `value` in the voxels whose
+/// index is below `filled`, background elsewhere.
+pub fn label_volume(value: u8, filled: usize) -> Vec<u8> {
+    nifti(TEST_DIMS, medlabel_imaging::DataType::U8, true, |i| {
+        if i < filled { f32::from(value) } else { 0.0 }
+    })
+}
+
+/// A `medlabel serve` process on a free loopback port, killed when dropped. Its
+/// standard output (the log) is kept, so a test can wait for a line.
+pub struct LocalServer {
+    child: std::process::Child,
+    pub url: String,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl LocalServer {
+    /// Starts `medlabel serve --studies <studies> <extra…>` and waits for its address.
+    pub fn start(studies: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_medlabel"))
+            .args(["serve", "--studies"])
+            .arg(studies)
+            .args(["--host", "127.0.0.1", "--port", "0"])
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("medlabel starts");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("medlabel exited before printing its URL")
+                .unwrap();
+            if let Some(at) = line.find(" at http://") {
+                break line[at + 4..].trim().trim_end_matches('/').to_owned();
+            }
+        };
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        // Keep draining the log so the server never blocks on a full pipe.
+        let kept = log.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                kept.lock().unwrap().push(line);
+            }
+        });
+        Self { child, url, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The first log line containing `needle`, waiting up to `timeout` for it.
+    pub fn wait_for_log(&self, needle: &str, timeout: std::time::Duration) -> Option<String> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return Some(line.clone());
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the server (SIGKILL: no clean shutdown to lean on) and waits for it.
+    pub fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for LocalServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

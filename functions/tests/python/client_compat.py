@@ -8,6 +8,8 @@ import json
 import os
 import sys
 
+import nibabel as nib
+import numpy as np
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
@@ -16,14 +18,21 @@ def main():
     url, work = sys.argv[1], sys.argv[2]
     client = MONAILabelClient(url, tmpdir=work, client_id="compat-test")
 
+    # Real volumes: medlabel reads every upload whole before it records it.
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
     image_path = os.path.join(work, "spleen_10.nii.gz")
-    image_bytes = bytes(range(256)) * 40
-    with open(image_path, "wb") as f:
-        f.write(image_bytes)
+    ct = np.arange(16 * 16 * 8, dtype=np.int16).reshape(16, 16, 8) % 300 - 100
+    nib.save(nib.Nifti1Image(ct, affine), image_path)
     label_path = os.path.join(work, "spleen_10_seg.nii.gz")
-    label_bytes = b"\x00\x01\x02label" * 100
-    with open(label_path, "wb") as f:
-        f.write(label_bytes)
+    mask = np.zeros((16, 16, 8), dtype=np.uint8)
+    mask[4:12, 4:12, 2:6] = 1
+    nib.save(nib.Nifti1Image(mask, affine), label_path)
+    with open(label_path, "rb") as f:
+        label_bytes = f.read()
+
+    # A label that does not fit its image is refused with MONAI Label's error shape.
+    wrong_path = os.path.join(work, "spleen_10_wrong.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((16, 16, 7), dtype=np.uint8), affine), wrong_path)
 
     assert client.auth_enabled() is False
 
@@ -49,6 +58,14 @@ def main():
     sample = client.next_sample("first", {})
     assert sample["id"], sample
     assert sample["strategy"]["first"]["client_id"] == "compat-test", sample
+
+    try:
+        client.save_label("spleen_10", wrong_path, tag="final")
+        raise AssertionError("a label of another shape was saved")
+    except MONAILabelClientException as e:
+        # The client drops the status code for save_label; it is only in the message.
+        assert e.msg.startswith("Status: 422;") and "shape mismatch" in e.msg, e.msg
+    assert "final" not in client.datastore()["objects"]["spleen_10"]["labels"]
 
     saved = client.save_label("spleen_10", label_path, tag="final", params={"label_info": [{"name": "spleen", "idx": 1}]})
     assert saved == {"image": "spleen_10", "label": "spleen_10"}, saved
