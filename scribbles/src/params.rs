@@ -80,7 +80,7 @@ impl Default for ScribblesParams {
             clip: true,
             pix_dim: Some([2.5, 2.5, 5.0]),
             crop_margin_mm: 50.0,
-            max_graph_voxels: 1 << 22,
+            max_graph_voxels: 1 << 20,
         }
     }
 }

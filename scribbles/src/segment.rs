@@ -113,18 +113,19 @@ pub fn segment(
         // too. Those voxels are on the image's grid; weighting each by its volume in
         // processing voxels keeps the balance MONAI Label's resampled counts have.
         let weight = (0..3).map(|a| spacing[a] / proc_spacing[a]).product();
-        let outside_crop = |[i, j, k]: [usize; 3]| {
-            let c = &crop_box;
-            !(c.start[0]..c.end[0]).contains(&i)
-                || !(c.start[1]..c.end[1]).contains(&j)
-                || !(c.start[2]..c.end[2]).contains(&k)
-        };
-        for_each_voxel(&BoundingBox::full(dims), dims, |idx, ijk| {
-            if outside_crop(ijk) {
-                let v = window.normalised(window.apply(image.data[idx]));
-                hist.add_background(v, weight);
+        let (start, end) = (crop_box.start, crop_box.end);
+        for (row_index, row) in image.data.chunks_exact(dims[0]).enumerate() {
+            let (j, k) = (row_index % dims[1], row_index / dims[1]);
+            let crosses_crop = (start[1]..end[1]).contains(&j) && (start[2]..end[2]).contains(&k);
+            let (before, after) = if crosses_crop {
+                (&row[..start[0]], &row[end[0]..])
+            } else {
+                (row, &row[..0])
+            };
+            for &v in before.iter().chain(after) {
+                hist.add_background(window.normalised(window.apply(v)), weight);
             }
-        });
+        }
     }
     let by_bin = hist.foreground_probabilities();
     let probability: Vec<f32> = intensity
@@ -200,20 +201,32 @@ impl<'a> Strokes<'a> {
         let (mut fg, mut bg) = (0usize, 0usize);
         let mut lo = [usize::MAX; 3];
         let mut hi = [0; 3];
-        for_each_voxel(&roi.unwrap_or(BoundingBox::full(dims)), dims, |idx, ijk| {
-            let v = scribbles.data[idx];
-            if v == foreground {
-                fg += 1;
-            } else if v == background {
-                bg += 1;
-            } else {
-                return;
+        let region = roi.unwrap_or(BoundingBox::full(dims));
+        for k in region.start[2]..region.end[2] {
+            for j in region.start[1]..region.end[1] {
+                let at = dims[0] * (j + dims[1] * k);
+                let row = &scribbles.data[at + region.start[0]..at + region.end[0]];
+                let is_stroke = |v: &f32| *v == foreground || *v == background;
+                // Most rows hold no stroke; this test vectorises.
+                if !row.iter().any(is_stroke) {
+                    continue;
+                }
+                for (offset, v) in row.iter().enumerate() {
+                    if !is_stroke(v) {
+                        continue;
+                    }
+                    if *v == foreground {
+                        fg += 1;
+                    } else {
+                        bg += 1;
+                    }
+                    for (a, x) in [region.start[0] + offset, j, k].into_iter().enumerate() {
+                        lo[a] = lo[a].min(x);
+                        hi[a] = hi[a].max(x + 1);
+                    }
+                }
             }
-            for a in 0..3 {
-                lo[a] = lo[a].min(ijk[a]);
-                hi[a] = hi[a].max(ijk[a] + 1);
-            }
-        });
+        }
         let scope = match roi {
             Some(roi) if bg == 0 && roi == BoundingBox::full(dims) => {
                 return Err(ScribblesError::NoBackground { label: bg_label });

@@ -7,9 +7,11 @@
 //! Two search trees grow from the terminals: S (nodes reachable from the source through
 //! residual arcs) and T (nodes that reach the sink). When they touch, the path through
 //! them is augmented; the arcs it saturates cut nodes off their trees ("orphans"), which
-//! look for a new parent in the same tree or become free. Unlike a BFS-based method,
-//! the trees are kept between augmentations, which is what makes it fast on grids whose
-//! terminal capacities are large (every node is a terminal neighbour).
+//! look for a new parent in the same tree or become free. Unlike BFS-based methods
+//! (Edmonds–Karp, Dinic) the trees are repaired rather than rebuilt after each
+//! augmentation, which on vision grids (short paths, most nodes linked to a terminal)
+//! beats them and push-relabel in practice, though its worst-case bound,
+//! O(m · n² · |C|), is weaker.
 //!
 //! Every node `i` carries a signed residual terminal capacity `tr_cap[i]`: positive is
 //! residual capacity from the source to `i`, negative from `i` to the sink (one of the
@@ -42,18 +44,25 @@ const IN_SINK_TREE: u8 = 1;
 /// `flags` bit: the node is queued in `active` or is the node being grown.
 const ACTIVE: u8 = 2;
 
+/// Per-node state, kept together because the search reads all of it for each
+/// neighbour it visits.
+#[derive(Clone, Copy)]
+struct Node<C> {
+    tr_cap: C,
+    /// The arc from the node to its parent in its tree, or one of the sentinels.
+    parent: u32,
+    /// `ts` and `dist` implement the distance heuristic of the paper: `dist` is the
+    /// number of arcs to the terminal, known to be exact when `ts` equals `time`.
+    ts: u32,
+    dist: u32,
+    flags: u8,
+}
+
 struct Solver<'a, T, C> {
     topo: &'a T,
     /// Residual capacity of every arc.
     r_cap: &'a mut [C],
-    tr_cap: Vec<C>,
-    /// The arc from a node to its parent in its tree, or one of the sentinels.
-    parent: Vec<u32>,
-    flags: Vec<u8>,
-    /// `ts` and `dist` implement the distance heuristic of the paper: `dist` is the
-    /// number of arcs to the terminal, known to be exact when `ts` equals `time`.
-    ts: Vec<u32>,
-    dist: Vec<u32>,
+    nodes: Vec<Node<C>>,
     active: VecDeque<u32>,
     orphans: VecDeque<u32>,
     time: u32,
@@ -75,28 +84,36 @@ pub(super) fn solve<T: Topology, C: Capacity>(
     let mut s = Solver {
         topo,
         r_cap,
-        tr_cap,
-        parent: vec![FREE; n],
-        flags: vec![0; n],
-        ts: vec![0; n],
-        dist: vec![0; n],
+        nodes: tr_cap
+            .into_iter()
+            .map(|tr_cap| Node {
+                tr_cap,
+                parent: FREE,
+                ts: 0,
+                dist: 0,
+                flags: 0,
+            })
+            .collect(),
         active: VecDeque::new(),
         orphans: VecDeque::new(),
         time: 0,
         flow,
     };
     for i in 0..n {
-        let tr = s.tr_cap[i];
+        let tr = s.nodes[i].tr_cap;
         if tr != C::ZERO {
-            s.parent[i] = TERMINAL;
-            s.flags[i] = if tr < C::ZERO { IN_SINK_TREE } else { 0 };
-            s.dist[i] = 1;
+            let node = &mut s.nodes[i];
+            node.parent = TERMINAL;
+            node.flags = if tr < C::ZERO { IN_SINK_TREE } else { 0 };
+            node.dist = 1;
             s.activate(i);
         }
     }
     s.run();
-    let source_side = (0..n)
-        .map(|i| s.parent[i] != FREE && s.flags[i] & IN_SINK_TREE == 0)
+    let source_side = s
+        .nodes
+        .iter()
+        .map(|node| node.parent != FREE && node.flags & IN_SINK_TREE == 0)
         .collect();
     (s.flow, source_side)
 }
@@ -104,20 +121,20 @@ pub(super) fn solve<T: Topology, C: Capacity>(
 impl<T: Topology, C: Capacity> Solver<'_, T, C> {
     #[inline]
     fn in_sink_tree(&self, i: usize) -> bool {
-        self.flags[i] & IN_SINK_TREE != 0
+        self.nodes[i].flags & IN_SINK_TREE != 0
     }
 
     #[inline]
     fn activate(&mut self, i: usize) {
-        if self.flags[i] & ACTIVE == 0 {
-            self.flags[i] |= ACTIVE;
+        if self.nodes[i].flags & ACTIVE == 0 {
+            self.nodes[i].flags |= ACTIVE;
             self.active.push_back(i as u32);
         }
     }
 
     #[inline]
     fn make_orphan(&mut self, i: usize) {
-        self.parent[i] = ORPHAN;
+        self.nodes[i].parent = ORPHAN;
         self.orphans.push_back(i as u32);
     }
 
@@ -144,12 +161,12 @@ impl<T: Topology, C: Capacity> Solver<'_, T, C> {
                     None => return,
                 },
             };
-            self.flags[p] &= !ACTIVE;
-            if self.parent[p] == FREE {
+            self.nodes[p].flags &= !ACTIVE;
+            if self.nodes[p].parent == FREE {
                 continue;
             }
             if let Some((mid, s_node, t_node)) = self.grow(p) {
-                self.flags[p] |= ACTIVE;
+                self.nodes[p].flags |= ACTIVE;
                 current = Some(p);
                 self.time += 1;
                 self.augment(mid, s_node, t_node);
@@ -167,11 +184,12 @@ impl<T: Topology, C: Capacity> Solver<'_, T, C> {
             if self.tree_cap(a, sink_tree) <= C::ZERO {
                 continue;
             }
-            if self.parent[q] == FREE {
-                self.parent[q] = topo.sister(a) as u32;
-                self.flags[q] = (self.flags[q] & ACTIVE) | (self.flags[p] & IN_SINK_TREE);
-                self.ts[q] = self.ts[p];
-                self.dist[q] = self.dist[p] + 1;
+            if self.nodes[q].parent == FREE {
+                self.nodes[q].parent = topo.sister(a) as u32;
+                self.nodes[q].flags =
+                    (self.nodes[q].flags & ACTIVE) | (self.nodes[p].flags & IN_SINK_TREE);
+                self.nodes[q].ts = self.nodes[p].ts;
+                self.nodes[q].dist = self.nodes[p].dist + 1;
                 self.activate(q);
             } else if self.in_sink_tree(q) != sink_tree {
                 return Some(if sink_tree {
@@ -179,11 +197,13 @@ impl<T: Topology, C: Capacity> Solver<'_, T, C> {
                 } else {
                     (a, p, q)
                 });
-            } else if self.ts[q] <= self.ts[p] && self.dist[q] > self.dist[p] {
+            } else if self.nodes[q].ts <= self.nodes[p].ts
+                && self.nodes[q].dist > self.nodes[p].dist
+            {
                 // q is in the same tree but p offers a shorter way to the terminal.
-                self.parent[q] = topo.sister(a) as u32;
-                self.ts[q] = self.ts[p];
-                self.dist[q] = self.dist[p] + 1;
+                self.nodes[q].parent = topo.sister(a) as u32;
+                self.nodes[q].ts = self.nodes[p].ts;
+                self.nodes[q].dist = self.nodes[p].dist + 1;
             }
         }
         None
@@ -195,27 +215,27 @@ impl<T: Topology, C: Capacity> Solver<'_, T, C> {
         let topo = self.topo;
         let mut b = self.r_cap[mid];
         let mut i = s_node;
-        while self.parent[i] != TERMINAL {
-            let a = self.parent[i] as usize;
+        while self.nodes[i].parent != TERMINAL {
+            let a = self.nodes[i].parent as usize;
             b = min(b, self.r_cap[topo.sister(a)]);
             i = topo.head(a);
         }
-        b = min(b, self.tr_cap[i]);
+        b = min(b, self.nodes[i].tr_cap);
         let mut i = t_node;
-        while self.parent[i] != TERMINAL {
-            let a = self.parent[i] as usize;
+        while self.nodes[i].parent != TERMINAL {
+            let a = self.nodes[i].parent as usize;
             b = min(b, self.r_cap[a]);
             i = topo.head(a);
         }
-        b = min(b, -self.tr_cap[i]);
+        b = min(b, -self.nodes[i].tr_cap);
 
         // `b` is one of the residuals it was taken from, so that one becomes exactly
         // zero and the others stay non-negative, in floating point too.
         self.r_cap[topo.sister(mid)] += b;
         self.r_cap[mid] -= b;
         let mut i = s_node;
-        while self.parent[i] != TERMINAL {
-            let a = self.parent[i] as usize;
+        while self.nodes[i].parent != TERMINAL {
+            let a = self.nodes[i].parent as usize;
             let sister = topo.sister(a);
             self.r_cap[a] += b;
             self.r_cap[sister] -= b;
@@ -225,13 +245,13 @@ impl<T: Topology, C: Capacity> Solver<'_, T, C> {
             }
             i = next;
         }
-        self.tr_cap[i] -= b;
-        if self.tr_cap[i] <= C::ZERO {
+        self.nodes[i].tr_cap -= b;
+        if self.nodes[i].tr_cap <= C::ZERO {
             self.make_orphan(i);
         }
         let mut i = t_node;
-        while self.parent[i] != TERMINAL {
-            let a = self.parent[i] as usize;
+        while self.nodes[i].parent != TERMINAL {
+            let a = self.nodes[i].parent as usize;
             self.r_cap[topo.sister(a)] += b;
             self.r_cap[a] -= b;
             let next = topo.head(a);
@@ -240,8 +260,8 @@ impl<T: Topology, C: Capacity> Solver<'_, T, C> {
             }
             i = next;
         }
-        self.tr_cap[i] += b;
-        if self.tr_cap[i] >= C::ZERO {
+        self.nodes[i].tr_cap += b;
+        if self.nodes[i].tr_cap >= C::ZERO {
             self.make_orphan(i);
         }
         self.flow += b;
@@ -267,7 +287,8 @@ impl<T: Topology, C: Capacity> Solver<'_, T, C> {
             } else {
                 self.r_cap[topo.sister(a0)]
             };
-            if cap <= C::ZERO || self.parent[j0] == FREE || self.in_sink_tree(j0) != sink_tree {
+            if cap <= C::ZERO || self.nodes[j0].parent == FREE || self.in_sink_tree(j0) != sink_tree
+            {
                 continue;
             }
             let Some(d) = self.distance_to_terminal(j0) else {
@@ -279,21 +300,21 @@ impl<T: Topology, C: Capacity> Solver<'_, T, C> {
             // Remember the distances along the walked path for later orphans.
             let mut j = j0;
             let mut dj = d;
-            while self.ts[j] != self.time {
-                self.ts[j] = self.time;
-                self.dist[j] = dj;
+            while self.nodes[j].ts != self.time {
+                self.nodes[j].ts = self.time;
+                self.nodes[j].dist = dj;
                 dj -= 1;
-                j = topo.head(self.parent[j] as usize);
+                j = topo.head(self.nodes[j].parent as usize);
             }
         }
         if let Some((a0, d)) = best {
-            self.parent[i] = a0 as u32;
-            self.ts[i] = self.time;
-            self.dist[i] = d + 1;
+            self.nodes[i].parent = a0 as u32;
+            self.nodes[i].ts = self.time;
+            self.nodes[i].dist = d + 1;
             return;
         }
         for (a0, j) in topo.arcs(i) {
-            if self.parent[j] == FREE || self.in_sink_tree(j) != sink_tree {
+            if self.nodes[j].parent == FREE || self.in_sink_tree(j) != sink_tree {
                 continue;
             }
             let cap = if sink_tree {
@@ -305,12 +326,12 @@ impl<T: Topology, C: Capacity> Solver<'_, T, C> {
                 // j may now grow into the space i leaves.
                 self.activate(j);
             }
-            let pj = self.parent[j];
+            let pj = self.nodes[j].parent;
             if pj != TERMINAL && pj != ORPHAN && topo.head(pj as usize) == i {
                 self.make_orphan(j);
             }
         }
-        self.parent[i] = FREE;
+        self.nodes[i].parent = FREE;
     }
 
     /// Number of nodes from `j` up to its terminal, or `None` when the path meets an
@@ -318,14 +339,14 @@ impl<T: Topology, C: Capacity> Solver<'_, T, C> {
     fn distance_to_terminal(&mut self, mut j: usize) -> Option<u32> {
         let mut d = 0;
         loop {
-            if self.ts[j] == self.time {
-                return Some(d + self.dist[j]);
+            if self.nodes[j].ts == self.time {
+                return Some(d + self.nodes[j].dist);
             }
             d += 1;
-            match self.parent[j] {
+            match self.nodes[j].parent {
                 TERMINAL => {
-                    self.ts[j] = self.time;
-                    self.dist[j] = 1;
+                    self.nodes[j].ts = self.time;
+                    self.nodes[j].dist = 1;
                     return Some(d);
                 }
                 ORPHAN => return None,

@@ -249,7 +249,8 @@ impl Topology for Adjacency {
 ///
 /// Arc capacities live in one array of 6 per node, indexed by direction (−i, +i, −j,
 /// +j, −k, +k), and neighbours are found by index arithmetic, so a grid costs
-/// `6 · size_of::<C>()` bytes per node for its arcs plus the solver's ~21 bytes.
+/// `6 · size_of::<C>()` bytes per node for its arcs, plus up to about 30 bytes of
+/// solver state and queues (about 50 bytes per node with `f32`).
 #[derive(Debug, Clone)]
 pub struct GridGraph<C> {
     dims: [usize; 3],
