@@ -1,6 +1,6 @@
 //! `segment` on a 256 × 256 × 128 CT-like volume (0.8 × 0.8 × 2.5 mm, the phantom of the
 //! tests): MONAI Label's defaults with and without an ROI, the graph cut on the image's
-//! own grid, and the whole 8.4 M-voxel grid as one graph (the worst case).
+//! own grid, the whole 8.4 M-voxel grid as one graph, and a volume of pure noise.
 //!
 //! `cargo bench -p medlabel-scribbles --bench segment`
 
@@ -52,6 +52,16 @@ fn bench(c: &mut Criterion) {
             b.iter(|| segment(&p.image, &p.scribbles, params).unwrap())
         });
     }
+    // Noise far above the contrast (σ 300 HU): nothing but noise for the cut to
+    // follow, the hard case for augmenting paths.
+    let noisy = phantom::phantom([256, 256, 128], [0.8, 0.8, 2.5], 300.0, 1);
+    let params = ScribblesParams {
+        pix_dim: None,
+        ..ScribblesParams::default()
+    };
+    group.bench_function("native grid, strokes crop, noise 300 HU", |b| {
+        b.iter(|| segment(&noisy.image, &noisy.scribbles, &params).unwrap())
+    });
     group.finish();
 }
 

@@ -72,20 +72,21 @@
 //! at most `max_graph_voxels` nodes, about 60 bytes each (graph, solver, intensities,
 //! probabilities and seeds: ~60 MiB at the default 2²⁰). Beyond that, `segment` reads
 //! the image and strokes once, copies the box out of the image (4 bytes per voxel) and
-//! writes the `u8` mask. Medians on a 256 × 256 × 128 CT-like volume (0.8 × 0.8 × 2.5 mm)
-//! with strokes on three slices, one core of the 2-vCPU development machine (release,
-//! `cargo bench -p medlabel-scribbles --bench segment`), under load from other builds:
+//! writes the `u8` mask. Criterion medians on a 256 × 256 × 128 CT-like volume
+//! (0.8 × 0.8 × 2.5 mm) with strokes on three slices, one core of the 2-vCPU development
+//! machine, release profile (`cargo bench -p medlabel-scribbles --bench segment`); two
+//! runs under load from other builds (load average 2.4–7):
 //!
 //! | case | graph nodes | median |
 //! |---|---|---|
-//! | defaults (2.5 × 2.5 × 5 mm), no ROI | 0.13 M | 33 ms |
-//! | defaults, ROI around the organ | 0.03 M | 35 ms |
-//! | image's own grid, ROI | 0.43 M | 0.33 s |
-//! | image's own grid, no ROI (coarsened to 2²⁰) | 1.0 M | 0.30 s |
-//! | image's own grid, whole image (budget raised) | 8.4 M | 3.1 s |
+//! | defaults (2.5 × 2.5 × 5 mm), no ROI | 0.13 M | 33–63 ms |
+//! | defaults, ROI around the organ | 0.03 M | 35–53 ms |
+//! | image's own grid, ROI | 0.43 M | 0.28–0.33 s |
+//! | image's own grid, no ROI (coarsened to 2²⁰) | 1.0 M | 0.23–0.30 s |
+//! | image's own grid, whole image (budget raised) | 8.4 M | 2.5–3.1 s |
 //!
-//! Pure noise, the hard case for augmenting paths, takes two to three times as long per
-//! node as the CT-like volume.
+//! Noise far above the contrast (σ 300 HU), the hard case for augmenting paths, costs
+//! about five times as much per node: 1.4 s for the 2²⁰ nodes of the default budget.
 
 pub mod graphcut;
 pub mod histogram;
