@@ -273,10 +273,6 @@ impl<C: Capacity> GridGraph<C> {
         }
     }
 
-    pub fn dims(&self) -> [usize; 3] {
-        self.dims
-    }
-
     pub fn num_nodes(&self) -> usize {
         self.terminals.tr_cap.len()
     }
