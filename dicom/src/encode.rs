@@ -2,7 +2,6 @@
 
 use dicom_core::value::DataSetSequence;
 use dicom_core::{DataElement, PrimitiveValue, Tag, VR};
-use dicom_dictionary_std::uids;
 use dicom_object::InMemDicomObject;
 use dicom_object::meta::FileMetaTableBuilder;
 
@@ -98,9 +97,6 @@ pub(crate) fn part10(obj: InMemDicomObject, transfer_syntax: &str) -> Result<Vec
         .map_err(|e| DicomError::Encode(e.to_string()))?;
     Ok(out)
 }
-
-/// Transfer syntax of files medlabel writes.
-pub(crate) const WRITE_TRANSFER_SYNTAX: &str = uids::EXPLICIT_VR_LITTLE_ENDIAN;
 
 #[cfg(test)]
 mod tests {
