@@ -175,7 +175,12 @@ pub fn write_seg<T: Copy + Into<f64>>(
         source.frame_of_reference_uid.clone()
     };
     let now = time::OffsetDateTime::now_utc();
-    let date = format!("{:04}{:02}{:02}", now.year(), u8::from(now.month()), now.day());
+    let date = format!(
+        "{:04}{:02}{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day()
+    );
     let time = format!("{:02}{:02}{:02}", now.hour(), now.minute(), now.second());
 
     let (algorithm_type, algorithm_name) = match &options.algorithm {
@@ -213,7 +218,11 @@ pub fn write_seg<T: Copy + Into<f64>>(
             let slice = &source.slices[k];
             let mut reference = vec![
                 str_elem(tags::REFERENCED_SOP_CLASS_UID, VR::UI, &slice.sop_class_uid),
-                str_elem(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &slice.sop_instance_uid),
+                str_elem(
+                    tags::REFERENCED_SOP_INSTANCE_UID,
+                    VR::UI,
+                    &slice.sop_instance_uid,
+                ),
                 seq_elem(
                     tags::PURPOSE_OF_REFERENCE_CODE_SEQUENCE,
                     vec![code(
@@ -265,7 +274,10 @@ pub fn write_seg<T: Copy + Into<f64>>(
     let shared = item([
         seq_elem(
             tags::PLANE_ORIENTATION_SEQUENCE,
-            vec![item([ds_elem(tags::IMAGE_ORIENTATION_PATIENT, &orientation)])],
+            vec![item([ds_elem(
+                tags::IMAGE_ORIENTATION_PATIENT,
+                &orientation,
+            )])],
         ),
         seq_elem(
             tags::PIXEL_MEASURES_SEQUENCE,
@@ -280,8 +292,16 @@ pub fn write_seg<T: Copy + Into<f64>>(
     let dimension = |pointer: Tag, group: Tag, label: &str| {
         item([
             str_elem(tags::DIMENSION_ORGANIZATION_UID, VR::UI, &dimension_uid),
-            DataElement::new(tags::DIMENSION_INDEX_POINTER, VR::AT, PrimitiveValue::from(pointer)),
-            DataElement::new(tags::FUNCTIONAL_GROUP_POINTER, VR::AT, PrimitiveValue::from(group)),
+            DataElement::new(
+                tags::DIMENSION_INDEX_POINTER,
+                VR::AT,
+                PrimitiveValue::from(pointer),
+            ),
+            DataElement::new(
+                tags::FUNCTIONAL_GROUP_POINTER,
+                VR::AT,
+                PrimitiveValue::from(group),
+            ),
             str_elem(tags::DIMENSION_DESCRIPTION_LABEL, VR::LO, label),
         ])
     };
@@ -292,7 +312,11 @@ pub fn write_seg<T: Copy + Into<f64>>(
         if seen.insert(&slice.sop_instance_uid) {
             referenced_instances.push(item([
                 str_elem(tags::REFERENCED_SOP_CLASS_UID, VR::UI, &slice.sop_class_uid),
-                str_elem(tags::REFERENCED_SOP_INSTANCE_UID, VR::UI, &slice.sop_instance_uid),
+                str_elem(
+                    tags::REFERENCED_SOP_INSTANCE_UID,
+                    VR::UI,
+                    &slice.sop_instance_uid,
+                ),
             ]));
         }
     }
@@ -315,14 +339,26 @@ pub fn write_seg<T: Copy + Into<f64>>(
         str_elem(tags::ACCESSION_NUMBER, VR::SH, &source.accession_number),
         str_elem(tags::MODALITY, VR::CS, "SEG"),
         str_elem(tags::MANUFACTURER, VR::LO, "medlabel"),
-        str_elem(tags::REFERRING_PHYSICIAN_NAME, VR::PN, &source.referring_physician_name),
-        str_elem(tags::SERIES_DESCRIPTION, VR::LO, &options.series_description),
+        str_elem(
+            tags::REFERRING_PHYSICIAN_NAME,
+            VR::PN,
+            &source.referring_physician_name,
+        ),
+        str_elem(
+            tags::SERIES_DESCRIPTION,
+            VR::LO,
+            &options.series_description,
+        ),
         str_elem(tags::MANUFACTURER_MODEL_NAME, VR::LO, "medlabel"),
         seq_elem(
             tags::REFERENCED_SERIES_SEQUENCE,
             vec![item([
                 seq_elem(tags::REFERENCED_INSTANCE_SEQUENCE, referenced_instances),
-                str_elem(tags::SERIES_INSTANCE_UID, VR::UI, &source.series_instance_uid),
+                str_elem(
+                    tags::SERIES_INSTANCE_UID,
+                    VR::UI,
+                    &source.series_instance_uid,
+                ),
             ])],
         ),
         str_elem(tags::PATIENT_NAME, VR::PN, &source.patient_name),
@@ -334,7 +370,11 @@ pub fn write_seg<T: Copy + Into<f64>>(
         str_elem(tags::STUDY_INSTANCE_UID, VR::UI, &source.study_instance_uid),
         str_elem(tags::SERIES_INSTANCE_UID, VR::UI, &series_uid),
         str_elem(tags::STUDY_ID, VR::SH, &source.study_id),
-        str_elem(tags::SERIES_NUMBER, VR::IS, &options.series_number.to_string()),
+        str_elem(
+            tags::SERIES_NUMBER,
+            VR::IS,
+            &options.series_number.to_string(),
+        ),
         str_elem(tags::INSTANCE_NUMBER, VR::IS, "1"),
         str_elem(tags::FRAME_OF_REFERENCE_UID, VR::UI, &frame_of_reference),
         str_elem(tags::POSITION_REFERENCE_INDICATOR, VR::LO, ""),
@@ -373,7 +413,11 @@ pub fn write_seg<T: Copy + Into<f64>>(
         str_elem(tags::LOSSY_IMAGE_COMPRESSION, VR::CS, "00"),
         str_elem(tags::CONTENT_LABEL, VR::CS, &options.content_label),
         str_elem(tags::CONTENT_DESCRIPTION, VR::LO, "medlabel segmentation"),
-        str_elem(tags::CONTENT_CREATOR_NAME, VR::PN, &options.content_creator_name),
+        str_elem(
+            tags::CONTENT_CREATOR_NAME,
+            VR::PN,
+            &options.content_creator_name,
+        ),
         str_elem(tags::SEGMENTATION_TYPE, VR::CS, "BINARY"),
         str_elem(tags::SEGMENTS_OVERLAP, VR::CS, "NO"),
         seq_elem(tags::SEGMENT_SEQUENCE, segment_items),
@@ -484,7 +528,9 @@ pub fn read_seg(
     let invalid = |detail: String| DicomError::InvalidSeg(format!("{}: {detail}", inst.label));
     let sop_class = a.string(tags::SOP_CLASS_UID);
     if sop_class != uids::SEGMENTATION_STORAGE {
-        return Err(invalid(format!("SOPClassUID {sop_class} is not Segmentation Storage")));
+        return Err(invalid(format!(
+            "SOPClassUID {sop_class} is not Segmentation Storage"
+        )));
     }
     let referenced_series: Vec<String> = a
         .items(tags::REFERENCED_SERIES_SEQUENCE)
@@ -504,7 +550,11 @@ pub fn read_seg(
             .iter()
             .find(|(n, _)| *n == number)
             .map(|(_, s)| s.value)
-            .ok_or_else(|| invalid(format!("a frame references segment {number}, not in SegmentSequence")))
+            .ok_or_else(|| {
+                invalid(format!(
+                    "a frame references segment {number}, not in SegmentSequence"
+                ))
+            })
     };
 
     let rows = a.required_u32(tags::ROWS, "Rows")? as usize;
@@ -521,10 +571,16 @@ pub fn read_seg(
             let max = a.required_u32(tags::MAXIMUM_FRACTIONAL_VALUE, "MaximumFractionalValue")?;
             Some(options.fractional_threshold * max as f32)
         }
-        other => return Err(invalid(format!("SegmentationType {other:?} is not BINARY or FRACTIONAL"))),
+        other => {
+            return Err(invalid(format!(
+                "SegmentationType {other:?} is not BINARY or FRACTIONAL"
+            )));
+        }
     };
     // dcmqi and pydicom's single-frame examples omit NumberOfFrames: one frame.
-    let frames = a.optional_u32(tags::NUMBER_OF_FRAMES, "NumberOfFrames")?.unwrap_or(1) as usize;
+    let frames = a
+        .optional_u32(tags::NUMBER_OF_FRAMES, "NumberOfFrames")?
+        .unwrap_or(1) as usize;
     let per_frame = a.items(tags::PER_FRAME_FUNCTIONAL_GROUPS_SEQUENCE);
     if per_frame.len() < frames {
         return Err(invalid(format!(
@@ -543,13 +599,20 @@ pub fn read_seg(
             let item = a.with(item);
             let group = |seq| item.item(seq).or_else(|| shared.and_then(|s| s.item(seq)));
             let segment = group(tags::SEGMENT_IDENTIFICATION_SEQUENCE)
-                .ok_or_else(|| invalid(format!("frame {} has no SegmentIdentificationSequence", f + 1)))?
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "frame {} has no SegmentIdentificationSequence",
+                        f + 1
+                    ))
+                })?
                 .required_u32(tags::REFERENCED_SEGMENT_NUMBER, "ReferencedSegmentNumber")?;
             let segment = u16::try_from(segment)
                 .map_err(|_| invalid(format!("frame {} has segment number {segment}", f + 1)))?;
             if let Some(o) = group(tags::PLANE_ORIENTATION_SEQUENCE) {
-                grid.check_orientation(&o.required_floats(tags::IMAGE_ORIENTATION_PATIENT, "ImageOrientationPatient")?)
-                    .map_err(|d| invalid(format!("frame {}: {d}", f + 1)))?;
+                grid.check_orientation(
+                    &o.required_floats(tags::IMAGE_ORIENTATION_PATIENT, "ImageOrientationPatient")?,
+                )
+                .map_err(|d| invalid(format!("frame {}: {d}", f + 1)))?;
             }
             if let Some(m) = group(tags::PIXEL_MEASURES_SEQUENCE) {
                 grid.check_spacing(&m.required_floats(tags::PIXEL_SPACING, "PixelSpacing")?)
@@ -557,10 +620,16 @@ pub fn read_seg(
             }
             let k = match group(tags::PLANE_POSITION_SEQUENCE) {
                 Some(p) => grid
-                    .slice_at(&p.required_floats(tags::IMAGE_POSITION_PATIENT, "ImagePositionPatient")?)
+                    .slice_at(
+                        &p.required_floats(tags::IMAGE_POSITION_PATIENT, "ImagePositionPatient")?,
+                    )
                     .map_err(|d| invalid(format!("frame {}: {d}", f + 1)))?,
-                None => slice_of_source(&item, source)
-                    .ok_or_else(|| invalid(format!("frame {} has no position and references no source slice", f + 1)))?,
+                None => slice_of_source(&item, source).ok_or_else(|| {
+                    invalid(format!(
+                        "frame {} has no position and references no source slice",
+                        f + 1
+                    ))
+                })?,
             };
             Ok((segment, k, f))
         })
@@ -616,7 +685,15 @@ pub fn read_seg(
                     high_bit: 7,
                     signed: false,
                 };
-                decode_frame(inst.ts, &pixels, &fmt, frames as u32, f as u32, &inst.label, &mut decoded)?;
+                decode_frame(
+                    inst.ts,
+                    &pixels,
+                    &fmt,
+                    frames as u32,
+                    f as u32,
+                    &inst.label,
+                    &mut decoded,
+                )?;
                 paint_fractional(&decoded, threshold, value, out);
             }
             (PixelData::Encapsulated { .. }, None) => {
@@ -649,7 +726,10 @@ fn read_segments(
 ) -> Result<Vec<(u16, Segment)>, DicomError> {
     let items = a.items(tags::SEGMENT_SEQUENCE);
     if items.is_empty() {
-        return Err(DicomError::InvalidSeg(format!("{}: no SegmentSequence", a.label)));
+        return Err(DicomError::InvalidSeg(format!(
+            "{}: no SegmentSequence",
+            a.label
+        )));
     }
     let mut segments = items
         .iter()
@@ -709,7 +789,8 @@ const POSITION_TOLERANCE_VOXELS: f64 = 0.01;
 impl SourceGrid {
     fn new(source: &SeriesInfo) -> Result<Self, DicomError> {
         let lps = flip_lps_ras(&source.grid.affine);
-        let to_voxel = invert(&lps).map_err(|e| DicomError::InvalidArgument(format!("source grid: {e}")))?;
+        let to_voxel =
+            invert(&lps).map_err(|e| DicomError::InvalidArgument(format!("source grid: {e}")))?;
         let column = |c: usize| [lps[0][c], lps[1][c], lps[2][c]];
         let length = |v: [f64; 3]| (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
         let (r, c) = (column(0), column(1));
@@ -768,7 +849,10 @@ impl SourceGrid {
         }
         let k = k.round();
         if k < 0.0 || k >= self.slices as f64 {
-            return Err(format!("position {position:?} is at slice {k}, outside the source's {}", self.slices));
+            return Err(format!(
+                "position {position:?} is at slice {k}, outside the source's {}",
+                self.slices
+            ));
         }
         Ok(k as usize)
     }
