@@ -109,7 +109,7 @@ mod tests {
         assert_eq!(ds(-125.0), "-125");
         let third = 1.0f64 / 3.0;
         assert_eq!(ds(third), "0.33333333333333");
-        let v = -123.456789012345678;
+        let v = -123.456_789_012_345_6;
         let s = ds(v);
         assert!(s.len() <= 16, "{s}");
         assert!((s.parse::<f64>().unwrap() - v).abs() < 1e-11, "{s}");

@@ -170,9 +170,10 @@ pub(crate) fn stack(slices: &[Placement]) -> Result<(Vec<usize>, Affine), DicomE
 /// sign. The same flip converts either way.
 pub fn flip_lps_ras(affine: &Affine) -> Affine {
     let mut out = *affine;
-    for c in 0..4 {
-        out[0][c] = -out[0][c];
-        out[1][c] = -out[1][c];
+    for row in &mut out[..2] {
+        for v in row {
+            *v = -*v;
+        }
     }
     out
 }

@@ -222,6 +222,9 @@ pub(crate) fn walk(data: &[u8], explicit: bool) -> Result<(usize, Option<PixelLo
     Ok((walker.pixel_element, walker.pixels))
 }
 
+/// Position after encapsulated pixel data, its Basic Offset Table and fragments.
+type Fragments = (usize, Vec<u32>, Vec<Range<usize>>);
+
 struct Walker<'a> {
     data: &'a [u8],
     pixels: Option<PixelLocation>,
@@ -332,12 +335,7 @@ impl Walker<'_> {
 
     /// Reads encapsulated pixel data: the Basic Offset Table item, fragment items, the
     /// Sequence Delimitation. Returns the position after it, the table and fragments.
-    #[allow(clippy::type_complexity)]
-    fn fragments(
-        &self,
-        mut pos: usize,
-        end: usize,
-    ) -> Result<(usize, Vec<u32>, Vec<Range<usize>>), String> {
+    fn fragments(&self, mut pos: usize, end: usize) -> Result<Fragments, String> {
         let mut offset_table = None;
         let mut fragments = Vec::new();
         loop {
@@ -355,7 +353,7 @@ impl Walker<'_> {
                     let value = pos + 8..next;
                     if offset_table.is_none() {
                         let table = &self.data[value];
-                        if table.len() % 4 != 0 {
+                        if !table.len().is_multiple_of(4) {
                             return Err("Basic Offset Table length is not a multiple of 4".into());
                         }
                         offset_table = Some(

@@ -1,35 +1,5 @@
 //! DICOM Segmentation (SEG) objects: a label volume to a binary SEG on the grid of its
 //! source series, and a SEG (binary or fractional) back onto that grid.
-//!
-//! # What is written
-//!
-//! One Segmentation instance (SOP class 1.2.840.10008.5.1.4.1.1.66.4, explicit VR
-//! little endian, `SegmentationType` BINARY, 1-bit pixels packed across frames as the
-//! standard requires) with:
-//!
-//! * one segment per [`Segment`]: SegmentNumber 1, 2, ... in the order given,
-//!   SegmentLabel the name, the algorithm type and name from [`SegWriteOptions`], and
-//!   generic codes (category SCT 91723000 "Anatomical Structure", type SCT 85756007
-//!   "Tissue"), since a model's label names are free text;
-//! * one frame per (segment, slice) holding at least one voxel of that segment, in
-//!   segment then slice order. Empty frames are left out, as most writers do, which
-//!   keeps a SEG of a small organ in a 300-slice CT small. A mask with no voxel at all
-//!   still gets one empty frame (segment 1, first slice), because a SEG needs a frame;
-//! * per frame: PlanePositionSequence (the source slice's position), the segment
-//!   number, DimensionIndexValues (segment, slice), and DerivationImageSequence /
-//!   SourceImageSequence naming the source instance (and frame);
-//! * shared: PlaneOrientationSequence and PixelMeasuresSequence of the source grid;
-//! * ReferencedSeriesSequence naming the source series and its instances, the source's
-//!   FrameOfReferenceUID, patient and study attributes copied from the source, new
-//!   `2.25.` UIDs for the series and instance.
-//!
-//! # What is read
-//!
-//! BINARY (1-bit, native) and FRACTIONAL (8-bit, native or compressed by a supported
-//! codec, thresholded) SEGs. Frames are placed by their PlanePositionSequence on the
-//! source grid (they must fall on a slice, with the source's orientation, spacing and
-//! size), or, lacking a position, by the source instance they reference. Where
-//! segments overlap, the higher segment number wins.
 
 use std::collections::HashMap;
 
@@ -109,6 +79,26 @@ const PROPERTY_TYPE: (&str, &str, &str) = ("85756007", "SCT", "Tissue");
 /// Writes `mask` (on the grid of `source`) as a binary SEG with one segment per entry
 /// of `segments`; voxels whose value is in no segment are background.
 ///
+/// One Segmentation instance (SOP class 1.2.840.10008.5.1.4.1.1.66.4, explicit VR
+/// little endian, `SegmentationType` BINARY, 1-bit pixels packed across frames as the
+/// standard requires) with:
+///
+/// * one segment per [`Segment`]: SegmentNumber 1, 2, ... in the order given,
+///   SegmentLabel the name, the algorithm type and name from [`SegWriteOptions`], and
+///   generic codes (category SCT 91723000 "Anatomical Structure", type SCT 85756007
+///   "Tissue"), since a model's label names are free text;
+/// * one frame per (segment, slice) holding at least one voxel of that segment, in
+///   segment then slice order. Empty frames are left out, as most writers do, which
+///   keeps a SEG of a small organ in a 300-slice CT small. A mask with no voxel at all
+///   still gets one empty frame (segment 1, first slice), because a SEG needs a frame;
+/// * per frame: PlanePositionSequence (the source slice's position), the segment
+///   number, DimensionIndexValues (segment, slice), and DerivationImageSequence /
+///   SourceImageSequence naming the source instance (and frame);
+/// * shared: PlaneOrientationSequence and PixelMeasuresSequence of the source grid;
+/// * ReferencedSeriesSequence naming the source series and its instances, the source's
+///   FrameOfReferenceUID, patient and study attributes copied from the source, new
+///   `2.25.` UIDs for the series and instance.
+///
 /// Fails with [`DicomError::InvalidArgument`] when the mask is not on the source grid,
 /// a segment value is 0 or repeated, or a label is empty, longer than 64 characters or
 /// holds a backslash or control character.
@@ -120,7 +110,7 @@ pub fn write_seg<T: Copy + Into<f64>>(
 ) -> Result<WrittenSeg, DicomError> {
     check_segments(segments)?;
     let diff = max_abs_diff(&mask.affine, &source.grid.affine);
-    if mask.dims != source.grid.dims || !(diff <= GRID_TOLERANCE) {
+    if mask.dims != source.grid.dims || diff.is_nan() || diff > GRID_TOLERANCE {
         return Err(DicomError::InvalidArgument(format!(
             "mask grid {:?} is not the source grid {:?} (affines differ by {diff} mm)",
             mask.dims, source.grid.dims
@@ -471,7 +461,7 @@ struct BitPacker {
 impl BitPacker {
     fn push_all(&mut self, values: impl Iterator<Item = bool>) {
         for v in values {
-            if self.bits % 8 == 0 {
+            if self.bits.is_multiple_of(8) {
                 self.bytes.push(0);
             }
             if v {
@@ -514,6 +504,12 @@ pub struct DecodedSeg {
 }
 
 /// Decodes a SEG onto the grid of `source`, the series it was drawn on.
+///
+/// BINARY (1-bit, native) and FRACTIONAL (8-bit, native or compressed by a supported
+/// codec, thresholded) SEGs. Frames are placed by their PlanePositionSequence on the
+/// source grid (they must fall on a slice, with the source's orientation, spacing and
+/// size), or, lacking a position, by the source instance they reference. Where
+/// segments overlap, the higher segment number wins.
 ///
 /// Fails with [`DicomError::SeriesMismatch`] if the SEG does not reference
 /// `source.series_instance_uid`, and [`DicomError::InvalidSeg`] if it is not a

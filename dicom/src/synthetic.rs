@@ -39,7 +39,7 @@ pub struct SyntheticCt {
     /// Columns, rows, slices (the volume's i, j, k).
     pub dims: [usize; 3],
     /// mm between columns (along i), between rows (along j), between slices (along k).
-    /// Written as PixelSpacing = [spacing[1], spacing[0]] (row spacing first).
+    /// Written as PixelSpacing = `[spacing[1], spacing[0]]` (row spacing first).
     pub spacing: [f64; 3],
     /// ImageOrientationPatient (LPS): row direction, column direction. Unit, orthogonal.
     pub orientation: [f64; 6],
@@ -125,7 +125,7 @@ impl SyntheticCt {
     fn stored_slice(&self, volume: &Volume<f32>, k: usize) -> (Vec<u16>, f64, f64) {
         let plane = self.dims[0] * self.dims[1];
         let hu = &volume.data[k * plane..(k + 1) * plane];
-        if k % 2 == 0 {
+        if k.is_multiple_of(2) {
             (hu.iter().map(|&v| v as i16 as u16).collect(), 1.0, 0.0)
         } else {
             let stored = hu.iter().map(|&v| (2.0 * (v + 1024.0)) as u16).collect();

@@ -155,7 +155,8 @@ fn gaps_duplicates_and_mixed_series() {
 
 #[test]
 fn unsupported_pixel_formats() {
-    let cases: [(&str, fn(&mut InMemDicomObject)); 3] = [
+    type Edit = fn(&mut InMemDicomObject);
+    let cases: [(&str, Edit); 3] = [
         ("SamplesPerPixel 3", |o| {
             put(o, tags::SAMPLES_PER_PIXEL, VR::US, 3u16.into())
         }),
