@@ -93,7 +93,8 @@ const PROPERTY_TYPE: (&str, &str, &str) = ("85756007", "SCT", "Tissue");
 ///   still gets one empty frame (segment 1, first slice), because a SEG needs a frame;
 /// * per frame: PlanePositionSequence (the source slice's position), the segment
 ///   number, DimensionIndexValues (segment, slice), and DerivationImageSequence /
-///   SourceImageSequence naming the source instance (and frame);
+///   SourceImageSequence naming the source instance (and frame), with
+///   SpatialLocationsPreserved YES;
 /// * shared: PlaneOrientationSequence and PixelMeasuresSequence of the source grid;
 /// * ReferencedSeriesSequence naming the source series and its instances, the source's
 ///   FrameOfReferenceUID, patient and study attributes copied from the source, new
@@ -221,6 +222,9 @@ pub fn write_seg<T: Copy + Into<f64>>(
                         "Source image for image processing operation",
                     )],
                 ),
+                // Frames are the source slices' pixels, so readers such as highdicom
+                // may index them by source instance.
+                str_elem(tags::SPATIAL_LOCATIONS_PRESERVED, VR::CS, "YES"),
             ];
             if let Some(frame) = slice.frame_number {
                 reference.push(str_elem(
