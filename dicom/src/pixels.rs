@@ -174,21 +174,24 @@ pub(crate) fn decode_frame(
     let Codec::EncapsulatedPixelData(Some(reader), _) = ts.codec() else {
         unreachable!("parse accepts encapsulated transfer syntaxes only with a decoder")
     };
+    let decode_error = |detail: String| DicomError::Decode {
+        instance: label.to_string(),
+        frame: frame + 1,
+        detail,
+    };
+    // The codecs are shown this frame's fragments only: given all of them, the JPEG
+    // codec copies every fragment of the instance for each frame it decodes.
+    let fragments =
+        frame_fragments(fragments, offset_table, frames, frame).map_err(decode_error)?;
     let source = Encapsulated {
         ts_uid: ts.uid(),
         fmt,
-        frames,
-        offset_table,
-        fragments,
+        fragments: &fragments,
     };
     dst.clear();
     reader
-        .decode_frame(&source, frame, dst)
-        .map_err(|e| DicomError::Decode {
-            instance: label.to_string(),
-            frame: frame + 1,
-            detail: e.to_string(),
-        })?;
+        .decode_frame(&source, 0, dst)
+        .map_err(|e| decode_error(e.to_string()))?;
     if dst.len() != fmt.bytes_per_frame() {
         return Err(DicomError::Decode {
             instance: label.to_string(),
@@ -203,12 +206,53 @@ pub(crate) fn decode_frame(
     Ok(())
 }
 
-/// What the dicom-rs codecs need to see of an instance.
+/// The fragments of frame `frame`: one fragment per frame, all of them for a single
+/// frame, or else those the Basic Offset Table assigns to the frame (offsets count
+/// from the first fragment's item tag; each item adds an 8-byte header).
+fn frame_fragments<'a>(
+    fragments: &[&'a [u8]],
+    offset_table: &[u32],
+    frames: u32,
+    frame: u32,
+) -> Result<Vec<&'a [u8]>, String> {
+    if fragments.len() == frames as usize {
+        return Ok(vec![fragments[frame as usize]]);
+    }
+    if frames == 1 {
+        return Ok(fragments.to_vec());
+    }
+    if offset_table.len() != frames as usize {
+        return Err(format!(
+            "{} fragments for {frames} frames and a Basic Offset Table of {} entries: \
+             cannot tell which fragments belong to the frame",
+            fragments.len(),
+            offset_table.len()
+        ));
+    }
+    let start = u64::from(offset_table[frame as usize]);
+    let end = offset_table
+        .get(frame as usize + 1)
+        .map_or(u64::MAX, |&o| u64::from(o));
+    let mut offset = 0u64;
+    let mut selected = Vec::new();
+    for fragment in fragments {
+        if (start..end).contains(&offset) {
+            selected.push(*fragment);
+        }
+        offset += fragment.len() as u64 + 8;
+    }
+    if selected.is_empty() {
+        return Err(format!(
+            "the Basic Offset Table points past the fragments ({start})"
+        ));
+    }
+    Ok(selected)
+}
+
+/// What the dicom-rs codecs need to see of one frame.
 struct Encapsulated<'a> {
     ts_uid: &'a str,
     fmt: &'a PixelFormat,
-    frames: u32,
-    offset_table: &'a [u32],
     fragments: &'a [&'a [u8]],
 }
 
@@ -235,7 +279,7 @@ impl PixelDataObject for Encapsulated<'_> {
         Some("MONOCHROME2")
     }
     fn number_of_frames(&self) -> Option<u32> {
-        Some(self.frames)
+        Some(1)
     }
     fn number_of_fragments(&self) -> Option<u32> {
         u32::try_from(self.fragments.len()).ok()
@@ -244,12 +288,12 @@ impl PixelDataObject for Encapsulated<'_> {
         self.fragments.get(fragment).map(|f| Cow::Borrowed(*f))
     }
     fn offset_table(&self) -> Option<Cow<'_, [u32]>> {
-        Some(Cow::Borrowed(self.offset_table))
+        Some(Cow::Borrowed(&[]))
     }
     fn raw_pixel_data(&self) -> Option<RawPixelData> {
         Some(RawPixelData {
             fragments: self.fragments.iter().map(|f| f.to_vec()).collect(),
-            offset_table: self.offset_table.iter().copied().collect(),
+            offset_table: Default::default(),
         })
     }
 }
@@ -312,6 +356,19 @@ mod tests {
             convert(&shifted, fmt(16, 12, 15, false), 1.0, 0.0),
             [1.0, 4095.0]
         );
+    }
+
+    #[test]
+    fn fragments_are_split_into_frames() {
+        let (a, b, c): (&[u8], &[u8], &[u8]) = (&[1, 2], &[3, 4, 5, 6], &[7]);
+        // One fragment per frame; one frame in several fragments.
+        assert_eq!(frame_fragments(&[a, b], &[], 2, 1).unwrap(), [b]);
+        assert_eq!(frame_fragments(&[a, b, c], &[], 1, 0).unwrap(), [a, b, c]);
+        // Frame 0 is a, b (10 + 12 bytes with item headers), frame 1 is c.
+        assert_eq!(frame_fragments(&[a, b, c], &[0, 22], 2, 0).unwrap(), [a, b]);
+        assert_eq!(frame_fragments(&[a, b, c], &[0, 22], 2, 1).unwrap(), [c]);
+        assert!(frame_fragments(&[a, b, c], &[], 2, 1).is_err());
+        assert!(frame_fragments(&[a, b, c], &[0, 99], 2, 1).is_err());
     }
 
     #[test]

@@ -36,6 +36,22 @@ fn rle_lossless() {
 }
 
 #[test]
+fn compressed_multiframe_with_fragmented_frames() {
+    let expected = SyntheticCt {
+        seed: 21,
+        ..SyntheticCt::default()
+    }
+    .volume();
+    for name in [
+        "synthetic21_multiframe_jpeg_lossless_fragmented.dcm",
+        "synthetic21_multiframe_rle.dcm",
+    ] {
+        let series = series_to_volume(&[data(name)]).unwrap();
+        assert_eq!(series.volume, expected, "{name}");
+    }
+}
+
+#[test]
 fn jpeg2000_lossless_matches_the_uncompressed_slice() {
     let native = series_to_volume(&[data("MR_small.dcm")]).unwrap();
     let j2k = series_to_volume(&[data("MR_small_jp2klossless.dcm")]).unwrap();
