@@ -117,6 +117,22 @@ pub(crate) fn parse<'a>(
     };
     let explicit = ts.uid() != uids::IMPLICIT_VR_LITTLE_ENDIAN;
     let (header_end, pixels) = walk(&data, explicit).map_err(malformed)?;
+    let encapsulated = matches!(ts.codec(), Codec::EncapsulatedPixelData(..));
+    match &pixels {
+        Some(PixelLocation::Native(_)) if encapsulated => {
+            return Err(malformed(format!(
+                "native PixelData in a file of compressed transfer syntax {}",
+                ts.uid()
+            )));
+        }
+        Some(PixelLocation::Encapsulated { .. }) if !encapsulated => {
+            return Err(malformed(format!(
+                "encapsulated PixelData in a file of uncompressed transfer syntax {}",
+                ts.uid()
+            )));
+        }
+        _ => {}
+    }
 
     // The dataset is explicit VR little endian once inflated.
     let header_ts = if ts.uid() == uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN {
@@ -390,15 +406,21 @@ fn explicit_header(data: &[u8], pos: usize, end: usize) -> Result<(usize, u32), 
         return Err(truncated(pos));
     }
     let vr = &data[pos + 4..pos + 6];
+    // dicom-rs reads any other VR as UN, with a 32-bit length, so an unknown VR would
+    // make it see a length this walk never checked: refused instead.
     const LONG: [&[u8]; 13] = [
         b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV",
+    ];
+    const SHORT: [&[u8]; 21] = [
+        b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
+        b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
     ];
     if LONG.contains(&vr) {
         if pos + 12 > end {
             return Err(truncated(pos));
         }
         Ok((12, read_u32(data, pos + 8).ok_or_else(|| truncated(pos))?))
-    } else if vr.iter().all(u8::is_ascii_uppercase) {
+    } else if SHORT.contains(&vr) {
         Ok((
             8,
             u32::from(read_u16(data, pos + 6).ok_or_else(|| truncated(pos))?),
@@ -558,8 +580,10 @@ mod tests {
         assert!(walk(&data[..5], true).is_err());
         let open = long(0x5200, 0x9229, b"SQ", UNDEFINED, &item(UNDEFINED, &data));
         assert!(walk(&open, true).unwrap_err().contains("Item Delimitation"));
-        let bad_vr = [0x08, 0x00, 0x60, 0x00, b'c', b's', 2, 0, b'C', b'T'];
-        assert!(walk(&bad_vr, true).unwrap_err().contains("no valid VR"));
+        for vr in [b"cs", b"QQ"] {
+            let bad_vr = [0x08, 0x00, 0x60, 0x00, vr[0], vr[1], 2, 0, b'C', b'T'];
+            assert!(walk(&bad_vr, true).unwrap_err().contains("no valid VR"));
+        }
         let mut nested = Vec::new();
         for _ in 0..=MAX_DEPTH + 1 {
             nested = long(

@@ -655,7 +655,7 @@ pub fn read_seg(
                 if bytes.len() < needed {
                     return Err(DicomError::PixelDataTooShort {
                         instance: inst.label.clone(),
-                        expected: frames as u64 * plane as u64 / 8,
+                        expected: (frames as u64 * plane as u64).div_ceil(8),
                         found: bytes.len() as u64,
                     });
                 }

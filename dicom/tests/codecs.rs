@@ -93,6 +93,35 @@ fn unsupported_transfer_syntaxes_are_named() {
     }
 }
 
+#[test]
+fn pixel_data_encoding_must_match_the_transfer_syntax() {
+    // Uncompressed pixel data in a file that claims RLE (a UID of the same length).
+    let err = series_to_volume(&[with_transfer_syntax(
+        &data("MR_small.dcm"),
+        "1.2.840.10008.1.2.5",
+    )])
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("native PixelData in a file of compressed"),
+        "{err}"
+    );
+    // Fragments in a file that claims explicit VR little endian.
+    let mut rle = data("synthetic21_rle_1.dcm");
+    let rle_uid = b"1.2.840.10008.1.2.5\0";
+    let at = rle
+        .windows(rle_uid.len())
+        .position(|w| w == rle_uid)
+        .unwrap();
+    rle[at..at + rle_uid.len()].copy_from_slice(b"1.2.840.10008.1.2.1\0");
+    let err = series_to_volume(&[rle]).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("encapsulated PixelData in a file of uncompressed"),
+        "{err}"
+    );
+}
+
 /// Replaces the explicit VR little endian transfer syntax UID in the meta group with
 /// another of the same length.
 fn with_transfer_syntax(file: &[u8], uid: &str) -> Vec<u8> {

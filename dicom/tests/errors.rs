@@ -283,3 +283,56 @@ fn multiframe_needs_positions_per_frame() {
         "{err}"
     );
 }
+
+/// Corrupted bytes anywhere (a flaky transfer, a hostile upload) give an error or a
+/// volume, never a panic or a large allocation. Every call here handles a 2 KiB file
+/// in microseconds; one that takes a quarter of a second has zero-filled a buffer of
+/// gigabytes that a corrupted length asked for (as an unknown VR once made dicom-rs do).
+#[test]
+fn corrupted_files_never_panic_or_allocate_from_bad_lengths() {
+    use rand::{Rng, SeedableRng};
+    use std::time::{Duration, Instant};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+    let mut slowest = Duration::ZERO;
+    for encoding in [
+        SyntheticEncoding::ExplicitVrLittleEndian,
+        SyntheticEncoding::ImplicitVrLittleEndian,
+    ] {
+        let spec = SyntheticCt {
+            dims: [8, 6, 3],
+            encoding,
+            ..SyntheticCt::default()
+        };
+        let files = synthetic_ct_series(&spec);
+        let series = series_to_volume(&files).unwrap();
+        let seg = medlabel_dicom::write_seg(
+            &series.volume.with_data(vec![1u8; series.volume.len()]),
+            &series.info,
+            &[medlabel_dicom::Segment {
+                value: 1,
+                label: "all".into(),
+            }],
+            &medlabel_dicom::SegWriteOptions::default(),
+        )
+        .unwrap()
+        .bytes;
+        for _ in 0..500 {
+            let mut file = files[0].clone();
+            let mut seg = seg.clone();
+            for _ in 0..rng.random_range(1..4) {
+                let at = rng.random_range(128..file.len());
+                file[at] = rng.random();
+                let at = rng.random_range(128..seg.len());
+                seg[at] = rng.random();
+            }
+            let start = Instant::now();
+            let _ = series_to_volume(&[file, files[1].clone(), files[2].clone()]);
+            let _ = medlabel_dicom::read_seg(&seg, &series.info, &Default::default());
+            slowest = slowest.max(start.elapsed());
+        }
+    }
+    assert!(
+        slowest < Duration::from_millis(250),
+        "slowest call took {slowest:?}"
+    );
+}
