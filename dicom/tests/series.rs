@@ -73,19 +73,21 @@ fn reversed_oblique_series() {
 
 #[test]
 fn sagittal_and_coronal_series() {
-    for orientation in [
-        [0.0, 1.0, 0.0, 0.0, 0.0, -1.0],
-        [1.0, 0.0, 0.0, 0.0, 0.0, -1.0],
+    // k runs along row × column: towards the Right (+x in RAS) for this sagittal
+    // orientation, Posterior (−y in RAS) for this coronal one; 2.5 mm apart.
+    for (orientation, k_axis_ras) in [
+        ([0.0, 1.0, 0.0, 0.0, 0.0, -1.0], [2.5, 0.0, 0.0]),
+        ([1.0, 0.0, 0.0, 0.0, 0.0, -1.0], [0.0, -2.5, 0.0]),
     ] {
         let spec = SyntheticCt {
             orientation,
             seed: 3,
             ..SyntheticCt::default()
         };
-        assert_matches(
-            &series_to_volume(&synthetic_ct_series(&spec)).unwrap(),
-            &spec,
-        );
+        let series = series_to_volume(&synthetic_ct_series(&spec)).unwrap();
+        assert_matches(&series, &spec);
+        let a = series.volume.affine;
+        assert_eq!([a[0][2], a[1][2], a[2][2]], k_axis_ras);
     }
 }
 
