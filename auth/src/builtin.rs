@@ -19,10 +19,10 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::TokenReply;
 use crate::error::AuthError;
 use crate::principal::Principal;
 use crate::users::{UserStore, hash_password, verify_password, write_private};
-use crate::TokenReply;
 
 /// `iss` of built-in tokens.
 pub const ISSUER: &str = "medlabel";
@@ -95,7 +95,9 @@ impl Builtin {
         // Argon2 is tens of milliseconds of CPU: off the async workers.
         let user = tokio::task::spawn_blocking(move || {
             let user = this.users.find(&username)?;
-            let hash = user.as_ref().map_or(this.dummy_hash.as_str(), |u| &u.password);
+            let hash = user
+                .as_ref()
+                .map_or(this.dummy_hash.as_str(), |u| &u.password);
             let matches = verify_password(&password, hash);
             Ok::<_, AuthError>(user.filter(|_| matches))
         })
@@ -198,7 +200,10 @@ mod tests {
         assert_eq!(again.verify(&reply.access_token).unwrap(), alice);
 
         assert_eq!(issuer.login("alice", "PW").await, Err(AuthError::BadLogin));
-        assert_eq!(issuer.login("mallory", "pw").await, Err(AuthError::BadLogin));
+        assert_eq!(
+            issuer.login("mallory", "pw").await,
+            Err(AuthError::BadLogin)
+        );
 
         issuer.users().remove("alice").unwrap();
         assert!(matches!(

@@ -51,7 +51,8 @@ impl IntoResponse for AuthError {
         } else {
             tracing::info!(status = status.as_u16(), error = %self, "request refused");
         }
-        let mut response = (status, axum::Json(json!({"detail": self.to_string()}))).into_response();
+        let mut response =
+            (status, axum::Json(json!({"detail": self.to_string()}))).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response
                 .headers_mut()

@@ -156,8 +156,7 @@ impl Oidc {
     /// The caller a token names, if the issuer signed it for this audience.
     pub async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
         let invalid = |why: &str| AuthError::InvalidToken(why.to_owned());
-        let header =
-            jsonwebtoken::decode_header(token).map_err(|err| crate::token_error(&err))?;
+        let header = jsonwebtoken::decode_header(token).map_err(|err| crate::token_error(&err))?;
         if !ACCEPTED.contains(&header.alg) {
             return Err(invalid(&format!(
                 "algorithm {:?} is not accepted",
@@ -236,7 +235,9 @@ impl Oidc {
             )));
         }
         if !status.is_success() {
-            return Err(AuthError::Upstream(format!("token endpoint answered {status}")));
+            return Err(AuthError::Upstream(format!(
+                "token endpoint answered {status}"
+            )));
         }
         let token = body["access_token"]
             .as_str()

@@ -74,8 +74,7 @@ impl serde::Serialize for Role {
 impl<'de> serde::Deserialize<'de> for Role {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let name = String::deserialize(deserializer)?;
-        Role::parse(&name)
-            .ok_or_else(|| serde::de::Error::custom(format!("unknown role {name:?}")))
+        Role::parse(&name).ok_or_else(|| serde::de::Error::custom(format!("unknown role {name:?}")))
     }
 }
 

@@ -11,8 +11,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use serde::{Deserialize, Serialize};
 
 use crate::error::AuthError;
@@ -244,14 +244,22 @@ mod tests {
         assert!(store.users().unwrap().is_empty());
         assert!(store.add("alice", "s3cret", &[Role::Annotator]).unwrap());
         let alice = store.find("alice").unwrap().unwrap();
-        assert!(alice.password.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+        assert!(
+            alice
+                .password
+                .starts_with("$argon2id$v=19$m=19456,t=2,p=1$")
+        );
         assert!(!alice.password.contains("s3cret"));
         assert!(verify_password("s3cret", &alice.password));
         assert!(!verify_password("s3cret!", &alice.password));
 
         // A second store (another process) sees the change; an update keeps the subject.
         let other = UserStore::new(dir.path());
-        assert!(!other.add("alice", "n3w", &[Role::Admin, Role::Admin]).unwrap());
+        assert!(
+            !other
+                .add("alice", "n3w", &[Role::Admin, Role::Admin])
+                .unwrap()
+        );
         let updated = store.find("alice").unwrap().unwrap();
         assert_eq!(updated.subject, alice.subject);
         assert_eq!(updated.roles, vec![Role::Admin]);
@@ -263,7 +271,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(store.path()).unwrap().permissions().mode();
+            let mode = std::fs::metadata(store.path())
+                .unwrap()
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }

@@ -4,8 +4,8 @@
 //! each single-function Lambda answer identically: request ids and logging
 //! ([`crate::request_id`]), MONAI Label's `{"detail": "Method Not Allowed"}` 405s (the
 //! router sets `Allow`), 307 redirects to the declared trailing-slash spelling, 404
-//! `{"detail": "Not Found"}` for everything else, and permissive CORS (MONAI Label's
-//! default).
+//! `{"detail": "Not Found"}` for everything else, permissive CORS (MONAI Label's
+//! default), and, on the routes alone, the role check of [`crate::auth`].
 
 use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -35,6 +35,10 @@ pub fn app(state: AppState) -> Router {
 /// Adds the shared fallback and middleware to `routes` and binds the state.
 pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
     routes
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::middleware,
+        ))
         .fallback(fallback)
         .layer(middleware::map_response(method_not_allowed))
         .layer(CorsLayer::very_permissive())

@@ -76,6 +76,9 @@ pub enum ApiError {
     /// 401: the caller is not authenticated.
     #[error("{0}")]
     Unauthorized(String),
+    /// 403: the caller may not do this (a missing role, another annotator's tag).
+    #[error("{0}")]
+    Forbidden(String),
     /// 405: known path, wrong method (the `Allow` header is set by the router).
     #[error("Method Not Allowed")]
     MethodNotAllowed,
@@ -106,6 +109,7 @@ impl ApiError {
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -242,6 +246,20 @@ impl From<RunnerError> for ApiError {
             | RunnerError::NotRunning(_) => ApiError::NotFound(err.to_string()),
             RunnerError::AlreadyRunning(_) => ApiError::TaskRunning(err.to_string()),
             RunnerError::Failed(msg) => ApiError::Internal(msg),
+        }
+    }
+}
+
+impl From<medlabel_auth::AuthError> for ApiError {
+    fn from(err: medlabel_auth::AuthError) -> Self {
+        use medlabel_auth::AuthError;
+        match err {
+            AuthError::NotAuthenticated | AuthError::InvalidToken(_) | AuthError::BadLogin => {
+                ApiError::Unauthorized(err.to_string())
+            }
+            AuthError::Forbidden(_) => ApiError::Forbidden(err.to_string()),
+            AuthError::Upstream(msg) => ApiError::BadGateway(msg),
+            AuthError::Internal(msg) => ApiError::Internal(msg),
         }
     }
 }

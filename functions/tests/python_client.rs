@@ -9,12 +9,7 @@ mod common;
 
 /// The Python that `scripts/setup.sh` installs `monailabel==0.8.5` into.
 fn python() -> std::path::PathBuf {
-    let cache = std::env::var_os("MEDLABEL_CACHE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(&std::env::var_os("HOME").expect("HOME is set")).join(".cache/medlabel")
-        });
-    cache.join("py/bin/python")
+    common::cache_dir().join("py/bin/python")
 }
 
 /// Kills the server when the test ends, however it ends.

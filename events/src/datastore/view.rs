@@ -344,6 +344,7 @@ impl DatastoreView {
             | Event::JobProgressed { .. }
             | Event::JobStopRequested { .. }
             | Event::JobFinished { .. }
+            | Event::DataRead { .. }
             | Event::SnapshotTaken { .. } => {}
         }
     }

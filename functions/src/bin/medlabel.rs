@@ -11,6 +11,9 @@
 //! binary never links libtorch. `--starter-model DIR` publishes a model folder
 //! (`config.json` + `model.safetensors`) as version 1 of its model when none is
 //! published yet, so a fresh studies folder can segment at once.
+//!
+//! Authentication is off unless `--auth builtin` (users of the studies folder, managed
+//! with `medlabel user`) or `--auth oidc` asks for it (see `medlabel_functions::auth_cli`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -23,6 +26,7 @@ use medlabel_events::clock::SystemClock;
 use medlabel_events::datastore::{WriteContext, import_studies};
 use medlabel_events::jobs::Jobs;
 use medlabel_events::store::sqlite::SqliteEventStore;
+use medlabel_functions::auth_cli;
 use medlabel_functions::model_runner::InferenceEndpoint;
 use medlabel_functions::runner::NoRunner;
 use medlabel_functions::state::{AppState, Config, DicomWeb};
@@ -96,8 +100,10 @@ fn cli() -> Command {
                         .default_value("3600")
                         .value_parser(value_parser!(u64))
                         .help("Longest session lifetime in seconds (MONAI_LABEL_SESSION_EXPIRY)"),
-                ),
-        );
+                )
+                .args(auth_cli::serve_args()),
+        )
+        .subcommand(auth_cli::user_command());
     #[cfg(feature = "aws")]
     let command = command.subcommand(
         Command::new("publish-model")
@@ -133,6 +139,7 @@ async fn main() {
     let matches = cli().get_matches();
     let result = match matches.subcommand() {
         Some(("serve", args)) => serve(args).await,
+        Some(("user", args)) => auth_cli::run_user(args),
         #[cfg(feature = "aws")]
         Some(("publish-model", args)) => publish_model(args).await,
         _ => unreachable!("clap requires a subcommand"),
@@ -176,6 +183,7 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
     let home = studies.join(".medlabel");
     let temp_dir = home.join("tmp");
     std::fs::create_dir_all(&temp_dir)?;
+    let auth = auth_cli::from_serve_args(args, &home).await?;
     let store = open_store(&home.join("events.db")).await?;
     let blobs = FolderBlobStore::open_with_inline(home.join("blobs"), &store)?;
     let config = Config {
@@ -187,6 +195,7 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
             .get_one::<String>("dicomweb")
             .cloned()
             .map(DicomWeb::with_env_credentials),
+        auth,
         ..Config::default()
     };
     let state = AppState::open_with(
