@@ -361,14 +361,12 @@ fn usable(jwk: &Jwk) -> Option<(String, Key)> {
     }
     let kid = jwk.common.key_id.clone()?;
     let key = DecodingKey::from_jwk(jwk).ok()?;
-    let algorithms: Vec<Algorithm> = match jwk.common.key_algorithm {
+    // The key's own `alg` when it names one, else every accepted one of its family.
+    let candidates = match jwk.common.key_algorithm {
         Some(named) => vec![signing_algorithm(named)?],
-        None => ACCEPTED
-            .into_iter()
-            .filter(|alg| alg.family() == key.family())
-            .collect(),
+        None => ACCEPTED.to_vec(),
     };
-    let algorithms: Vec<Algorithm> = algorithms
+    let algorithms: Vec<Algorithm> = candidates
         .into_iter()
         .filter(|alg| ACCEPTED.contains(alg) && alg.family() == key.family())
         .collect();

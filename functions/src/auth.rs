@@ -29,9 +29,10 @@ use medlabel_auth::{Access, Authenticator, OidcConfig, Principal};
 use crate::catalogue;
 use crate::state::AppState;
 
-/// The verified caller of a request, in its extensions.
+/// The verified caller of a request, in its extensions whenever authentication is on:
+/// `None` on a public route, so that a handler there cannot act as `admin`.
 #[derive(Debug, Clone)]
-pub struct Caller(pub Arc<Principal>);
+pub struct Caller(pub Option<Arc<Principal>>);
 
 /// Checks the caller against the route's [`Access`]; 401 or 403 in MONAI Label's shape.
 pub async fn middleware(
@@ -52,12 +53,15 @@ pub async fn middleware(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     match auth.authorize(access, authorization).await {
-        Ok(Some(principal)) => {
-            tracing::Span::current().record("user", principal.key());
-            request.extensions_mut().insert(Caller(Arc::new(principal)));
+        Ok(principal) => {
+            if let Some(principal) = &principal {
+                tracing::Span::current().record("user", principal.key());
+            }
+            request
+                .extensions_mut()
+                .insert(Caller(principal.map(Arc::new)));
             next.run(request).await
         }
-        Ok(None) => next.run(request).await,
         Err(err) => err.into_response(),
     }
 }

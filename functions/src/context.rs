@@ -72,12 +72,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Ctx {
             .get::<RequestId>()
             .map(|id| id.0.clone())
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let Some(Caller(principal)) = parts.extensions.get::<Caller>().cloned() else {
-            return Ok(Ctx {
-                user: UserName::admin(),
-                request_id: raw_id,
-                principal: None,
-            });
+        let principal = match parts.extensions.get::<Caller>().cloned() {
+            // Authentication off: MONAI Label's anonymous admin.
+            None => {
+                return Ok(Ctx {
+                    user: UserName::admin(),
+                    request_id: raw_id,
+                    principal: None,
+                });
+            }
+            // A public route with authentication on: nobody to act as.
+            Some(Caller(None)) => {
+                return Err(ApiError::Unauthorized("Not authenticated".into()));
+            }
+            Some(Caller(Some(principal))) => principal,
         };
         // Built-in names are checked when added; an identity provider's must still be a
         // safe path segment, since an annotator tag is named after it.
