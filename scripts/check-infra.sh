@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Validates infra/template.yaml offline: SAM's own validation (with and without its
-# cfn-lint pass) and cfn-lint on its own. No AWS account or network access to AWS is
+# cfn-lint pass), cfn-lint on its own, and scripts/check-template-rules.py (the prod
+# stack's auth rule evaluated for real parameter sets, authorizers, CORS, access log). No AWS account or network access to AWS is
 # needed; dummy credentials keep the SDKs from looking for real ones.
 #
 # The tools live in their own virtual environment (MEDLABEL_SAM_VENV, default
@@ -49,6 +50,8 @@ run() {
 run "$venv/bin/sam" validate --lint --template infra/template.yaml
 run "$venv/bin/sam" validate --region us-east-1 --template infra/template.yaml
 run "$venv/bin/cfn-lint" infra/template.yaml
+# What the Rules decide for prod without an issuer, and the routes' authorizers.
+run "$venv/bin/python" scripts/check-template-rules.py infra/template.yaml
 if [[ $status -eq 0 ]]; then
   echo "check-infra: $template is valid"
 fi

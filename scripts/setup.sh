@@ -2,8 +2,11 @@
 # Creates or refreshes medlabel's Python tooling: the venv at $MEDLABEL_CACHE/py
 # (default ~/.cache/medlabel/py) with the AWS emulator (moto), the libtorch that the
 # GPU runner links against (torch's wheel, CPU libraries only), and the real MONAI Label
-# client and imaging libraries the compatibility tests and peer benchmarks use.
-# Python is test tooling only; nothing in the product runs it.
+# client and imaging libraries the compatibility tests and peer benchmarks use, and
+# (with Node.js and npm) the OIDC issuer the auth tests start on loopback
+# (oauth2-mock-server, pinned by functions/tests/oidc/package-lock.json, in
+# $MEDLABEL_CACHE/oidc). Python and Node.js are test tooling only; nothing in the
+# product runs them.
 #
 # Idempotent and fast when nothing changed: every pin is checked against the installed
 # metadata first and pip runs only for what is missing or different. .ci/run calls
@@ -80,3 +83,18 @@ if [[ $torch_version != 2.11.0* ]]; then
     exit 1
 fi
 ln -sfn "$site/torch" "$repo/.libtorch"
+
+# The auth tests' OIDC issuer: reinstalled only when the pinned lock file changed.
+oidc_src=$repo/functions/tests/oidc
+oidc=$cache/oidc
+if ! cmp -s "$oidc_src/package-lock.json" "$oidc/package-lock.json" ||
+    [[ ! -f $oidc/node_modules/oauth2-mock-server/package.json ]]; then
+    if ! command -v npm >/dev/null; then
+        echo "setup: npm is missing; the auth tests need Node.js >= 20.19 and npm" >&2
+        exit 1
+    fi
+    echo "setup: installing the test OIDC issuer into $oidc" >&2
+    mkdir -p "$oidc"
+    cp "$oidc_src/package.json" "$oidc_src/package-lock.json" "$oidc/"
+    (cd "$oidc" && npm ci --no-audit --no-fund --loglevel=error)
+fi

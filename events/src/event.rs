@@ -20,7 +20,7 @@ pub type Info = Map<String, Value>;
 /// Names one event stream: the unit of optimistic concurrency.
 ///
 /// One stream per aggregate: `datastore` (name, description), `image/<id>` (an image
-/// and its labels), `session/<id>`, `model/<name>`, `train/<run>`, `job/<id>`.
+/// and its labels), `session/<id>`, `model/<name>`, `train/<run>`, `job/<id>`, `audit/<id>`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct StreamId(String);
@@ -55,6 +55,9 @@ impl StreamId {
         };
         Self(format!("tasks/{name}"))
     }
+    pub fn audit(id: &RunId) -> Self {
+        Self(format!("audit/{id}"))
+    }
     /// Rebuilds a stream id read back from storage.
     pub fn from_stored(value: String) -> Self {
         Self(value)
@@ -76,6 +79,10 @@ pub struct Actor {
     pub user: UserName,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<ClientId>,
+    /// The authenticated caller as `<issuer>#<subject>`: what owns sessions, leases
+    /// and annotator tags. Absent when authentication is off (everyone is `admin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
 }
 
 impl Actor {
@@ -83,8 +90,41 @@ impl Actor {
         Self {
             user: UserName::admin(),
             client_id: None,
+            subject: None,
         }
     }
+
+    /// Whether `self` and `other` are the same caller: the same subject when either
+    /// was authenticated, else the same user name (auth off).
+    pub fn same_caller(&self, other: &Actor) -> bool {
+        match (&self.subject, &other.subject) {
+            (None, None) => self.user == other.user,
+            (a, b) => a == b,
+        }
+    }
+}
+
+/// What patient data a [`Event::DataRead`] handed out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DataRead {
+    /// An image file.
+    Image { image: ImageId },
+    /// One version of a label.
+    Label {
+        image: ImageId,
+        tag: Tag,
+        version: u32,
+    },
+    /// `dataset.zip`: the final-labelled cases as of a log position (`limit` caps them).
+    Dataset {
+        cases: u64,
+        as_of_position: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit: Option<u64>,
+    },
+    /// An upload session's file.
+    Session { session: RunId },
 }
 
 /// The kind of asynchronous GPU job a [`Event::JobRequested`] asks for.
@@ -273,6 +313,15 @@ pub enum Event {
         #[serde(default)]
         result: Info,
     },
+    // --- stream `audit/<id>` (one stream per read: audits never contend)
+    /// Patient data left medlabel, to the event's actor: a file was served, or a URL
+    /// that reads it without further checks was issued (`url`).
+    DataRead {
+        read: DataRead,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        url: bool,
+    },
+
     /// A read model `view` as of global `position`, encoded as `format` in `blob`
     /// (`crate::snapshot`): a cold process starts there instead of folding the log.
     /// No view changes on it.
@@ -318,6 +367,7 @@ impl Event {
             Event::JobProgressed { .. } => "JobProgressed",
             Event::JobStopRequested { .. } => "JobStopRequested",
             Event::JobFinished { .. } => "JobFinished",
+            Event::DataRead { .. } => "DataRead",
             Event::SnapshotTaken { .. } => "SnapshotTaken",
             Event::Unreadable { .. } => "Unreadable",
         }

@@ -27,7 +27,7 @@ use crate::blob::{BlobError, BlobReader, BlobRef, BlobStore};
 use crate::clock::Clock;
 use crate::datastore::WriteContext;
 use crate::event::{Actor, Event, Info, NewEvent, RecordedEvent, StreamId};
-use crate::id::{Extension, RunId, UserName, split_file_name};
+use crate::id::{Extension, RunId, split_file_name};
 use crate::store::{EventStore, ExpectedVersion, StoreError};
 
 /// MONAI Label's default and fallback session lifetime (`MONAI_LABEL_SESSION_EXPIRY`).
@@ -219,11 +219,12 @@ impl Sessions {
         fold(&events).ok_or_else(|| SessionError::NotFound(appended.stream.to_string()))
     }
 
-    /// The session `id` if `caller` owns it and it is live. An expired session is
-    /// removed on the way (as MONAI Label removes a session whose file vanished).
-    pub async fn get(&self, id: &RunId, caller: &UserName) -> Result<Session> {
+    /// The session `id` if `caller` owns it (the same authenticated subject; the same
+    /// user name with auth off) and it is live. An expired session is removed on the
+    /// way (as MONAI Label removes a session whose file vanished).
+    pub async fn get(&self, id: &RunId, caller: &Actor) -> Result<Session> {
         let session = self.load(id).await?;
-        if &session.owner.user != caller {
+        if !session.owner.same_caller(caller) {
             return Err(SessionError::NotFound(id.to_string()));
         }
         if session.is_expired(self.clock.now_ms()) {
@@ -243,7 +244,7 @@ impl Sessions {
             },
         )
         .await?;
-        self.get(id, &ctx.actor.user).await
+        self.get(id, &ctx.actor).await
     }
 
     /// Removes the session and returns its last state.
@@ -348,7 +349,7 @@ impl Sessions {
     /// Returns the state the event was decided against.
     async fn update(&self, ctx: &WriteContext, id: &RunId, event: Event) -> Result<Session> {
         for _ in 0..MAX_CONFLICT_RETRIES {
-            let session = self.get(id, &ctx.actor.user).await?;
+            let session = self.get(id, &ctx.actor).await?;
             match self
                 .store
                 .append(
@@ -386,6 +387,7 @@ mod tests {
     use super::*;
     use crate::blob::fs::FolderBlobStore;
     use crate::clock::ManualClock;
+    use crate::id::UserName;
     use crate::store::sqlite::SqliteEventStore;
 
     struct Fixture {
@@ -419,6 +421,7 @@ mod tests {
             Actor {
                 user: UserName::parse(user).unwrap(),
                 client_id: None,
+                subject: None,
             },
             request,
         )
@@ -450,8 +453,8 @@ mod tests {
             .unwrap();
         assert_eq!(made.file_name, "ct.nii.gz");
         assert_eq!(made.ext.as_str(), ".nii.gz");
-        let alice = UserName::parse("alice").unwrap();
-        let bob = UserName::parse("bob").unwrap();
+        let alice = ctx("alice", "-").actor;
+        let bob = ctx("bob", "-").actor;
         assert!(f.sessions.get(&made.id, &alice).await.is_ok());
         assert!(matches!(
             f.sessions.get(&made.id, &bob).await,
@@ -477,6 +480,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_authenticated_session_belongs_to_its_subject_not_its_name() {
+        let f = fixture();
+        let mut owner = ctx("alice", "s1");
+        owner.actor.subject = Some("https://idp#1".into());
+        let made = f
+            .sessions
+            .create(&owner, &f.file, "ct.nrrd", Info::new(), 0)
+            .await
+            .unwrap();
+        assert!(f.sessions.get(&made.id, &owner.actor).await.is_ok());
+        // Another account with the same name, and the unauthenticated `alice`.
+        let mut namesake = owner.actor.clone();
+        namesake.subject = Some("https://idp#2".into());
+        assert!(f.sessions.get(&made.id, &namesake).await.is_err());
+        assert!(
+            f.sessions
+                .get(&made.id, &ctx("alice", "-").actor)
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
     async fn a_retried_create_returns_the_first_session() {
         let f = fixture();
         let first = f
@@ -497,7 +523,7 @@ mod tests {
     #[tokio::test]
     async fn sessions_expire_after_their_last_access_and_are_swept() {
         let f = fixture();
-        let admin = UserName::admin();
+        let admin = Actor::admin();
         let short = f
             .sessions
             .create(&ctx("admin", "a"), &f.file, "a.nrrd", Info::new(), 100)

@@ -4,7 +4,8 @@
 //! each single-function Lambda answer identically: request ids and logging
 //! ([`crate::request_id`]), MONAI Label's `{"detail": "Method Not Allowed"}` 405s (the
 //! router sets `Allow`), 307 redirects to the declared trailing-slash spelling, 404
-//! `{"detail": "Not Found"}` for everything else.
+//! `{"detail": "Not Found"}` for everything else, and, on the routes alone, the role
+//! check of [`crate::auth`].
 //!
 //! Browser safety is the local server's own ([`app`]): MONAI Label answers every origin
 //! with permissive CORS, so any page an annotator visits could read or delete patient
@@ -67,6 +68,10 @@ pub fn app(state: AppState) -> Router {
 /// Adds the shared fallback and middleware to `routes` and binds the state.
 pub fn finish(routes: Router<AppState>, state: AppState) -> Router {
     routes
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::middleware,
+        ))
         .fallback(fallback)
         .layer(middleware::map_response(method_not_allowed))
         .layer(middleware::from_fn(crate::request_id::middleware))

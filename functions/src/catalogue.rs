@@ -1,10 +1,14 @@
 //! The route catalogue: every route medlabel serves, as data.
 //!
-//! One table feeds three things that must agree with the routers: the OpenAPI document
-//! (`/openapi.json`), the offline docs page (`/docs`, which loads nothing external), and
+//! One table feeds four things that must agree with the routers: the OpenAPI document
+//! (`/openapi.json`), the offline docs page (`/docs`, which loads nothing external),
 //! MONAI Label's trailing-slash redirects (FastAPI answers a path that only matches
-//! with the other spelling with 307). A test checks that every entry is routed.
+//! with the other spelling with 307), and the role each route asks for when
+//! authentication is on (MONAI Label's `RBAC(...)` of the same route; medlabel's own
+//! routes get the role of the MONAI Label route they extend). A test checks that every
+//! entry is routed and every route has an entry.
 
+use medlabel_auth::{Access, Role};
 use serde_json::{Map, Value, json};
 
 /// What a route's request body carries.
@@ -30,6 +34,8 @@ pub struct Route {
     pub summary: &'static str,
     pub query: &'static [&'static str],
     pub payload: Payload,
+    /// What the caller must hold when authentication is on.
+    pub access: Access,
 }
 
 const fn route(
@@ -39,6 +45,7 @@ const fn route(
     summary: &'static str,
     query: &'static [&'static str],
     payload: Payload,
+    access: Access,
 ) -> Route {
     Route {
         method,
@@ -47,15 +54,21 @@ const fn route(
         summary,
         query,
         payload,
+        access,
     }
 }
 
+use Access::{Authenticated, Public};
 use Payload::{Form, Json, Multipart, None as NoBody};
+
+const USER: Access = Access::Role(Role::User);
+const ANNOTATOR: Access = Access::Role(Role::Annotator);
+const ADMIN: Access = Access::Role(Role::Admin);
 
 /// Every route, grouped by function.
 pub const ROUTES: &[Route] = &[
-    route("GET", "/", "info", "API docs", &[], NoBody),
-    route("GET", "/docs", "info", "API docs", &[], NoBody),
+    route("GET", "/", "info", "API docs", &[], NoBody, Public),
+    route("GET", "/docs", "info", "API docs", &[], NoBody, Public),
     route(
         "GET",
         "/openapi.json",
@@ -63,6 +76,7 @@ pub const ROUTES: &[Route] = &[
         "OpenAPI document",
         &[],
         NoBody,
+        Public,
     ),
     route(
         "GET",
@@ -71,6 +85,7 @@ pub const ROUTES: &[Route] = &[
         "App info: models, strategies, datastore status",
         &[],
         NoBody,
+        USER,
     ),
     route(
         "POST",
@@ -79,6 +94,7 @@ pub const ROUTES: &[Route] = &[
         "Reload the app (no-op)",
         &[],
         NoBody,
+        ADMIN,
     ),
     route(
         "GET",
@@ -87,6 +103,7 @@ pub const ROUTES: &[Route] = &[
         "Download the current model weights",
         &[],
         NoBody,
+        ADMIN,
     ),
     route(
         "GET",
@@ -95,6 +112,7 @@ pub const ROUTES: &[Route] = &[
         "Checksum and time of the current model",
         &[],
         NoBody,
+        ADMIN,
     ),
     route(
         "PUT",
@@ -103,6 +121,7 @@ pub const ROUTES: &[Route] = &[
         "Upload new weights for the model's network as its next version",
         &[],
         Multipart(&["file"]),
+        ANNOTATOR,
     ),
     route(
         "DELETE",
@@ -111,6 +130,7 @@ pub const ROUTES: &[Route] = &[
         "Retire the current model",
         &[],
         NoBody,
+        ANNOTATOR,
     ),
     route(
         "GET",
@@ -119,6 +139,7 @@ pub const ROUTES: &[Route] = &[
         "Datastore stats, full JSON or train list",
         &["output"],
         NoBody,
+        USER,
     ),
     route(
         "PUT",
@@ -127,6 +148,7 @@ pub const ROUTES: &[Route] = &[
         "Upload an image (alias used by the Python client)",
         &["image"],
         Multipart(&["file", "params"]),
+        ANNOTATOR,
     ),
     route(
         "DELETE",
@@ -135,6 +157,7 @@ pub const ROUTES: &[Route] = &[
         "Remove an image and its labels",
         &["id"],
         NoBody,
+        ADMIN,
     ),
     route(
         "PUT",
@@ -143,6 +166,7 @@ pub const ROUTES: &[Route] = &[
         "Upload an image",
         &["image"],
         Multipart(&["file", "params"]),
+        ANNOTATOR,
     ),
     route(
         "DELETE",
@@ -151,6 +175,7 @@ pub const ROUTES: &[Route] = &[
         "Remove an image and its labels",
         &["id"],
         NoBody,
+        ADMIN,
     ),
     route(
         "HEAD",
@@ -159,6 +184,7 @@ pub const ROUTES: &[Route] = &[
         "Whether an image exists (optionally with a checksum)",
         &["image", "check_sum"],
         NoBody,
+        USER,
     ),
     route(
         "GET",
@@ -167,6 +193,7 @@ pub const ROUTES: &[Route] = &[
         "Download an image",
         &["image", "check_sum"],
         NoBody,
+        USER,
     ),
     route(
         "GET",
@@ -175,6 +202,7 @@ pub const ROUTES: &[Route] = &[
         "Image info",
         &["image"],
         NoBody,
+        USER,
     ),
     route(
         "PUT",
@@ -183,6 +211,7 @@ pub const ROUTES: &[Route] = &[
         "Merge into image info",
         &["image"],
         Form(&["info"]),
+        ANNOTATOR,
     ),
     route(
         "PUT",
@@ -191,6 +220,7 @@ pub const ROUTES: &[Route] = &[
         "Save a label",
         &["image", "tag"],
         Multipart(&["label", "params"]),
+        ANNOTATOR,
     ),
     route(
         "DELETE",
@@ -199,6 +229,7 @@ pub const ROUTES: &[Route] = &[
         "Remove a label",
         &["id", "tag"],
         NoBody,
+        ADMIN,
     ),
     route(
         "HEAD",
@@ -207,6 +238,7 @@ pub const ROUTES: &[Route] = &[
         "Whether an image has a label under a tag",
         &["image", "tag"],
         NoBody,
+        USER,
     ),
     route(
         "GET",
@@ -215,6 +247,7 @@ pub const ROUTES: &[Route] = &[
         "Download a label",
         &["label", "tag"],
         NoBody,
+        USER,
     ),
     route(
         "GET",
@@ -223,6 +256,7 @@ pub const ROUTES: &[Route] = &[
         "Label info",
         &["label", "tag"],
         NoBody,
+        USER,
     ),
     route(
         "PUT",
@@ -231,6 +265,7 @@ pub const ROUTES: &[Route] = &[
         "Merge into label info",
         &["label", "tag"],
         Form(&["info"]),
+        ANNOTATOR,
     ),
     route(
         "PUT",
@@ -239,6 +274,7 @@ pub const ROUTES: &[Route] = &[
         "Merge into label info (deprecated)",
         &["label", "tag"],
         Form(&["params"]),
+        ANNOTATOR,
     ),
     route(
         "POST",
@@ -247,6 +283,7 @@ pub const ROUTES: &[Route] = &[
         "Presigned PUT URL for a large upload, or part URLs with ?parts=N (object stores)",
         &["parts"],
         NoBody,
+        ANNOTATOR,
     ),
     route(
         "POST",
@@ -255,6 +292,7 @@ pub const ROUTES: &[Route] = &[
         "Join the parts of a multipart upload from their ETags",
         &[],
         Json,
+        ANNOTATOR,
     ),
     route(
         "POST",
@@ -263,6 +301,7 @@ pub const ROUTES: &[Route] = &[
         "Record a finished presigned upload as an image",
         &["image", "ext"],
         Json,
+        ANNOTATOR,
     ),
     route(
         "POST",
@@ -271,6 +310,7 @@ pub const ROUTES: &[Route] = &[
         "Record a finished presigned upload as a label",
         &["image", "tag", "ext"],
         Json,
+        ANNOTATOR,
     ),
     route(
         "DELETE",
@@ -279,6 +319,7 @@ pub const ROUTES: &[Route] = &[
         "Give a leased image back before the lease ends",
         &["client_id"],
         NoBody,
+        USER,
     ),
     route(
         "GET",
@@ -287,6 +328,7 @@ pub const ROUTES: &[Route] = &[
         "Download final-labelled cases as dataset.zip",
         &["limit_cases"],
         NoBody,
+        ANNOTATOR,
     ),
     route(
         "PUT",
@@ -295,6 +337,7 @@ pub const ROUTES: &[Route] = &[
         "Create an upload session",
         &["uncompress", "expiry"],
         Multipart(&["files"]),
+        USER,
     ),
     route(
         "GET",
@@ -303,6 +346,7 @@ pub const ROUTES: &[Route] = &[
         "Get a session (or its file with image=true)",
         &["update_ts", "image"],
         NoBody,
+        USER,
     ),
     route(
         "DELETE",
@@ -311,6 +355,7 @@ pub const ROUTES: &[Route] = &[
         "Remove a session",
         &[],
         NoBody,
+        USER,
     ),
     route(
         "POST",
@@ -319,6 +364,7 @@ pub const ROUTES: &[Route] = &[
         "Next sample by strategy",
         &[],
         Json,
+        USER,
     ),
     route(
         "POST",
@@ -327,6 +373,7 @@ pub const ROUTES: &[Route] = &[
         "Run a scoring method",
         &["run_sync"],
         Json,
+        ANNOTATOR,
     ),
     route(
         "POST",
@@ -335,6 +382,7 @@ pub const ROUTES: &[Route] = &[
         "Run every scoring method (deprecated)",
         &[],
         Json,
+        ANNOTATOR,
     ),
     route(
         "GET",
@@ -343,6 +391,7 @@ pub const ROUTES: &[Route] = &[
         "Scoring task status",
         &["all", "check_if_running"],
         NoBody,
+        USER,
     ),
     route(
         "DELETE",
@@ -351,6 +400,7 @@ pub const ROUTES: &[Route] = &[
         "Stop scoring",
         &[],
         NoBody,
+        ANNOTATOR,
     ),
     route(
         "POST",
@@ -359,6 +409,7 @@ pub const ROUTES: &[Route] = &[
         "Run inference",
         &["image", "session_id", "output"],
         Multipart(&["params", "file", "label"]),
+        USER,
     ),
     route(
         "POST",
@@ -367,6 +418,7 @@ pub const ROUTES: &[Route] = &[
         "Whole-slide inference (WSIInput as the JSON body); no served model reads slides",
         &["image", "session_id", "output"],
         Json,
+        USER,
     ),
     route(
         "POST",
@@ -375,6 +427,7 @@ pub const ROUTES: &[Route] = &[
         "Whole-slide inference (WSIInput as the form field wsi); no served model reads slides",
         &["image", "session_id", "output"],
         Multipart(&["wsi", "file"]),
+        USER,
     ),
     route(
         "POST",
@@ -383,6 +436,7 @@ pub const ROUTES: &[Route] = &[
         "Run batch inference",
         &["images", "run_sync"],
         Json,
+        ADMIN,
     ),
     route(
         "GET",
@@ -391,6 +445,7 @@ pub const ROUTES: &[Route] = &[
         "Batch inference status",
         &["all", "check_if_running"],
         NoBody,
+        USER,
     ),
     route(
         "DELETE",
@@ -399,6 +454,7 @@ pub const ROUTES: &[Route] = &[
         "Stop batch inference",
         &[],
         NoBody,
+        ADMIN,
     ),
     route(
         "POST",
@@ -407,6 +463,7 @@ pub const ROUTES: &[Route] = &[
         "Start training",
         &["run_sync", "enqueue"],
         Json,
+        ADMIN,
     ),
     route(
         "POST",
@@ -415,6 +472,7 @@ pub const ROUTES: &[Route] = &[
         "Train every model (deprecated)",
         &[],
         Json,
+        ADMIN,
     ),
     route(
         "GET",
@@ -423,8 +481,17 @@ pub const ROUTES: &[Route] = &[
         "Training status",
         &["all", "check_if_running"],
         NoBody,
+        USER,
     ),
-    route("DELETE", "/train/", "train", "Stop training", &[], NoBody),
+    route(
+        "DELETE",
+        "/train/",
+        "train",
+        "Stop training",
+        &[],
+        NoBody,
+        ADMIN,
+    ),
     route(
         "GET",
         "/auth/",
@@ -432,14 +499,16 @@ pub const ROUTES: &[Route] = &[
         "Auth settings (404 when auth is off)",
         &[],
         NoBody,
+        Public,
     ),
     route(
         "POST",
         "/auth/token",
         "auth",
-        "Password grant (not supported: use the identity provider)",
+        "Password grant: a bearer token for username and password",
         &[],
         Form(&["username", "password"]),
+        Public,
     ),
     route(
         "GET",
@@ -448,6 +517,7 @@ pub const ROUTES: &[Route] = &[
         "The caller's identity",
         &[],
         NoBody,
+        Authenticated,
     ),
     route(
         "GET",
@@ -456,6 +526,16 @@ pub const ROUTES: &[Route] = &[
         "Recent server log lines",
         &["lines", "html", "text", "refresh"],
         NoBody,
+        ADMIN,
+    ),
+    route(
+        "GET",
+        "/logs/audit",
+        "logs",
+        "Who read which patient data, and when (DataRead events)",
+        &["after", "limit"],
+        NoBody,
+        ADMIN,
     ),
     route(
         "GET",
@@ -464,6 +544,7 @@ pub const ROUTES: &[Route] = &[
         "nvidia-smi on the API's host (503 where there is none)",
         &[],
         NoBody,
+        ADMIN,
     ),
     route(
         "GET",
@@ -472,6 +553,7 @@ pub const ROUTES: &[Route] = &[
         "The OHIF viewer configured with --ohif (503 without one)",
         &[],
         NoBody,
+        USER,
     ),
     route(
         "GET",
@@ -480,6 +562,7 @@ pub const ROUTES: &[Route] = &[
         "A file of the OHIF viewer; other paths get its index.html",
         &[],
         NoBody,
+        USER,
     ),
     route(
         "GET",
@@ -488,6 +571,7 @@ pub const ROUTES: &[Route] = &[
         "DICOMweb (QIDO/WADO) relayed to the --dicomweb server",
         &[],
         NoBody,
+        USER,
     ),
     route(
         "POST",
@@ -496,6 +580,7 @@ pub const ROUTES: &[Route] = &[
         "DICOMweb STOW relayed to the --dicomweb server",
         &[],
         NoBody,
+        USER,
     ),
 ];
 
@@ -515,6 +600,23 @@ pub fn matches(pattern: &str, path: &str) -> bool {
             _ => return false,
         }
     }
+}
+
+/// What the route declared as `pattern` (a router's matched path) asks for `method`:
+/// a HEAD without its own entry is its GET, and the router's catch-all `{*path}` is the
+/// table's `{path}`. A route missing from the table asks for admin, so forgetting an
+/// entry fails closed.
+pub fn access(method: &str, pattern: &str) -> Access {
+    let pattern = pattern.replace("{*", "{");
+    let find = |method: &str| {
+        ROUTES
+            .iter()
+            .find(|r| r.method == method && r.path == pattern)
+            .map(|r| r.access)
+    };
+    find(method)
+        .or_else(|| (method == "HEAD").then(|| find("GET")).flatten())
+        .unwrap_or(ADMIN)
 }
 
 /// Whether any route is declared at `path` (for any method).
@@ -550,8 +652,12 @@ pub fn openapi() -> Value {
                 .iter()
                 .map(|name| json!({"name": name, "in": "query", "required": false, "schema": {"type": "string"}})),
         );
+        let summary = match r.access {
+            Access::Role(role) => format!("|RBAC: {role}| - {}", r.summary),
+            _ => r.summary.to_owned(),
+        };
         let mut operation = json!({
-            "summary": r.summary,
+            "summary": summary,
             "tags": [r.function],
             "operationId": format!("{}_{}", r.method.to_ascii_lowercase(), r.path),
             "parameters": parameters,
@@ -589,6 +695,14 @@ pub fn openapi() -> Value {
     })
 }
 
+fn access_text(access: Access) -> &'static str {
+    match access {
+        Access::Public => "none",
+        Access::Authenticated => "any token",
+        Access::Role(role) => role.name(),
+    }
+}
+
 fn escape_html(text: &str) -> String {
     text.replace('&', "&amp;")
         .replace('<', "&lt;")
@@ -601,10 +715,11 @@ pub fn docs_html() -> String {
     let mut rows = String::new();
     for r in ROUTES {
         rows.push_str(&format!(
-            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
             r.method,
             escape_html(r.path),
             r.function,
+            access_text(r.access),
             escape_html(&r.query.join(", ")),
             escape_html(r.summary),
         ));
@@ -614,7 +729,7 @@ pub fn docs_html() -> String {
          <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:4px 10px;text-align:left;\
          border-bottom:1px solid #ddd}}</style></head><body><h1>medlabel API</h1>\
          <p>MONAI Label compatible. Machine-readable: <a href=\"/openapi.json\">/openapi.json</a>.</p>\
-         <table><tr><th>Method</th><th>Path</th><th>Function</th><th>Query</th><th>Summary</th></tr>\n\
+         <table><tr><th>Method</th><th>Path</th><th>Function</th><th>Role (auth on)</th><th>Query</th><th>Summary</th></tr>\n\
          {rows}</table></body></html>"
     )
 }
@@ -638,6 +753,22 @@ mod tests {
         assert_eq!(slash_redirect("/session").as_deref(), Some("/session/"));
         assert_eq!(slash_redirect("/nothing"), None);
         assert!(!matches("/session/{id}", "/session/"));
+    }
+
+    #[test]
+    fn roles_follow_monai_label() {
+        assert_eq!(access("GET", "/info/"), USER);
+        assert_eq!(access("HEAD", "/datastore/image"), USER);
+        assert_eq!(access("DELETE", "/datastore/label"), ADMIN);
+        assert_eq!(access("PUT", "/datastore/label"), ANNOTATOR);
+        assert_eq!(access("GET", "/datastore/dataset"), ANNOTATOR);
+        assert_eq!(access("POST", "/train/{model}"), ADMIN);
+        assert_eq!(access("POST", "/auth/token"), Public);
+        assert_eq!(access("GET", "/auth/token/valid"), Authenticated);
+        // HEAD of a GET route is that route; an undeclared route fails closed.
+        assert_eq!(access("HEAD", "/info/"), USER);
+        assert_eq!(access("GET", "/ohif/{*path}"), USER);
+        assert_eq!(access("GET", "/undeclared"), ADMIN);
     }
 
     #[test]

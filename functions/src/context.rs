@@ -1,18 +1,22 @@
 //! Who is calling, and under which request id: the [`Ctx`] every handler takes.
 //!
-//! Authentication happens in front of the functions: on AWS, API Gateway's JWT
-//! authorizer validates the bearer token and hands its claims to the Lambda in the
-//! request context, where [`Ctx`] reads `preferred_username` (falling back to `sub`).
-//! That context exists only on requests the Lambda adapter built, so a client of the
-//! local server cannot forge it. Without an authorizer (auth off, MONAI Label's
-//! default) every caller is `admin`, as in MONAI Label.
+//! The caller is the [`Principal`] that [`crate::auth`] verified from the bearer token,
+//! or, with authentication off (MONAI Label's default), MONAI Label's `admin`. Nothing
+//! a client writes in its params (`client_id`, `user`) decides who it is: with auth on,
+//! sessions, leases and annotator tags belong to the principal's issuer and subject,
+//! and the request id that makes writes idempotent is made private to the principal
+//! ([`Principal::scope_request_id`]), so replaying another user's request id never
+//! returns what their request wrote.
+
+use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use lambda_http::request::RequestContext;
+use medlabel_auth::Principal;
 use medlabel_events::datastore::WriteContext;
 use medlabel_events::{Actor, ClientId, UserName};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::request_id::RequestId;
 
@@ -20,7 +24,10 @@ use crate::request_id::RequestId;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ctx {
     pub user: UserName,
+    /// The idempotency key of the request's writes (scoped to the principal).
     pub request_id: String,
+    /// The verified caller; `None` with authentication off.
+    pub principal: Option<Arc<Principal>>,
 }
 
 impl Ctx {
@@ -40,43 +47,57 @@ impl Ctx {
         Actor {
             user: self.user.clone(),
             client_id: client_id.and_then(|c| ClientId::parse(c).ok()),
+            subject: self.principal.as_ref().map(|p| p.key()),
         }
     }
-}
 
-/// The user API Gateway's JWT authorizer vouched for, if the request came that way.
-fn authorized_user(parts: &Parts) -> Result<Option<UserName>, ApiError> {
-    let Some(RequestContext::ApiGatewayV2(context)) = parts.extensions.get::<RequestContext>()
-    else {
-        return Ok(None);
-    };
-    let Some(claims) = context
-        .authorizer
-        .as_ref()
-        .and_then(|a| a.jwt.as_ref())
-        .map(|jwt| &jwt.claims)
-    else {
-        return Ok(None);
-    };
-    let name = claims
-        .get("preferred_username")
-        .or_else(|| claims.get("sub"))
-        .ok_or_else(|| ApiError::Unauthorized("Could not validate credentials".into()))?;
-    UserName::parse(name.as_str())
-        .map(Some)
-        .map_err(|_| ApiError::Unauthorized("Could not validate credentials".into()))
+    /// Who holds what this request reserves (an active-learning lease): the principal
+    /// with auth on; with auth off, where everyone is `admin`, the client instance the
+    /// request names (MONAI Label's `client_id`), else the user.
+    pub fn holder(&self, client_id: Option<&str>) -> String {
+        match (&self.principal, client_id) {
+            (Some(principal), _) => principal.key(),
+            (None, Some(client)) => client.to_owned(),
+            (None, None) => self.user.to_string(),
+        }
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Ctx {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let request_id = parts
+        let raw_id = parts
             .extensions
             .get::<RequestId>()
             .map(|id| id.0.clone())
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let user = authorized_user(parts)?.unwrap_or_else(UserName::admin);
-        Ok(Ctx { user, request_id })
+        let principal = match parts.extensions.get::<Caller>().cloned() {
+            // Authentication off: MONAI Label's anonymous admin.
+            None => {
+                return Ok(Ctx {
+                    user: UserName::admin(),
+                    request_id: raw_id,
+                    principal: None,
+                });
+            }
+            // A public route with authentication on: nobody to act as.
+            Some(Caller(None)) => {
+                return Err(ApiError::Unauthorized("Not authenticated".into()));
+            }
+            Some(Caller(Some(principal))) => principal,
+        };
+        // Built-in names are checked when added; an identity provider's must still be a
+        // safe path segment, since an annotator tag is named after it.
+        let user = UserName::parse(principal.username.as_str()).map_err(|_| {
+            ApiError::Unauthorized(
+                "Could not validate credentials: the user name is not usable".into(),
+            )
+        })?;
+        Ok(Ctx {
+            user,
+            request_id: principal.scope_request_id(&raw_id),
+            principal: Some(principal),
+        })
     }
 }

@@ -76,7 +76,8 @@ pub enum ApiError {
     /// 401: the caller is not authenticated.
     #[error("{0}")]
     Unauthorized(String),
-    /// 403: the request may not be served (a foreign `Host`, a missing role).
+    /// 403: the request may not be served (a foreign `Host`, a missing role, another
+    /// annotator's tag).
     #[error("{0}")]
     Forbidden(String),
     /// 405: known path, wrong method (the `Allow` header is set by the router).
@@ -247,6 +248,20 @@ impl From<RunnerError> for ApiError {
             RunnerError::AlreadyRunning(_) => ApiError::TaskRunning(err.to_string()),
             RunnerError::Failed(msg) => ApiError::Internal(msg),
             RunnerError::Unavailable(msg) => ApiError::Unavailable(msg),
+        }
+    }
+}
+
+impl From<medlabel_auth::AuthError> for ApiError {
+    fn from(err: medlabel_auth::AuthError) -> Self {
+        use medlabel_auth::AuthError;
+        match err {
+            AuthError::NotAuthenticated | AuthError::InvalidToken(_) | AuthError::BadLogin => {
+                ApiError::Unauthorized(err.to_string())
+            }
+            AuthError::Forbidden(_) => ApiError::Forbidden(err.to_string()),
+            AuthError::Upstream(msg) => ApiError::BadGateway(msg),
+            AuthError::Internal(msg) => ApiError::Internal(msg),
         }
     }
 }

@@ -82,7 +82,7 @@ mod aws {
     use crate::app::finish;
     use crate::model_runner::InferenceEndpoint;
     use crate::runner::NoRunner;
-    use crate::state::{AppState, AuthConfig, Config, DicomWeb};
+    use crate::state::{AppState, Config, DicomWeb};
 
     /// Lambda's request payload limit: bigger uploads must use presigned URLs.
     const LAMBDA_MAX_BODY: u64 = 6 * 1024 * 1024;
@@ -94,7 +94,7 @@ mod aws {
     /// State on DynamoDB (`MEDLABEL_EVENTS_TABLE`) and S3 (`MEDLABEL_BLOBS_BUCKET`);
     /// `AWS_ENDPOINT_URL` (an emulator) is honoured by the SDK configuration. Interactive
     /// inference runs on the SageMaker endpoint `MEDLABEL_RUNNER_ENDPOINT` names. Auth is
-    /// on when `MEDLABEL_AUTH_CLIENT_ID` and `MEDLABEL_AUTH_REALM` are set;
+    /// on when `MEDLABEL_AUTH_ISSUER` is set ([`crate::auth::oidc_from_env`]);
     /// `/proxy/dicom/` relays to `MEDLABEL_DICOMWEB_URL` (basic auth from
     /// `MEDLABEL_DICOMWEB_USERNAME`/`_PASSWORD`).
     pub async fn state_from_env() -> Result<AppState, lambda_http::Error> {
@@ -103,13 +103,7 @@ mod aws {
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
         let store = DynamoEventStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
         let blobs = S3BlobStore::new(S3BlobStore::client(&sdk), bucket);
-        let auth = match (
-            std::env::var("MEDLABEL_AUTH_CLIENT_ID"),
-            std::env::var("MEDLABEL_AUTH_REALM"),
-        ) {
-            (Ok(client_id), Ok(realm)) => Some(AuthConfig { client_id, realm }),
-            _ => None,
-        };
+        let auth = crate::auth::oidc_from_env()?;
         let dicomweb = std::env::var("MEDLABEL_DICOMWEB_URL")
             .ok()
             .map(DicomWeb::with_env_credentials);

@@ -9,9 +9,13 @@
 //! exactly as MONAI Label's clients expect ([`reply`]). Every failure is one
 //! [`ApiError`] in MONAI Label's `{"detail": ...}` shape; every request has an id
 //! ([`request_id`]) that is logged, echoed and used as the idempotency key of its
-//! writes.
+//! writes. With authentication on, [`auth`] checks every route's role first, and reads
+//! of patient data are recorded by [`audit`].
 
 pub mod app;
+pub mod audit;
+pub mod auth;
+pub mod auth_cli;
 pub mod catalogue;
 pub mod context;
 pub mod error;

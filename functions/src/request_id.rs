@@ -53,6 +53,8 @@ pub async fn middleware(mut request: Request, next: Next) -> Response {
         request_id = %id,
         method = %request.method(),
         path = %request.uri().path(),
+        // The authenticated caller (`<issuer>#<subject>`), set by `crate::auth`.
+        user = tracing::field::Empty,
     );
     let started = std::time::Instant::now();
     let mut response = CURRENT

@@ -18,13 +18,6 @@ use crate::strategy::Picker;
 /// MONAI Label's default upload ceiling for the local server: 2 GB.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 2_000_000_000;
 
-/// Keycloak settings `/auth/` reports when authentication is on.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AuthConfig {
-    pub client_id: String,
-    pub realm: String,
-}
-
 /// A DICOMweb server that `/proxy/dicom/` relays to (MONAI Label's DICOMweb studies).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DicomWeb {
@@ -54,8 +47,9 @@ pub struct Config {
     pub max_session_expiry_s: u64,
     /// Where uploads are spooled before they reach the blob store.
     pub temp_dir: PathBuf,
-    /// `None`: auth off (every caller is `admin`, `/auth/` is 404, as in MONAI Label).
-    pub auth: Option<AuthConfig>,
+    /// Who issues the bearer tokens every route checks (see [`crate::auth`]); `None`:
+    /// auth off (every caller is `admin`, `/auth/` is 404, as in MONAI Label).
+    pub auth: Option<medlabel_auth::Authenticator>,
     /// App name and description shown by `/info/`.
     pub app_name: String,
     pub app_description: String,

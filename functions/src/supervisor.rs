@@ -163,6 +163,7 @@ impl RunnerSupervisor {
         let actor = Actor {
             user: UserName::parse("medlabel").expect("a valid user name"),
             client_id: None,
+            subject: None,
         };
         let why = format!("exited ({status}) while the job ran");
         match self

@@ -104,6 +104,7 @@ impl Worker {
         Actor {
             user: UserName::parse("runner").expect("a valid user name"),
             client_id: None,
+            subject: None,
         }
     }
 

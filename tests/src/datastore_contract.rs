@@ -35,6 +35,7 @@ pub fn ctx(user: &str) -> WriteContext {
     WriteContext::fresh(Actor {
         user: UserName::parse(user).unwrap(),
         client_id: Some(ClientId::parse(format!("{user}-slicer")).unwrap()),
+        subject: None,
     })
 }
 

@@ -386,6 +386,7 @@ impl DatastoreView {
             | Event::JobProgressed { .. }
             | Event::JobStopRequested { .. }
             | Event::JobFinished { .. }
+            | Event::DataRead { .. }
             | Event::SnapshotTaken { .. } => {}
             Event::Unreadable { reason } => {
                 // Its stream's version still counts: the next write there is decided at

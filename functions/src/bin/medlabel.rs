@@ -16,6 +16,9 @@
 //! (DNS rebinding). `--starter-model DIR` publishes a model folder
 //! (`config.json` + `model.safetensors`) as version 1 of its model when none is
 //! published yet, so a fresh studies folder can segment at once.
+//!
+//! Authentication is off unless `--auth builtin` (users of the studies folder, managed
+//! with `medlabel user`) or `--auth oidc` asks for it (see `medlabel_functions::auth_cli`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -28,6 +31,7 @@ use medlabel_events::clock::SystemClock;
 use medlabel_events::datastore::{WriteContext, import_studies};
 use medlabel_events::jobs::Jobs;
 use medlabel_events::store::sqlite::SqliteEventStore;
+use medlabel_functions::auth_cli;
 use medlabel_functions::model_runner::{InferenceEndpoint, LocalRunner};
 use medlabel_functions::runner::NoRunner;
 use medlabel_functions::state::{AppState, Config, DicomWeb};
@@ -115,8 +119,10 @@ fn cli() -> Command {
                         .default_value("3600")
                         .value_parser(value_parser!(u64))
                         .help("Longest session lifetime in seconds (MONAI_LABEL_SESSION_EXPIRY)"),
-                ),
-        );
+                )
+                .args(auth_cli::serve_args()),
+        )
+        .subcommand(auth_cli::user_command());
     #[cfg(feature = "aws")]
     let command = command.subcommand(
         Command::new("publish-model")
@@ -152,6 +158,7 @@ async fn main() {
     let matches = cli().get_matches();
     let result = match matches.subcommand() {
         Some(("serve", args)) => serve(args).await,
+        Some(("user", args)) => auth_cli::run_user(args),
         #[cfg(feature = "aws")]
         Some(("publish-model", args)) => publish_model(args).await,
         _ => unreachable!("clap requires a subcommand"),
@@ -195,11 +202,12 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
     let home = studies.join(".medlabel");
     let temp_dir = home.join("tmp");
     std::fs::create_dir_all(&temp_dir)?;
+    let auth = auth_cli::from_serve_args(args, &home).await?;
     let store = open_store(&home.join("events.db")).await?;
     let blobs = FolderBlobStore::open_with_inline(home.join("blobs"), &store)?;
     let host: &String = args.get_one("host").expect("defaulted");
     let allowed_hosts = loopback_names(host);
-    if allowed_hosts.is_none() {
+    if allowed_hosts.is_none() && auth.is_none() {
         tracing::warn!(
             %host,
             "listening beyond loopback without authentication: anyone who can reach this \
@@ -226,6 +234,7 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
             .cloned()
             .collect(),
         allowed_hosts,
+        auth,
         ..Config::default()
     };
     let state = AppState::open_with(

@@ -1,7 +1,8 @@
 //! The activelearning function: next-sample strategies and scoring.
 //!
-//! A next-sample call hands the caller an image and leases it to the caller's client
-//! (see `medlabel_events::datastore::Strategy`): two annotators are never handed the
+//! A next-sample call hands the caller an image and leases it to the caller (the
+//! authenticated user; with auth off, the client instance; see
+//! `medlabel_events::datastore::Strategy`): two annotators are never handed the
 //! same image while a lease holds, and asking again returns the leased image. A retried
 //! request (same request id) records nothing and answers with the same image, since the
 //! client already holds its lease. Scoring is delegated to the runner.
@@ -12,6 +13,7 @@ use axum::routing::{delete, post};
 use axum::{Json, Router};
 use medlabel_events::ImageId;
 use medlabel_events::datastore::{Handout, Strategy};
+use medlabel_events::event::DataRead;
 use medlabel_events::event::JobKind;
 use serde_json::{Map, Value, json};
 
@@ -19,7 +21,7 @@ use crate::context::Ctx;
 use crate::error::ApiError;
 use crate::extract::{QueryParams, Segment, json_body};
 use crate::routes::train::{run_all, stop, task_status};
-use crate::routes::{blob_uri, client_id};
+use crate::routes::{client_id, client_uri};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -56,10 +58,9 @@ async fn next_sample(
         )));
     };
     let params = json_body(body).await?;
-    // Leases belong to the client instance; without one, to the user.
-    let client = client_id(&params)
-        .map(str::to_owned)
-        .unwrap_or_else(|| ctx.user.to_string());
+    // Leases belong to the authenticated user; with auth off to the client instance,
+    // without one to the user.
+    let client = ctx.holder(client_id(&params));
     let write = ctx.write(client_id(&params));
     let picker = &state.picker;
     let Some(handout) = state
@@ -78,7 +79,11 @@ async fn next_sample(
     } = handout;
     let mut reply = Map::new();
     reply.insert("id".into(), json!(image));
-    reply.insert("path".into(), json!(blob_uri(&state, &record.blob).await?));
+    let read = DataRead::Image {
+        image: image.clone(),
+    };
+    let path = client_uri(&state, &ctx, &record.blob, read, "image").await?;
+    reply.insert("path".into(), json!(path));
     reply.insert("weight".into(), json!(weight));
     reply.insert("checksum".into(), json!(record.blob.checksum()));
     for (key, value) in record.info {
@@ -96,13 +101,10 @@ async fn release(
     query: QueryParams,
 ) -> Result<Json<Value>, ApiError> {
     let image = crate::extract::parse_id("path", "image", &image.0, ImageId::parse)?;
-    let client = query
-        .get("client_id")
-        .map(str::to_owned)
-        .unwrap_or_else(|| ctx.user.to_string());
+    let client = ctx.holder(query.get("client_id"));
     let released = state
         .datastore
-        .release_lease(&ctx.write(Some(&client)), &image, &client)
+        .release_lease(&ctx.write(query.get("client_id")), &image, &client)
         .await?;
     Ok(Json(json!({ "released": released })))
 }

@@ -12,11 +12,13 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
+use medlabel_events::event::DataRead;
 use medlabel_events::id::split_file_name;
 use medlabel_events::{Extension, ImageId, Info, Tag};
 use serde_json::{Value, json};
 use tokio_util::io::ReaderStream;
 
+use crate::audit;
 use crate::context::Ctx;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{
@@ -186,14 +188,27 @@ async fn image_exists(
 
 async fn download_image(
     State(state): State<AppState>,
+    ctx: Ctx,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let image = query.image_id("image")?;
-    let (record, reader) = state
+    let record = state
         .datastore
-        .get_image(&image)
+        .image(&image)
         .await
         .map_err(|_| ApiError::NotFound("Image NOT Found or is a directory".into()))?;
+    let (reader, ()) = tokio::try_join!(
+        async { Ok::<_, ApiError>(state.datastore.blob_store().get(&record.blob).await?) },
+        audit::record(
+            &state,
+            &ctx,
+            DataRead::Image {
+                image: image.clone()
+            },
+            false,
+            "image"
+        ),
+    )?;
     Ok(reply::blob_file(
         &record.file_name(&image),
         &record.blob,
@@ -278,21 +293,50 @@ async fn save_label(
     let (file, ext) = checked.file(&upload.path, &ext);
     let write = ctx.write(client_id(&info));
     // `{"annotator_tag": true}` keeps this annotator's label apart from everyone's:
-    // under a tag named after the client (or the user), for agreement scoring and a
-    // reviewer's `final`.
-    let tag = if info.get("annotator_tag").and_then(Value::as_bool) == Some(true) {
-        let owner = client_id(&info)
-            .map(str::to_owned)
-            .unwrap_or_else(|| ctx.user.to_string());
-        parse_id("body", "client_id", &owner, Tag::parse)?
-    } else {
-        tag
+    // under a tag named after the annotator, for agreement scoring and a reviewer's
+    // `final`. With auth on the annotator is the authenticated user, and the tag stays
+    // theirs (below); with auth off, the client instance (or the user).
+    let annotator_tag = info.get("annotator_tag").and_then(Value::as_bool) == Some(true);
+    let tag = match (annotator_tag, &ctx.principal) {
+        (true, Some(_)) => parse_id("body", "annotator_tag", ctx.user.as_str(), Tag::parse)?,
+        (true, None) => {
+            let owner = client_id(&info)
+                .map(str::to_owned)
+                .unwrap_or_else(|| ctx.user.to_string());
+            parse_id("body", "client_id", &owner, Tag::parse)?
+        }
+        (false, _) => tag,
     };
+    if ctx.principal.is_some() {
+        check_annotator_tag(&state, &ctx, &image, &tag).await?;
+    }
     state
         .datastore
         .save_label(&write, &image, &tag, file, ext, info)
         .await?;
     Ok(Json(json!({"image": image, "label": image})))
+}
+
+/// With auth on, a label saved with `annotator_tag` belongs to the subject who saved its
+/// first version: nobody else may save over it, whatever tag name they send (a renamed
+/// account or a namesake from the identity provider included).
+async fn check_annotator_tag(
+    state: &AppState,
+    ctx: &Ctx,
+    image: &ImageId,
+    tag: &Tag,
+) -> Result<(), ApiError> {
+    let view = state.datastore.view().await?;
+    let Some(first) = view.label(image, tag).and_then(|l| l.versions.first()) else {
+        return Ok(());
+    };
+    let owned = first.info.get("annotator_tag").and_then(Value::as_bool) == Some(true);
+    if owned && !first.saved_by.same_caller(&ctx.actor(None)) {
+        return Err(ApiError::Forbidden(format!(
+            "Label tag \"{tag}\" belongs to another annotator"
+        )));
+    }
+    Ok(())
 }
 
 async fn remove_label(
@@ -326,12 +370,22 @@ async fn label_exists(
 
 async fn download_label(
     State(state): State<AppState>,
+    ctx: Ctx,
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let image = query.image_id("label")?;
     let tag = query.tag("tag")?;
-    let (record, reader) = state.datastore.get_label(&image, &tag).await?;
+    let record = state.datastore.label(&image, &tag).await?;
     let latest = record.latest();
+    let read = DataRead::Label {
+        image: image.clone(),
+        tag,
+        version: latest.version,
+    };
+    let (reader, ()) = tokio::try_join!(
+        async { Ok::<_, ApiError>(state.datastore.blob_store().get(&latest.blob).await?) },
+        audit::record(&state, &ctx, read, false, "label"),
+    )?;
     Ok(reply::blob_file(
         &format!("{image}{}", latest.ext),
         &latest.blob,
@@ -388,16 +442,37 @@ async fn update_label_info_legacy(
     update_label(state, ctx, query, headers, body, "params").await
 }
 
-async fn dataset(State(state): State<AppState>, query: QueryParams) -> Result<Response, ApiError> {
-    let limit = query.int("limit_cases", 0)?;
+async fn dataset(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    query: QueryParams,
+) -> Result<Response, ApiError> {
+    let limit = usize::try_from(query.int("limit_cases", 0)?)
+        .ok()
+        .filter(|n| *n > 0);
     let dir = tempfile::Builder::new()
         .prefix("dataset-")
         .tempdir_in(&state.config.temp_dir)?;
     let path = state
         .datastore
-        .get_dataset_archive(dir.path(), usize::try_from(limit).ok().filter(|n| *n > 0))
+        .get_dataset_archive(dir.path(), limit)
         .await?;
-    let file = tokio::fs::File::open(&path).await?;
+    // What the archive holds: the final-labelled cases of the view it was built from,
+    // at most `limit` of them.
+    let (position, labeled) = {
+        let view = state.datastore.view().await?;
+        let labeled = view.status().completed;
+        (view.position, labeled)
+    };
+    let read = DataRead::Dataset {
+        cases: limit.map_or(labeled, |n| labeled.min(n as u64)),
+        as_of_position: position,
+        limit: limit.map(|n| n as u64),
+    };
+    let (file, ()) = tokio::try_join!(
+        async { Ok::<_, ApiError>(tokio::fs::File::open(&path).await?) },
+        audit::record(&state, &ctx, read, false, "dataset"),
+    )?;
     let size = file.metadata().await?.len();
     // The open handle keeps the bytes readable after the directory is removed.
     drop(dir);

@@ -1,6 +1,7 @@
 //! The logs function: the server's recent log lines, as MONAI Label's `/logs/` serves
 //! its `app.log` (an HTML viewer by default, plain text with `text=true`), and
-//! `/logs/gpu`, the host's `nvidia-smi` report.
+//! `/logs/gpu`, the host's `nvidia-smi` report, and `/logs/audit`, who read which
+//! patient data ([`crate::audit`]).
 
 use axum::Router;
 use axum::extract::State;
@@ -16,6 +17,20 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/logs/", get(logs))
         .route("/logs/gpu", get(gpu))
+        .route("/logs/audit", get(audit))
+}
+
+/// Most reads one `/logs/audit` call returns.
+const MAX_AUDIT_LIMIT: i64 = 1000;
+
+/// `{"reads": [...], "next": <position>}`: reads recorded after `after`, oldest first.
+async fn audit(
+    State(state): State<AppState>,
+    query: QueryParams,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let after = query.int("after", 0)?.max(0) as u64;
+    let limit = query.int("limit", 100)?.clamp(1, MAX_AUDIT_LIMIT) as usize;
+    Ok(axum::Json(crate::audit::list(&state, after, limit).await?))
 }
 
 /// How long `nvidia-smi` may take before the request gives up on it.

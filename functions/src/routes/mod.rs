@@ -35,6 +35,28 @@ pub(crate) async fn blob_uri(state: &AppState, blob: &BlobRef) -> Result<String,
         .unwrap_or_else(|| blob.key()))
 }
 
+/// [`blob_uri`] for a reply to a client: a presigned URL reads patient data without any
+/// further check, so handing one out is a read, recorded first ([`crate::audit`]).
+pub(crate) async fn client_uri(
+    state: &AppState,
+    ctx: &crate::context::Ctx,
+    blob: &BlobRef,
+    read: medlabel_events::event::DataRead,
+    step: &str,
+) -> Result<String, ApiError> {
+    let blobs = state.datastore.blob_store();
+    if let Some(path) = blobs.local_file(blob).await? {
+        return Ok(path.to_string_lossy().into_owned());
+    }
+    match blobs.presign_get(blob, Duration::from_secs(3600)).await? {
+        Some(url) => {
+            crate::audit::record(state, ctx, read, true, step).await?;
+            Ok(url)
+        }
+        None => Ok(blob.key()),
+    }
+}
+
 /// The `client_id` a MONAI Label client put in its params, if it is a string.
 pub(crate) fn client_id(params: &medlabel_events::Info) -> Option<&str> {
     params.get("client_id").and_then(|v| v.as_str())

@@ -14,6 +14,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
+use medlabel_events::event::DataRead;
 use medlabel_events::id::split_file_name;
 use medlabel_events::session::{Session, Sessions};
 use medlabel_events::{Extension, Info};
@@ -24,7 +25,7 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::{QueryParams, Segment};
 use crate::multipart::read_upload;
 use crate::reply;
-use crate::routes::blob_uri;
+use crate::routes::client_uri;
 use crate::state::AppState;
 use crate::volumes::check_image;
 
@@ -38,8 +39,11 @@ pub fn router() -> Router<AppState> {
 }
 
 /// MONAI Label's `SessionInfo` JSON.
-async fn session_json(state: &AppState, session: &Session) -> Result<Value, ApiError> {
-    let uri = blob_uri(state, &session.blob).await?;
+async fn session_json(state: &AppState, ctx: &Ctx, session: &Session) -> Result<Value, ApiError> {
+    let read = DataRead::Session {
+        session: session.id.clone(),
+    };
+    let uri = client_uri(state, ctx, &session.blob, read, "session").await?;
     Ok(json!({
         "name": session.id,
         "path": uri,
@@ -103,7 +107,7 @@ async fn create(
         .await?;
     Ok(Json(json!({
         "session_id": session.id,
-        "session_info": session_json(&state, &session).await?,
+        "session_info": session_json(&state, &ctx, &session).await?,
     })))
 }
 
@@ -118,13 +122,19 @@ async fn get_session(
     let session = if update_ts {
         state.sessions.touch(&ctx.write(None), &id).await?
     } else {
-        state.sessions.get(&id, &ctx.user).await?
+        state.sessions.get(&id, &ctx.actor(None)).await?
     };
     if want_image {
-        let reader = state.sessions.open(&session).await?;
+        let read = DataRead::Session {
+            session: session.id.clone(),
+        };
+        let (reader, ()) = tokio::try_join!(
+            async { Ok::<_, ApiError>(state.sessions.open(&session).await?) },
+            crate::audit::record(&state, &ctx, read, false, "session-file"),
+        )?;
         return Ok(reply::blob_file(&session.file_name, &session.blob, reader));
     }
-    Ok(Json(session_json(&state, &session).await?).into_response())
+    Ok(Json(session_json(&state, &ctx, &session).await?).into_response())
 }
 
 /// An id that cannot exist answers like an unknown one (nothing to probe).
@@ -142,7 +152,7 @@ async fn remove(
 ) -> Result<Json<Value>, ApiError> {
     let id = id.run_id().map_err(|_| not_found(&id.0))?;
     let session = state.sessions.remove(&ctx.write(None), &id).await?;
-    Ok(Json(session_json(&state, &session).await?))
+    Ok(Json(session_json(&state, &ctx, &session).await?))
 }
 
 /// Sweeps expired sessions every [`SWEEP_INTERVAL`] until the task is dropped.

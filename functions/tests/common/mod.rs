@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own subset
 
+pub mod oidc;
+
 use std::sync::Arc;
 
 use axum::Router;
@@ -309,6 +311,17 @@ pub fn manifest_dir() -> std::path::PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .expect("cargo sets CARGO_MANIFEST_DIR")
         .into()
+}
+
+/// Where `scripts/setup.sh` installs the test tooling (`MEDLABEL_CACHE`, default
+/// `~/.cache/medlabel`).
+pub fn cache_dir() -> std::path::PathBuf {
+    std::env::var_os("MEDLABEL_CACHE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(&std::env::var_os("HOME").expect("HOME is set"))
+                .join(".cache/medlabel")
+        })
 }
 
 /// The GPU runner binary `cargo test --workspace` builds beside this test's binaries.
