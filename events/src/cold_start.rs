@@ -1,8 +1,8 @@
-//! What a process that starts cold often (a Lambda function) opens: the datastore and
-//! the jobs service, restored together from one snapshot.
+//! What a process that starts cold often (a Lambda function) opens: the datastore, the
+//! jobs, the models and the sessions services, restored together from one snapshot.
 //!
-//! Both views fold the same log, so after any fold they stand at the same position and
-//! one snapshot can hold them both ([`StartViews`], stream `snapshot/views`). A start
+//! The views fold the same log, so after any fold they stand at the same position and
+//! one snapshot can hold them all ([`StartViews`], stream `snapshot/views`). A start
 //! then reads one snapshot event, fetches one blob and reads one tail of the log;
 //! snapshotting each view on its own took twice those round trips, and against the
 //! emulator that was about half of a cold start. After the restore the pair is split
@@ -17,7 +17,9 @@ use crate::clock::Clock;
 use crate::datastore::{Datastore, DatastoreView};
 use crate::event::RecordedEvent;
 use crate::jobs::{Jobs, JobsView};
+use crate::models::{Models, ModelsView};
 use crate::projection::Projection;
+use crate::session::SessionsView;
 use crate::snapshot::{self, Snapshot};
 use crate::store::{EventStore, StoreError};
 
@@ -26,17 +28,21 @@ use crate::store::{EventStore, StoreError};
 pub struct StartViews {
     pub datastore: DatastoreView,
     pub jobs: JobsView,
+    pub models: ModelsView,
+    pub sessions: SessionsView,
 }
 
 impl Projection for StartViews {
     fn position(&self) -> u64 {
-        // Equal to the jobs view's: both views apply every event, and only together.
+        // Equal to the other views': they all apply every event, and only together.
         self.datastore.position
     }
 
     fn apply(&mut self, event: &RecordedEvent) {
         self.datastore.apply(event);
         self.jobs.apply(event);
+        self.models.apply(event);
+        self.sessions.apply(event);
     }
 }
 
@@ -44,20 +50,30 @@ impl Snapshot for StartViews {
     const NAME: &'static str = "views";
 }
 
-/// Opens the datastore and the jobs service from their latest snapshot and the events
-/// after it, recording a new snapshot when this start had many to fold
+/// The services a start opens, each from its restored view, and the restored sessions
+/// view (the sessions service also needs the deployment's expiry ceiling).
+pub struct Started {
+    pub datastore: Datastore,
+    pub jobs: Jobs,
+    pub models: Models,
+    pub sessions: SessionsView,
+}
+
+/// Opens the datastore, jobs and models services from their latest snapshot and the
+/// events after it, recording a new snapshot when this start had many to fold
 /// ([`snapshot::open_projection`]).
 pub async fn open(
     store: Arc<dyn EventStore>,
     blobs: Arc<dyn BlobStore>,
     clock: Arc<dyn Clock>,
-) -> Result<(Datastore, Jobs), StoreError> {
+) -> Result<Started, StoreError> {
     let views = snapshot::open_projection::<StartViews>(store.clone(), &*blobs, clock.now_ms())
         .await?
         .into_view();
-    let jobs = Jobs::starting_at(store.clone(), clock.clone(), views.jobs);
-    Ok((
-        Datastore::starting_at(store, blobs, clock, views.datastore),
-        jobs,
-    ))
+    Ok(Started {
+        jobs: Jobs::starting_at(store.clone(), clock.clone(), views.jobs),
+        models: Models::starting_at(store.clone(), clock.clone(), views.models),
+        sessions: views.sessions,
+        datastore: Datastore::starting_at(store, blobs, clock, views.datastore),
+    })
 }

@@ -1,12 +1,11 @@
-//! GPU jobs (training, scoring, batch inference) and published models, as events.
+//! GPU jobs (training, scoring, batch inference), as events.
 //!
 //! MONAI Label keeps task records in memory and loses them on restart; here a job is a
 //! stream (`train/<run>` or `job/<id>`) and every change to it an event:
 //! `JobRequested` → `JobStarted` (a runner's claim, at the job stream's first version, so
 //! two runners cannot both claim a job) → `JobLeaseRenewed`* / `JobProgressed`* →
-//! `JobFinished`. A training request pins the exact label versions it will train on.
-//! Published models are streams too (`model/<name>`), so every model version, its metric
-//! and the run that produced it stay on record.
+//! `JobFinished`. A training request pins the exact label versions it will train on;
+//! the model a run publishes is a [`crate::models`] event.
 //!
 //! Every write is a pure decision ([`decide`]) appended at the version it was decided
 //! on ([`crate::decision::execute`]):
@@ -20,13 +19,12 @@
 //! - Stopping a job ends it at once (`STOPPED`, as MONAI Label's kill does); the runner
 //!   sees the job is no longer running and stops its work.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLockReadGuard};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::blob::BlobRef;
 use crate::clock::Clock;
 use crate::datastore::WriteContext;
 use crate::decision::{self, Decision, WriteError};
@@ -43,8 +41,6 @@ pub enum JobError {
     AlreadyRunning(JobKind),
     #[error("No {} Tasks Found", kind_title(*.0))]
     NotFound(JobKind),
-    #[error("Model File NOT Found for {0}")]
-    ModelNotFound(String),
     #[error("gave up after {0} version conflicts; try again")]
     Contended(usize),
     #[error("request id {0:?} was already used for a different write")]
@@ -171,27 +167,13 @@ impl JobRecord {
     }
 }
 
-/// A model version inference can use.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct PublishedModel {
-    pub model: ModelName,
-    pub version: u32,
-    pub weights: BlobRef,
-    pub config: BlobRef,
-    pub metric: Option<f64>,
-    pub training_run: Option<RunId>,
-    pub published_at_ms: i64,
-}
-
-/// Jobs and models, folded from the log.
+/// Jobs, folded from the log.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct JobsView {
     position: u64,
     jobs: HashMap<RunId, JobRecord>,
     /// Job ids of each kind in request order.
     order: HashMap<JobKind, Vec<RunId>>,
-    models: BTreeMap<ModelName, PublishedModel>,
-    model_versions: HashMap<ModelName, (u64, u32)>,
     /// The version of each kind's request stream (`tasks/<kind>`).
     task_versions: HashMap<JobKind, u64>,
 }
@@ -274,39 +256,9 @@ impl Projection for JobsView {
                 record.ended_at_ms = Some(ts);
                 record.result = result.clone();
             }),
-            Event::ModelPublished {
-                model,
-                version,
-                weights,
-                config,
-                metric,
-                training_run,
-            } => {
-                self.model_versions
-                    .insert(model.clone(), (recorded.sequence, *version));
-                self.models.insert(
-                    model.clone(),
-                    PublishedModel {
-                        model: model.clone(),
-                        version: *version,
-                        weights: weights.clone(),
-                        config: config.clone(),
-                        metric: *metric,
-                        training_run: training_run.clone(),
-                        published_at_ms: ts,
-                    },
-                );
-            }
             // An undecodable event's stream version still counts (see the datastore view).
             Event::Unreadable { .. } => {
-                let stream = recorded.stream.as_str();
-                if let Some(model) = stream
-                    .strip_prefix("model/")
-                    .and_then(|name| ModelName::parse(name).ok())
-                {
-                    let last = self.model_versions.get(&model).map_or(0, |v| v.1);
-                    self.model_versions.insert(model, (recorded.sequence, last));
-                } else if let Some(kind) = [JobKind::Train, JobKind::Scoring, JobKind::BatchInfer]
+                if let Some(kind) = [JobKind::Train, JobKind::Scoring, JobKind::BatchInfer]
                     .into_iter()
                     .find(|kind| recorded.stream == StreamId::tasks(*kind))
                 {
@@ -318,12 +270,6 @@ impl Projection for JobsView {
                 {
                     job.version = recorded.sequence;
                 }
-            }
-            Event::ModelDeleted { model } => {
-                let last = self.model_versions.get(model).map_or(0, |v| v.1);
-                self.model_versions
-                    .insert(model.clone(), (recorded.sequence, last));
-                self.models.remove(model);
             }
             _ => {}
         }
@@ -373,14 +319,6 @@ impl JobsView {
         pending
     }
 
-    pub fn model(&self, name: &ModelName) -> Option<&PublishedModel> {
-        self.models.get(name)
-    }
-
-    pub fn models(&self) -> impl Iterator<Item = &PublishedModel> {
-        self.models.values()
-    }
-
     /// The latest training stats of each model (`/info/` `train_stats`).
     pub fn train_stats(&self, model: &ModelName) -> Option<&Info> {
         self.all(JobKind::Train)
@@ -391,7 +329,7 @@ impl JobsView {
     }
 }
 
-/// Job and model decisions: pure functions of the view, each returning the events to
+/// Job decisions: pure functions of the view, each returning the events to
 /// record on one stream at the version it saw (or nothing, or a refusal).
 pub mod decide {
     use super::*;
@@ -571,44 +509,6 @@ pub mod decide {
         details.push(Value::String(line));
         result.insert("details".into(), Value::Array(details));
         result
-    }
-
-    /// The next version of `model`.
-    pub fn publish_model(
-        view: &JobsView,
-        model: &ModelName,
-        weights: BlobRef,
-        config: BlobRef,
-        metric: Option<f64>,
-        training_run: Option<RunId>,
-    ) -> Decision {
-        let (stream_version, last) = view.model_versions.get(model).copied().unwrap_or((0, 0));
-        Decision {
-            stream: StreamId::model(model),
-            expected: ExpectedVersion::from_version(stream_version),
-            events: vec![Event::ModelPublished {
-                model: model.clone(),
-                version: last + 1,
-                weights,
-                config,
-                metric,
-                training_run,
-            }],
-        }
-    }
-
-    /// Withdraws a published model.
-    pub fn delete_model(view: &JobsView, model: &ModelName) -> Result<Decision, JobError> {
-        view.model(model)
-            .ok_or_else(|| JobError::ModelNotFound(model.to_string()))?;
-        let (stream_version, _) = view.model_versions[model];
-        Ok(Decision {
-            stream: StreamId::model(model),
-            expected: ExpectedVersion::from_version(stream_version),
-            events: vec![Event::ModelDeleted {
-                model: model.clone(),
-            }],
-        })
     }
 }
 
@@ -834,46 +734,6 @@ impl Jobs {
             .await?;
         }
         Ok(held.len())
-    }
-
-    /// Makes `weights` + `config` the model inference uses, as the next version.
-    pub async fn publish_model(
-        &self,
-        ctx: &WriteContext,
-        model: &ModelName,
-        weights: BlobRef,
-        config: BlobRef,
-        metric: Option<f64>,
-        training_run: Option<RunId>,
-    ) -> Result<PublishedModel, JobError> {
-        self.execute(ctx, |view| {
-            Ok(Some(decide::publish_model(
-                view,
-                model,
-                weights.clone(),
-                config.clone(),
-                metric,
-                training_run.clone(),
-            )))
-        })
-        .await?;
-        // Absent only when the request id was already spent on another model's publication.
-        self.view
-            .peek()
-            .model(model)
-            .cloned()
-            .ok_or_else(|| JobError::ModelNotFound(model.to_string()))
-    }
-
-    /// Withdraws a model (MONAI Label's `DELETE /model/{m}`).
-    pub async fn delete_model(
-        &self,
-        ctx: &WriteContext,
-        model: &ModelName,
-    ) -> Result<(), JobError> {
-        self.execute(ctx, |view| decide::delete_model(view, model).map(Some))
-            .await
-            .map(drop)
     }
 }
 

@@ -21,6 +21,7 @@ pub mod decision;
 pub mod event;
 pub mod id;
 pub mod jobs;
+pub mod models;
 pub mod projection;
 pub mod queue;
 pub mod session;

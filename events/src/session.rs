@@ -4,8 +4,10 @@
 //! adding it to the datastore) with an expiry. Each session is its own stream,
 //! `session/<id>`: `SessionCreated` (the blob is stored first), `SessionAccessed` each
 //! time it is used with `update_ts`, and `SessionRemoved` when it is deleted, expires,
-//! or is swept. The state of a session is the fold of its stream ([`fold`]), so any
-//! process (a Lambda instance, the local server) reads the same answer from the log.
+//! or is swept. The sessions are a fold of those events ([`SessionsView`]) and every
+//! write is a pure decision ([`decide`]) appended at the version it saw, as for the
+//! datastore (`crate::decision`), so any process (a Lambda instance, the local server)
+//! reads the same answer from the log.
 //!
 //! Unlike MONAI Label (issue #1829), a session belongs to the user who created it (the
 //! `actor` of its `SessionCreated` event): anyone else gets "not found", exactly as if
@@ -17,27 +19,21 @@
 //! are derived from the session and its stream version, so concurrent sweepers record
 //! each removal once.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
-
-use tokio::sync::Mutex;
 
 use crate::blob::{BlobError, BlobReader, BlobRef, BlobStore};
 use crate::clock::Clock;
 use crate::datastore::WriteContext;
-use crate::event::{Actor, Event, Info, NewEvent, RecordedEvent, StreamId};
+use crate::decision::{self, Decision, WriteError};
+use crate::event::{Actor, Event, Info, RecordedEvent, StreamId};
 use crate::id::{Extension, RunId, split_file_name};
+use crate::projection::{Projected, Projection};
 use crate::store::{EventStore, ExpectedVersion, StoreError};
 
 /// MONAI Label's default and fallback session lifetime (`MONAI_LABEL_SESSION_EXPIRY`).
 pub const DEFAULT_MAX_EXPIRY_S: u64 = 3600;
-
-/// How many times an update re-reads a session after losing a version race.
-const MAX_CONFLICT_RETRIES: usize = 16;
-
-/// Events read per batch while catching the sweep index up with the log.
-const INDEX_BATCH: usize = 1000;
 
 /// Why a session operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,16 +43,27 @@ pub enum SessionError {
     NotFound(String),
     #[error("gave up after {0} version conflicts; try again")]
     Contended(usize),
+    #[error("request id {0:?} was already used for a different write")]
+    RequestIdReused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Blob(#[from] BlobError),
 }
 
+impl WriteError for SessionError {
+    fn contended(attempts: usize) -> Self {
+        Self::Contended(attempts)
+    }
+    fn request_id_reused(request_id: &str) -> Self {
+        Self::RequestIdReused(request_id.to_owned())
+    }
+}
+
 pub type Result<T, E = SessionError> = std::result::Result<T, E>;
 
 /// A live session, as folded from its stream.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Session {
     pub id: RunId,
     /// Who created it; only this user may see, use or remove it.
@@ -101,60 +108,178 @@ pub fn effective_expiry(requested_s: i64, max_s: u64) -> u64 {
     }
 }
 
-/// Folds a session stream: `None` if it was never created or has been removed.
-pub fn fold(events: &[RecordedEvent]) -> Option<Session> {
-    let mut session: Option<Session> = None;
-    for recorded in events {
+/// The live sessions, folded from the log; a removed session leaves only its stream's
+/// version behind (a removed id is never reused, but its version still counts).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SessionsView {
+    position: u64,
+    live: HashMap<RunId, Session>,
+    versions: HashMap<RunId, u64>,
+}
+
+impl Projection for SessionsView {
+    fn position(&self) -> u64 {
+        self.position
+    }
+
+    fn apply(&mut self, recorded: &RecordedEvent) {
+        self.position = recorded.position;
+        let ts = recorded.timestamp_ms;
         match &recorded.event {
             Event::SessionCreated {
-                session: id,
+                session,
                 name,
                 ext,
                 blob,
                 meta,
                 expiry_s,
             } => {
-                session = Some(Session {
-                    id: id.clone(),
-                    owner: recorded.actor.clone(),
-                    file_name: name.clone(),
-                    ext: ext.clone(),
-                    blob: blob.clone(),
-                    meta: meta.clone(),
-                    expiry_s: *expiry_s,
-                    created_ms: recorded.timestamp_ms,
-                    last_access_ms: recorded.timestamp_ms,
-                    version: recorded.sequence,
-                });
+                self.versions.insert(session.clone(), recorded.sequence);
+                self.live.insert(
+                    session.clone(),
+                    Session {
+                        id: session.clone(),
+                        owner: recorded.actor.clone(),
+                        file_name: name.clone(),
+                        ext: ext.clone(),
+                        blob: blob.clone(),
+                        meta: meta.clone(),
+                        expiry_s: *expiry_s,
+                        created_ms: ts,
+                        last_access_ms: ts,
+                        version: recorded.sequence,
+                    },
+                );
             }
-            Event::SessionAccessed { .. } => {
-                if let Some(state) = session.as_mut() {
-                    state.last_access_ms = recorded.timestamp_ms;
+            Event::SessionAccessed { session } => {
+                self.versions.insert(session.clone(), recorded.sequence);
+                if let Some(state) = self.live.get_mut(session) {
+                    state.last_access_ms = ts;
                     state.version = recorded.sequence;
                 }
             }
-            Event::SessionRemoved { .. } => session = None,
+            Event::SessionRemoved { session } => {
+                self.versions.insert(session.clone(), recorded.sequence);
+                self.live.remove(session);
+            }
+            // An undecodable event's stream version still counts (see the datastore view).
+            Event::Unreadable { .. } => {
+                if let Some(session) = recorded
+                    .stream
+                    .as_str()
+                    .strip_prefix("session/")
+                    .and_then(|id| RunId::parse(id).ok())
+                {
+                    self.versions.insert(session.clone(), recorded.sequence);
+                    if let Some(state) = self.live.get_mut(&session) {
+                        state.version = recorded.sequence;
+                    }
+                }
+            }
             _ => {}
         }
     }
-    session
 }
 
-/// When each live session was last touched, for sweeping without reading every stream.
-#[derive(Default)]
-struct SweepIndex {
-    position: u64,
-    /// Session id → (last access in ms, lifetime in s).
-    live: BTreeMap<RunId, (i64, u64)>,
+impl SessionsView {
+    /// The live session `id`, whoever owns it.
+    pub fn session(&self, id: &RunId) -> Option<&Session> {
+        self.live.get(id)
+    }
+
+    /// The live session `id` if `caller` owns it (the same authenticated subject; the
+    /// same user name with auth off).
+    pub fn owned(&self, id: &RunId, caller: &Actor) -> Option<&Session> {
+        self.live.get(id).filter(|s| s.owner.same_caller(caller))
+    }
+
+    /// Sessions whose lifetime ended before `now_ms`.
+    pub fn expired(&self, now_ms: i64) -> impl Iterator<Item = &Session> {
+        self.live.values().filter(move |s| s.is_expired(now_ms))
+    }
+}
+
+/// Session decisions: pure functions of the view.
+pub mod decide {
+    use super::*;
+
+    fn on_session(session: &Session, event: Event) -> Decision {
+        Decision {
+            stream: StreamId::session(&session.id),
+            expected: ExpectedVersion::from_version(session.version),
+            events: vec![event],
+        }
+    }
+
+    fn not_found(id: &RunId) -> SessionError {
+        SessionError::NotFound(id.to_string())
+    }
+
+    /// A new session `id` (ids are fresh, so its stream must not exist).
+    pub fn create(
+        id: &RunId,
+        file_name: String,
+        blob: BlobRef,
+        meta: Info,
+        expiry_s: u64,
+    ) -> Decision {
+        Decision {
+            stream: StreamId::session(id),
+            expected: ExpectedVersion::NoStream,
+            events: vec![Event::SessionCreated {
+                session: id.clone(),
+                name: file_name,
+                ext: blob.ext.clone(),
+                blob,
+                meta,
+                expiry_s,
+            }],
+        }
+    }
+
+    /// A use of the caller's live session that extends its life.
+    pub fn touch(view: &SessionsView, id: &RunId, caller: &Actor, now_ms: i64) -> Result<Decision> {
+        let session = view
+            .owned(id, caller)
+            .filter(|s| !s.is_expired(now_ms))
+            .ok_or_else(|| not_found(id))?;
+        Ok(on_session(
+            session,
+            Event::SessionAccessed {
+                session: id.clone(),
+            },
+        ))
+    }
+
+    /// The caller removes its live session.
+    pub fn remove(view: &SessionsView, id: &RunId, caller: &Actor) -> Result<Decision> {
+        let session = view.owned(id, caller).ok_or_else(|| not_found(id))?;
+        Ok(on_session(
+            session,
+            Event::SessionRemoved {
+                session: id.clone(),
+            },
+        ))
+    }
+
+    /// The removal of a session whose lifetime ended before `now_ms`, whoever notices.
+    pub fn expire(view: &SessionsView, id: &RunId, now_ms: i64) -> Option<Decision> {
+        let session = view.session(id).filter(|s| s.is_expired(now_ms))?;
+        Some(on_session(
+            session,
+            Event::SessionRemoved {
+                session: id.clone(),
+            },
+        ))
+    }
 }
 
 /// The session service over an event store and a blob store.
 pub struct Sessions {
-    store: Arc<dyn EventStore>,
     blobs: Arc<dyn BlobStore>,
     clock: Arc<dyn Clock>,
     max_expiry_s: u64,
-    index: Mutex<SweepIndex>,
+    view: Projected<SessionsView>,
 }
 
 impl Sessions {
@@ -165,13 +290,32 @@ impl Sessions {
         clock: Arc<dyn Clock>,
         max_expiry_s: u64,
     ) -> Self {
+        Self::starting_at(store, blobs, clock, max_expiry_s, SessionsView::default())
+    }
+
+    /// Sessions over `view`, a view restored elsewhere (`crate::cold_start`) that its
+    /// first read catches up with the log.
+    pub fn starting_at(
+        store: Arc<dyn EventStore>,
+        blobs: Arc<dyn BlobStore>,
+        clock: Arc<dyn Clock>,
+        max_expiry_s: u64,
+        view: SessionsView,
+    ) -> Self {
         Self {
-            store,
             blobs,
             clock,
             max_expiry_s,
-            index: Mutex::new(SweepIndex::default()),
+            view: Projected::starting_at(store, view),
         }
+    }
+
+    async fn execute(
+        &self,
+        ctx: &WriteContext,
+        decide: impl Fn(&SessionsView) -> Result<Option<Decision>>,
+    ) -> Result<Option<Decision>> {
+        decision::execute(&self.view, ctx, || self.clock.now_ms(), decide).await
     }
 
     /// Stores `file` and records a new session owned by `ctx.actor`. `file_name` is the
@@ -197,36 +341,35 @@ impl Sessions {
             .map(|(_, ext)| ext)
             .unwrap_or_else(|_| Extension::parse("").expect("empty extension is valid"));
         let blob = self.blobs.put_file(file, &ext).await?;
-        let id = RunId::random();
-        let event = Event::SessionCreated {
-            session: id.clone(),
-            name: base,
-            ext,
-            blob,
-            meta,
-            expiry_s: effective_expiry(requested_expiry_s, self.max_expiry_s),
-        };
-        let appended = self
-            .store
-            .append(
-                &StreamId::session(&id),
-                ExpectedVersion::NoStream,
-                vec![self.stamp(event, &ctx.actor)],
-                &ctx.request_id,
-            )
-            .await?;
-        let events = self.store.read_stream(&appended.stream, 1).await?;
-        fold(&events).ok_or_else(|| SessionError::NotFound(appended.stream.to_string()))
+        // The id derives from the request id, so a retried request names the same
+        // session and records nothing new.
+        let id = RunId::parse(
+            uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, ctx.request_id.as_bytes()).to_string(),
+        )
+        .expect("a UUID is a valid run id");
+        let expiry_s = effective_expiry(requested_expiry_s, self.max_expiry_s);
+        self.execute(ctx, |view| {
+            Ok((view.session(&id).is_none())
+                .then(|| decide::create(&id, base.clone(), blob.clone(), meta.clone(), expiry_s)))
+        })
+        .await?;
+        self.view
+            .peek()
+            .owned(&id, &ctx.actor)
+            .cloned()
+            .ok_or_else(|| SessionError::RequestIdReused(ctx.request_id.clone()))
     }
 
-    /// The session `id` if `caller` owns it (the same authenticated subject; the same
-    /// user name with auth off) and it is live. An expired session is removed on the
-    /// way (as MONAI Label removes a session whose file vanished).
+    /// The session `id` if `caller` owns it and it is live. An expired session is
+    /// removed on the way (as MONAI Label removes a session whose file vanished).
     pub async fn get(&self, id: &RunId, caller: &Actor) -> Result<Session> {
-        let session = self.load(id).await?;
-        if !session.owner.same_caller(caller) {
-            return Err(SessionError::NotFound(id.to_string()));
-        }
+        let session = self
+            .view
+            .read()
+            .await?
+            .owned(id, caller)
+            .cloned()
+            .ok_or_else(|| SessionError::NotFound(id.to_string()))?;
         if session.is_expired(self.clock.now_ms()) {
             self.expire(&session).await?;
             return Err(SessionError::NotFound(id.to_string()));
@@ -236,27 +379,20 @@ impl Sessions {
 
     /// Records an access (`update_ts`), extending the session's life.
     pub async fn touch(&self, ctx: &WriteContext, id: &RunId) -> Result<Session> {
-        self.update(
-            ctx,
-            id,
-            Event::SessionAccessed {
-                session: id.clone(),
-            },
-        )
+        let now = self.clock.now_ms();
+        self.execute(ctx, |view| {
+            decide::touch(view, id, &ctx.actor, now).map(Some)
+        })
         .await?;
         self.get(id, &ctx.actor).await
     }
 
     /// Removes the session and returns its last state.
     pub async fn remove(&self, ctx: &WriteContext, id: &RunId) -> Result<Session> {
-        self.update(
-            ctx,
-            id,
-            Event::SessionRemoved {
-                session: id.clone(),
-            },
-        )
-        .await
+        let before = self.get(id, &ctx.actor).await?;
+        self.execute(ctx, |view| decide::remove(view, id, &ctx.actor).map(Some))
+            .await?;
+        Ok(before)
     }
 
     /// Streams the session's file.
@@ -267,118 +403,28 @@ impl Sessions {
     /// Removes every expired session; returns the ids removed by this call.
     pub async fn sweep(&self) -> Result<Vec<RunId>> {
         let now = self.clock.now_ms();
-        let due: Vec<RunId> = {
-            let mut index = self.index.lock().await;
-            self.catch_up(&mut index).await?;
-            index
-                .live
-                .iter()
-                .filter(|(_, (last, expiry_s))| now > last + (*expiry_s as i64) * 1000)
-                .map(|(id, _)| id.clone())
-                .collect()
-        };
+        let due: Vec<Session> = self.view.read().await?.expired(now).cloned().collect();
         let mut removed = Vec::new();
-        for id in due {
-            // Re-read: another process may have touched or removed it since.
-            let Ok(session) = self.load(&id).await else {
-                continue;
-            };
-            if session.is_expired(now) && self.expire(&session).await? {
-                removed.push(id);
+        for session in due {
+            if self.expire(&session).await? {
+                removed.push(session.id);
             }
         }
         Ok(removed)
     }
 
-    async fn catch_up(&self, index: &mut SweepIndex) -> Result<()> {
-        loop {
-            let batch = self.store.read_all(index.position, INDEX_BATCH).await?;
-            let Some(last) = batch.last() else {
-                return Ok(());
-            };
-            index.position = last.position;
-            for recorded in &batch {
-                match &recorded.event {
-                    Event::SessionCreated {
-                        session, expiry_s, ..
-                    } => {
-                        index
-                            .live
-                            .insert(session.clone(), (recorded.timestamp_ms, *expiry_s));
-                    }
-                    Event::SessionAccessed { session } => {
-                        if let Some((last, _)) = index.live.get_mut(session) {
-                            *last = recorded.timestamp_ms;
-                        }
-                    }
-                    Event::SessionRemoved { session } => {
-                        index.live.remove(session);
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-
     /// Records the removal of an expired session under a request id derived from its
     /// state, so that two sweepers record it once. `false` if someone else did it first.
     async fn expire(&self, session: &Session) -> Result<bool> {
-        let request_id = format!("session-expired:{}:{}", session.id, session.version);
-        let result = self
-            .store
-            .append(
-                &StreamId::session(&session.id),
-                ExpectedVersion::Exact(session.version),
-                vec![self.stamp(
-                    Event::SessionRemoved {
-                        session: session.id.clone(),
-                    },
-                    &session.owner,
-                )],
-                &request_id,
-            )
-            .await;
-        match result {
-            Ok(appended) => Ok(!appended.replayed),
-            Err(StoreError::Conflict { .. }) => Ok(false),
-            Err(err) => Err(err.into()),
-        }
-    }
-
-    /// Appends `event` to a live session the caller owns, re-reading on conflicts.
-    /// Returns the state the event was decided against.
-    async fn update(&self, ctx: &WriteContext, id: &RunId, event: Event) -> Result<Session> {
-        for _ in 0..MAX_CONFLICT_RETRIES {
-            let session = self.get(id, &ctx.actor).await?;
-            match self
-                .store
-                .append(
-                    &StreamId::session(id),
-                    ExpectedVersion::Exact(session.version),
-                    vec![self.stamp(event.clone(), &ctx.actor)],
-                    &ctx.request_id,
-                )
-                .await
-            {
-                Ok(_) => return Ok(session),
-                Err(StoreError::Conflict { .. }) => continue,
-                Err(err) => return Err(err.into()),
-            }
-        }
-        Err(SessionError::Contended(MAX_CONFLICT_RETRIES))
-    }
-
-    async fn load(&self, id: &RunId) -> Result<Session> {
-        let events = self.store.read_stream(&StreamId::session(id), 1).await?;
-        fold(&events).ok_or_else(|| SessionError::NotFound(id.to_string()))
-    }
-
-    fn stamp(&self, event: Event, actor: &Actor) -> NewEvent {
-        NewEvent {
-            event,
-            actor: actor.clone(),
-            timestamp_ms: self.clock.now_ms(),
-        }
+        let ctx = WriteContext::new(
+            session.owner.clone(),
+            format!("session-expired:{}:{}", session.id, session.version),
+        );
+        let now = self.clock.now_ms();
+        let expired = self
+            .execute(&ctx, |view| Ok(decide::expire(view, &session.id, now)))
+            .await?;
+        Ok(expired.is_some())
     }
 }
 

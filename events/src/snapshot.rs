@@ -348,17 +348,65 @@ mod tests {
         // it changes when a field of any snapshotted type does.
         let f = fixture();
         let clock = Arc::new(crate::clock::ManualClock::new(1_800_000_000_000));
-        let datastore = Datastore::open_with_clock(f.store.clone(), f.blobs.clone(), clock)
+        let datastore = Datastore::open_with_clock(f.store.clone(), f.blobs.clone(), clock.clone())
             .await
             .unwrap();
         fill(&datastore, 1, 5).await;
+        // A job, a model and a session, with fixed request ids (ids derive from them).
+        let pinned = |id: &str| WriteContext::new(Actor::admin(), id);
+        let model = crate::ModelName::parse("pinned").unwrap();
+        let jobs = crate::jobs::Jobs::new(f.store.clone(), clock.clone());
+        let job = jobs
+            .request(
+                &pinned("pin-job"),
+                crate::event::JobKind::Train,
+                Some(model.clone()),
+                Default::default(),
+                vec![],
+                Some(1),
+                false,
+            )
+            .await
+            .unwrap();
+        jobs.claim(
+            &pinned("pin-claim"),
+            &job,
+            "runner",
+            std::time::Duration::from_secs(60),
+        )
+        .await
+        .unwrap();
+        let json = Extension::parse(".json").unwrap();
+        let blob = |bytes: &[u8]| f.blobs.put_bytes(bytes.to_vec(), &json);
+        crate::models::Models::new(f.store.clone(), clock.clone())
+            .publish(
+                &pinned("pin-model"),
+                &model,
+                blob(b"weights").await.unwrap(),
+                blob(b"{}").await.unwrap(),
+                Some(0.5),
+                Some(job.id.clone()),
+            )
+            .await
+            .unwrap();
+        let upload = tempfile::NamedTempFile::new().unwrap();
+        crate::session::Sessions::new(f.store.clone(), f.blobs.clone(), clock, 3600)
+            .create(
+                &pinned("pin-session"),
+                upload.path(),
+                "ct.nii.gz",
+                Default::default(),
+                0,
+            )
+            .await
+            .unwrap();
         let views = full_fold(&f).await;
         let digest = sha2::Sha256::digest(rmp_serde::to_vec(&views).unwrap());
         assert_eq!(
             (FORMAT, hex::encode(digest).as_str()),
             (
                 "msgpack+gzip/2",
-                "a52d6fa0a789ee51c3efda4867af9ee5ff80d3561ed658f40f8957198c40b29e"
+                "ed7ae676de6d8849f9c2d00a17c59a498e6d3df0759b1cb4f0bb0fa58a1be775"
             ),
             "the layout of a snapshotted view changed: bump FORMAT and update this digest"
         );
@@ -429,7 +477,7 @@ mod tests {
             0,
             "an undecodable snapshot is not used"
         );
-        let (opened, jobs) = cold_start::open(
+        let opened = cold_start::open(
             f.store.clone(),
             f.blobs.clone(),
             Arc::new(crate::clock::SystemClock),
@@ -437,8 +485,9 @@ mod tests {
         .await
         .unwrap();
         let expected = full_fold(&f).await;
-        assert_eq!(*opened.view().await.unwrap(), expected.datastore);
-        assert_eq!(*jobs.view().await.unwrap(), expected.jobs);
+        assert_eq!(*opened.datastore.view().await.unwrap(), expected.datastore);
+        assert_eq!(*opened.jobs.view().await.unwrap(), expected.jobs);
+        assert_eq!(*opened.models.view().await.unwrap(), expected.models);
 
         // Two savers that read the same stream version: the first records, the second
         // finds the stream moved and records nothing.

@@ -10,6 +10,7 @@
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use medlabel_events::datastore::DatastoreError;
+use medlabel_events::models::ModelError;
 use medlabel_events::session::SessionError;
 use medlabel_events::{BlobError, InvalidId, StoreError};
 use serde_json::{Value, json};
@@ -231,9 +232,23 @@ impl From<SessionError> for ApiError {
     fn from(err: SessionError) -> Self {
         match err {
             SessionError::NotFound(_) => ApiError::NotFound(err.to_string()),
-            SessionError::Contended(_) => ApiError::Conflict(err.to_string()),
+            SessionError::Contended(_) | SessionError::RequestIdReused(_) => {
+                ApiError::Conflict(err.to_string())
+            }
             SessionError::Store(store) => store.into(),
             SessionError::Blob(blob) => blob.into(),
+        }
+    }
+}
+
+impl From<ModelError> for ApiError {
+    fn from(err: ModelError) -> Self {
+        match err {
+            ModelError::NotFound(_) => ApiError::NotFound(err.to_string()),
+            ModelError::Contended(_) | ModelError::RequestIdReused(_) => {
+                ApiError::Conflict(err.to_string())
+            }
+            ModelError::Store(store) => store.into(),
         }
     }
 }

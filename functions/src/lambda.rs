@@ -119,7 +119,7 @@ mod aws {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         // A cold start begins at the views' latest snapshot and folds only the events
         // after it (events/src/cold_start.rs).
-        let (datastore, jobs) = cold_start::open(store, blobs, clock).await?;
+        let started = cold_start::open(store, blobs, clock).await?;
         let endpoint = std::env::var("MEDLABEL_RUNNER_ENDPOINT")
             .ok()
             .filter(|name| !name.is_empty())
@@ -127,10 +127,7 @@ mod aws {
                 client: aws_sdk_sagemakerruntime::Client::new(&sdk),
                 name,
             });
-        Ok(
-            AppState::from_datastore(datastore, Arc::new(NoRunner), config)
-                .with_jobs(Arc::new(jobs), endpoint),
-        )
+        Ok(AppState::from_started(started, Arc::new(NoRunner), config).with_model_runner(endpoint))
     }
 
     /// The whole Lambda binary of one function: `router` is that function's routes.

@@ -20,7 +20,8 @@ use async_trait::async_trait;
 use medlabel_events::blob::read_to_vec;
 use medlabel_events::datastore::{Datastore, WriteContext};
 use medlabel_events::event::{JobKind, LabelVersionRef};
-use medlabel_events::jobs::{JobError, Jobs, PublishedModel};
+use medlabel_events::jobs::{JobError, Jobs};
+use medlabel_events::models::{ModelError, Models, PublishedModel};
 use medlabel_events::{Actor, BlobStore, Extension, Info, ModelName, Tag};
 use serde_json::{Value, json};
 
@@ -81,6 +82,7 @@ pub enum InferenceEndpoint {
 pub struct ModelRunner {
     datastore: Arc<Datastore>,
     jobs: Arc<Jobs>,
+    models: Arc<Models>,
     /// `None` when no runner serves interactive inference.
     endpoint: Option<InferenceEndpoint>,
     http: reqwest::Client,
@@ -93,12 +95,14 @@ impl ModelRunner {
     pub fn new(
         datastore: Arc<Datastore>,
         jobs: Arc<Jobs>,
+        models: Arc<Models>,
         endpoint: Option<InferenceEndpoint>,
         spool: PathBuf,
     ) -> Self {
         Self {
             datastore,
             jobs,
+            models,
             endpoint,
             http: reqwest::Client::new(),
             spool,
@@ -147,13 +151,7 @@ impl ModelRunner {
     /// The current version of model `name`, from a view caught up with the log.
     async fn published(&self, name: &str) -> Result<PublishedModel, RunnerError> {
         let model = ModelName::parse(name).map_err(|_| RunnerError::UnknownModel(name.into()))?;
-        self.jobs
-            .view()
-            .await
-            .map_err(job_error)?
-            .model(&model)
-            .cloned()
-            .ok_or_else(|| RunnerError::UnknownModel(name.into()))
+        self.models.current(&model).await.map_err(model_error)
     }
 
     async fn model(&self, name: &str) -> Result<ModelName, RunnerError> {
@@ -237,8 +235,16 @@ fn job_error(err: JobError) -> RunnerError {
     match err {
         JobError::AlreadyRunning(kind) => RunnerError::AlreadyRunning(kind),
         JobError::NotFound(kind) => RunnerError::NoTasks(kind),
-        JobError::ModelNotFound(model) => RunnerError::UnknownModel(model),
         JobError::Contended(_) | JobError::RequestIdReused(_) | JobError::Store(_) => failed(err),
+    }
+}
+
+fn model_error(err: ModelError) -> RunnerError {
+    match err {
+        ModelError::NotFound(model) => RunnerError::UnknownModel(model),
+        ModelError::Contended(_) | ModelError::RequestIdReused(_) | ModelError::Store(_) => {
+            failed(err)
+        }
     }
 }
 
@@ -256,10 +262,10 @@ fn trainer_config() -> Value {
 impl Runner for ModelRunner {
     async fn describe(&self) -> Result<RunnerInfo, RunnerError> {
         let published: Vec<_> = self
-            .jobs
+            .models
             .view()
             .await
-            .map_err(job_error)?
+            .map_err(model_error)?
             .models()
             .cloned()
             .collect();
@@ -412,7 +418,7 @@ impl Runner for ModelRunner {
                 let model = match name.strip_suffix("_epistemic") {
                     Some(model) => self.model(model).await?,
                     None => {
-                        let view = self.jobs.view().await.map_err(job_error)?;
+                        let view = self.models.view().await.map_err(model_error)?;
                         let first = view.models().next().map(|m| m.model.clone());
                         first.ok_or_else(|| RunnerError::UnknownMethod(name.into()))?
                     }
@@ -502,7 +508,7 @@ impl Runner for ModelRunner {
 /// has a version already; returns whether this call published it. The request id
 /// derives from the name and the weights, so a restart records nothing twice.
 pub async fn publish_model_folder(
-    jobs: &Jobs,
+    models: &Models,
     blobs: &dyn BlobStore,
     dir: &Path,
 ) -> Result<bool, Box<dyn std::error::Error>> {
@@ -511,7 +517,7 @@ pub async fn publish_model_folder(
         .and_then(|n| n.to_str())
         .ok_or("the starter model folder has no name")?;
     let model = ModelName::parse(name)?;
-    if jobs.view().await?.model(&model).is_some() {
+    if models.view().await?.model(&model).is_some() {
         return Ok(false);
     }
     let weights = blobs
@@ -528,8 +534,8 @@ pub async fn publish_model_folder(
         Actor::admin(),
         format!("starter-{model}-{}", &weights.sha256[..32]),
     );
-    let published = jobs
-        .publish_model(&ctx, &model, weights, config, None, None)
+    let published = models
+        .publish(&ctx, &model, weights, config, None, None)
         .await?;
     tracing::info!(model = %published.model, version = published.version, "model published");
     Ok(true)

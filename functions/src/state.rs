@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use medlabel_events::blob::BlobStore;
 use medlabel_events::clock::{Clock, SystemClock};
+use medlabel_events::cold_start::Started;
 use medlabel_events::datastore::{Datastore, DatastoreError};
 use medlabel_events::jobs::Jobs;
-use medlabel_events::session::{DEFAULT_MAX_EXPIRY_S, Sessions};
+use medlabel_events::models::Models;
+use medlabel_events::session::{DEFAULT_MAX_EXPIRY_S, Sessions, SessionsView};
 use medlabel_events::store::EventStore;
 
 use crate::logging::LogBuffer;
@@ -94,6 +96,8 @@ impl Default for Config {
 pub struct AppState {
     pub datastore: Arc<Datastore>,
     pub sessions: Arc<Sessions>,
+    pub jobs: Arc<Jobs>,
+    pub models: Arc<Models>,
     pub runner: Arc<dyn Runner>,
     pub config: Arc<Config>,
     pub logs: LogBuffer,
@@ -129,17 +133,34 @@ impl AppState {
         Ok(Self::from_datastore(datastore, runner, config))
     }
 
-    /// The state around an opened datastore; sessions share its stores and clock.
+    /// The state around an opened datastore; the other services share its stores and
+    /// clock and fold the log on their first read.
     pub fn from_datastore(datastore: Datastore, runner: Arc<dyn Runner>, config: Config) -> Self {
-        let sessions = Sessions::new(
+        let (store, clock) = (datastore.event_store().clone(), datastore.clock().clone());
+        let started = Started {
+            jobs: Jobs::new(store.clone(), clock.clone()),
+            models: Models::new(store, clock),
+            sessions: SessionsView::default(),
+            datastore,
+        };
+        Self::from_started(started, runner, config)
+    }
+
+    /// The state around services opened together (a cold start's restored views).
+    pub fn from_started(started: Started, runner: Arc<dyn Runner>, config: Config) -> Self {
+        let datastore = started.datastore;
+        let sessions = Sessions::starting_at(
             datastore.event_store().clone(),
             datastore.blob_store().clone(),
             datastore.clock().clone(),
             config.max_session_expiry_s,
+            started.sessions,
         );
         Self {
             datastore: Arc::new(datastore),
             sessions: Arc::new(sessions),
+            jobs: Arc::new(started.jobs),
+            models: Arc::new(started.models),
             runner,
             picker: Arc::new(Picker::new(config.strategy_seed, config.lease)),
             config: Arc::new(config),
@@ -149,19 +170,11 @@ impl AppState {
 
     /// Replaces the runner with the event-driven [`ModelRunner`]: models from the log,
     /// jobs as events, interactive inference at `endpoint`.
-    pub fn with_model_runner(self, endpoint: Option<InferenceEndpoint>) -> Self {
-        let jobs = Jobs::new(
-            self.datastore.event_store().clone(),
-            self.datastore.clock().clone(),
-        );
-        self.with_jobs(Arc::new(jobs), endpoint)
-    }
-
-    /// [`AppState::with_model_runner`] over an already opened jobs service.
-    pub fn with_jobs(mut self, jobs: Arc<Jobs>, endpoint: Option<InferenceEndpoint>) -> Self {
+    pub fn with_model_runner(mut self, endpoint: Option<InferenceEndpoint>) -> Self {
         self.runner = Arc::new(ModelRunner::new(
             self.datastore.clone(),
-            jobs,
+            self.jobs.clone(),
+            self.models.clone(),
             endpoint,
             self.config.temp_dir.clone(),
         ));

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use axum::http::StatusCode;
 use common::{Harness, Req};
 use medlabel_events::ModelName;
-use medlabel_events::jobs::Jobs;
+use medlabel_events::models::Models;
 use medlabel_functions::model_runner::publish_model_folder;
 use sha2::{Digest, Sha256};
 
@@ -24,13 +24,13 @@ fn starter() -> PathBuf {
 /// A harness whose log has the starter model published as version 1.
 async fn published() -> (Harness, Vec<u8>) {
     let h = Harness::with_limit(8 << 20).await;
-    let jobs = Jobs::new(
-        h.state.datastore.event_store().clone(),
-        h.state.datastore.clock().clone(),
-    );
-    publish_model_folder(&jobs, h.state.datastore.blob_store().as_ref(), &starter())
-        .await
-        .unwrap();
+    publish_model_folder(
+        &h.state.models,
+        h.state.datastore.blob_store().as_ref(),
+        &starter(),
+    )
+    .await
+    .unwrap();
     let weights = std::fs::read(starter().join("model.safetensors")).unwrap();
     (h, weights)
 }
@@ -68,15 +68,16 @@ async fn uploaded_weights_become_the_next_version() {
         .await
         .json();
     assert_eq!(info["checksum"], checksum(&retrained));
-    let jobs = Jobs::new(
+    // Another service folding the same log sees the same version.
+    let models = Models::new(
         h.state.datastore.event_store().clone(),
         h.state.datastore.clock().clone(),
     );
-    let (version, current) = {
-        let view = jobs.view().await.unwrap();
-        let model = view.model(&ModelName::parse(MODEL).unwrap()).unwrap();
-        (model.version, model.weights.checksum())
-    };
+    let model = models
+        .current(&ModelName::parse(MODEL).unwrap())
+        .await
+        .unwrap();
+    let (version, current) = (model.version, model.weights.checksum());
     assert_eq!((version, current), (2, checksum(&retrained)));
 
     // Deleted models take no uploads.

@@ -296,16 +296,16 @@ async fn serve_following_log(
     bucket: String,
 ) -> Result<()> {
     use medlabel_events::blob::s3::S3BlobStore;
-    use medlabel_events::jobs::Jobs;
+    use medlabel_events::models::Models;
     use medlabel_events::store::dynamo::DynamoEventStore;
     use medlabel_runner::worker::LogModels;
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let store = DynamoEventStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
     let blobs = S3BlobStore::new(S3BlobStore::client(&sdk), bucket);
-    let jobs = Jobs::new(Arc::new(store), Arc::new(medlabel_events::SystemClock));
+    let models = Models::new(Arc::new(store), Arc::new(medlabel_events::SystemClock));
     std::fs::create_dir_all(model_dir).map_err(|e| RunnerError::io(model_dir, e))?;
     let models = Arc::new(LogModels::new(
-        Arc::new(jobs),
+        Arc::new(models),
         Arc::new(blobs),
         model_dir.to_path_buf(),
     ));

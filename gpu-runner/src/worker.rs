@@ -23,7 +23,8 @@ use std::time::Duration;
 use medlabel_events::blob::read_to_vec;
 use medlabel_events::datastore::{Datastore, WriteContext};
 use medlabel_events::event::{Actor, JobKind, JobStatus};
-use medlabel_events::jobs::{JobRecord, Jobs, PublishedModel};
+use medlabel_events::jobs::{JobRecord, Jobs};
+use medlabel_events::models::{Models, PublishedModel};
 use medlabel_events::{BlobStore, Clock, EventStore, Extension, Info, RunId, Tag, UserName};
 use serde_json::{Value, json};
 
@@ -74,6 +75,7 @@ pub enum JobRun {
 pub struct Worker {
     datastore: Arc<Datastore>,
     jobs: Arc<Jobs>,
+    models: Arc<Models>,
     blobs: Arc<dyn BlobStore>,
     config: WorkerConfig,
 }
@@ -94,7 +96,8 @@ impl Worker {
             .map_err(store_error)?;
         Ok(Self {
             datastore: Arc::new(datastore),
-            jobs: Arc::new(Jobs::new(store, clock)),
+            jobs: Arc::new(Jobs::new(store.clone(), clock.clone())),
+            models: Arc::new(Models::new(store, clock)),
             blobs,
             config,
         })
@@ -134,7 +137,7 @@ impl Worker {
 
     /// Writes every published model into the models folder; returns how many there are.
     pub async fn sync_models(&self) -> Result<usize> {
-        sync_models(&self.jobs, self.blobs.as_ref(), &self.config.models_dir).await
+        sync_models(&self.models, self.blobs.as_ref(), &self.config.models_dir).await
     }
 
     /// The name this worker records in `JobStarted` events.
@@ -145,7 +148,7 @@ impl Worker {
     /// The published models of this worker's log, for a `serve` endpoint beside it.
     pub fn model_source(&self) -> LogModels {
         LogModels::new(
-            self.jobs.clone(),
+            self.models.clone(),
             self.blobs.clone(),
             self.config.models_dir.clone(),
         )
@@ -282,13 +285,10 @@ impl Worker {
             .as_ref()
             .ok_or_else(|| RunnerError::invalid("the job names no model"))?;
         let published = self
-            .jobs
-            .view()
+            .models
+            .current(model)
             .await
-            .map_err(store_error)?
-            .model(model)
-            .cloned()
-            .ok_or_else(|| RunnerError::invalid(format!("model {model} is not published")))?;
+            .map_err(|e| RunnerError::invalid(format!("model {model}: {e}")))?;
         let model_dir =
             materialise(self.blobs.as_ref(), &self.config.models_dir, &published).await?;
         let scratch = self.config.work_dir.join(job.id.as_str());
@@ -374,8 +374,8 @@ impl Worker {
                 .await
                 .map_err(store_error)?;
             let model = self
-                .jobs
-                .publish_model(
+                .models
+                .publish(
                     &self.ctx(job, "publish"),
                     &published.model,
                     weights,
@@ -565,15 +565,15 @@ impl Worker {
 /// The models published in a log, written on demand into a folder a `serve` endpoint
 /// reads ([`crate::serve::ModelSource`]).
 pub struct LogModels {
-    jobs: Arc<Jobs>,
+    models: Arc<Models>,
     blobs: Arc<dyn BlobStore>,
     models_dir: PathBuf,
 }
 
 impl LogModels {
-    pub fn new(jobs: Arc<Jobs>, blobs: Arc<dyn BlobStore>, models_dir: PathBuf) -> Self {
+    pub fn new(models: Arc<Models>, blobs: Arc<dyn BlobStore>, models_dir: PathBuf) -> Self {
         Self {
-            jobs,
+            models,
             blobs,
             models_dir,
         }
@@ -581,7 +581,7 @@ impl LogModels {
 
     /// Writes every published model into the folder; returns how many there are.
     pub async fn sync(&self) -> Result<usize> {
-        sync_models(&self.jobs, self.blobs.as_ref(), &self.models_dir).await
+        sync_models(&self.models, self.blobs.as_ref(), &self.models_dir).await
     }
 }
 
@@ -589,7 +589,7 @@ impl LogModels {
 impl crate::serve::ModelSource for LogModels {
     async fn bring_in(&self, name: &str, version: u32) -> Result<()> {
         let published = self
-            .jobs
+            .models
             .view()
             .await
             .map_err(store_error)?
@@ -608,11 +608,15 @@ impl crate::serve::ModelSource for LogModels {
     }
 }
 
-/// Writes every model published in `jobs` into `models_dir`, one folder per model, and
-/// returns how many there are. A `serve` endpoint reading that folder picks each up on
-/// its next request: a new folder by its name, a new version by its weights' mtime.
-pub async fn sync_models(jobs: &Jobs, blobs: &dyn BlobStore, models_dir: &Path) -> Result<usize> {
-    let models: Vec<PublishedModel> = jobs
+/// Writes every model published in `models` into `models_dir`, one folder per model,
+/// and returns how many there are. A `serve` endpoint reading that folder picks each up
+/// on its next request: a new folder by its name, a new version by its `.version` stamp.
+pub async fn sync_models(
+    models: &Models,
+    blobs: &dyn BlobStore,
+    models_dir: &Path,
+) -> Result<usize> {
+    let models: Vec<PublishedModel> = models
         .view()
         .await
         .map_err(store_error)?

@@ -1075,6 +1075,7 @@ pub async fn snapshots_restore_what_a_fold_sees(
     use medlabel_events::clock::SystemClock;
     use medlabel_events::cold_start::{self, StartViews};
     use medlabel_events::jobs::Jobs;
+    use medlabel_events::models::Models;
     use medlabel_events::snapshot::{self, SNAPSHOT_AFTER_EVENTS};
 
     let clock = Arc::new(SystemClock);
@@ -1109,9 +1110,10 @@ pub async fn snapshots_restore_what_a_fold_sees(
     .unwrap();
 
     // This start folds everything and records a snapshot of where it got to.
-    let (cold, _) = cold_start::open(store.clone(), blobs.clone(), clock.clone())
+    let cold = cold_start::open(store.clone(), blobs.clone(), clock.clone())
         .await
-        .unwrap();
+        .unwrap()
+        .datastore;
     let restored = snapshot::load::<StartViews>(&*store, &*blobs)
         .await
         .unwrap()
@@ -1128,14 +1130,18 @@ pub async fn snapshots_restore_what_a_fold_sees(
     ds.add_image(&ctx("alice"), &id("late"), &late, &nii(), Info::new())
         .await
         .unwrap();
-    let (warm, jobs_warm) = cold_start::open(store.clone(), blobs.clone(), clock.clone())
+    let started = cold_start::open(store.clone(), blobs.clone(), clock.clone())
         .await
         .unwrap();
     let expected = full_fold().await;
+    let warm = started.datastore;
     assert_eq!(*warm.view().await.unwrap(), expected);
     assert!(warm.image(&id("snap002")).await.is_err());
 
-    let jobs_folded = Jobs::new(store.clone(), clock);
+    let jobs_folded = Jobs::new(store.clone(), clock.clone());
     let expected = jobs_folded.view().await.unwrap().clone();
-    assert_eq!(*jobs_warm.view().await.unwrap(), expected);
+    assert_eq!(*started.jobs.view().await.unwrap(), expected);
+    let models_folded = Models::new(store.clone(), clock);
+    let expected = models_folded.view().await.unwrap().clone();
+    assert_eq!(*started.models.view().await.unwrap(), expected);
 }

@@ -1,7 +1,7 @@
 //! The jobs and models contract: one job of a kind at a time (also when requests race,
 //! across service instances), one claim per job, leases that end a job whose runner
-//! went away, stops that end a job at once, progress and results on record, model
-//! versions counting up.
+//! went away, stops that end a job at once, progress and results on record; model
+//! versions counting up, also across a deletion.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use medlabel_events::datastore::WriteContext;
 use medlabel_events::event::{Actor, JobKind, JobStatus};
 use medlabel_events::id::{Extension, ModelName};
 use medlabel_events::jobs::{JobError, Jobs};
+use medlabel_events::models::{ModelError, Models};
 use medlabel_events::{BlobStore, EventStore, Info, SystemClock};
 use serde_json::json;
 
@@ -136,13 +137,14 @@ pub async fn lifecycle(store: Arc<dyn EventStore>, blobs: Arc<dyn BlobStore>) {
     assert!(task["end_ts"].is_string());
 
     // Model versions count up; deleting withdraws the model.
+    let models = Models::new(store.clone(), Arc::new(SystemClock));
     let ext = Extension::parse(".safetensors").unwrap();
     let config_ext = Extension::parse(".json").unwrap();
     for (version, bytes) in [(1u32, b"weights one"), (2, b"weights two")] {
         let weights = blobs.put_bytes(bytes.to_vec(), &ext).await.unwrap();
         let config = blobs.put_bytes(b"{}".to_vec(), &config_ext).await.unwrap();
-        let published = jobs
-            .publish_model(
+        let published = models
+            .publish(
                 &ctx(),
                 &model,
                 weights.clone(),
@@ -154,12 +156,23 @@ pub async fn lifecycle(store: Arc<dyn EventStore>, blobs: Arc<dyn BlobStore>) {
             .unwrap();
         assert_eq!((published.version, published.weights), (version, weights));
     }
-    jobs.delete_model(&ctx(), &model).await.unwrap();
-    assert!(jobs.view().await.unwrap().model(&model).is_none());
+    models.delete(&ctx(), &model).await.unwrap();
+    assert!(models.view().await.unwrap().model(&model).is_none());
     assert!(matches!(
-        jobs.delete_model(&ctx(), &model).await,
-        Err(JobError::ModelNotFound(_))
+        models.delete(&ctx(), &model).await,
+        Err(ModelError::NotFound(_))
     ));
+    // Numbers never repeat: a model published again after a deletion is version 3.
+    let weights = blobs
+        .put_bytes(b"weights three".to_vec(), &ext)
+        .await
+        .unwrap();
+    let config = blobs.put_bytes(b"{}".to_vec(), &config_ext).await.unwrap();
+    let again = models
+        .publish(&ctx(), &model, weights, config, None, None)
+        .await
+        .unwrap();
+    assert_eq!(again.version, 3);
 }
 
 /// Eight requests for the train slot at once, through eight service instances (as

@@ -29,7 +29,7 @@ use medlabel_events::Actor;
 use medlabel_events::blob::fs::FolderBlobStore;
 use medlabel_events::clock::SystemClock;
 use medlabel_events::datastore::{WriteContext, import_studies};
-use medlabel_events::jobs::Jobs;
+use medlabel_events::models::Models;
 use medlabel_events::store::sqlite::SqliteEventStore;
 use medlabel_functions::auth_cli;
 use medlabel_functions::model_runner::{InferenceEndpoint, LocalRunner};
@@ -182,9 +182,9 @@ async fn publish_model(args: &ArgMatches) -> Result<(), Box<dyn std::error::Erro
     let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let store = DynamoEventStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
     let blobs = S3BlobStore::new(S3BlobStore::client(&sdk), bucket);
-    let jobs = Jobs::new(Arc::new(store), Arc::new(SystemClock));
+    let models = Models::new(Arc::new(store), Arc::new(SystemClock));
     let published =
-        medlabel_functions::model_runner::publish_model_folder(&jobs, &blobs, dir).await?;
+        medlabel_functions::model_runner::publish_model_folder(&models, &blobs, dir).await?;
     let model = dir.file_name().map(|n| n.to_string_lossy().into_owned());
     println!(
         "{}",
@@ -266,13 +266,9 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
         state.sessions.clone(),
     ));
 
-    let jobs = Arc::new(Jobs::new(
-        state.datastore.event_store().clone(),
-        Arc::new(SystemClock),
-    ));
     if let Some(dir) = args.get_one::<PathBuf>("starter-model") {
         medlabel_functions::model_runner::publish_model_folder(
-            &jobs,
+            &state.models,
             state.datastore.blob_store().as_ref(),
             dir,
         )
@@ -299,12 +295,13 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
                     *args.get_one::<f64>("job-lease").expect("defaulted"),
                 ),
             };
-            tokio::spawn(RunnerSupervisor::new(command, endpoint.clone(), jobs.clone()).run());
-            state.with_jobs(jobs, Some(InferenceEndpoint::Local(endpoint)))
+            let supervisor = RunnerSupervisor::new(command, endpoint.clone(), state.jobs.clone());
+            tokio::spawn(supervisor.run());
+            state.with_model_runner(Some(InferenceEndpoint::Local(endpoint)))
         }
         None => {
             tracing::warn!("no medlabel-runner found: serving without models");
-            state.with_jobs(jobs, None)
+            state.with_model_runner(None)
         }
     };
 

@@ -9,10 +9,9 @@ use axum::http::HeaderMap;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use medlabel_events::blob::{BlobRef, read_to_vec};
-use medlabel_events::event::{Event, NewEvent};
-use medlabel_events::store::ExpectedVersion;
-use medlabel_events::{ModelName, StreamId};
+use medlabel_events::ModelName;
+use medlabel_events::blob::read_to_vec;
+use medlabel_events::models::PublishedModel;
 use serde_json::{Map, Value, json};
 
 use crate::catalogue;
@@ -112,52 +111,9 @@ async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     Ok(Json(app_info(&state).await?))
 }
 
-/// A model's current version, from its stream.
-struct CurrentModel {
-    weights: BlobRef,
-    config: BlobRef,
-    version: u32,
-    published_ms: i64,
-    /// The stream's version, for appending the next event.
-    stream_version: u64,
-}
-
-/// The model's current version: the latest `ModelPublished` unless a `ModelDeleted`
-/// came after it.
-async fn current_model(state: &AppState, name: &ModelName) -> Result<CurrentModel, ApiError> {
-    let events = state
-        .datastore
-        .event_store()
-        .read_stream(&StreamId::model(name), 1)
-        .await?;
-    let mut current = None;
-    for recorded in &events {
-        match &recorded.event {
-            Event::ModelPublished {
-                weights,
-                config,
-                version,
-                ..
-            } => {
-                current = Some(CurrentModel {
-                    weights: weights.clone(),
-                    config: config.clone(),
-                    version: *version,
-                    published_ms: recorded.timestamp_ms,
-                    stream_version: recorded.sequence,
-                })
-            }
-            Event::ModelDeleted { .. } => current = None,
-            _ => {}
-        }
-    }
-    let stream_version = events.last().map_or(0, |e| e.sequence);
-    current
-        .map(|model| CurrentModel {
-            stream_version,
-            ..model
-        })
-        .ok_or_else(|| ApiError::NotFound(format!("Model File NOT Found for {name}")))
+/// The model's current version, or MONAI Label's 404.
+async fn current_model(state: &AppState, name: &ModelName) -> Result<PublishedModel, ApiError> {
+    Ok(state.models.current(name).await?)
 }
 
 fn model_name(segment: &Segment) -> Result<ModelName, ApiError> {
@@ -185,7 +141,7 @@ async fn model_info(
     info.insert("checksum".into(), json!(current.weights.checksum()));
     info.insert(
         "modified_time".into(),
-        json!(current.published_ms.div_euclid(1000)),
+        json!(current.published_at_ms.div_euclid(1000)),
     );
     if let Some(stats) = state
         .runner
@@ -205,24 +161,7 @@ async fn delete_model(
     model: Segment,
 ) -> Result<impl IntoResponse, ApiError> {
     let name = model_name(&model)?;
-    let version = current_model(&state, &name).await?.stream_version;
-    let event = NewEvent {
-        event: Event::ModelDeleted {
-            model: name.clone(),
-        },
-        actor: ctx.actor(None),
-        timestamp_ms: state.datastore.clock().now_ms(),
-    };
-    state
-        .datastore
-        .event_store()
-        .append(
-            &StreamId::model(&name),
-            ExpectedVersion::Exact(version),
-            vec![event],
-            &ctx.request_id,
-        )
-        .await?;
+    state.models.delete(&ctx.write(None), &name).await?;
     Ok(Json(json!({})))
 }
 
@@ -260,31 +199,12 @@ async fn upload_model(
         return Err(refuse(why));
     }
     let weights = blobs.put_file(&upload.path, &current.weights.ext).await?;
-    let now_ms = state.datastore.clock().now_ms();
-    let event = NewEvent {
-        event: Event::ModelPublished {
-            model: name.clone(),
-            version: current.version + 1,
-            weights: weights.clone(),
-            config: current.config,
-            metric: None,
-            training_run: None,
-        },
-        actor: ctx.actor(None),
-        timestamp_ms: now_ms,
-    };
-    state
-        .datastore
-        .event_store()
-        .append(
-            &StreamId::model(&name),
-            ExpectedVersion::Exact(current.stream_version),
-            vec![event],
-            &ctx.request_id,
-        )
+    let published = state
+        .models
+        .publish(&ctx.write(None), &name, weights, current.config, None, None)
         .await?;
     Ok(Json(json!({
-        "checksum": weights.checksum(),
-        "modified_time": now_ms.div_euclid(1000),
+        "checksum": published.weights.checksum(),
+        "modified_time": published.published_at_ms.div_euclid(1000),
     })))
 }
