@@ -6,7 +6,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 use medlabel_runner::infer::{InferOptions, infer_file};
+use medlabel_runner::formats::state_dict;
 use medlabel_runner::kernels;
+use medlabel_runner::networks::load_state_dict;
 use medlabel_runner::loss::dice_ce_loss;
 use medlabel_runner::optim::AdamW;
 use medlabel_runner::{
@@ -23,9 +25,9 @@ const BENCH_SPACING: [f64; 3] = [1.0, 1.0, 1.5];
 /// The spleen network with random (seeded) or given weights.
 fn bench_model(device: Device, weights: Option<PathBuf>) -> Result<Model> {
     tch::manual_seed(0);
-    let mut model = Model::new(ModelConfig::spleen(), device)?;
+    let model = Model::new(ModelConfig::spleen(), device)?;
     if let Some(w) = weights {
-        model.vs.load(&w)?;
+        load_state_dict(&model.vs, state_dict::read(&w)?)?;
     }
     Ok(model)
 }
@@ -81,7 +83,7 @@ pub fn bench(mut a: Args) -> Result<Value> {
         let (x, y) = get("input")
             .zip(get("output"))
             .ok_or_else(|| RunnerError::invalid("check file needs input and output"))?;
-        let ours = tch::no_grad(|| model.forward(&x, Mode::EVAL));
+        let ours = tch::no_grad(|| model.forward(&x, Mode::EVAL))?;
         let diff = (ours - y).abs().max().double_value(&[]);
         result["check_max_abs_diff"] = json!(diff);
     }
@@ -89,7 +91,8 @@ pub fn bench(mut a: Args) -> Result<Value> {
     let x = Tensor::randn([1, 1, 96, 96, 96], (Kind::Float, device));
     let mut times = Vec::new();
     for i in 0..=repeat {
-        let (_, t) = timed(device, || tch::no_grad(|| model.forward(&x, Mode::EVAL)));
+        let (out, t) = timed(device, || tch::no_grad(|| model.forward(&x, Mode::EVAL)));
+        drop(out?);
         if i > 0 {
             times.push(t); // the first run warms allocators and kernels
         }
@@ -117,10 +120,12 @@ pub fn bench(mut a: Args) -> Result<Value> {
     let yb = Tensor::randint(2, [batch, 1, 96, 96, 96], (Kind::Int64, device));
     let mut times = Vec::new();
     for i in 0..=repeat {
-        let (_, t) = timed(device, || {
-            let loss = dice_ce_loss(&train_model.forward(&xb, Mode::TRAIN), &yb);
+        let (out, t) = timed(device, || -> Result<()> {
+            let loss = dice_ce_loss(&train_model.forward(&xb, Mode::TRAIN)?, &yb);
             opt.backward_step(&loss);
+            Ok(())
         });
+        drop(out?);
         if i > 0 {
             times.push(t);
         }
@@ -175,7 +180,7 @@ pub fn gpu_check(mut a: Args) -> Result<Value> {
     for amp in [true, true, false] {
         let opts = InferOptions {
             amp,
-            sw_batch_size: 4,
+            sw_batch_size: Some(4),
             ..Default::default()
         };
         let lat = infer_file(&model, &image, &out, &opts)?;

@@ -66,8 +66,8 @@ fn run(cmd: &str, mut a: Args) -> Result<serde_json::Value> {
             let device = parse_device(&a.get_or("device", "auto"))?;
             let model = Model::load(&a.path("model")?, device)?;
             let opts = InferOptions {
-                overlap: a.parse_or("overlap", 0.25)?,
-                sw_batch_size: a.parse_or("sw-batch-size", 1)?,
+                overlap: Some(a.parse_or("overlap", 0.25)?),
+                sw_batch_size: Some(a.parse_or("sw-batch-size", 1)?),
                 amp: !a.flag("no-amp"),
                 ..Default::default()
             };
@@ -321,13 +321,15 @@ fn train_cmd(mut a: Args) -> Result<serde_json::Value> {
     let mut cfg = req.model.clone().unwrap_or_else(ModelConfig::spleen);
     cfg.roi_size = a.triple_or("roi", cfg.roi_size)?;
     cfg.spacing = a.triple_or("spacing", cfg.spacing)?;
-    cfg.network.channels = a.list_or("channels", cfg.network.channels)?;
-    cfg.network.strides = a.list_or("strides", cfg.network.strides)?;
-    cfg.network.num_res_units = a.parse_or("res-units", cfg.network.num_res_units)?;
-    cfg.network.dropout = a.parse_or("dropout", cfg.network.dropout)?;
-    if let Some(n) = a.get("norm") {
-        cfg.network.norm =
-            serde_json::from_value(json!(n)).map_err(|e| RunnerError::json("--norm", e))?;
+    if let medlabel_runner::NetworkConfig::UNet(net) = &mut cfg.network {
+        net.channels = a.list_or("channels", std::mem::take(&mut net.channels))?;
+        net.strides = a.list_or("strides", std::mem::take(&mut net.strides))?;
+        net.num_res_units = a.parse_or("res-units", net.num_res_units)?;
+        net.dropout = a.parse_or("dropout", net.dropout)?;
+        if let Some(n) = a.get("norm") {
+            net.norm =
+                serde_json::from_value(json!(n)).map_err(|e| RunnerError::json("--norm", e))?;
+        }
     }
     req.model = Some(cfg);
     req.pretrained = a.opt_path("pretrained").or(req.pretrained);
