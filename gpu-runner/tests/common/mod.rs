@@ -1,0 +1,69 @@
+//! Shared by the bundle tests: the Python test tooling (`tests/python/bundles.py`, run
+//! with the venv `scripts/setup.sh` makes) and the bundles it builds once per test
+//! binary.
+
+#![allow(dead_code)] // each test binary uses its own part
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// The venv `scripts/setup.sh` installs torch, MONAI and nibabel into.
+fn venv() -> PathBuf {
+    std::env::var_os("MEDLABEL_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache/medlabel"))
+        .join("py")
+}
+
+/// A command running `tests/python/bundles.py` with MONAI importable: the CUDA stand-ins
+/// setup.sh builds come last on the library path, after any real CUDA libraries.
+pub fn bundles_py() -> Command {
+    let venv = venv();
+    let site = std::fs::read_dir(venv.join("lib"))
+        .expect("the venv from scripts/setup.sh")
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("site-packages"))
+        .find(|p| p.is_dir())
+        .expect("a site-packages folder");
+    let mut paths: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
+        .map(|v| std::env::split_paths(&v).collect())
+        .unwrap_or_default();
+    paths.push(site.join("nvidia/cu13/lib"));
+    paths.push(venv.join("cuda-stubs"));
+    let mut cmd = Command::new(venv.join("bin/python"));
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/bundles.py"))
+        .env("LD_LIBRARY_PATH", std::env::join_paths(paths).expect("paths"))
+        .env("OMP_NUM_THREADS", "1")
+        .env("PYTHONWARNINGS", "ignore");
+    cmd
+}
+
+/// Runs `bundles.py` with `args`; panics with its output unless it reports ok.
+pub fn run(args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let out = bundles_py().args(args).output().expect("python runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bundles.py {args:?} failed\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("a report line")).expect("JSON");
+    assert_eq!(report["ok"], true);
+    report
+}
+
+/// The six test bundles (UNet, SegResNet, DynUNet × state dict, TorchScript) with
+/// MONAI's own results, built once per test binary: `<root>/<network>_<pt|ts>/`.
+pub fn suite() -> &'static Path {
+    static SUITE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    &SUITE
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let root = dir.path().join("suite");
+            run(&["suite".as_ref(), root.as_os_str()]);
+            (dir, root)
+        })
+        .1
+}
