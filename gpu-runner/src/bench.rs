@@ -1,15 +1,16 @@
-//! `bench` (peer benchmark, compared with scripts/bench_peer.py) and `gpu-check`
-//! (what scripts/gpu-check.sh runs on a GPU machine).
+//! `bench` (peer benchmark, compared with scripts/bench_peer.py; with `--bundle`, the
+//! imported-bundle benchmark scripts/bench_bundles.sh compares with MONAI) and
+//! `gpu-check` (what scripts/gpu-check.sh runs on a GPU machine).
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use medlabel_runner::infer::{InferOptions, infer_file};
 use medlabel_runner::formats::state_dict;
+use medlabel_runner::infer::{InferOptions, infer_file, segment};
 use medlabel_runner::kernels;
-use medlabel_runner::networks::load_state_dict;
 use medlabel_runner::loss::dice_ce_loss;
+use medlabel_runner::networks::load_state_dict;
 use medlabel_runner::optim::AdamW;
 use medlabel_runner::{
     Mode, Model, ModelConfig, Result, RunnerError, TrainRequest, parse_device, synth, train,
@@ -56,8 +57,12 @@ fn bench_image(a: &mut Args, dir: &std::path::Path, size: usize) -> Result<PathB
     Ok(pairs[0].0.clone())
 }
 
-/// Forward of one 96³ window, end-to-end inference of a `size`³ image, one training step.
+/// Forward of one 96³ window, end-to-end inference of a `size`³ image, one training step;
+/// or, with `--bundle DIR --image FILE`, [`bench_bundle`].
 pub fn bench(mut a: Args) -> Result<Value> {
+    if let Some(bundle) = a.opt_path("bundle") {
+        return bench_bundle(a, &bundle);
+    }
     let device = parse_device(&a.get_or("device", "cpu"))?;
     let size = a.parse_or("size", 256usize)?;
     let repeat = a.parse_or("repeat", 3usize)?.max(1);
@@ -133,6 +138,51 @@ pub fn bench(mut a: Args) -> Result<Value> {
     result["train_step"] = json!({"batch": batch, "summary": summary(&times)});
     let _ = std::fs::remove_dir_all(&tmp);
     Ok(result)
+}
+
+/// Imports a MONAI bundle and times inference of `--image` as MONAI Label runs a model
+/// (read the file, preprocess, sliding window, postprocess, no writing): one warm-up,
+/// then `--repeat` runs, reported with their median.
+fn bench_bundle(mut a: Args, bundle: &std::path::Path) -> Result<Value> {
+    let device = parse_device(&a.get_or("device", "cpu"))?;
+    let image = a.path("image")?;
+    let repeat = a.parse_or("repeat", 3usize)?.max(1);
+    let torchscript = a.flag("torchscript");
+    a.finish()?;
+    let tmp = tempdir()?;
+    let opts = medlabel_runner::BundleImport {
+        prefer_torchscript: torchscript,
+    };
+    let (config, import_s) = timed(Device::Cpu, || {
+        medlabel_runner::import_bundle(bundle, &tmp.join("model"), &opts)
+    });
+    let config = config?;
+    let model = Model::load(&tmp.join("model"), device)?;
+    let opts = InferOptions {
+        amp: false,
+        ..Default::default()
+    };
+    let mut runs = Vec::new();
+    let mut latencies = Vec::new();
+    for i in 0..=repeat {
+        let (out, t) = timed(device, || -> Result<_> {
+            let v = medlabel_runner::io::read_image(&image)?;
+            segment(&model, &v, &opts)
+        });
+        let (_, lat) = out?;
+        if i > 0 {
+            runs.push(t);
+            latencies.push(lat);
+        }
+    }
+    let mut sorted = runs.clone();
+    sorted.sort_by(f64::total_cmp);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(json!({
+        "network": config.network.name(), "format": config.format, "device": format!("{device:?}"),
+        "threads": tch::get_num_threads(), "import_s": import_s, "median_s": sorted[sorted.len() / 2],
+        "runs": runs, "latencies": latencies,
+    }))
 }
 
 /// CUDA discovery, kernel equality, AMP inference and one training epoch on GPU 0.

@@ -7,7 +7,13 @@
 /// Keeps the largest component of each label in `applied` (all non-zero labels when
 /// empty) of a `[d, h, w]` label volume, in place. `connectivity` 1, 2 or 3 counts
 /// face, edge or corner neighbours (6, 18 or 26 in 3D; MONAI's default is 3).
-pub fn keep_largest(labels: &mut [u8], dims: [usize; 3], applied: &[u8], independent: bool, connectivity: u8) {
+pub fn keep_largest(
+    labels: &mut [u8],
+    dims: [usize; 3],
+    applied: &[u8],
+    independent: bool,
+    connectivity: u8,
+) {
     let chosen: Vec<u8> = if applied.is_empty() {
         let mut seen = [false; 256];
         labels.iter().for_each(|&v| seen[v as usize] = true);
@@ -47,10 +53,20 @@ fn keep_largest_of(labels: &mut [u8], dims: [usize; 3], fg: &dyn Fn(u8) -> bool,
         let mut size = 0;
         while let Some(i) = stack.pop() {
             size += 1;
-            let (z, y, x) = ((i / (h * w)) as isize, (i / w % h) as isize, (i % w) as isize);
+            let (z, y, x) = (
+                (i / (h * w)) as isize,
+                (i / w % h) as isize,
+                (i % w) as isize,
+            );
             for o in &offsets {
                 let (nz, ny, nx) = (z + o[0], y + o[1], x + o[2]);
-                if nz < 0 || ny < 0 || nx < 0 || nz >= d as isize || ny >= h as isize || nx >= w as isize {
+                if nz < 0
+                    || ny < 0
+                    || nx < 0
+                    || nz >= d as isize
+                    || ny >= h as isize
+                    || nx >= w as isize
+                {
                     continue;
                 }
                 let j = (nz as usize * h + ny as usize) * w + nx as usize;

@@ -174,7 +174,9 @@ impl ModelConfig {
     pub fn template(network: &str, labels: BTreeMap<String, i64>) -> Result<Self> {
         let out = labels.values().copied().max().unwrap_or(0) + 1;
         if out < 2 {
-            return Err(RunnerError::invalid("a new model needs at least one label > 0"));
+            return Err(RunnerError::invalid(
+                "a new model needs at least one label > 0",
+            ));
         }
         let mut net = match network {
             "unet" => Self::spleen().network,
@@ -232,7 +234,12 @@ impl ModelConfig {
             Layout::Xyz => div,
             Layout::Zyx => [div[2], div[1], div[0]],
         };
-        if self.roi_size.iter().zip(div).any(|(&r, d)| r <= 0 || r % d != 0) {
+        if self
+            .roi_size
+            .iter()
+            .zip(div)
+            .any(|(&r, d)| r <= 0 || r % d != 0)
+        {
             return Err(RunnerError::invalid(format!(
                 "roi_size {:?} must be positive multiples of {div:?} (product of strides)",
                 self.roi_size

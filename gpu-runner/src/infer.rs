@@ -113,13 +113,20 @@ pub fn predict(
     let sw = sliding_window(model, opts);
     let amp = opts.amp && device.is_cuda();
     let logits = tch::no_grad(|| {
-        crate::with_amp(amp, || sw.run(&prep.image, |x| model.forward(x, Mode::EVAL)))
+        crate::with_amp(amp, || {
+            sw.run(&prep.image, |x| model.forward(x, Mode::EVAL))
+        })
     })?;
     lat.infer = sync_elapsed(device, t);
 
     let t = Instant::now();
     let (labels, probabilities) = tch::no_grad(|| {
-        postprocess(&model.config.pipeline.post, &prep, logits, keep_probabilities)
+        postprocess(
+            &model.config.pipeline.post,
+            &prep,
+            logits,
+            keep_probabilities,
+        )
     })?;
     lat.invert = sync_elapsed(device, t);
 
@@ -135,7 +142,13 @@ pub fn predict(
         ));
     }
     // Connected components run on the host; steps after inversion see the input grid.
-    for s in model.config.pipeline.post.iter().skip_while(|s| !matches!(s, PostStep::Invert { .. })) {
+    for s in model
+        .config
+        .pipeline
+        .post
+        .iter()
+        .skip_while(|s| !matches!(s, PostStep::Invert { .. }))
+    {
         if let PostStep::KeepLargestComponent {
             applied_labels,
             independent,
@@ -143,7 +156,13 @@ pub fn predict(
         } = s
         {
             let [i, j, k] = image.dims;
-            keep_largest(&mut data, [k, j, i], applied_labels, *independent, *connectivity);
+            keep_largest(
+                &mut data,
+                [k, j, i],
+                applied_labels,
+                *independent,
+                *connectivity,
+            );
         }
     }
     let mask = image.with_data(data);
@@ -165,7 +184,11 @@ fn postprocess(
     logits: Tensor,
     keep_probabilities: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let standard = [PostStep::Softmax, PostStep::Invert { nearest: false }, PostStep::Argmax];
+    let standard = [
+        PostStep::Softmax,
+        PostStep::Invert { nearest: false },
+        PostStep::Argmax,
+    ];
     if !keep_probabilities && post.len() >= 3 && post[..3] == standard {
         return Ok((labels_on_grid(prep, &logits), None));
     }
@@ -228,7 +251,8 @@ fn labels_on_grid(prep: &Prepared, logits: &Tensor) -> Tensor {
             .gt(0.5)
             .to_kind(Kind::Uint8)
     } else if full <= MAX_INVERT_ELEMENTS {
-        prep.invert(&logits.softmax(1, Kind::Float), false).argmax(1, true)
+        prep.invert(&logits.softmax(1, Kind::Float), false)
+            .argmax(1, true)
     } else {
         prep.invert(&logits.argmax(1, true), true)
     }
@@ -312,7 +336,8 @@ mod tests {
         for classes in [2, 3] {
             let prep = prepare(&image, None, &cfg, Device::Cpu).unwrap();
             let s = prep.image.size();
-            let logits = Tensor::randn([1, classes, s[2], s[3], s[4]], (Kind::Float, Device::Cpu)) * 3.0;
+            let logits =
+                Tensor::randn([1, classes, s[2], s[3], s[4]], (Kind::Float, Device::Cpu)) * 3.0;
             let post = Pipeline::default().post;
             let fast = labels_on_grid(&prep, &logits);
             let (slow, probs) = postprocess(&post, &prep, logits.shallow_clone(), true).unwrap();

@@ -48,14 +48,19 @@ impl Model {
         }
         let tensors = match config.format {
             WeightsFormat::Pytorch => state_dict::read(&weights)?,
-            _ => Tensor::read_safetensors(&weights).map_err(|e| {
-                RunnerError::invalid(format!("{}: {e}", weights.display()))
-            })?,
+            _ => Tensor::read_safetensors(&weights)
+                .map_err(|e| RunnerError::invalid(format!("{}: {e}", weights.display())))?,
         };
         let model = Self::new(config, device)?;
         load_state_dict(&model.vs, tensors)
             .map_err(|e| RunnerError::invalid(format!("{}: {e}", weights.display())))?;
         Ok(model)
+    }
+
+    /// The weights file of the model folder `dir` (what a server watches for a new
+    /// version): `model.safetensors`, `model.pt` or `model.ts` as its config says.
+    pub fn weights_file(dir: &Path) -> Result<std::path::PathBuf> {
+        Ok(crate::config::ModelConfig::load(dir)?.weights_path(dir))
     }
 
     /// Writes config and weights into `dir` (created if needed). The weights go to a
@@ -105,8 +110,8 @@ impl Model {
 mod tests {
     use super::*;
     use crate::config::{Intensity, ModelConfig};
-    use crate::unet::{Norm, UNetConfig};
     use crate::networks::Mode;
+    use crate::unet::{Norm, UNetConfig};
     use std::collections::BTreeMap;
     use tch::{Kind, Tensor};
 
@@ -150,7 +155,11 @@ mod tests {
         // A fresh model with another seed really differs, so the equality above is earned.
         tch::manual_seed(8);
         let other = Model::new(config, Device::Cpu).unwrap();
-        assert!(!tch::no_grad(|| other.forward(&x, Mode::EVAL)).unwrap().equal(&a));
+        assert!(
+            !tch::no_grad(|| other.forward(&x, Mode::EVAL))
+                .unwrap()
+                .equal(&a)
+        );
     }
 
     #[test]

@@ -178,7 +178,9 @@ impl Pipeline {
                 return err(format!("{s:?} appears twice in pre"));
             }
             if let PreStep::CropForeground {
-                margin, k_divisible, ..
+                margin,
+                k_divisible,
+                ..
             } = s
                 && (margin.iter().any(|&m| m < 0) || k_divisible.iter().any(|&k| k < 1))
             {
@@ -187,7 +189,9 @@ impl Pipeline {
         }
         let i = &self.inferer;
         if i.sw_batch_size == 0 || !(0.0..1.0).contains(&i.overlap) || i.sigma_scale <= 0.0 {
-            return err("inferer needs sw_batch_size ≥ 1, overlap in [0, 1), sigma_scale > 0".into());
+            return err(
+                "inferer needs sw_batch_size ≥ 1, overlap in [0, 1), sigma_scale > 0".into(),
+            );
         }
         let pos = |f: &dyn Fn(&PostStep) -> bool| self.post.iter().position(f);
         let count = |f: &dyn Fn(&PostStep) -> bool| self.post.iter().filter(|s| f(s)).count();
@@ -221,9 +225,15 @@ impl Pipeline {
 enum Undo {
     Orientation(Orientation),
     /// Resampled from `size` (tensor order); sampling back steps by `step`.
-    Resample { size: [i64; 3], step: [f64; 3] },
+    Resample {
+        size: [i64; 3],
+        step: [f64; 3],
+    },
     /// Cropped from `size` starting at `start` (negative: padded).
-    Crop { size: [i64; 3], start: [i64; 3] },
+    Crop {
+        size: [i64; 3],
+        start: [i64; 3],
+    },
 }
 
 /// An image on the network's grid, and the way back to the input's.
@@ -267,7 +277,8 @@ pub fn prepare(
                 let o = Orientation::from_affine(&image.affine)?;
                 img = o.to_ras(&img).contiguous();
                 lab = lab.map(|l| o.to_ras(&l).contiguous());
-                spacing = tensor_order(o.permute_ijk(image.spacing()));
+                // Spacing per tensor axis follows the axes (it may already be resampled).
+                spacing = tensor_order(o.permute_ijk(tensor_order(spacing)));
                 undo.push(Undo::Orientation(o));
             }
             PreStep::Spacing { mode } => {
@@ -318,17 +329,20 @@ impl Prepared {
     /// Takes a `[1, C, …]` tensor on the network's grid back to the input's grid and
     /// voxel order (`[1, C, k, j, i]`), undoing the geometric steps in reverse.
     pub fn invert(&self, t: &Tensor, nearest: bool) -> Tensor {
-        self.undo.iter().rev().fold(t.shallow_clone(), |t, u| match u {
-            Undo::Orientation(o) => o.from_ras(&t).contiguous(),
-            Undo::Resample { size, step } => resample(&t, *size, *step, nearest),
-            Undo::Crop { size, start } => {
-                let cur: [i64; 3] = std::array::from_fn(|d| t.size()[2 + d]);
-                // Negative padding crops what the forward step padded.
-                let pad: [(i64, i64); 3] =
-                    std::array::from_fn(|d| (start[d], size[d] - start[d] - cur[d]));
-                t.constant_pad_nd([pad[2].0, pad[2].1, pad[1].0, pad[1].1, pad[0].0, pad[0].1])
-            }
-        })
+        self.undo
+            .iter()
+            .rev()
+            .fold(t.shallow_clone(), |t, u| match u {
+                Undo::Orientation(o) => o.from_ras(&t).contiguous(),
+                Undo::Resample { size, step } => resample(&t, *size, *step, nearest),
+                Undo::Crop { size, start } => {
+                    let cur: [i64; 3] = std::array::from_fn(|d| t.size()[2 + d]);
+                    // Negative padding crops what the forward step padded.
+                    let pad: [(i64, i64); 3] =
+                        std::array::from_fn(|d| (start[d], size[d] - start[d] - cur[d]));
+                    t.constant_pad_nd([pad[2].0, pad[2].1, pad[1].0, pad[1].1, pad[0].0, pad[0].1])
+                }
+            })
     }
 }
 
@@ -379,7 +393,12 @@ mod tests {
         let mut p = Pipeline::default();
         assert!(p.validate(2).is_ok());
         p.post.swap(0, 2); // argmax before softmax
-        assert!(p.validate(2).unwrap_err().to_string().contains("activation"));
+        assert!(
+            p.validate(2)
+                .unwrap_err()
+                .to_string()
+                .contains("activation")
+        );
         let mut p = Pipeline::default();
         p.post.retain(|s| !matches!(s, PostStep::Invert { .. }));
         assert!(p.validate(2).is_err());
@@ -392,7 +411,11 @@ mod tests {
     #[test]
     fn crop_box_follows_monai_and_inverts() {
         let img = Tensor::zeros([1, 1, 10, 10, 10], (Kind::Float, Device::Cpu));
-        let _ = img.narrow(2, 2, 3).narrow(3, 4, 1).narrow(4, 0, 10).fill_(1.0);
+        let _ = img
+            .narrow(2, 2, 3)
+            .narrow(3, 4, 1)
+            .narrow(4, 0, 10)
+            .fill_(1.0);
         // margin 1 and k 4: D 2..5 → 1..6 (5) → 8 centred: 0..8; H 4 → 3..6 → 4 long: 3..7;
         // W 0..10 → -1..11 (12): already a multiple of 4.
         let b = foreground_box(&img, [1, 1, 1], [4, 4, 4], false).unwrap();

@@ -234,7 +234,11 @@ mod tests {
             let image = Tensor::zeros([1, 1, 13, 20, 6], (Kind::Float, Device::Cpu));
             let out = sw
                 .run(&image, |x| {
-                    Ok(Tensor::full([x.size()[0], 2, 8, 8, 8], 3.5, (Kind::Float, Device::Cpu)))
+                    Ok(Tensor::full(
+                        [x.size()[0], 2, 8, 8, 8],
+                        3.5,
+                        (Kind::Float, Device::Cpu),
+                    ))
                 })
                 .unwrap();
             assert_eq!(out.size(), vec![1, 2, 13, 20, 6]);

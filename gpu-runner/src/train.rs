@@ -31,11 +31,11 @@ use serde::{Deserialize, Serialize};
 use crate::config::ModelConfig;
 use crate::dataset::{Sample, Sampling};
 use crate::error::{Result, RunnerError};
+use crate::infer::{InferOptions, sliding_window};
 use crate::loss::{dice_ce_loss, mean_dice};
 use crate::model::Model;
-use crate::optim::AdamW;
-use crate::infer::{InferOptions, sliding_window};
 use crate::networks::Mode;
+use crate::optim::AdamW;
 use crate::stats::{PhaseStats, TrainStats};
 use crate::transforms::tensor_order;
 
@@ -140,7 +140,11 @@ pub fn train(
             "training needs at least one labelled image",
         ));
     }
-    if req.max_epochs == 0 || req.num_samples == 0 || req.val_interval == 0 || req.train_batch_size == 0 {
+    if req.max_epochs == 0
+        || req.num_samples == 0
+        || req.val_interval == 0
+        || req.train_batch_size == 0
+    {
         return Err(RunnerError::invalid(
             "max_epochs, num_samples, val_interval and train_batch_size must be positive",
         ));
@@ -278,10 +282,10 @@ pub fn train(
         } else {
             0.0
         };
-        stats
-            .train
-            .metrics
-            .insert("train_loss".into(), loss_sum / order.len().div_ceil(req.train_batch_size) as f64);
+        stats.train.metrics.insert(
+            "train_loss".into(),
+            loss_sum / order.len().div_ceil(req.train_batch_size) as f64,
+        );
         stats.train.metrics.insert("train_dice".into(), train_dice);
         if train_dice > stats.train.best_metric {
             stats.train.best_metric = train_dice;
@@ -347,7 +351,11 @@ pub fn validate(model: &Model, set: &[Sample], overlap: f64, amp: bool) -> Resul
         let logits = tch::no_grad(|| {
             crate::with_amp(amp, || sw.run(&s.image, |x| model.forward(x, Mode::EVAL)))
         })?;
-        if let Some(d) = mean_dice(&logits.argmax(1, true), &s.label, cfg.network.out_channels()) {
+        if let Some(d) = mean_dice(
+            &logits.argmax(1, true),
+            &s.label,
+            cfg.network.out_channels(),
+        ) {
             scores.push(d);
         }
     }

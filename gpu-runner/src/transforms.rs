@@ -133,10 +133,16 @@ pub fn resample(t: &Tensor, size: [i64; 3], step: [f64; 3], nearest: bool) -> Te
         }
         let lo: Vec<i64> = pos.iter().map(|p| p.floor() as i64).collect();
         let hi: Vec<i64> = lo.iter().map(|&i| (i + 1).min(len - 1)).collect();
-        let w: Vec<f32> = pos.iter().zip(&lo).map(|(p, &i)| (p - i as f64) as f32).collect();
+        let w: Vec<f32> = pos
+            .iter()
+            .zip(&lo)
+            .map(|(p, &i)| (p - i as f64) as f32)
+            .collect();
         let mut shape = vec![1i64; n as usize];
         shape[dim as usize] = m;
-        let w = Tensor::from_slice(&w).to_device(device).view(shape.as_slice());
+        let w = Tensor::from_slice(&w)
+            .to_device(device)
+            .view(shape.as_slice());
         let a = out.index_select(dim, &index(lo));
         let b = out.index_select(dim, &index(hi));
         out = &a + (b - &a) * w;
@@ -279,7 +285,10 @@ mod tests {
             [21, 11, 5]
         );
         // Ties round to even, as NumPy does: 4·1.5/2 + 1 = 4.
-        assert_eq!(resampled_size([5, 1, 1], [1.5, 1.0, 1.0], [2.0, 1.0, 1.0])[0], 4);
+        assert_eq!(
+            resampled_size([5, 1, 1], [1.5, 1.0, 1.0], [2.0, 1.0, 1.0])[0],
+            4
+        );
         let t = Tensor::arange(11, (Kind::Float, Device::Cpu))
             .reshape([1, 1, 11, 1, 1])
             .expand([1, 1, 11, 2, 2], false);

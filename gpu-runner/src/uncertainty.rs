@@ -9,8 +9,8 @@ use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use crate::error::{Result, RunnerError};
-use crate::model::Model;
 use crate::infer::{InferOptions, sliding_window};
+use crate::model::Model;
 use crate::networks::Mode;
 use crate::pipeline::prepare;
 

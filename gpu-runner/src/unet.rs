@@ -18,12 +18,12 @@
 //! Convolutions use [`crate::networks::layers::Conv`] (oneDNN on the CPU).
 
 use serde::{Deserialize, Serialize};
-use tch::nn::{self, Module};
 use tch::Tensor;
+use tch::nn::{self, Module};
 
 use crate::error::{Result, RunnerError};
-use crate::networks::layers::Conv;
 pub use crate::networks::Mode;
+use crate::networks::layers::Conv;
 
 /// Normalisation after each convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -238,7 +238,7 @@ impl ResidualUnit {
 /// with residual units) a transposed convolution followed by a residual unit.
 #[derive(Debug)]
 enum Layer {
-    Conv(ConvBlock),
+    Conv(Box<ConvBlock>),
     Res(ResidualUnit),
     UpRes(Box<(ConvBlock, ResidualUnit)>),
 }
@@ -327,7 +327,9 @@ fn down_layer(p: nn::Path, cfg: &UNetConfig, cin: i64, cout: i64, stride: i64) -
             false,
         ))
     } else {
-        Layer::Conv(ConvBlock::new(p, cfg, cin, cout, stride, false, false))
+        Layer::Conv(Box::new(ConvBlock::new(
+            p, cfg, cin, cout, stride, false, false,
+        )))
     }
 }
 
@@ -344,7 +346,9 @@ fn up_layer(
         let ru = ResidualUnit::new(&p / "1", cfg, cout, cout, 1, 1, is_top);
         Layer::UpRes(Box::new((conv, ru)))
     } else {
-        Layer::Conv(ConvBlock::new(p, cfg, cin, cout, stride, true, is_top))
+        Layer::Conv(Box::new(ConvBlock::new(
+            p, cfg, cin, cout, stride, true, is_top,
+        )))
     }
 }
 

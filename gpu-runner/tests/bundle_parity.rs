@@ -18,9 +18,16 @@ fn parity(name: &str) {
     let torchscript = name.ends_with("_ts");
     assert_eq!(
         cfg.format,
-        if torchscript { WeightsFormat::Torchscript } else { WeightsFormat::Safetensors }
+        if torchscript {
+            WeightsFormat::Torchscript
+        } else {
+            WeightsFormat::Safetensors
+        }
     );
-    assert_eq!(matches!(cfg.network, NetworkConfig::TorchScript(_)), torchscript);
+    assert_eq!(
+        matches!(cfg.network, NetworkConfig::TorchScript(_)),
+        torchscript
+    );
     assert_eq!(cfg.labels["organ"], 1);
     assert!(!cfg.labels.contains_key("background"));
 
@@ -31,7 +38,8 @@ fn parity(name: &str) {
         ..Default::default()
     };
     let ours = predict(&model, &image, &opts, true).unwrap();
-    let theirs = medlabel_runner::io::read_image(&bundle.join("monai/monai_labels.nii.gz")).unwrap();
+    let theirs =
+        medlabel_runner::io::read_image(&bundle.join("monai/monai_labels.nii.gz")).unwrap();
     assert_eq!(theirs.dims, image.dims);
 
     let n = image.len();
@@ -44,9 +52,15 @@ fn parity(name: &str) {
         .count();
     let fg = theirs.data.iter().filter(|&&v| v > 0.0).count();
     // The masks are not trivial: MONAI found some organ, not everything.
-    assert!(fg > n / 200 && fg < n / 2, "{name}: MONAI foreground {fg} of {n}");
+    assert!(
+        fg > n / 200 && fg < n / 2,
+        "{name}: MONAI foreground {fg} of {n}"
+    );
     let agreement = agree as f64 / n as f64;
-    assert!(agreement >= 0.999, "{name}: masks agree on {agreement:.5} ({agree}/{n})");
+    assert!(
+        agreement >= 0.999,
+        "{name}: masks agree on {agreement:.5} ({agree}/{n})"
+    );
 
     let probs = bundle.join("monai/monai_probs.npy");
     if probs.is_file() {
@@ -54,11 +68,17 @@ fn parity(name: &str) {
         let theirs = Tensor::read_npy(&probs).unwrap().permute([0, 3, 2, 1]);
         let ours = ours.probabilities.expect("probabilities kept");
         assert_eq!(ours.size(), theirs.size(), "{name}");
-        let diff = (ours - theirs.to_kind(Kind::Float)).abs().max().double_value(&[]);
+        let diff = (ours - theirs.to_kind(Kind::Float))
+            .abs()
+            .max()
+            .double_value(&[]);
         assert!(diff <= 1e-3, "{name}: probabilities differ by {diff}");
     } else {
         // Only the bundle that discretises before inverting has no probabilities.
-        assert!(name.starts_with("dynunet"), "{name}: MONAI wrote no probabilities");
+        assert!(
+            name.starts_with("dynunet"),
+            "{name}: MONAI wrote no probabilities"
+        );
     }
 }
 
@@ -96,15 +116,35 @@ fn dynunet_torchscript_matches_monai() {
 #[test]
 fn imported_pipelines_follow_the_bundles() {
     let out = tempfile::tempdir().unwrap();
-    let seg = import_bundle(&common::suite().join("segresnet_pt"), out.path(), &BundleImport::default()).unwrap();
-    assert!(seg.pipeline.pre.iter().any(|s| matches!(s, PreStep::CropForeground { k_divisible: [8, 8, 8], .. })));
+    let seg = import_bundle(
+        &common::suite().join("segresnet_pt"),
+        out.path(),
+        &BundleImport::default(),
+    )
+    .unwrap();
+    assert!(seg.pipeline.pre.iter().any(|s| matches!(
+        s,
+        PreStep::CropForeground {
+            k_divisible: [8, 8, 8],
+            ..
+        }
+    )));
     assert!(matches!(seg.network, NetworkConfig::SegResNet(_)));
     let out = tempfile::tempdir().unwrap();
-    let dyn_ = import_bundle(&common::suite().join("dynunet_pt"), out.path(), &BundleImport::default()).unwrap();
+    let dyn_ = import_bundle(
+        &common::suite().join("dynunet_pt"),
+        out.path(),
+        &BundleImport::default(),
+    )
+    .unwrap();
     assert_eq!(dyn_.roi_size, [32, 32, 16]);
     assert_eq!(
         dyn_.pipeline.post,
-        vec![PostStep::Softmax, PostStep::Argmax, PostStep::Invert { nearest: true }]
+        vec![
+            PostStep::Softmax,
+            PostStep::Argmax,
+            PostStep::Invert { nearest: true }
+        ]
     );
     let NetworkConfig::DynUNet(net) = &dyn_.network else {
         panic!("{:?}", dyn_.network)
@@ -115,7 +155,9 @@ fn imported_pipelines_follow_the_bundles() {
     let ts = import_bundle(
         &common::suite().join("unet_ts"),
         out.path(),
-        &BundleImport { prefer_torchscript: true },
+        &BundleImport {
+            prefer_torchscript: true,
+        },
     )
     .unwrap();
     assert_eq!(ts.format, WeightsFormat::Torchscript);

@@ -14,7 +14,8 @@ use medlabel_runner::{BundleImport, Model, ModelConfig, import_bundle};
 fn torch_zip(pkl: &[u8], storages: &[(&str, &[u8])]) -> Vec<u8> {
     let mut out = Cursor::new(Vec::new());
     let mut z = zip::ZipWriter::new(&mut out);
-    let opts = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
+    let opts =
+        zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Stored);
     z.start_file("archive/data.pkl", opts).unwrap();
     z.write_all(pkl).unwrap();
     for (key, bytes) in storages {
@@ -69,11 +70,13 @@ fn model_folder(dir: &Path, format: WeightsFormat, bytes: &[u8]) {
         ..Default::default()
     };
     if format == WeightsFormat::Torchscript {
-        cfg.network = medlabel_runner::NetworkConfig::TorchScript(medlabel_runner::networks::TorchScriptConfig {
-            in_channels: 1,
-            out_channels: 2,
-            size_divisor: [1; 3],
-        });
+        cfg.network = medlabel_runner::NetworkConfig::TorchScript(
+            medlabel_runner::networks::TorchScriptConfig {
+                in_channels: 1,
+                out_channels: 2,
+                size_divisor: [1; 3],
+            },
+        );
     }
     std::fs::create_dir_all(dir).unwrap();
     cfg.save(dir).unwrap();
@@ -83,7 +86,9 @@ fn model_folder(dir: &Path, format: WeightsFormat, bytes: &[u8]) {
 fn load_error(format: WeightsFormat, bytes: &[u8]) -> String {
     let dir = tempfile::tempdir().unwrap();
     model_folder(dir.path(), format, bytes);
-    Model::load(dir.path(), tch::Device::Cpu).unwrap_err().to_string()
+    Model::load(dir.path(), tch::Device::Cpu)
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
@@ -118,20 +123,33 @@ fn truncated_archives_and_lying_tensors_are_clear_errors() {
     let good = torch_zip(&state_dict_pickle(10, 0, &[10], &[1]), &[("0", &floats)]);
     // Valid as a state dict, but not for this network: names are listed.
     let err = load_error(WeightsFormat::Pytorch, &good);
-    assert!(err.contains("do not match") && err.contains("unexpected 1 (w)"), "{err}");
+    assert!(
+        err.contains("do not match") && err.contains("unexpected 1 (w)"),
+        "{err}"
+    );
     for cut in [0, 22, good.len() / 3, good.len() - 10] {
         let err = load_error(WeightsFormat::Pytorch, &good[..cut]);
         assert!(err.contains("model.pt"), "cut {cut}: {err}");
     }
     // Sizes and strides that reach past the storage.
-    for (size, stride, offset) in [(vec![11u8], vec![1u8], 0u8), (vec![4, 4], vec![4, 1], 0), (vec![5], vec![1], 6)] {
-        let zip = torch_zip(&state_dict_pickle(10, offset, &size, &stride), &[("0", &floats)]);
+    for (size, stride, offset) in [
+        (vec![11u8], vec![1u8], 0u8),
+        (vec![4, 4], vec![4, 1], 0),
+        (vec![5], vec![1], 6),
+    ] {
+        let zip = torch_zip(
+            &state_dict_pickle(10, offset, &size, &stride),
+            &[("0", &floats)],
+        );
         let err = load_error(WeightsFormat::Pytorch, &zip);
         assert!(err.contains("storage"), "{size:?} {stride:?}: {err}");
     }
     // A storage claiming two billion floats that the archive does not hold: refused
     // before anything is allocated.
-    let zip = torch_zip(&state_dict_pickle(u32::MAX >> 1, 0, &[1], &[1]), &[("0", &floats)]);
+    let zip = torch_zip(
+        &state_dict_pickle(u32::MAX >> 1, 0, &[1], &[1]),
+        &[("0", &floats)],
+    );
     let err = load_error(WeightsFormat::Pytorch, &zip);
     assert!(err.contains("holds 40 bytes"), "{err}");
     // A missing storage entry.
@@ -174,14 +192,24 @@ fn hostile_bundles_are_refused_with_the_reason() {
     let meta = br#"{"network_data_format": {"inputs": {"image": {"num_channels": 1}}, "outputs": {"pred": {"num_channels": 2}}}}"#;
 
     let traversal = tmp.path().join("traversal.zip");
-    write_zip(&traversal, &[("b/configs/metadata.json", meta), ("b/../../evil.json", b"{}")]);
+    write_zip(
+        &traversal,
+        &[
+            ("b/configs/metadata.json", meta),
+            ("b/../../evil.json", b"{}"),
+        ],
+    );
     let err = import(&traversal);
     assert!(err.contains("outside the bundle"), "{err}");
     assert!(!tmp.path().join("evil.json").exists());
 
     let missing = tmp.path().join("missing.zip");
     write_zip(&missing, &[("b/configs/metadata.json", meta)]);
-    assert!(import(&missing).contains("inference.json"), "{}", import(&missing));
+    assert!(
+        import(&missing).contains("inference.json"),
+        "{}",
+        import(&missing)
+    );
 
     let not_zip = tmp.path().join("bundle.zip");
     std::fs::write(&not_zip, b"PK\x03\x04 truncated").unwrap();
@@ -190,7 +218,13 @@ fn hostile_bundles_are_refused_with_the_reason() {
     // Deeply nested JSON stops at the parser's limit instead of overflowing the stack.
     let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let deep_zip = tmp.path().join("deep.zip");
-    write_zip(&deep_zip, &[("configs/metadata.json", meta), ("configs/inference.json", deep.as_bytes())]);
+    write_zip(
+        &deep_zip,
+        &[
+            ("configs/metadata.json", meta),
+            ("configs/inference.json", deep.as_bytes()),
+        ],
+    );
     let err = import(&deep_zip);
     assert!(err.contains("recursion limit"), "{err}");
 
@@ -211,5 +245,8 @@ fn hostile_bundles_are_refused_with_the_reason() {
     });
     std::fs::write(dir.join("configs/inference.json"), cfg.to_string()).unwrap();
     let err = import(&dir);
-    assert!(err.contains("cannot evaluate") && err.contains("__import__"), "{err}");
+    assert!(
+        err.contains("cannot evaluate") && err.contains("__import__"),
+        "{err}"
+    );
 }

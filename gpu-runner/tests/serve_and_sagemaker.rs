@@ -29,7 +29,8 @@ fn tiny_config() -> ModelConfig {
             num_res_units: 1,
             norm: Default::default(),
             dropout: 0.0,
-        }.into(),
+        }
+        .into(),
         ..Default::default()
     }
 }

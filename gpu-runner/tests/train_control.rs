@@ -23,7 +23,8 @@ fn request() -> TrainRequest {
                 num_res_units: 1,
                 norm: Default::default(),
                 dropout: 0.0,
-            }.into(),
+            }
+            .into(),
             ..Default::default()
         }),
         max_epochs: 5,

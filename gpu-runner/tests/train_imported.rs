@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use medlabel_runner::infer::{InferOptions, segment};
-use medlabel_runner::{BundleImport, Model, ModelConfig, TrainRequest, import_bundle, synth, train};
+use medlabel_runner::{
+    BundleImport, Model, ModelConfig, TrainRequest, import_bundle, synth, train,
+};
 
 /// Mean foreground Dice of the model in `dir` over (image, label) pairs.
 fn dice(dir: &Path, pairs: &[(PathBuf, PathBuf)]) -> f64 {
@@ -53,12 +55,22 @@ fn request(epochs: usize) -> TrainRequest {
 fn an_imported_torchscript_model_fine_tunes_to_a_better_held_out_dice() {
     let tmp = tempfile::tempdir().unwrap();
     let imported = tmp.path().join("imported");
-    let cfg = import_bundle(&common::suite().join("unet_ts"), &imported, &BundleImport::default()).unwrap();
-    assert!(matches!(cfg.network, medlabel_runner::NetworkConfig::TorchScript(_)));
+    let cfg = import_bundle(
+        &common::suite().join("unet_ts"),
+        &imported,
+        &BundleImport::default(),
+    )
+    .unwrap();
+    assert!(matches!(
+        cfg.network,
+        medlabel_runner::NetworkConfig::TorchScript(_)
+    ));
     // The bundle's model thresholds bright tissue; these cases label only the spleen.
     let geometry = ([40, 40, 24], [3.0, 3.0, 5.0]);
-    let train_set = synth::write_studies(&tmp.path().join("train"), 4, 100, geometry.0, geometry.1).unwrap();
-    let held_out = synth::write_studies(&tmp.path().join("held"), 2, 900, geometry.0, geometry.1).unwrap();
+    let train_set =
+        synth::write_studies(&tmp.path().join("train"), 4, 100, geometry.0, geometry.1).unwrap();
+    let held_out =
+        synth::write_studies(&tmp.path().join("held"), 2, 900, geometry.0, geometry.1).unwrap();
     let before = dice(&imported, &held_out);
 
     let out = tmp.path().join("out");
@@ -72,8 +84,11 @@ fn an_imported_torchscript_model_fine_tunes_to_a_better_held_out_dice() {
     // Still a TorchScript model, now with the fine-tuned weights.
     assert!(out.join("model.ts").is_file());
     let after = dice(&out, &held_out);
-    // Measured: 0.05 → 0.43 after 16 epochs; the bar leaves room for other seeds.
-    assert!(after > before + 0.15, "held-out Dice {before:.3} → {after:.3}");
+    // 16 epochs took it from 0.05 to 0.43; 10 must gain at least 0.15.
+    assert!(
+        after > before + 0.15,
+        "held-out Dice {before:.3} → {after:.3}"
+    );
 
     // Training a TorchScript model from scratch is refused: it has no initialiser.
     let scratch = TrainRequest {
@@ -81,9 +96,15 @@ fn an_imported_torchscript_model_fine_tunes_to_a_better_held_out_dice() {
         from_scratch: true,
         ..request(1)
     };
-    let err = train(&scratch, &train_set, &tmp.path().join("x"), |_| {}, &AtomicBool::new(false))
-        .unwrap_err()
-        .to_string();
+    let err = train(
+        &scratch,
+        &train_set,
+        &tmp.path().join("x"),
+        |_| {},
+        &AtomicBool::new(false),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("TorchScript"), "{err}");
 }
 
@@ -103,7 +124,8 @@ fn a_template_network_with_new_labels_trains_and_early_stopping_ends_the_run() {
     }
     cfg.spacing = [4.0; 3];
     cfg.roi_size = [16; 3];
-    let pairs = synth::write_studies(&tmp.path().join("data"), 2, 7, [24, 24, 16], [4.0; 3]).unwrap();
+    let pairs =
+        synth::write_studies(&tmp.path().join("data"), 2, 7, [24, 24, 16], [4.0; 3]).unwrap();
     let req = TrainRequest {
         model: Some(cfg),
         // A learning rate of zero never improves on the first validation.

@@ -27,13 +27,19 @@ impl<'v> Args<'v> {
     /// `raw` must be an object with a string `_target_`.
     pub fn new(raw: &'v Value, context: &str, at: &str) -> Result<Self> {
         let map = raw.as_object().ok_or_else(|| {
-            RunnerError::invalid(format!("{context}: {at} is not a {{\"_target_\": …}} object"))
+            RunnerError::invalid(format!(
+                "{context}: {at} is not a {{\"_target_\": …}} object"
+            ))
         })?;
         let target = map
             .get("_target_")
             .and_then(Value::as_str)
             .ok_or_else(|| RunnerError::invalid(format!("{context}: {at} has no _target_")))?;
-        let name = target.trim_start_matches('$').rsplit('.').next().unwrap_or(target);
+        let name = target
+            .trim_start_matches('$')
+            .rsplit('.')
+            .next()
+            .unwrap_or(target);
         Ok(Self {
             target: name.to_owned(),
             raw: map,
@@ -71,7 +77,12 @@ impl<'v> Args<'v> {
     }
 
     /// [`Args::get`] with a default.
-    pub fn get_or<T: DeserializeOwned>(&mut self, r: &mut Resolver, key: &str, default: T) -> Result<T> {
+    pub fn get_or<T: DeserializeOwned>(
+        &mut self,
+        r: &mut Resolver,
+        key: &str,
+        default: T,
+    ) -> Result<T> {
         Ok(self.get(r, key)?.unwrap_or(default))
     }
 

@@ -182,7 +182,8 @@ fn import_dir(root: &Path, out: &Path, opts: &BundleImport) -> Result<ModelConfi
         .raw("inferer")
         .cloned()
         .ok_or_else(|| RunnerError::invalid("configs/inference.json has no inferer"))?;
-    let (roi_size, inferer) = transforms::inferer(&mut r, &inferer_raw, "configs/inference.json inferer")?;
+    let (roi_size, inferer) =
+        transforms::inferer(&mut r, &inferer_raw, "configs/inference.json inferer")?;
     let post_items = section(&mut r, &["postprocessing", "post_transforms"])?;
     let post = transforms::post(&mut r, &post_items, "configs/inference.json postprocessing")?;
 
@@ -271,7 +272,10 @@ fn io_format(meta: &Value) -> Result<(i64, i64, [i64; 3])> {
     let output = first("outputs").ok_or_else(|| {
         RunnerError::invalid("configs/metadata.json has no network_data_format.outputs")
     })?;
-    let in_channels = input.get("num_channels").and_then(Value::as_i64).unwrap_or(1);
+    let in_channels = input
+        .get("num_channels")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
     let out_channels = output
         .get("num_channels")
         .and_then(Value::as_i64)
@@ -281,12 +285,18 @@ fn io_format(meta: &Value) -> Result<(i64, i64, [i64; 3])> {
                 .and_then(Value::as_object)
                 .map(|m| m.len() as i64)
         })
-        .ok_or_else(|| RunnerError::invalid("configs/metadata.json: output num_channels is missing"))?;
+        .ok_or_else(|| {
+            RunnerError::invalid("configs/metadata.json: output num_channels is missing")
+        })?;
     // `spatial_shape` entries such as "16*n" say what window sizes the network takes.
     let mut divisor = [1i64; 3];
     if let Some(shape) = input.get("spatial_shape").and_then(Value::as_array) {
         for (d, s) in divisor.iter_mut().zip(shape) {
-            if let Some(k) = s.as_str().and_then(|s| s.split('*').next()).and_then(|k| k.trim().parse().ok()) {
+            if let Some(k) = s
+                .as_str()
+                .and_then(|s| s.split('*').next())
+                .and_then(|k| k.trim().parse().ok())
+            {
                 *d = k;
             }
         }
@@ -303,12 +313,16 @@ fn labels(meta: &Value, out_channels: i64) -> Result<BTreeMap<String, i64>> {
         .and_then(|o| o.get("channel_def"))
         .and_then(Value::as_object);
     let Some(def) = def else {
-        return Ok((1..out_channels.max(2)).map(|i| (format!("class_{i}"), i)).collect());
+        return Ok((1..out_channels.max(2))
+            .map(|i| (format!("class_{i}"), i))
+            .collect());
     };
     let mut labels = BTreeMap::new();
     for (k, v) in def {
         let idx: i64 = k.parse().map_err(|_| {
-            RunnerError::invalid(format!("configs/metadata.json: channel_def key {k:?} is not a number"))
+            RunnerError::invalid(format!(
+                "configs/metadata.json: channel_def key {k:?} is not a number"
+            ))
         })?;
         let name = v.as_str().unwrap_or_default().to_lowercase();
         if name != "background" && !name.is_empty() {
@@ -357,28 +371,55 @@ mod tests {
     #[test]
     fn a_bundle_without_weights_maps_its_pipeline_then_asks_for_weights() {
         let dir = tempfile::tempdir().unwrap();
-        write_bundle(dir.path(), inference(json!({"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"})));
-        let err = import(dir.path(), &dir.path().join("out"), &BundleImport::default())
-            .unwrap_err()
-            .to_string();
+        write_bundle(
+            dir.path(),
+            inference(
+                json!({"_target_": "Spacingd", "keys": "image", "pixdim": [1.5, 1.5, 2.0], "mode": "bilinear"}),
+            ),
+        );
+        let err = import(
+            dir.path(),
+            &dir.path().join("out"),
+            &BundleImport::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("models/model.pt"), "{err}");
     }
 
     #[test]
     fn unsupported_transforms_are_named_with_their_section() {
         let dir = tempfile::tempdir().unwrap();
-        write_bundle(dir.path(), inference(json!({"_target_": "RandFlipd", "keys": "image", "prob": 0.5})));
-        let err = import(dir.path(), &dir.path().join("out"), &BundleImport::default())
-            .unwrap_err()
-            .to_string();
+        write_bundle(
+            dir.path(),
+            inference(json!({"_target_": "RandFlipd", "keys": "image", "prob": 0.5})),
+        );
+        let err = import(
+            dir.path(),
+            &dir.path().join("out"),
+            &BundleImport::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
-            err.contains(r#"unsupported transform "RandFlipd" in configs/inference.json preprocessing"#),
+            err.contains(
+                r#"unsupported transform "RandFlipd" in configs/inference.json preprocessing"#
+            ),
             "{err}"
         );
-        write_bundle(dir.path(), inference(json!({"_target_": "Spacingd", "keys": "image", "pixdim": 2.0, "mode": "bicubic"})));
-        let err = import(dir.path(), &dir.path().join("out"), &BundleImport::default())
-            .unwrap_err()
-            .to_string();
+        write_bundle(
+            dir.path(),
+            inference(
+                json!({"_target_": "Spacingd", "keys": "image", "pixdim": 2.0, "mode": "bicubic"}),
+            ),
+        );
+        let err = import(
+            dir.path(),
+            &dir.path().join("out"),
+            &BundleImport::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("Spacingd") && err.contains("bicubic"), "{err}");
     }
 

@@ -20,7 +20,9 @@ pub const NATIVE: [&str; 3] = ["UNet", "SegResNet", "DynUNet"];
 pub fn map(a: &mut Args, r: &mut Resolver) -> Result<NetworkConfig> {
     let dims: i64 = a.get_or(r, "spatial_dims", 3)?;
     if dims != 3 {
-        return Err(a.error(format!("with spatial_dims {dims}: only 3D networks are served")));
+        return Err(a.error(format!(
+            "with spatial_dims {dims}: only 3D networks are served"
+        )));
     }
     let net = match a.target.as_str() {
         "UNet" => unet(a, r)?,
@@ -42,7 +44,11 @@ fn split(v: &Value) -> Option<(String, serde_json::Map<String, Value>)> {
         Value::String(s) => Some((s.to_lowercase(), Default::default())),
         Value::Array(a) if !a.is_empty() && a.len() <= 2 => {
             let name = a[0].as_str()?.to_lowercase();
-            let args = a.get(1).and_then(Value::as_object).cloned().unwrap_or_default();
+            let args = a
+                .get(1)
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
             Some((name, args))
         }
         _ => None,
@@ -71,7 +77,10 @@ fn norm(a: &Args, v: &Value, default_groups: Option<i64>) -> Result<NormConfig> 
         }
         "group" => {
             only(&["num_groups"])?;
-            let groups = args.get("num_groups").and_then(Value::as_i64).or(default_groups);
+            let groups = args
+                .get("num_groups")
+                .and_then(Value::as_i64)
+                .or(default_groups);
             Ok(NormConfig::Group {
                 groups: groups.ok_or_else(|| a.error("group norm without num_groups"))?,
             })
@@ -97,7 +106,10 @@ fn act(a: &Args, v: &Value) -> Result<ActConfig> {
         "leakyrelu" => {
             known(&["inplace", "negative_slope"])?;
             Ok(ActConfig::LeakyRelu {
-                negative_slope: args.get("negative_slope").and_then(Value::as_f64).unwrap_or(0.01),
+                negative_slope: args
+                    .get("negative_slope")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.01),
             })
         }
         "prelu" => {
@@ -128,10 +140,18 @@ fn unet(a: &mut Args, r: &mut Resolver) -> Result<NetworkConfig> {
         return Err(a.error("supports bias=True and adn_ordering NDA only"));
     }
     let cfg = UNetConfig {
-        in_channels: a.get(r, "in_channels")?.ok_or_else(|| a.error("needs in_channels"))?,
-        out_channels: a.get(r, "out_channels")?.ok_or_else(|| a.error("needs out_channels"))?,
-        channels: a.get(r, "channels")?.ok_or_else(|| a.error("needs channels"))?,
-        strides: a.get(r, "strides")?.ok_or_else(|| a.error("needs strides"))?,
+        in_channels: a
+            .get(r, "in_channels")?
+            .ok_or_else(|| a.error("needs in_channels"))?,
+        out_channels: a
+            .get(r, "out_channels")?
+            .ok_or_else(|| a.error("needs out_channels"))?,
+        channels: a
+            .get(r, "channels")?
+            .ok_or_else(|| a.error("needs channels"))?,
+        strides: a
+            .get(r, "strides")?
+            .ok_or_else(|| a.error("needs strides"))?,
         num_res_units: a.get_or(r, "num_res_units", 0)?,
         norm,
         dropout: a.get_or(r, "dropout", 0.0)?,
@@ -140,14 +160,21 @@ fn unet(a: &mut Args, r: &mut Resolver) -> Result<NetworkConfig> {
 }
 
 fn segresnet(a: &mut Args, r: &mut Resolver) -> Result<NetworkConfig> {
-    let mut cfg = SegResNetConfig::new(a.get_or(r, "in_channels", 1)?, a.get_or(r, "out_channels", 2)?);
+    let mut cfg = SegResNetConfig::new(
+        a.get_or(r, "in_channels", 1)?,
+        a.get_or(r, "out_channels", 2)?,
+    );
     cfg.init_filters = a.get_or(r, "init_filters", cfg.init_filters)?;
     cfg.blocks_down = a.get_or(r, "blocks_down", cfg.blocks_down)?;
     cfg.blocks_up = a.get_or(r, "blocks_up", cfg.blocks_up)?;
     cfg.dropout = a.get_or(r, "dropout_prob", 0.0)?;
     let groups: i64 = a.get_or(r, "num_groups", 8)?;
     let norm_name: String = a.get_or(r, "norm_name", String::new())?;
-    let norm_v: Value = a.get_or(r, "norm", serde_json::json!(["GROUP", {"num_groups": groups}]))?;
+    let norm_v: Value = a.get_or(
+        r,
+        "norm",
+        serde_json::json!(["GROUP", {"num_groups": groups}]),
+    )?;
     cfg.norm = if norm_name.is_empty() {
         norm(a, &norm_v, Some(groups))?
     } else {
@@ -182,11 +209,22 @@ fn dynunet(a: &mut Args, r: &mut Resolver) -> Result<NetworkConfig> {
         "upsample_kernel_size": triples(up, "upsample_kernel_size", a)?,
         "filters": a.get_or::<Vec<i64>>(r, "filters", Vec::new())?,
     });
-    let mut cfg: DynUNetConfig = serde_json::from_value(json)
-        .map_err(|e| a.error(format!("has kernel sizes or strides the runner cannot read: {e}")))?;
-    let norm_v: Value = a.get_or(r, "norm_name", serde_json::json!(["INSTANCE", {"affine": true}]))?;
+    let mut cfg: DynUNetConfig = serde_json::from_value(json).map_err(|e| {
+        a.error(format!(
+            "has kernel sizes or strides the runner cannot read: {e}"
+        ))
+    })?;
+    let norm_v: Value = a.get_or(
+        r,
+        "norm_name",
+        serde_json::json!(["INSTANCE", {"affine": true}]),
+    )?;
     cfg.norm = norm(a, &norm_v, None)?;
-    let act_v: Value = a.get_or(r, "act_name", serde_json::json!(["leakyrelu", {"negative_slope": 0.01}]))?;
+    let act_v: Value = a.get_or(
+        r,
+        "act_name",
+        serde_json::json!(["leakyrelu", {"negative_slope": 0.01}]),
+    )?;
     cfg.act = act(a, &act_v)?;
     cfg.dropout = a.get_or(r, "dropout", 0.0)?;
     cfg.res_block = a.get_or(r, "res_block", false)?;

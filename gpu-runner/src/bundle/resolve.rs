@@ -151,7 +151,9 @@ impl<'a> Resolver<'a> {
             .ok_or_else(|| err(format!("{}: %{m} at {at} names another file", self.name)))?;
         let rel = Path::new(file);
         if rel.is_absolute()
-            || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_)))
+            || rel
+                .components()
+                .any(|c| !matches!(c, std::path::Component::Normal(_)))
             || rel.extension().is_none_or(|e| e != "json")
         {
             return Err(err(format!(
@@ -297,8 +299,11 @@ fn tokenize(s: &str) -> std::result::Result<Vec<Tok>, String> {
             i += 1;
         } else if c.is_ascii_digit() || (c == '.' && b.get(i + 1).is_some_and(u8::is_ascii_digit)) {
             let start = i;
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'.' || b[i] == b'_'
-                || ((b[i] == b'-' || b[i] == b'+') && matches!(b[i - 1], b'e' | b'E')))
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric()
+                    || b[i] == b'.'
+                    || b[i] == b'_'
+                    || ((b[i] == b'-' || b[i] == b'+') && matches!(b[i - 1], b'e' | b'E')))
             {
                 i += 1;
             }
@@ -577,11 +582,24 @@ mod tests {
             "missing": "@nothing"
         });
         let e = eval(doc.clone(), "device").unwrap_err().to_string();
-        assert!(e.contains("$torch.device") && e.contains("at device"), "{e}");
+        assert!(
+            e.contains("$torch.device") && e.contains("at device"),
+            "{e}"
+        );
         let e = eval(doc.clone(), "call").unwrap_err().to_string();
         assert!(e.contains("len"), "{e}");
-        assert!(eval(doc.clone(), "a").unwrap_err().to_string().contains("cycle"));
-        assert!(eval(doc, "missing").unwrap_err().to_string().contains("@nothing"));
+        assert!(
+            eval(doc.clone(), "a")
+                .unwrap_err()
+                .to_string()
+                .contains("cycle")
+        );
+        assert!(
+            eval(doc, "missing")
+                .unwrap_err()
+                .to_string()
+                .contains("@nothing")
+        );
         // Deeply nested expressions fail cleanly rather than overflow the stack.
         let deep = format!("${}1{}", "(".repeat(500), ")".repeat(500));
         let e = eval(json!({ "x": deep }), "x").unwrap_err().to_string();

@@ -44,9 +44,17 @@ pub fn entries(r: &mut Resolver, key: &str) -> Result<Option<Vec<(String, Value)
     Ok(Some(out))
 }
 
-fn collect(r: &mut Resolver, v: &Value, at: &str, out: &mut Vec<(String, Value)>, depth: usize) -> Result<()> {
+fn collect(
+    r: &mut Resolver,
+    v: &Value,
+    at: &str,
+    out: &mut Vec<(String, Value)>,
+    depth: usize,
+) -> Result<()> {
     if depth > 16 {
-        return Err(RunnerError::invalid(format!("{at}: transforms nested too deeply")));
+        return Err(RunnerError::invalid(format!(
+            "{at}: transforms nested too deeply"
+        )));
     }
     match v {
         Value::String(s) if s.starts_with('@') => {
@@ -68,7 +76,11 @@ fn collect(r: &mut Resolver, v: &Value, at: &str, out: &mut Vec<(String, Value)>
             }
             Ok(())
         }
-        Value::Object(m) if m.get("_target_").and_then(Value::as_str).is_some_and(|t| t.ends_with("Compose")) => {
+        Value::Object(m)
+            if m.get("_target_")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t.ends_with("Compose")) =>
+        {
             let transforms = m.get("transforms").cloned().unwrap_or(Value::Array(vec![]));
             collect(r, &transforms, &format!("{at}#transforms"), out, depth + 1)
         }
@@ -76,7 +88,9 @@ fn collect(r: &mut Resolver, v: &Value, at: &str, out: &mut Vec<(String, Value)>
             out.push((at.to_owned(), v.clone()));
             Ok(())
         }
-        other => Err(RunnerError::invalid(format!("{at}: {other} is not a transform"))),
+        other => Err(RunnerError::invalid(format!(
+            "{at}: {other} is not a transform"
+        ))),
     }
 }
 
@@ -94,10 +108,7 @@ fn unsupported(a: &Args) -> RunnerError {
     ))
 }
 
-fn triple<T: Copy>(v: Value, a: &Args, what: &str) -> Result<[T; 3]>
-where
-    T: serde::de::DeserializeOwned,
-{
+fn triple<T: Copy + serde::de::DeserializeOwned>(v: Value, a: &Args, what: &str) -> Result<[T; 3]> {
     if let Ok(one) = serde_json::from_value::<T>(v.clone()) {
         return Ok([one; 3]);
     }
@@ -144,10 +155,21 @@ pub fn pre(r: &mut Resolver, items: &[(String, Value)], context: &str) -> Result
                     _ => return Err(a.error(format!("with mode {mode}: only bilinear or nearest"))),
                 };
                 let padding: String = a.get_or(r, "padding_mode", "border".to_owned())?;
-                if padding != "border" || a.get_or(r, "align_corners", false)? || a.get_or(r, "diagonal", false)? || a.get_or(r, "scale_extent", false)? {
+                if padding != "border"
+                    || a.get_or(r, "align_corners", false)?
+                    || a.get_or(r, "diagonal", false)?
+                    || a.get_or(r, "scale_extent", false)?
+                {
                     return Err(a.error("supports padding_mode border without align_corners, diagonal or scale_extent"));
                 }
-                a.ignore(&["dtype", "recompute_affine", "min_pixdim", "max_pixdim", "meta_keys", "meta_key_postfix"]);
+                a.ignore(&[
+                    "dtype",
+                    "recompute_affine",
+                    "min_pixdim",
+                    "max_pixdim",
+                    "meta_keys",
+                    "meta_key_postfix",
+                ]);
                 out.spacing = Some(pixdim);
                 out.steps.push(PreStep::Spacing { mode });
                 None
@@ -167,7 +189,9 @@ pub fn pre(r: &mut Resolver, items: &[(String, Value)], context: &str) -> Result
                 Some(i)
             }
             "NormalizeIntensityd" => {
-                if a.get::<Value>(r, "subtrahend")?.is_some() || a.get::<Value>(r, "divisor")?.is_some() {
+                if a.get::<Value>(r, "subtrahend")?.is_some()
+                    || a.get::<Value>(r, "divisor")?.is_some()
+                {
                     return Err(a.error("with a fixed subtrahend or divisor is not supported"));
                 }
                 let i = Intensity::Normalize {
@@ -189,12 +213,20 @@ pub fn pre(r: &mut Resolver, items: &[(String, Value)], context: &str) -> Result
                 Some(i)
             }
             "CropForegroundd" => {
-                if a.get::<Value>(r, "select_fn")?.is_some() || a.get::<Value>(r, "channel_indices")?.is_some() {
+                if a.get::<Value>(r, "select_fn")?.is_some()
+                    || a.get::<Value>(r, "channel_indices")?.is_some()
+                {
                     return Err(a.error("with a select_fn or channel_indices is not supported"));
                 }
                 let margin: Value = a.get_or(r, "margin", Value::from(0))?;
                 let k: Value = a.get_or(r, "k_divisible", Value::from(1))?;
-                a.ignore(&["source_key", "mode", "start_coord_key", "end_coord_key", "allow_missing_keys"]);
+                a.ignore(&[
+                    "source_key",
+                    "mode",
+                    "start_coord_key",
+                    "end_coord_key",
+                    "allow_missing_keys",
+                ]);
                 out.steps.push(PreStep::CropForeground {
                     margin: triple(margin, &a, "margin")?,
                     k_divisible: triple(k, &a, "k_divisible")?,
@@ -228,7 +260,9 @@ pub fn inferer(r: &mut Resolver, raw: &Value, context: &str) -> Result<([i64; 3]
             a.target
         )));
     }
-    let roi: Value = a.get(r, "roi_size")?.ok_or_else(|| a.error("needs roi_size"))?;
+    let roi: Value = a
+        .get(r, "roi_size")?
+        .ok_or_else(|| a.error("needs roi_size"))?;
     let roi: [i64; 3] = triple(roi, &a, "roi_size")?;
     if roi.iter().any(|&v| v <= 0) {
         return Err(a.error(format!("roi_size {roi:?} must be positive")));
@@ -249,10 +283,22 @@ pub fn inferer(r: &mut Resolver, raw: &Value, context: &str) -> Result<([i64; 3]
         padding: match (padding.as_str(), cval) {
             ("constant", 0.0) => PadMode::Constant,
             ("replicate", _) => PadMode::Replicate,
-            _ => return Err(a.error(format!("padding_mode {padding:?} (cval {cval}) is not supported"))),
+            _ => {
+                return Err(a.error(format!(
+                    "padding_mode {padding:?} (cval {cval}) is not supported"
+                )));
+            }
         },
     };
-    a.ignore(&["device", "sw_device", "progress", "cache_roi_weight_map", "cpu_thresh", "buffer_steps", "buffer_dim"]);
+    a.ignore(&[
+        "device",
+        "sw_device",
+        "progress",
+        "cache_roi_weight_map",
+        "cpu_thresh",
+        "buffer_steps",
+        "buffer_dim",
+    ]);
     a.finish()?;
     Ok((roi, inf))
 }
@@ -269,7 +315,10 @@ pub fn post(r: &mut Resolver, items: &[(String, Value)], context: &str) -> Resul
         a.ignore(&["keys", "allow_missing_keys"]);
         match a.target.as_str() {
             "Activationsd" => {
-                let (softmax, sigmoid) = (a.get_or(r, "softmax", false)?, a.get_or(r, "sigmoid", false)?);
+                let (softmax, sigmoid) = (
+                    a.get_or(r, "softmax", false)?,
+                    a.get_or(r, "sigmoid", false)?,
+                );
                 if a.get::<Value>(r, "other")?.is_some() {
                     return Err(a.error("with `other` is not supported"));
                 }
@@ -283,7 +332,9 @@ pub fn post(r: &mut Resolver, items: &[(String, Value)], context: &str) -> Resul
             "AsDiscreted" => {
                 let argmax = a.get_or(r, "argmax", false)?;
                 let threshold: Option<f64> = a.get(r, "threshold")?;
-                if a.get::<Value>(r, "to_onehot")?.is_some() || a.get::<Value>(r, "rounding")?.is_some() {
+                if a.get::<Value>(r, "to_onehot")?.is_some()
+                    || a.get::<Value>(r, "rounding")?.is_some()
+                {
                     return Err(a.error("with to_onehot or rounding is not supported"));
                 }
                 a.ignore(&["dim", "keepdim", "dtype"]);
@@ -295,7 +346,16 @@ pub fn post(r: &mut Resolver, items: &[(String, Value)], context: &str) -> Resul
             }
             "Invertd" => {
                 let nearest = a.get_or(r, "nearest_interp", true)?;
-                a.ignore(&["transform", "orig_keys", "meta_keys", "orig_meta_keys", "meta_key_postfix", "to_tensor", "device", "post_func"]);
+                a.ignore(&[
+                    "transform",
+                    "orig_keys",
+                    "meta_keys",
+                    "orig_meta_keys",
+                    "meta_key_postfix",
+                    "to_tensor",
+                    "device",
+                    "post_func",
+                ]);
                 out.push(PostStep::Invert { nearest });
             }
             "KeepLargestConnectedComponentd" => {
@@ -305,7 +365,8 @@ pub fn post(r: &mut Resolver, items: &[(String, Value)], context: &str) -> Resul
                 let labels: Value = a.get_or(r, "applied_labels", Value::Array(vec![]))?;
                 let applied_labels = match labels {
                     Value::Number(n) => vec![n.as_u64().unwrap_or(0) as u8],
-                    v => serde_json::from_value(v).map_err(|_| a.error("applied_labels must be small integers"))?,
+                    v => serde_json::from_value(v)
+                        .map_err(|_| a.error("applied_labels must be small integers"))?,
                 };
                 out.push(PostStep::KeepLargestComponent {
                     applied_labels,

@@ -182,7 +182,9 @@ impl Machine<'_> {
 
     fn uint(&mut self, n: usize) -> Result<u64> {
         let b = self.take(n)?;
-        Ok(b.iter().rev().fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
+        Ok(b.iter()
+            .rev()
+            .fold(0u64, |acc, &x| (acc << 8) | u64::from(x)))
     }
 
     fn line(&mut self) -> Result<String> {
@@ -243,7 +245,11 @@ impl Machine<'_> {
     }
 
     fn memo_put(&mut self, key: u64) -> Result<()> {
-        let top = self.stack.last().cloned().ok_or_else(|| bad("memo of empty stack"))?;
+        let top = self
+            .stack
+            .last()
+            .cloned()
+            .ok_or_else(|| bad("memo of empty stack"))?;
         if self.memo.len() >= MAX_ITEMS {
             return Err(bad("memo too large"));
         }
@@ -276,7 +282,7 @@ impl Machine<'_> {
     }
 
     fn set_items(&mut self, target: &Item, items: Vec<Item>) -> Result<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err(bad("SETITEMS with an odd item count"));
         }
         let Obj::Dict(d) = self.obj_mut(target)? else {
@@ -323,7 +329,11 @@ impl Machine<'_> {
                     self.pop_mark()?;
                 }
                 b'2' => {
-                    let top = self.stack.last().cloned().ok_or_else(|| bad("DUP of nothing"))?;
+                    let top = self
+                        .stack
+                        .last()
+                        .cloned()
+                        .ok_or_else(|| bad("DUP of nothing"))?;
                     self.push(top)?;
                 }
                 b'N' => self.push(Item::None)?,
@@ -516,10 +526,17 @@ impl Machine<'_> {
     /// (the same key always maps to the same entry, so views share storage).
     fn persistent_storage(&mut self, pid: &Item) -> Result<Item> {
         let parts = self.tuple_items(pid)?;
-        let [Item::Str(tag), Item::Global(Global::StorageType(kind)), Item::Str(key), _, Item::Int(numel)] =
-            parts.as_slice()
+        let [
+            Item::Str(tag),
+            Item::Global(Global::StorageType(kind)),
+            Item::Str(key),
+            _,
+            Item::Int(numel),
+        ] = parts.as_slice()
         else {
-            return Err(bad("persistent id is not ('storage', type, key, location, numel)"));
+            return Err(bad(
+                "persistent id is not ('storage', type, key, location, numel)",
+            ));
         };
         if tag != "storage" || *numel < 0 {
             return Err(bad("persistent id is not a storage"));
@@ -619,7 +636,11 @@ mod tests {
         p.extend([0x85, b'R', b'.']);
         let err = parse(&p).unwrap_err().to_string();
         assert!(err.contains("`os.system`"), "{err}");
-        for (module, name) in [("builtins", "eval"), ("torch", "load"), ("__torch__.x", "Net")] {
+        for (module, name) in [
+            ("builtins", "eval"),
+            ("torch", "load"),
+            ("__torch__.x", "Net"),
+        ] {
             let mut p = vec![0x80, 2];
             p.extend(format!("c{module}\n{name}\n").as_bytes());
             p.push(b'.');

@@ -63,7 +63,10 @@ pub fn read_from<R: Read + Seek>(source: R, what: &str) -> Result<StateDict> {
     })?;
     let pkl_name = data_pkl_name(&zip).ok_or_else(|| invalid(what, "no <name>/data.pkl entry"))?;
     let prefix = pkl_name.trim_end_matches("data.pkl").to_owned();
-    if zip.index_for_name(&format!("{prefix}constants.pkl")).is_some() {
+    if zip
+        .index_for_name(&format!("{prefix}constants.pkl"))
+        .is_some()
+    {
         return Err(invalid(
             what,
             "this is a TorchScript archive, not a state dict: give it as a .ts model",
@@ -189,7 +192,10 @@ fn read_entry<R: Read + Seek>(
 /// The (name, tensor index) pairs of the state dict in a pickle: the root dict when all
 /// its values are tensors, else the first [`WRAPPER_KEYS`] entry that is such a dict.
 fn state_dict_entries(p: &Pickle) -> Result<Vec<(String, usize)>> {
-    let root = p.root.as_ref().ok_or_else(|| RunnerError::invalid("empty pickle"))?;
+    let root = p
+        .root
+        .as_ref()
+        .ok_or_else(|| RunnerError::invalid("empty pickle"))?;
     let Some(Obj::Dict(items)) = p.obj(root) else {
         return Err(RunnerError::invalid("the file does not hold a dict"));
     };
@@ -239,7 +245,10 @@ fn view(storage: &Tensor, numel: u64, spec: &TensorSpec) -> Result<Tensor> {
         return Err(RunnerError::invalid("negative offset, size or stride"));
     }
     if size.contains(&0) {
-        return Ok(Tensor::zeros(size.as_slice(), (storage.kind(), storage.device())));
+        return Ok(Tensor::zeros(
+            size.as_slice(),
+            (storage.kind(), storage.device()),
+        ));
     }
     let last = size
         .iter()
@@ -332,7 +341,10 @@ pub(crate) mod tests {
     fn strided_views_are_rebuilt_contiguously() {
         // arange(10).view(2, 5)[:, 1:4].t(): offset 1, size (3, 2), stride (1, 5).
         let data: Vec<f32> = (0..10).map(|i| i as f32).collect();
-        let zip = zip_with(&pickle_one(10, 1, &[3, 2], &[1, 5]), &[("0", floats(&data))]);
+        let zip = zip_with(
+            &pickle_one(10, 1, &[3, 2], &[1, 5]),
+            &[("0", floats(&data))],
+        );
         let sd = read_from(Cursor::new(zip), "test").unwrap();
         assert_eq!(sd[0].0, "w");
         let v = Vec::<f32>::try_from(sd[0].1.flatten(0, -1)).unwrap();
@@ -348,7 +360,10 @@ pub(crate) mod tests {
             (10, 0, vec![3, 4], vec![4, 1]),
             (10, 10, vec![1], vec![1]),
         ] {
-            let zip = zip_with(&pickle_one(numel, offset, &size, &stride), &[("0", data.clone())]);
+            let zip = zip_with(
+                &pickle_one(numel, offset, &size, &stride),
+                &[("0", data.clone())],
+            );
             let err = read_from(Cursor::new(zip), "test").unwrap_err().to_string();
             assert!(err.contains("storage"), "{size:?}: {err}");
         }
@@ -368,7 +383,10 @@ pub(crate) mod tests {
         let zip = zip_with(&pickle_one(10, 0, &[10], &[1]), &[("0", floats(&data))]);
         assert!(read_from(Cursor::new(zip.clone()), "ok").is_ok());
         for cut in [0, 10, zip.len() / 2, zip.len() - 30, zip.len() - 1] {
-            assert!(read_from(Cursor::new(zip[..cut].to_vec()), "cut").is_err(), "{cut}");
+            assert!(
+                read_from(Cursor::new(zip[..cut].to_vec()), "cut").is_err(),
+                "{cut}"
+            );
         }
         let err = read_from(Cursor::new(b"\x80\x02}q\x00.".to_vec()), "legacy")
             .unwrap_err()

@@ -106,10 +106,17 @@ impl DynUNetConfig {
         if !self.filters.is_empty() && self.filters.len() < n {
             return err("filters needs at least one entry per level".into());
         }
-        if self.in_channels <= 0 || self.out_channels <= 0 || self.level_filters().iter().any(|&f| f <= 0) {
+        if self.in_channels <= 0
+            || self.out_channels <= 0
+            || self.level_filters().iter().any(|&f| f <= 0)
+        {
             return err("channel counts must be positive".into());
         }
-        let all = self.kernel_size.iter().chain(&self.strides).chain(&self.upsample_kernel_size);
+        let all = self
+            .kernel_size
+            .iter()
+            .chain(&self.strides)
+            .chain(&self.upsample_kernel_size);
         if all.flatten().any(|&v| v <= 0) {
             return err("kernel sizes and strides must be positive".into());
         }
@@ -118,7 +125,12 @@ impl DynUNetConfig {
                 return err(format!("kernel {k:?} is smaller than stride {s:?}"));
             }
         }
-        if self.upsample_kernel_size.iter().zip(&self.strides[1..]).any(|(u, s)| u != s) {
+        if self
+            .upsample_kernel_size
+            .iter()
+            .zip(&self.strides[1..])
+            .any(|(u, s)| u != s)
+        {
             return err("upsample_kernel_size must equal strides[1:]".into());
         }
         if self.deep_supervision_heads >= n - 1 {
@@ -231,7 +243,8 @@ impl UpBlock {
         } else {
             y
         };
-        self.block.forward(&Tensor::cat(&[y, skip.shallow_clone()], 1), mode)
+        self.block
+            .forward(&Tensor::cat(&[y, skip.shallow_clone()], 1), mode)
     }
 }
 
@@ -252,11 +265,35 @@ impl DynUNet {
         let f = cfg.level_filters();
         let (k, s) = (&cfg.kernel_size, &cfg.strides);
         let n = s.len();
-        let mut downs = vec![Block::new(root / "input_block", cfg, cfg.in_channels, f[0], k[0], s[0], cfg.res_block)];
+        let mut downs = vec![Block::new(
+            root / "input_block",
+            cfg,
+            cfg.in_channels,
+            f[0],
+            k[0],
+            s[0],
+            cfg.res_block,
+        )];
         for i in 1..n - 1 {
-            downs.push(Block::new(root / "downsamples" / (i - 1), cfg, f[i - 1], f[i], k[i], s[i], cfg.res_block));
+            downs.push(Block::new(
+                root / "downsamples" / (i - 1),
+                cfg,
+                f[i - 1],
+                f[i],
+                k[i],
+                s[i],
+                cfg.res_block,
+            ));
         }
-        let bottleneck = Block::new(root / "bottleneck", cfg, f[n - 2], f[n - 1], k[n - 1], s[n - 1], cfg.res_block);
+        let bottleneck = Block::new(
+            root / "bottleneck",
+            cfg,
+            f[n - 2],
+            f[n - 1],
+            k[n - 1],
+            s[n - 1],
+            cfg.res_block,
+        );
         // MONAI lists up blocks deepest first: up block j joins level n-1-j into n-2-j.
         let ups = (0..n - 1)
             .map(|j| {
@@ -266,14 +303,39 @@ impl DynUNet {
                 // MONAI's output padding 2p + s − k, with stride = kernel.
                 let out_pad = padding(u, u).map(|p| 2 * p);
                 UpBlock {
-                    transp: ConvTranspose::new(&p / "transp_conv" / "conv", cin, cout, u, u, padding(u, u), out_pad, cfg.trans_bias),
+                    transp: ConvTranspose::new(
+                        &p / "transp_conv" / "conv",
+                        cin,
+                        cout,
+                        u,
+                        u,
+                        padding(u, u),
+                        out_pad,
+                        cfg.trans_bias,
+                    ),
                     dropout: cfg.dropout,
-                    block: Block::new(&p / "conv_block", cfg, 2 * cout, cout, k[n - 1 - j], [1; 3], false),
+                    block: Block::new(
+                        &p / "conv_block",
+                        cfg,
+                        2 * cout,
+                        cout,
+                        k[n - 1 - j],
+                        [1; 3],
+                        false,
+                    ),
                 }
             })
             .collect();
         let head = |p: nn::Path, cin: i64| DropConv {
-            conv: Conv::new(&p / "conv" / "conv", cin, cfg.out_channels, [1; 3], [1; 3], [0; 3], true),
+            conv: Conv::new(
+                &p / "conv" / "conv",
+                cin,
+                cfg.out_channels,
+                [1; 3],
+                [1; 3],
+                [0; 3],
+                true,
+            ),
             dropout: cfg.dropout,
         };
         for i in 0..cfg.deep_supervision_heads {

@@ -39,7 +39,11 @@ impl Conv {
         // Bias first, as tch's own layers draw them, so seeded inits stay as they were.
         let bs = bias.then(|| p.var("bias", &[cout], nn::Init::Const(0.0)));
         Self {
-            ws: p.var("weight", &[cout, cin, a, b, c], nn::init::DEFAULT_KAIMING_UNIFORM),
+            ws: p.var(
+                "weight",
+                &[cout, cin, a, b, c],
+                nn::init::DEFAULT_KAIMING_UNIFORM,
+            ),
             bs,
             stride,
             padding,
@@ -53,7 +57,14 @@ impl Conv {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         if x.device() == Device::Cpu && x.kind() == Kind::Float && tch::utils::has_mkldnn() {
-            x.mkldnn_convolution(&self.ws, self.bs.as_ref(), self.padding, self.stride, [1; 3], 1)
+            x.mkldnn_convolution(
+                &self.ws,
+                self.bs.as_ref(),
+                self.padding,
+                self.stride,
+                [1; 3],
+                1,
+            )
         } else {
             self.reference(x)
         }
@@ -61,7 +72,14 @@ impl Conv {
 
     /// libtorch's own dispatch (what every device but the CPU uses).
     pub(crate) fn reference(&self, x: &Tensor) -> Tensor {
-        x.conv3d(&self.ws, self.bs.as_ref(), self.stride, self.padding, [1; 3], 1)
+        x.conv3d(
+            &self.ws,
+            self.bs.as_ref(),
+            self.stride,
+            self.padding,
+            [1; 3],
+            1,
+        )
     }
 }
 
@@ -90,7 +108,11 @@ impl ConvTranspose {
         let [a, b, c] = kernel;
         let bs = bias.then(|| p.var("bias", &[cout], nn::Init::Const(0.0)));
         Self {
-            ws: p.var("weight", &[cin, cout, a, b, c], nn::init::DEFAULT_KAIMING_UNIFORM),
+            ws: p.var(
+                "weight",
+                &[cin, cout, a, b, c],
+                nn::init::DEFAULT_KAIMING_UNIFORM,
+            ),
             bs,
             stride,
             padding,
@@ -284,12 +306,32 @@ mod tests {
         let g = Norm::new(vs.root() / "g", &NormConfig::Group { groups: 2 }, 4);
         let y = g.forward(&x, Mode::EVAL);
         let grp = y.view([2, 2, -1]);
-        assert!(grp.mean_dim(-1, false, Kind::Float).abs().max().double_value(&[]) < 1e-5);
+        assert!(
+            grp.mean_dim(-1, false, Kind::Float)
+                .abs()
+                .max()
+                .double_value(&[])
+                < 1e-5
+        );
         let i = Norm::new(vs.root() / "i", &NormConfig::Instance { affine: true }, 4);
         let per = i.forward(&x, Mode::EVAL).view([2, 4, -1]);
-        assert!(per.mean_dim(-1, false, Kind::Float).abs().max().double_value(&[]) < 1e-5);
-        let leaky = Act::new(vs.root(), ActConfig::LeakyRelu { negative_slope: 0.2 });
+        assert!(
+            per.mean_dim(-1, false, Kind::Float)
+                .abs()
+                .max()
+                .double_value(&[])
+                < 1e-5
+        );
+        let leaky = Act::new(
+            vs.root(),
+            ActConfig::LeakyRelu {
+                negative_slope: 0.2,
+            },
+        );
         let v = Tensor::from_slice(&[-1.0f32, 2.0]);
-        assert_eq!(Vec::<f32>::try_from(leaky.forward(&v)).unwrap(), vec![-0.2, 2.0]);
+        assert_eq!(
+            Vec::<f32>::try_from(leaky.forward(&v)).unwrap(),
+            vec![-0.2, 2.0]
+        );
     }
 }

@@ -152,7 +152,9 @@ impl NetworkConfig {
             NetworkConfig::SegResNet(c) => c.validate(),
             NetworkConfig::DynUNet(c) => c.validate(),
             NetworkConfig::TorchScript(c) => {
-                if c.in_channels <= 0 || c.out_channels <= 0 || c.size_divisor.iter().any(|&d| d <= 0)
+                if c.in_channels <= 0
+                    || c.out_channels <= 0
+                    || c.size_divisor.iter().any(|&d| d <= 0)
                 {
                     return Err(RunnerError::invalid(
                         "torchscript: channel counts and size_divisor must be positive",
@@ -167,9 +169,9 @@ impl NetworkConfig {
 /// A network ready to run.
 #[derive(Debug)]
 pub enum Network {
-    UNet(UNet),
-    SegResNet(SegResNet),
-    DynUNet(DynUNet),
+    UNet(Box<UNet>),
+    SegResNet(Box<SegResNet>),
+    DynUNet(Box<DynUNet>),
     TorchScript(TorchScript),
 }
 
@@ -178,9 +180,9 @@ impl Network {
     /// come from a file ([`TorchScript::load`]).
     pub fn new(root: &nn::Path, cfg: &NetworkConfig) -> Result<Self> {
         Ok(match cfg {
-            NetworkConfig::UNet(c) => Network::UNet(UNet::new(root, c)?),
-            NetworkConfig::SegResNet(c) => Network::SegResNet(SegResNet::new(root, c)?),
-            NetworkConfig::DynUNet(c) => Network::DynUNet(DynUNet::new(root, c)?),
+            NetworkConfig::UNet(c) => Network::UNet(Box::new(UNet::new(root, c)?)),
+            NetworkConfig::SegResNet(c) => Network::SegResNet(Box::new(SegResNet::new(root, c)?)),
+            NetworkConfig::DynUNet(c) => Network::DynUNet(Box::new(DynUNet::new(root, c)?)),
             NetworkConfig::TorchScript(_) => {
                 return Err(RunnerError::invalid(
                     "a TorchScript network cannot be created from scratch: it comes with its file",
@@ -226,7 +228,10 @@ pub fn load_state_dict(vs: &nn::VarStore, tensors: Vec<(String, Tensor)>) -> Res
                     var.size()
                 )));
             }
-            if !matches!(t.kind(), Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double) {
+            if !matches!(
+                t.kind(),
+                Kind::Float | Kind::Half | Kind::BFloat16 | Kind::Double
+            ) {
                 return Err(RunnerError::invalid(format!(
                     "weights {name:?} are {:?}, not floating point",
                     t.kind()
@@ -242,7 +247,11 @@ pub fn load_state_dict(vs: &nn::VarStore, tensors: Vec<(String, Tensor)>) -> Res
         let list = |v: Vec<&String>| {
             let n = v.len();
             let head: Vec<&str> = v.into_iter().take(5).map(String::as_str).collect();
-            format!("{n} ({}{})", head.join(", "), if n > 5 { ", …" } else { "" })
+            format!(
+                "{n} ({}{})",
+                head.join(", "),
+                if n > 5 { ", …" } else { "" }
+            )
         };
         return Err(RunnerError::invalid(format!(
             "weights do not match the network: missing {}, unexpected {}",
@@ -298,12 +307,24 @@ mod tests {
         for (k, v) in &sd {
             assert!(b.variables()[k].equal(v), "{k}");
         }
-        let mut short = sd.iter().map(|(k, v)| (k.clone(), v.copy())).collect::<Vec<_>>();
+        let mut short = sd
+            .iter()
+            .map(|(k, v)| (k.clone(), v.copy()))
+            .collect::<Vec<_>>();
         short.pop();
-        short.push(("other.weight".into(), Tensor::zeros([1], (Kind::Float, Device::Cpu))));
+        short.push((
+            "other.weight".into(),
+            Tensor::zeros([1], (Kind::Float, Device::Cpu)),
+        ));
         let err = load_state_dict(&b, short).unwrap_err().to_string();
-        assert!(err.contains("missing 1") && err.contains("other.weight"), "{err}");
-        let mut wrong = sd.iter().map(|(k, v)| (k.clone(), v.copy())).collect::<Vec<_>>();
+        assert!(
+            err.contains("missing 1") && err.contains("other.weight"),
+            "{err}"
+        );
+        let mut wrong = sd
+            .iter()
+            .map(|(k, v)| (k.clone(), v.copy()))
+            .collect::<Vec<_>>();
         wrong[0].1 = Tensor::zeros([3], (Kind::Float, Device::Cpu));
         let err = load_state_dict(&b, wrong).unwrap_err().to_string();
         assert!(err.contains("shape [3]"), "{err}");

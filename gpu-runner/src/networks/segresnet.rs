@@ -197,7 +197,16 @@ impl SegResNet {
                 Up {
                     reduce: Conv::cubic(&s / "0" / "conv", c, c / 2, 1, 1, false),
                     deconv: (cfg.upsample_mode == UpsampleMode::Deconv).then(|| {
-                        ConvTranspose::new(&s / "1" / "deconv", c / 2, c / 2, [2; 3], [2; 3], [0; 3], [0; 3], true)
+                        ConvTranspose::new(
+                            &s / "1" / "deconv",
+                            c / 2,
+                            c / 2,
+                            [2; 3],
+                            [2; 3],
+                            [0; 3],
+                            [0; 3],
+                            true,
+                        )
                     }),
                     blocks: (0..n)
                         .map(|j| ResBlock::new(root / "up_layers" / i / j, cfg, c / 2))

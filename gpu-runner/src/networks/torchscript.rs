@@ -50,7 +50,10 @@ impl TorchScript {
     /// trainable variables (named like the module's, `.` replaced by `_`).
     pub fn load(path: &Path, root: &nn::Path) -> Result<Self> {
         if !path.is_file() {
-            return Err(RunnerError::invalid(format!("{} is missing", path.display())));
+            return Err(RunnerError::invalid(format!(
+                "{} is missing",
+                path.display()
+            )));
         }
         let module = TrainableCModule::load(path, root.clone()).map_err(|e| {
             RunnerError::invalid(format!(

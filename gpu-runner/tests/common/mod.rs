@@ -12,7 +12,9 @@ use std::sync::OnceLock;
 fn venv() -> PathBuf {
     std::env::var_os("MEDLABEL_CACHE")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache/medlabel"))
+        .unwrap_or_else(|| {
+            Path::new(&std::env::var_os("HOME").expect("HOME")).join(".cache/medlabel")
+        })
         .join("py")
 }
 
@@ -33,7 +35,10 @@ pub fn bundles_py() -> Command {
     paths.push(venv.join("cuda-stubs"));
     let mut cmd = Command::new(venv.join("bin/python"));
     cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/bundles.py"))
-        .env("LD_LIBRARY_PATH", std::env::join_paths(paths).expect("paths"))
+        .env(
+            "LD_LIBRARY_PATH",
+            std::env::join_paths(paths).expect("paths"),
+        )
         .env("OMP_NUM_THREADS", "1")
         .env("PYTHONWARNINGS", "ignore");
     cmd
@@ -55,15 +60,24 @@ pub fn run(args: &[&std::ffi::OsStr]) -> serde_json::Value {
 }
 
 /// The six test bundles (UNet, SegResNet, DynUNet × state dict, TorchScript) with
-/// MONAI's own results, built once per test binary: `<root>/<network>_<pt|ts>/`.
+/// MONAI's own results: `<root>/<network>_<pt|ts>/`. Built once and kept in cargo's
+/// test scratch folder under a hash of the tooling, so every test binary (and the next
+/// run) reuses them until `bundles.py` changes.
 pub fn suite() -> &'static Path {
-    static SUITE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    &SUITE
-        .get_or_init(|| {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let root = dir.path().join("suite");
+    static SUITE: OnceLock<PathBuf> = OnceLock::new();
+    SUITE.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/bundles.py");
+        let bytes = std::fs::read(&script).expect("bundles.py");
+        // FNV-1a: a stable name for this version of the tooling.
+        let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bundle-suite-{hash:016x}"));
+        if !root.join("done").is_file() {
+            let _ = std::fs::remove_dir_all(&root);
             run(&["suite".as_ref(), root.as_os_str()]);
-            (dir, root)
-        })
-        .1
+            std::fs::write(root.join("done"), b"").expect("marker");
+        }
+        root
+    })
 }
