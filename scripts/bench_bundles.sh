@@ -7,6 +7,7 @@
 # of --repeat runs after a warm-up. Bundles are built by gpu-runner/tests/python/bundles.py.
 #
 # Usage: OMP_NUM_THREADS=2 scripts/bench_bundles.sh target/release/medlabel-runner [repeat]
+# (NETS="unet dynunet" picks networks; a failing step prints its error and stops.)
 set -euo pipefail
 runner=$1
 repeat=${2:-3}
@@ -15,11 +16,16 @@ venv=${MEDLABEL_CACHE:-$HOME/.cache/medlabel}/py
 site=$("$venv/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
 export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$site/nvidia/cu13/lib:$venv/cuda-stubs"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONWARNINGS=ignore
-py() { "$venv/bin/python" "$repo/gpu-runner/tests/python/bundles.py" "$@" 2>/dev/null | tail -1; }
+py() {
+    local out
+    out=$("$venv/bin/python" "$repo/gpu-runner/tests/python/bundles.py" "$@" 2>"$work/py.err") \
+        || { tail -5 "$work/py.err" >&2; return 1; }
+    tail -1 <<<"$out"
+}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 echo "network format monai_median_s runner_median_s ratio"
-for net in unet segresnet dynunet; do
+for net in ${NETS:-unet segresnet dynunet}; do
     for fmt in pt ts; do
         b=$work/${net}_$fmt
         py make "$b" --network "$net" --format "$fmt" --bench >/dev/null

@@ -291,3 +291,34 @@ impl ModelConfig {
         self.labels.clone()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_reads_and_writes_back_unchanged() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/segmentation_spleen");
+        let text = std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
+        let cfg = ModelConfig::load(&dir).unwrap();
+        assert!(matches!(cfg.network, NetworkConfig::UNet(_)));
+        assert_eq!((cfg.format, cfg.layout), (WeightsFormat::Safetensors, Layout::Zyx));
+        assert!(cfg.pipeline.is_standard());
+        let out = tempfile::tempdir().unwrap();
+        cfg.save(out.path()).unwrap();
+        assert_eq!(std::fs::read_to_string(out.path().join(CONFIG_FILE)).unwrap(), text);
+    }
+
+    #[test]
+    fn templates_size_the_network_to_the_labels() {
+        let labels = BTreeMap::from([("spleen".to_owned(), 1), ("liver".to_owned(), 2)]);
+        for name in ["unet", "segresnet", "dynunet"] {
+            let cfg = ModelConfig::template(name, labels.clone()).unwrap();
+            assert_eq!(cfg.network.name(), name);
+            assert_eq!(cfg.network.out_channels(), 3);
+            assert_eq!(cfg.layout, Layout::Xyz);
+        }
+        assert!(ModelConfig::template("segresnet", BTreeMap::new()).is_err());
+    }
+}
+

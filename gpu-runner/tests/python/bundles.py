@@ -70,8 +70,8 @@ def network_def(name, fmt, bench):
         return {"_target_": "SegResNet", "spatial_dims": 3, "in_channels": 1, "out_channels": 2,
                 "init_filters": 8 if bench else 4, "blocks_down": [1, 2, 2, 4] if bench else [1, 1, 1],
                 "blocks_up": [1, 1, 1] if bench else [1, 1], "dropout_prob": 0.2,
-                "norm": ["GROUP", {"num_groups": 4}] if not bench else "group",
-                **({"num_groups": 8} if bench else {"upsample_mode": "deconv"})}
+                "norm": ["GROUP", {"num_groups": 8 if bench else 4}],
+                **({} if bench else {"upsample_mode": "deconv"})}
     filters = [16, 32, 64, 128] if bench else [4, 8, 16]
     kernels = [[3, 3, 3]] * len(filters) if bench else [[3, 3, 1], 3, 3]
     strides = [1, 2, 2, 2] if bench else [1, [2, 2, 1], 2]
