@@ -302,11 +302,17 @@ mod tests {
         let text = std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
         let cfg = ModelConfig::load(&dir).unwrap();
         assert!(matches!(cfg.network, NetworkConfig::UNet(_)));
-        assert_eq!((cfg.format, cfg.layout), (WeightsFormat::Safetensors, Layout::Zyx));
+        assert_eq!(
+            (cfg.format, cfg.layout),
+            (WeightsFormat::Safetensors, Layout::Zyx)
+        );
         assert!(cfg.pipeline.is_standard());
         let out = tempfile::tempdir().unwrap();
         cfg.save(out.path()).unwrap();
-        assert_eq!(std::fs::read_to_string(out.path().join(CONFIG_FILE)).unwrap(), text);
+        assert_eq!(
+            std::fs::read_to_string(out.path().join(CONFIG_FILE)).unwrap(),
+            text
+        );
     }
 
     #[test]
@@ -321,4 +327,3 @@ mod tests {
         assert!(ModelConfig::template("segresnet", BTreeMap::new()).is_err());
     }
 }
-

@@ -213,17 +213,15 @@ impl Block {
 
     fn forward(&self, x: &Tensor, mode: Mode) -> Tensor {
         let y = self.conv1.forward(x, mode);
-        let y = self.act.forward(&self.norm1.forward(&y, mode));
-        let y = self.norm2.forward(&self.conv2.forward(&y, mode), mode);
-        let y = if self.res {
-            match &self.project {
-                Some((c, n)) => y + n.forward(&c.forward(x, mode), mode),
-                None => y + x,
-            }
-        } else {
-            y
-        };
-        self.act.forward(&y)
+        let y = self.act.forward_owned(self.norm1.forward(&y, mode));
+        let mut y = self.norm2.forward(&self.conv2.forward(&y, mode), mode);
+        if self.res {
+            let _ = match &self.project {
+                Some((c, n)) => y.g_add_(&n.forward(&c.forward(x, mode), mode)),
+                None => y.g_add_(x),
+            };
+        }
+        self.act.forward_owned(y)
     }
 }
 

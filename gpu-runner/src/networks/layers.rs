@@ -248,6 +248,24 @@ impl Act {
             Act::Prelu(w) => x.prelu(w),
         }
     }
+
+    /// [`Act::forward`] overwriting `x`, for a tensor nothing else holds (a fresh norm
+    /// output): MONAI's `inplace=True` activations, which spare a volume-sized
+    /// allocation and pass per layer. Autograd accepts it: the norms before them do not
+    /// keep their outputs for the backward pass.
+    pub fn forward_owned(&self, mut x: Tensor) -> Tensor {
+        match self {
+            Act::Relu => {
+                let _ = x.relu_();
+                x
+            }
+            Act::LeakyRelu(s) if *s == 0.01 => {
+                let _ = x.leaky_relu_();
+                x
+            }
+            _ => self.forward(&x),
+        }
+    }
 }
 
 #[cfg(test)]

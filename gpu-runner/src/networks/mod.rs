@@ -4,8 +4,8 @@
 //! MONAI state dict loads by name), and TorchScript modules run by libtorch.
 //!
 //! [`NetworkConfig`] is the `network` object of `config.json`, tagged by `name`
-//! (`unet`, `segresnet`, `dynunet`, `torchscript`); a config without `name` is a UNet,
-//! as every config was before the other networks existed.
+//! (`segresnet`, `dynunet`, `torchscript`); a config without `name` is a UNet, as every
+//! config was before the other networks existed, and a UNet is still written so.
 
 pub mod dynunet;
 pub mod layers;
@@ -63,8 +63,13 @@ pub enum NetworkConfig {
 }
 
 impl Serialize for NetworkConfig {
+    /// A UNet is written in the pre-`name` form, so the configs of existing models
+    /// (and older runners reading new UNet configs) stay as they were.
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        NetworkConfig::serialize(self, s)
+        match self {
+            NetworkConfig::UNet(c) => c.serialize(s),
+            other => NetworkConfig::serialize(other, s),
+        }
     }
 }
 

@@ -134,11 +134,12 @@ impl ResBlock {
     fn forward(&self, x: &Tensor, mode: Mode) -> Tensor {
         let y = self
             .conv1
-            .forward(&self.act.forward(&self.norm1.forward(x, mode)));
-        let y = self
+            .forward(&self.act.forward_owned(self.norm1.forward(x, mode)));
+        let mut y = self
             .conv2
-            .forward(&self.act.forward(&self.norm2.forward(&y, mode)));
-        y + x
+            .forward(&self.act.forward_owned(self.norm2.forward(&y, mode)));
+        let _ = y.g_add_(x);
+        y
     }
 }
 
@@ -254,13 +255,18 @@ impl SegResNet {
                     y.upsample_trilinear3d(size, false, 2.0, 2.0, 2.0)
                 }
             };
-            x = y + &skips[i + 1];
+            let mut y = y;
+            let _ = y.g_add_(&skips[i + 1]);
+            x = y;
             for b in &u.blocks {
                 x = b.forward(&x, mode);
             }
         }
-        self.final_conv
-            .forward(&self.final_act.forward(&self.final_norm.forward(&x, mode)))
+        self.final_conv.forward(
+            &self
+                .final_act
+                .forward_owned(self.final_norm.forward(&x, mode)),
+        )
     }
 }
 
