@@ -29,13 +29,16 @@ with_deps=(
     "nibabel==5.4.2"
 )
 # Installed alone: torch's CUDA dependencies are gigabytes the CPU build never loads
-# (only libcudart and libcupti are needed to load libtorch_cpu.so), and monailabel's
-# client needs nothing beyond requests.
+# (only libcudart and libcupti are needed to load libtorch_cpu.so), monailabel's
+# client needs nothing beyond requests, and MONAI (bundle parity tests, peer
+# benchmarks) needs only numpy, torch and, to run a bundle's evaluator, ignite.
 no_deps=(
     "torch==2.11.0"
     "nvidia-cuda-runtime==13.0.96"
     "nvidia-cuda-cupti==13.0.85"
     "monailabel==0.8.5"
+    "monai==1.6.1"
+    "pytorch-ignite==0.5.5"
 )
 
 if [[ ! -x $venv/bin/python ]]; then
@@ -97,4 +100,17 @@ if ! cmp -s "$oidc_src/package-lock.json" "$oidc/package-lock.json" ||
     mkdir -p "$oidc"
     cp "$oidc_src/package.json" "$oidc_src/package-lock.json" "$oidc/"
     (cd "$oidc" && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+# `import torch` (MONAI parity tests, peer benchmarks) loads the CUDA wheel's Python
+# extension, which links cuDNN, cuBLAS, NCCL, ... that this CPU install leaves out.
+# Tiny stand-ins (scripts/cuda_stubs.py) satisfy the loader; tests put them last on
+# LD_LIBRARY_PATH, after the real libraries where a machine has them.
+stubs=$venv/cuda-stubs
+cuda_path="$site/nvidia/cu13/lib"
+if ! LD_LIBRARY_PATH="$cuda_path:$stubs" "$venv/bin/python" -c "import torch" 2>/dev/null; then
+    echo "setup: building CUDA library stand-ins in $stubs" >&2
+    rm -rf "$stubs"
+    "$venv/bin/python" "$repo/scripts/cuda_stubs.py" "$site" "$stubs"
+    LD_LIBRARY_PATH="$cuda_path:$stubs" "$venv/bin/python" -c "import torch, monai"
 fi

@@ -254,8 +254,9 @@ pub enum Event {
     },
 
     // --- stream `model/<name>`
-    /// A trained model became the one inference uses. `weights` holds safetensors,
-    /// `config` the network's JSON configuration.
+    /// A model version became the one inference uses: `config` is the runner's JSON
+    /// model config, whose `format` says what `weights` holds (safetensors, a PyTorch
+    /// state dict or TorchScript; see [`crate::models::folder`]).
     ModelPublished {
         model: ModelName,
         version: u32,

@@ -20,6 +20,39 @@ use crate::id::{ModelName, RunId};
 use crate::projection::{Projected, Projection};
 use crate::store::{EventStore, ExpectedVersion, StoreError};
 
+/// The files of a model folder, as the runner loads it and the worker, the starter
+/// model and imports write it: `config.json` (whose `format` names the weights file),
+/// the weights, and `.version` (`"<model version> <weights sha256>"`), written last by
+/// a worker materialising a published version so a server can tell which it holds.
+pub mod folder {
+    pub const CONFIG_FILE: &str = "config.json";
+    pub const VERSION_FILE: &str = ".version";
+    /// Weights of the native networks, by MONAI state-dict name (the default format).
+    pub const SAFETENSORS_FILE: &str = "model.safetensors";
+    /// `torch.save(state_dict)`, read without running pickle code.
+    pub const PYTORCH_FILE: &str = "model.pt";
+    /// A TorchScript archive.
+    pub const TORCHSCRIPT_FILE: &str = "model.ts";
+
+    /// The weights file a config's `format` (`None`: absent, the default) names.
+    pub fn weights_file(format: Option<&str>) -> Option<&'static str> {
+        match format {
+            None | Some("safetensors") => Some(SAFETENSORS_FILE),
+            Some("pytorch") => Some(PYTORCH_FILE),
+            Some("torchscript") => Some(TORCHSCRIPT_FILE),
+            Some(_) => None,
+        }
+    }
+
+    /// The weights file named by the config JSON `config`.
+    pub fn weights_file_of(config: &[u8]) -> Result<&'static str, String> {
+        let config: serde_json::Value = serde_json::from_slice(config)
+            .map_err(|e| format!("{CONFIG_FILE} is not JSON: {e}"))?;
+        let format = config.get("format").and_then(serde_json::Value::as_str);
+        weights_file(format).ok_or_else(|| format!("unknown weights format {format:?}"))
+    }
+}
+
 /// Why a model operation was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

@@ -22,6 +22,7 @@ pub mod error;
 pub mod extract;
 pub mod lambda;
 pub mod logging;
+pub mod model_import;
 pub mod model_runner;
 pub mod multipart;
 pub mod reply;

@@ -13,7 +13,7 @@
 //!   the mask back inline. Either way the mask ends up as a file in the spool folder.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -22,7 +22,7 @@ use medlabel_events::datastore::{Datastore, WriteContext};
 use medlabel_events::event::{JobKind, LabelVersionRef};
 use medlabel_events::jobs::{JobError, Jobs};
 use medlabel_events::models::{ModelError, Models, PublishedModel};
-use medlabel_events::{Actor, BlobStore, Extension, Info, ModelName, Tag};
+use medlabel_events::{Info, ModelName, Tag};
 use serde_json::{Value, json};
 
 use crate::runner::{InferRequest, InferResult, Runner, RunnerError, RunnerInfo, TaskQuery};
@@ -502,41 +502,4 @@ impl Runner for ModelRunner {
             .map_err(job_error)?
             .map(|job| job.to_task_json()))
     }
-}
-
-/// Publishes `dir` as version 1 of the model named after the folder, unless that model
-/// has a version already; returns whether this call published it. The request id
-/// derives from the name and the weights, so a restart records nothing twice.
-pub async fn publish_model_folder(
-    models: &Models,
-    blobs: &dyn BlobStore,
-    dir: &Path,
-) -> Result<bool, Box<dyn std::error::Error>> {
-    let name = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or("the starter model folder has no name")?;
-    let model = ModelName::parse(name)?;
-    if models.view().await?.model(&model).is_some() {
-        return Ok(false);
-    }
-    let weights = blobs
-        .put_file(
-            &dir.join("model.safetensors"),
-            &Extension::parse(".safetensors")?,
-        )
-        .await?;
-    let config = blobs
-        .put_file(&dir.join("config.json"), &Extension::parse(".json")?)
-        .await?;
-    // Named as well as hashed: two folders may hold the same weights under two names.
-    let ctx = WriteContext::new(
-        Actor::admin(),
-        format!("starter-{model}-{}", &weights.sha256[..32]),
-    );
-    let published = models
-        .publish(&ctx, &model, weights, config, None, None)
-        .await?;
-    tracing::info!(model = %published.model, version = published.version, "model published");
-    Ok(true)
 }

@@ -69,6 +69,9 @@ pub struct Config {
     /// Host names requests must name (`Host` header, port ignored), so a DNS-rebinding
     /// page cannot reach a loopback server through a name of its own. `None`: any.
     pub allowed_hosts: Option<Vec<String>>,
+    /// Imports bundles and TorchScript uploads (`PUT /model/{name}`) with the runner
+    /// binary; `None` (no runner here, as on Lambda): only safetensors uploads.
+    pub importer: Option<crate::model_import::ModelImporter>,
 }
 
 impl Default for Config {
@@ -87,6 +90,7 @@ impl Default for Config {
             dicomweb: None,
             cors_origins: Vec::new(),
             allowed_hosts: None,
+            importer: None,
         }
     }
 }

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use common::{Harness, Req};
 use medlabel_events::ModelName;
 use medlabel_events::models::Models;
-use medlabel_functions::model_runner::publish_model_folder;
+use medlabel_functions::model_import::publish_model_folder;
 use sha2::{Digest, Sha256};
 
 const MODEL: &str = "segmentation_spleen";

@@ -1,13 +1,16 @@
-//! `bench` (peer benchmark, compared with scripts/bench_peer.py) and `gpu-check`
-//! (what scripts/gpu-check.sh runs on a GPU machine).
+//! `bench` (peer benchmark, compared with scripts/bench_peer.py; with `--bundle`, the
+//! imported-bundle benchmark scripts/bench_bundles.sh compares with MONAI) and
+//! `gpu-check` (what scripts/gpu-check.sh runs on a GPU machine).
 
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use medlabel_runner::infer::{InferOptions, infer_file};
+use medlabel_runner::formats::state_dict;
+use medlabel_runner::infer::{InferOptions, infer_file, segment};
 use medlabel_runner::kernels;
 use medlabel_runner::loss::dice_ce_loss;
+use medlabel_runner::networks::load_state_dict;
 use medlabel_runner::optim::AdamW;
 use medlabel_runner::{
     Mode, Model, ModelConfig, Result, RunnerError, TrainRequest, parse_device, synth, train,
@@ -15,7 +18,7 @@ use medlabel_runner::{
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor};
 
-use crate::cli::Args;
+use crate::cli::{BenchArgs, GpuCheckArgs};
 
 /// Spacing of generated benchmark images: finer than the model's, so resampling is real work.
 const BENCH_SPACING: [f64; 3] = [1.0, 1.0, 1.5];
@@ -23,9 +26,9 @@ const BENCH_SPACING: [f64; 3] = [1.0, 1.0, 1.5];
 /// The spleen network with random (seeded) or given weights.
 fn bench_model(device: Device, weights: Option<PathBuf>) -> Result<Model> {
     tch::manual_seed(0);
-    let mut model = Model::new(ModelConfig::spleen(), device)?;
+    let model = Model::new(ModelConfig::spleen(), device)?;
     if let Some(w) = weights {
-        model.vs.load(&w)?;
+        load_state_dict(&model.vs, state_dict::read(&w)?)?;
     }
     Ok(model)
 }
@@ -45,31 +48,29 @@ fn summary(times: &[f64]) -> Value {
     json!({"mean_s": mean, "min_s": min, "runs": times})
 }
 
-/// Generates (or reuses) a benchmark image of `size`³ and returns its path.
-fn bench_image(a: &mut Args, dir: &std::path::Path, size: usize) -> Result<PathBuf> {
-    if let Some(p) = a.opt_path("image") {
+/// `image`, or a generated benchmark image of `size`³.
+fn bench_image(image: Option<PathBuf>, dir: &std::path::Path, size: usize) -> Result<PathBuf> {
+    if let Some(p) = image {
         return Ok(p);
     }
     let pairs = synth::write_studies(dir, 1, 7, [size; 3], BENCH_SPACING)?;
     Ok(pairs[0].0.clone())
 }
 
-/// Forward of one 96³ window, end-to-end inference of a `size`³ image, one training step.
-pub fn bench(mut a: Args) -> Result<Value> {
-    let device = parse_device(&a.get_or("device", "cpu"))?;
-    let size = a.parse_or("size", 256usize)?;
-    let repeat = a.parse_or("repeat", 3usize)?.max(1);
-    let batch = a.parse_or("batch", 2i64)?;
-    let weights = a.opt_path("weights");
-    let check = a.opt_path("check");
-    let skip_e2e = a.flag("skip-e2e");
+/// Forward of one 96³ window, end-to-end inference of a `size`³ image, one training step;
+/// or, with `--bundle DIR --image FILE`, [`bench_bundle`].
+pub fn bench(a: BenchArgs) -> Result<Value> {
+    if let Some(bundle) = &a.bundle {
+        return bench_bundle(&a, bundle);
+    }
+    let device = parse_device(&a.device)?;
+    let (size, repeat, batch) = (a.size, a.repeat.max(1), a.batch);
     let tmp = tempdir()?;
-    let image = bench_image(&mut a, &tmp, size)?;
-    a.finish()?;
-    let model = bench_model(device, weights)?;
+    let image = bench_image(a.image, &tmp, size)?;
+    let model = bench_model(device, a.weights)?;
 
     let mut result = json!({"device": format!("{device:?}"), "threads": tch::get_num_threads()});
-    if let Some(file) = check {
+    if let Some(file) = a.check {
         // {"input", "output"} saved by the peer script with the same weights.
         let named = Tensor::loadz_multi_with_device(&file, device)?;
         let get = |n: &str| {
@@ -81,7 +82,7 @@ pub fn bench(mut a: Args) -> Result<Value> {
         let (x, y) = get("input")
             .zip(get("output"))
             .ok_or_else(|| RunnerError::invalid("check file needs input and output"))?;
-        let ours = tch::no_grad(|| model.forward(&x, Mode::EVAL));
+        let ours = tch::no_grad(|| model.forward(&x, Mode::EVAL))?;
         let diff = (ours - y).abs().max().double_value(&[]);
         result["check_max_abs_diff"] = json!(diff);
     }
@@ -89,14 +90,15 @@ pub fn bench(mut a: Args) -> Result<Value> {
     let x = Tensor::randn([1, 1, 96, 96, 96], (Kind::Float, device));
     let mut times = Vec::new();
     for i in 0..=repeat {
-        let (_, t) = timed(device, || tch::no_grad(|| model.forward(&x, Mode::EVAL)));
+        let (out, t) = timed(device, || tch::no_grad(|| model.forward(&x, Mode::EVAL)));
+        let _ = out?;
         if i > 0 {
             times.push(t); // the first run warms allocators and kernels
         }
     }
     result["forward_96"] = summary(&times);
 
-    if !skip_e2e {
+    if !a.skip_e2e {
         let opts = InferOptions {
             amp: false,
             ..Default::default()
@@ -117,10 +119,12 @@ pub fn bench(mut a: Args) -> Result<Value> {
     let yb = Tensor::randint(2, [batch, 1, 96, 96, 96], (Kind::Int64, device));
     let mut times = Vec::new();
     for i in 0..=repeat {
-        let (_, t) = timed(device, || {
-            let loss = dice_ce_loss(&train_model.forward(&xb, Mode::TRAIN), &yb);
+        let (out, t) = timed(device, || -> Result<()> {
+            let loss = dice_ce_loss(&train_model.forward(&xb, Mode::TRAIN)?, &yb);
             opt.backward_step(&loss);
+            Ok(())
         });
+        out?;
         if i > 0 {
             times.push(t);
         }
@@ -130,11 +134,56 @@ pub fn bench(mut a: Args) -> Result<Value> {
     Ok(result)
 }
 
+/// Imports a MONAI bundle and times inference of `--image` as MONAI Label runs a model
+/// (read the file, preprocess, sliding window, postprocess, no writing): one warm-up,
+/// then `--repeat` runs, reported with their median.
+fn bench_bundle(a: &BenchArgs, bundle: &std::path::Path) -> Result<Value> {
+    let device = parse_device(&a.device)?;
+    let image = a
+        .image
+        .clone()
+        .expect("clap requires --image with --bundle");
+    let repeat = a.repeat.max(1);
+    let torchscript = a.torchscript;
+    let tmp = tempdir()?;
+    let opts = medlabel_runner::BundleImport {
+        prefer_torchscript: torchscript,
+    };
+    let (config, import_s) = timed(Device::Cpu, || {
+        medlabel_runner::import_bundle(bundle, &tmp.join("model"), &opts)
+    });
+    let config = config?;
+    let model = Model::load(&tmp.join("model"), device)?;
+    let opts = InferOptions {
+        amp: false,
+        ..Default::default()
+    };
+    let mut runs = Vec::new();
+    let mut latencies = Vec::new();
+    for i in 0..=repeat {
+        let (out, t) = timed(device, || -> Result<_> {
+            let v = medlabel_runner::io::read_image(&image)?;
+            segment(&model, &v, &opts)
+        });
+        let (_, lat) = out?;
+        if i > 0 {
+            runs.push(t);
+            latencies.push(lat);
+        }
+    }
+    let mut sorted = runs.clone();
+    sorted.sort_by(f64::total_cmp);
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(json!({
+        "network": config.network.name(), "format": config.format, "device": format!("{device:?}"),
+        "threads": tch::get_num_threads(), "import_s": import_s, "median_s": sorted[sorted.len() / 2],
+        "runs": runs, "latencies": latencies,
+    }))
+}
+
 /// CUDA discovery, kernel equality, AMP inference and one training epoch on GPU 0.
-pub fn gpu_check(mut a: Args) -> Result<Value> {
-    let size = a.parse_or("size", 256usize)?;
-    let model_dir = a.opt_path("model");
-    a.finish()?;
+pub fn gpu_check(a: GpuCheckArgs) -> Result<Value> {
+    let (size, model_dir) = (a.size, a.model);
     let mut report = json!({
         "tch_cuda_available": tch::Cuda::is_available(),
         "tch_cuda_devices": tch::Cuda::device_count(),
@@ -175,7 +224,7 @@ pub fn gpu_check(mut a: Args) -> Result<Value> {
     for amp in [true, true, false] {
         let opts = InferOptions {
             amp,
-            sw_batch_size: 4,
+            sw_batch_size: Some(4),
             ..Default::default()
         };
         let lat = infer_file(&model, &image, &out, &opts)?;

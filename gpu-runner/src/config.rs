@@ -1,24 +1,79 @@
-//! The JSON that travels with a model's weights (`config.json` beside
-//! `model.safetensors`): everything inference needs to reproduce the training-time
-//! preprocessing, and everything needed to rebuild the network.
+//! The JSON that travels with a model's weights (`config.json` beside the weights
+//! file): everything inference needs to reproduce the training-time preprocessing, and
+//! everything needed to rebuild the network.
+//!
+//! The original form — `labels`, `spacing`, `intensity`, `roi_size` and a UNet
+//! `network` — still reads and writes unchanged. Four optional fields extend it:
+//! `network.name` picks the architecture ([`NetworkConfig`]), `format` the weights file
+//! ([`WeightsFormat`]), `layout` the axis order the network was trained in ([`Layout`]),
+//! and `pipeline` the exact pre/post-processing of an imported MONAI bundle
+//! ([`Pipeline`]); each is written only when it differs from the original behaviour.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, RunnerError};
+use crate::networks::NetworkConfig;
+use crate::pipeline::Pipeline;
 use crate::unet::UNetConfig;
 
-/// File name of the config inside a model folder.
-pub const CONFIG_FILE: &str = "config.json";
-/// File name of the weights inside a model folder.
-pub const WEIGHTS_FILE: &str = "model.safetensors";
-/// File name of the stamp a worker writes last into a model folder it materialises:
-/// `"<model version> <weights sha256>"`.
-pub const VERSION_FILE: &str = ".version";
+/// The model folder's file names (shared with the worker and the API's starter model).
+pub use medlabel_events::models::folder::{
+    CONFIG_FILE, PYTORCH_FILE, SAFETENSORS_FILE as WEIGHTS_FILE, TORCHSCRIPT_FILE, VERSION_FILE,
+};
 
-/// Intensity normalisation applied after resampling.
+/// How a model folder stores its weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightsFormat {
+    /// `model.safetensors`, variables by MONAI state-dict name (native networks).
+    #[default]
+    Safetensors,
+    /// `model.pt` from `torch.save(state_dict)` (native networks), read without pickle
+    /// execution by [`crate::formats::state_dict`].
+    Pytorch,
+    /// `model.ts`, a TorchScript archive (network `torchscript`).
+    Torchscript,
+}
+
+impl WeightsFormat {
+    pub fn file_name(self) -> &'static str {
+        match self {
+            WeightsFormat::Safetensors => WEIGHTS_FILE,
+            WeightsFormat::Pytorch => PYTORCH_FILE,
+            WeightsFormat::Torchscript => TORCHSCRIPT_FILE,
+        }
+    }
+
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// The axis order a network sees its input in.
+///
+/// The runner holds volumes as `[.., k, j, i]` tensors while MONAI hands networks
+/// `[.., i, j, k]`; a convolution kernel is not symmetric under that swap, so weights
+/// trained one way give different results the other way. Models the runner trained
+/// before this field existed use `zyx`; imported MONAI weights and new models use `xyz`,
+/// for which the runner transposes each window before and after the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Layout {
+    #[default]
+    Zyx,
+    Xyz,
+}
+
+impl Layout {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Intensity normalisation (the pipeline's `intensity` step).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum Intensity {
@@ -31,8 +86,20 @@ pub enum Intensity {
         b_max: f64,
         clip: bool,
     },
-    /// MR z-score over all voxels (MONAI `NormalizeIntensityd`).
+    /// Z-score over all voxels (MONAI `NormalizeIntensityd()` with its defaults).
     Mr,
+    /// MONAI `NormalizeIntensityd(nonzero, channel_wise)`: z-score over the non-zero
+    /// voxels only (the others stay 0) when `nonzero`, per channel when `channel_wise`.
+    Normalize {
+        #[serde(default)]
+        nonzero: bool,
+        #[serde(default)]
+        channel_wise: bool,
+    },
+    /// MONAI `ScaleIntensityd(minv, maxv)`: min–max rescaling to `[minv, maxv]`.
+    Scale { minv: f64, maxv: f64 },
+    /// Several steps in order (a bundle with more than one intensity transform).
+    Chain { steps: Vec<Intensity> },
 }
 
 impl Intensity {
@@ -58,7 +125,20 @@ pub struct ModelConfig {
     pub intensity: Intensity,
     /// Sliding-window / training crop size in voxels (along R, A, S).
     pub roi_size: [i64; 3],
-    pub network: UNetConfig,
+    pub network: NetworkConfig,
+    #[serde(default, skip_serializing_if = "WeightsFormat::is_default")]
+    pub format: WeightsFormat,
+    #[serde(default, skip_serializing_if = "Layout::is_default")]
+    pub layout: Layout,
+    #[serde(default, skip_serializing_if = "Pipeline::is_standard")]
+    pub pipeline: Pipeline,
+}
+
+/// The spleen model ([`ModelConfig::spleen`]), so literals can fill in the rest.
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self::spleen()
+    }
 }
 
 impl ModelConfig {
@@ -78,17 +158,90 @@ impl ModelConfig {
                 num_res_units: 2,
                 norm: crate::unet::Norm::Batch,
                 dropout: 0.0,
-            },
+            }
+            .into(),
+            format: WeightsFormat::Safetensors,
+            layout: Layout::Zyx,
+            pipeline: Pipeline::default(),
         }
     }
 
-    /// Checks that sizes fit the network and labels fit its outputs.
+    /// A fresh model of a template network for a new label set (MONAI Label's
+    /// "new model from a template"): `network` is `unet`, `segresnet` or `dynunet` with
+    /// MONAI's usual settings, sized to `labels` (name → output channel; channel 0 is
+    /// background and needs no name), on CT-windowed 1.5 × 1.5 × 2 mm voxels in 96³
+    /// windows, in MONAI's axis order so the weights also work in MONAI.
+    pub fn template(network: &str, labels: BTreeMap<String, i64>) -> Result<Self> {
+        let out = labels.values().copied().max().unwrap_or(0) + 1;
+        if out < 2 {
+            return Err(RunnerError::invalid(
+                "a new model needs at least one label > 0",
+            ));
+        }
+        let mut net = match network {
+            "unet" => Self::spleen().network,
+            "segresnet" => NetworkConfig::SegResNet(crate::networks::SegResNetConfig {
+                init_filters: 16,
+                dropout: 0.2,
+                ..crate::networks::SegResNetConfig::new(1, out)
+            }),
+            "dynunet" => NetworkConfig::DynUNet(crate::networks::DynUNetConfig {
+                in_channels: 1,
+                out_channels: out,
+                kernel_size: vec![[3; 3]; 5],
+                strides: vec![[1; 3], [2; 3], [2; 3], [2; 3], [2; 3]],
+                upsample_kernel_size: vec![[2; 3]; 4],
+                filters: vec![32, 64, 128, 256, 320],
+                norm: crate::networks::layers::NormConfig::Instance { affine: true },
+                act: crate::networks::layers::ActConfig::LeakyRelu {
+                    negative_slope: 0.01,
+                },
+                dropout: 0.0,
+                res_block: true,
+                trans_bias: false,
+                deep_supervision_heads: 0,
+            }),
+            other => {
+                return Err(RunnerError::invalid(format!(
+                    "unknown network template {other:?}: use unet, segresnet or dynunet"
+                )));
+            }
+        };
+        net.set_out_channels(out);
+        let cfg = Self {
+            labels,
+            network: net,
+            layout: Layout::Xyz,
+            ..Self::spleen()
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The weights file of a model folder with this config.
+    pub fn weights_path(&self, dir: &Path) -> PathBuf {
+        dir.join(self.format.file_name())
+    }
+
+    /// Checks that sizes fit the network, labels fit its outputs, the pipeline is
+    /// complete and the weights format suits the network.
     pub fn validate(&self) -> Result<()> {
         self.network.validate()?;
         let div = self.network.size_divisor();
-        if self.roi_size.iter().any(|&r| r <= 0 || r % div != 0) {
+        // The network's axes are the config's (i, j, k) in MONAI's layout, reversed in
+        // the runner's original one.
+        let div = match self.layout {
+            Layout::Xyz => div,
+            Layout::Zyx => [div[2], div[1], div[0]],
+        };
+        if self
+            .roi_size
+            .iter()
+            .zip(div)
+            .any(|(&r, d)| r <= 0 || r % d != 0)
+        {
             return Err(RunnerError::invalid(format!(
-                "roi_size {:?} must be positive multiples of {div} (product of strides)",
+                "roi_size {:?} must be positive multiples of {div:?} (product of strides)",
                 self.roi_size
             )));
         }
@@ -98,17 +251,21 @@ impl ModelConfig {
                 self.spacing
             )));
         }
-        if let Some((name, idx)) = self
-            .labels
-            .iter()
-            .find(|&(_, &i)| i < 0 || i >= self.network.out_channels)
-        {
+        let out = self.network.out_channels();
+        if let Some((name, idx)) = self.labels.iter().find(|&(_, &i)| i < 0 || i >= out.max(2)) {
             return Err(RunnerError::invalid(format!(
-                "label {name:?} = {idx} is outside the network's {} outputs",
-                self.network.out_channels
+                "label {name:?} = {idx} is outside the network's {out} outputs"
             )));
         }
-        Ok(())
+        let torchscript = matches!(self.network, NetworkConfig::TorchScript(_));
+        if torchscript != (self.format == WeightsFormat::Torchscript) {
+            return Err(RunnerError::invalid(format!(
+                "network {} cannot be stored as {:?}",
+                self.network.name(),
+                self.format
+            )));
+        }
+        self.pipeline.validate(out)
     }
 
     /// Reads and validates `dir/config.json`.
@@ -132,5 +289,41 @@ impl ModelConfig {
     /// Label names ordered by channel, as MONAI Label's `label_names` result field.
     pub fn label_names(&self) -> BTreeMap<String, i64> {
         self.labels.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_config_reads_and_writes_back_unchanged() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/segmentation_spleen");
+        let text = std::fs::read_to_string(dir.join(CONFIG_FILE)).unwrap();
+        let cfg = ModelConfig::load(&dir).unwrap();
+        assert!(matches!(cfg.network, NetworkConfig::UNet(_)));
+        assert_eq!(
+            (cfg.format, cfg.layout),
+            (WeightsFormat::Safetensors, Layout::Zyx)
+        );
+        assert!(cfg.pipeline.is_standard());
+        let out = tempfile::tempdir().unwrap();
+        cfg.save(out.path()).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.path().join(CONFIG_FILE)).unwrap(),
+            text
+        );
+    }
+
+    #[test]
+    fn templates_size_the_network_to_the_labels() {
+        let labels = BTreeMap::from([("spleen".to_owned(), 1), ("liver".to_owned(), 2)]);
+        for name in ["unet", "segresnet", "dynunet"] {
+            let cfg = ModelConfig::template(name, labels.clone()).unwrap();
+            assert_eq!(cfg.network.name(), name);
+            assert_eq!(cfg.network.out_channels(), 3);
+            assert_eq!(cfg.layout, Layout::Xyz);
+        }
+        assert!(ModelConfig::template("segresnet", BTreeMap::new()).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! Training data: image/label pairs brought to the model's grid once, then sampled as
 //! random crops with augmentation (MONAI Label's spleen trainer transforms).
 //!
-//! Per volume: orientation + spacing + intensity ([`crate::transforms`]), a crop to the
+//! Per volume: the model's preprocessing ([`crate::pipeline`]), a crop to the
 //! image's foreground bounding box (`CropForegroundd`, voxels > 0 after normalisation),
 //! and zero padding up to the ROI. Per iteration: `num_samples` crops whose centres are
 //! foreground (label > 0) or background voxels in the ratio `pos : neg`
@@ -17,7 +17,8 @@ use tch::{Device, Kind, Tensor};
 
 use crate::config::ModelConfig;
 use crate::error::{Result, RunnerError};
-use crate::transforms::{prepare_image, prepare_label, tensor_order};
+use crate::pipeline::prepare;
+use crate::transforms::tensor_order;
 
 /// One volume pair on the model grid.
 #[derive(Debug)]
@@ -57,14 +58,13 @@ impl Sample {
     ) -> Result<Self> {
         let image = crate::io::read_image(image_path)?;
         let label = crate::io::read_image(label_path)?;
-        let prep = prepare_image(&image, cfg.spacing, &cfg.intensity, device)?;
-        let lab = prepare_label(&label, &image, cfg.spacing, device)?;
-        if lab.max().int64_value(&[]) >= cfg.network.out_channels || lab.min().int64_value(&[]) < 0
-        {
+        let prep = prepare(&image, Some(&label), cfg, device)?;
+        let lab = prep.label.expect("a label was given");
+        let classes = cfg.network.out_channels();
+        if lab.max().int64_value(&[]) >= classes || lab.min().int64_value(&[]) < 0 {
             return Err(RunnerError::invalid(format!(
-                "{}: label values must be in 0..{}",
+                "{}: label values must be in 0..{classes}",
                 label_path.display(),
-                cfg.network.out_channels
             )));
         }
         let (mut img, mut lab) = (prep.image, lab);

@@ -17,22 +17,25 @@ use medlabel_imaging::Volume;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::components::keep_largest;
 use crate::error::{Result, RunnerError};
 use crate::model::Model;
+use crate::networks::Mode;
+use crate::pipeline::{PostStep, Prepared, prepare};
 use crate::sliding::{BlendMode, SlidingWindow};
-use crate::transforms::{self, prepare_image, tensor_order};
-use crate::unet::Mode;
+use crate::transforms::tensor_order;
 
 /// Above this many probability values the inversion resamples labels instead.
 const MAX_INVERT_ELEMENTS: i64 = 1 << 29;
 
-/// Per-request inference knobs (defaults: MONAI's overlap 0.25, Gaussian blending).
+/// Per-request inference knobs; what a request leaves out comes from the model's
+/// pipeline (its bundle's inferer, or the runner's defaults: overlap 0.25, Gaussian).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct InferOptions {
-    pub overlap: f64,
-    pub sw_batch_size: usize,
-    pub mode: BlendMode,
+    pub overlap: Option<f64>,
+    pub sw_batch_size: Option<usize>,
+    pub mode: Option<BlendMode>,
     /// Mixed precision (autocast to float16) for the windows; only used on CUDA.
     pub amp: bool,
 }
@@ -40,9 +43,9 @@ pub struct InferOptions {
 impl Default for InferOptions {
     fn default() -> Self {
         Self {
-            overlap: 0.25,
-            sw_batch_size: 1,
-            mode: BlendMode::Gaussian,
+            overlap: None,
+            sw_batch_size: None,
+            mode: None,
             amp: true,
         }
     }
@@ -59,6 +62,29 @@ pub struct Latencies {
     pub total: f64,
 }
 
+/// A segmentation, with the class probabilities on the input grid when asked for.
+#[derive(Debug)]
+pub struct Prediction {
+    pub mask: Volume<u8>,
+    /// `[C, k, j, i]` float on the CPU: the activated outputs as the `invert` step left
+    /// them (before discretisation), when the pipeline inverts probabilities.
+    pub probabilities: Option<Tensor>,
+    pub latencies: Latencies,
+}
+
+/// The sliding window a model's pipeline and a request's options describe.
+pub fn sliding_window(model: &Model, opts: &InferOptions) -> SlidingWindow {
+    let i = &model.config.pipeline.inferer;
+    SlidingWindow {
+        roi_size: tensor_order(model.config.roi_size),
+        overlap: opts.overlap.unwrap_or(i.overlap),
+        sw_batch_size: opts.sw_batch_size.unwrap_or(i.sw_batch_size).max(1),
+        mode: opts.mode.unwrap_or(i.mode),
+        sigma_scale: i.sigma_scale,
+        padding: i.padding,
+    }
+}
+
 /// Segments an in-memory volume; the mask has the input's dims and affine. The `write`
 /// latency is left at 0.
 pub fn segment(
@@ -66,21 +92,25 @@ pub fn segment(
     image: &Volume<f32>,
     opts: &InferOptions,
 ) -> Result<(Volume<u8>, Latencies)> {
+    let p = predict(model, image, opts, false)?;
+    Ok((p.mask, p.latencies))
+}
+
+/// [`segment`], keeping the inverted probabilities when `keep_probabilities`.
+pub fn predict(
+    model: &Model,
+    image: &Volume<f32>,
+    opts: &InferOptions,
+    keep_probabilities: bool,
+) -> Result<Prediction> {
     let start = Instant::now();
     let mut lat = Latencies::default();
-    let cfg = &model.config;
     let device = model.device();
-    let prep = prepare_image(image, cfg.spacing, &cfg.intensity, device)?;
+    let prep = prepare(image, None, &model.config, device)?;
     lat.pre = sync_elapsed(device, start);
 
     let t = Instant::now();
-    let sw = SlidingWindow {
-        roi_size: tensor_order(cfg.roi_size),
-        overlap: opts.overlap,
-        sw_batch_size: opts.sw_batch_size.max(1),
-        mode: opts.mode,
-        sigma_scale: 0.125,
-    };
+    let sw = sliding_window(model, opts);
     let amp = opts.amp && device.is_cuda();
     let logits = tch::no_grad(|| {
         crate::with_amp(amp, || {
@@ -90,8 +120,14 @@ pub fn segment(
     lat.infer = sync_elapsed(device, t);
 
     let t = Instant::now();
-    let labels_ras = tch::no_grad(|| labels_on_grid(&logits, prep.ras_size));
-    let labels = prep.orientation.from_ras(&labels_ras).contiguous();
+    let (labels, probabilities) = tch::no_grad(|| {
+        postprocess(
+            &model.config.pipeline.post,
+            &prep,
+            logits,
+            keep_probabilities,
+        )
+    })?;
     lat.invert = sync_elapsed(device, t);
 
     let t = Instant::now();
@@ -99,36 +135,126 @@ pub fn segment(
         .to_kind(Kind::Uint8)
         .to_device(Device::Cpu)
         .flatten(0, -1);
-    let data = Vec::<u8>::try_from(&flat)?;
+    let mut data = Vec::<u8>::try_from(&flat)?;
     if data.len() != image.len() {
         return Err(RunnerError::invalid(
             "inverted mask does not match the input voxel count",
         ));
     }
+    // Connected components run on the host; steps after inversion see the input grid.
+    for s in model
+        .config
+        .pipeline
+        .post
+        .iter()
+        .skip_while(|s| !matches!(s, PostStep::Invert { .. }))
+    {
+        if let PostStep::KeepLargestComponent {
+            applied_labels,
+            independent,
+            connectivity,
+        } = s
+        {
+            let [i, j, k] = image.dims;
+            keep_largest(
+                &mut data,
+                [k, j, i],
+                applied_labels,
+                *independent,
+                *connectivity,
+            );
+        }
+    }
     let mask = image.with_data(data);
     lat.post = t.elapsed().as_secs_f64();
     lat.total = start.elapsed().as_secs_f64();
-    Ok((mask, lat))
+    Ok(Prediction {
+        mask,
+        probabilities: probabilities.map(|p| p.squeeze_dim(0).to_device(Device::Cpu)),
+        latencies: lat,
+    })
 }
 
-/// Class labels on a grid of `size` (the image in RAS) from window logits
-/// `[1, classes, …]` on the model's grid.
-fn labels_on_grid(logits: &Tensor, size: [i64; 3]) -> Tensor {
+/// Runs the post steps up to the host-side ones: returns `[1, 1, k, j, i]` labels on
+/// the input grid (and the inverted probabilities when kept). Components before the
+/// inversion are taken here, on the network's grid.
+fn postprocess(
+    post: &[PostStep],
+    prep: &Prepared,
+    logits: Tensor,
+    keep_probabilities: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let standard = [
+        PostStep::Softmax,
+        PostStep::Invert { nearest: false },
+        PostStep::Argmax,
+    ];
+    if !keep_probabilities && post.len() >= 3 && post[..3] == standard {
+        return Ok((labels_on_grid(prep, &logits), None));
+    }
+    let mut t = logits;
+    let (mut is_labels, mut inverted, mut probs) = (false, false, None);
+    for s in post {
+        match s {
+            PostStep::Softmax => t = t.softmax(1, Kind::Float),
+            PostStep::Sigmoid => t = t.sigmoid(),
+            PostStep::Invert { nearest } => {
+                t = prep.invert(&t, *nearest || is_labels);
+                inverted = true;
+                if keep_probabilities && !is_labels {
+                    probs = Some(t.shallow_clone());
+                }
+            }
+            PostStep::Argmax => {
+                t = t.argmax(1, true);
+                is_labels = true;
+            }
+            PostStep::Threshold { value } => {
+                t = t.narrow(1, 0, 1).ge(*value).to_kind(Kind::Int64);
+                is_labels = true;
+            }
+            // After the inversion the caller does it on the host, on the final mask.
+            PostStep::KeepLargestComponent { .. } if inverted => {}
+            PostStep::KeepLargestComponent {
+                applied_labels,
+                independent,
+                connectivity,
+            } => {
+                let size = t.size();
+                let host = t.to_kind(Kind::Uint8).to_device(Device::Cpu).flatten(0, -1);
+                let mut data = Vec::<u8>::try_from(&host)?;
+                let dims = [size[2] as usize, size[3] as usize, size[4] as usize];
+                keep_largest(&mut data, dims, applied_labels, *independent, *connectivity);
+                t = Tensor::from_slice(&data)
+                    .view(size.as_slice())
+                    .to_kind(Kind::Int64)
+                    .to_device(t.device());
+            }
+        }
+    }
+    Ok((t, probs))
+}
+
+/// The runner's standard post-processing (softmax → invert → argmax) without
+/// materialising what it need not: class labels on the input grid from window logits
+/// `[1, classes, …]` on the network's grid.
+fn labels_on_grid(prep: &Prepared, logits: &Tensor) -> Tensor {
     let classes = logits.size()[1];
-    let full: i64 = size.iter().product::<i64>() * classes;
+    let size: i64 = logits.size()[2..].iter().product();
+    let full = size * classes * 8; // generous: the input grid may be finer
     if classes == 2 && full / 2 <= MAX_INVERT_ELEMENTS {
         // Two classes: the argmax is "p1 > p0", i.e. p1 > ½ with p1 = σ(l1 − l0), and
         // linear resampling commutes with p1 − p0 = 2·p1 − 1, so resampling p1 alone
         // decides every voxel as resampling both channels would, at half the work.
         let fg = (logits.select(1, 1) - logits.select(1, 0)).sigmoid();
-        transforms::resample_linear(&fg.unsqueeze(1), size)
+        prep.invert(&fg.unsqueeze(1), false)
             .gt(0.5)
             .to_kind(Kind::Uint8)
     } else if full <= MAX_INVERT_ELEMENTS {
-        let probs = transforms::resample_linear(&logits.softmax(1, Kind::Float), size);
-        probs.argmax(1, true)
+        prep.invert(&logits.softmax(1, Kind::Float), false)
+            .argmax(1, true)
     } else {
-        transforms::resample_nearest(&logits.argmax(1, true), size)
+        prep.invert(&logits.argmax(1, true), true)
     }
 }
 
@@ -164,6 +290,7 @@ fn sync_elapsed(device: Device, t: Instant) -> f64 {
 mod tests {
     use super::*;
     use crate::config::{Intensity, ModelConfig};
+    use crate::pipeline::Pipeline;
     use crate::unet::UNetConfig;
     use std::collections::BTreeMap;
 
@@ -181,7 +308,11 @@ mod tests {
                 num_res_units: 1,
                 norm: Default::default(),
                 dropout: 0.0,
-            },
+            }
+            .into(),
+            format: Default::default(),
+            layout: Default::default(),
+            pipeline: Pipeline::default(),
         }
     }
 
@@ -190,32 +321,35 @@ mod tests {
         tch::manual_seed(3);
         let model = Model::new(tiny_config([16, 12, 8]), Device::Cpu).unwrap();
         let x = Tensor::randn([1, 1, 8, 12, 16], (Kind::Float, Device::Cpu));
-        let direct = tch::no_grad(|| model.forward(&x, Mode::EVAL));
+        let direct = tch::no_grad(|| model.forward(&x, Mode::EVAL)).unwrap();
         let sw = SlidingWindow::new([8, 12, 16]);
         let windowed = tch::no_grad(|| sw.run(&x, |w| model.forward(w, Mode::EVAL))).unwrap();
         assert!(windowed.allclose(&direct, 1e-5, 1e-5, false));
     }
 
     #[test]
-    fn two_class_inversion_decides_like_the_argmax_of_resampled_probabilities() {
+    fn fast_standard_postprocessing_equals_the_step_by_step_one() {
         tch::manual_seed(6);
-        let logits = Tensor::randn([1, 2, 7, 9, 11], (Kind::Float, Device::Cpu)) * 3.0;
-        let size = [13, 17, 8];
-        let fast = labels_on_grid(&logits, size);
-        let probs = transforms::resample_linear(&logits.softmax(1, Kind::Float), size);
-        let reference = probs.argmax(1, true).to_kind(Kind::Uint8);
-        assert_eq!(fast.size(), vec![1, 1, 13, 17, 8]);
-        assert!(fast.equal(&reference));
-        // Both classes occur, so the comparison is not between two constant masks.
-        assert!(
-            fast.to_kind(Kind::Float)
-                .mean(Kind::Float)
-                .double_value(&[])
-                > 0.2
-        );
-        // Three classes take the general path, whose labels reach class 2.
-        let three = Tensor::randn([1, 3, 7, 9, 11], (Kind::Float, Device::Cpu)) * 3.0;
-        assert_eq!(labels_on_grid(&three, size).max().int64_value(&[]), 2);
+        let (image, _) = crate::synth::case(3, [13, 17, 8], [1.0, 1.3, 2.5]);
+        let mut cfg = tiny_config([8, 8, 8]);
+        cfg.spacing = [2.0, 1.0, 1.5];
+        for classes in [2, 3] {
+            let prep = prepare(&image, None, &cfg, Device::Cpu).unwrap();
+            let s = prep.image.size();
+            let logits =
+                Tensor::randn([1, classes, s[2], s[3], s[4]], (Kind::Float, Device::Cpu)) * 3.0;
+            let post = Pipeline::default().post;
+            let fast = labels_on_grid(&prep, &logits);
+            let (slow, probs) = postprocess(&post, &prep, logits.shallow_clone(), true).unwrap();
+            assert_eq!(fast.size(), vec![1, 1, 8, 17, 13]);
+            assert!(fast.to_kind(Kind::Int64).equal(&slow));
+            let probs = probs.unwrap();
+            // Probabilities sum to one after the (linear) inversion.
+            let total = probs.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+            assert!((total - 1.0).abs().max().double_value(&[]) < 1e-5);
+            // Both classes occur, so the comparison is not between constant masks.
+            assert!(slow.max().int64_value(&[]) == classes - 1);
+        }
     }
 
     #[test]
@@ -237,7 +371,7 @@ mod tests {
             affine,
         };
         let opts = InferOptions {
-            overlap: 0.5,
+            overlap: Some(0.5),
             ..Default::default()
         };
         let (mask, lat) = segment(&model, &image, &opts).unwrap();

@@ -6,17 +6,28 @@
 //! SQLite log); [`queue_worker`] (feature `aws`) takes the cloud's SQS job messages and
 //! runs them against DynamoDB and S3.
 //!
-//! Models live in a folder with `config.json` ([`ModelConfig`]) and `model.safetensors`.
+//! Models live in a folder with `config.json` ([`ModelConfig`]) and a weights file:
+//! `model.safetensors`, a PyTorch state dict `model.pt` (read by a pickle reader that
+//! never runs code, [`formats`]) or a TorchScript `model.ts`. The network is MONAI's
+//! UNet, SegResNet or DynUNet built natively, or any TorchScript module ([`networks`]).
+//! [`bundle::import`] turns a MONAI bundle into such a folder, mapping its transforms
+//! onto the runner's own ([`pipeline`]); [`train()`] trains any of them.
 
+pub mod bundle;
+pub mod components;
 pub mod config;
 pub mod dataset;
 pub mod error;
+pub mod formats;
+pub mod import;
 pub mod infer;
 pub mod io;
 pub mod kernels;
 pub mod loss;
 pub mod model;
+pub mod networks;
 pub mod optim;
+pub mod pipeline;
 #[cfg(feature = "aws")]
 pub mod queue_worker;
 pub mod sagemaker;
@@ -30,10 +41,13 @@ pub mod uncertainty;
 pub mod unet;
 pub mod worker;
 
-pub use config::{Intensity, ModelConfig};
+pub use bundle::{BundleImport, import as import_bundle};
+pub use config::{Intensity, Layout, ModelConfig, WeightsFormat};
 pub use error::{Result, RunnerError};
 pub use infer::{InferOptions, Latencies};
 pub use model::Model;
+pub use networks::{Network, NetworkConfig};
+pub use pipeline::Pipeline;
 pub use stats::TrainStats;
 pub use train::{TrainOutcome, TrainRequest, train};
 pub use unet::{Mode, Norm, UNet, UNetConfig};

@@ -1,26 +1,11 @@
 //! `medlabel-runner`: the command-line face of the runner.
 //!
-//! ```text
-//! medlabel-runner infer --model DIR --image PATH --out PATH [--device cpu|cuda|auto]
-//!                       [--overlap F] [--sw-batch-size N] [--no-amp]
-//! medlabel-runner train (--studies DIR | --datalist FILE.json) --out DIR [--max-epochs N]
-//!                       [--request FILE.json] [--device D] [--seed N] [--lr F] [--val-interval N]
-//!                       [--roi N,N,N] [--spacing F,F,F] [--channels N,..] [--strides N,..]
-//!                       [--res-units N] [--norm instance|batch] [--dropout F] [--num-samples N]
-//! medlabel-runner serve --model-dir DIR [--addr 127.0.0.1:8080] [--device D] [--data-root DIR]
-//!                       [--table NAME --bucket NAME]   (serve the models published there)
-//! medlabel-runner worker --home DIR [--serve 127.0.0.1:0] [--device D] [--lease-seconds N]
-//!                        [--exit-with-stdin] [--secret-stdin]
-//! medlabel-runner sqs-worker [--queue-url URL] [--table NAME] [--bucket NAME] [--work DIR]
-//!                            [--device D] [--until-empty]
-//! medlabel-runner sagemaker-train [--root /opt/ml]
-//! medlabel-runner make-sample --out DIR [--cases N] [--seed N] [--dims N,N,N] [--spacing F,F,F]
-//! medlabel-runner uncertainty --model DIR --image PATH [--passes N] [--device D]
-//! medlabel-runner gpu-check [--model DIR] [--size N]
-//! medlabel-runner bench [--device D] [--size N] [--repeat N] [--batch N]
-//! ```
-//! Every command prints one JSON document on stdout; errors go to stderr with exit code 1.
-//! A datalist file is `[{"image": path, "label": path}, …]`.
+//! Commands: `infer`, `train`, `serve`, `worker` (the local server's child), `sqs-worker`,
+//! `sagemaker-train`, `import` (bundles, TorchScript, state dicts, safetensors into a
+//! model folder), `new-model` (a template network for a label set), `make-sample`,
+//! `uncertainty`, `gpu-check` and `bench`; `medlabel-runner help <command>` lists each
+//! one's options ([`cli`]). Every command prints one JSON document on stdout; errors go
+//! to stderr with exit code 1.
 
 mod bench;
 mod cli;
@@ -30,107 +15,106 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
+use clap::Parser;
+use medlabel_runner::import::import_model;
 use medlabel_runner::infer::{InferOptions, infer_file};
 use medlabel_runner::{
-    Model, ModelConfig, Result, RunnerError, TrainRequest, parse_device, sagemaker, serve, synth,
-    train,
+    BundleImport, Model, ModelConfig, Result, RunnerError, TrainRequest, parse_device, sagemaker,
+    serve, synth, train,
 };
-use serde_json::json;
+use serde_json::{Value, json};
 
-use crate::cli::Args;
+use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     medlabel_runner::init_runtime();
-    let mut argv = std::env::args().skip(1);
-    let Some(cmd) = argv.next() else {
-        eprintln!(
-            "usage: medlabel-runner <infer|train|serve|worker|sqs-worker|sagemaker-train|make-sample|uncertainty|gpu-check|bench> [options]"
-        );
-        return ExitCode::from(2);
-    };
-    let result = Args::parse(argv.collect()).and_then(|args| run(&cmd, args));
-    match result {
+    let cli = Cli::parse();
+    let name = command_name(&cli.command);
+    match run(cli.command) {
         Ok(out) => {
             println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("medlabel-runner {cmd}: {e}");
+            eprintln!("medlabel-runner {name}: {e}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(cmd: &str, mut a: Args) -> Result<serde_json::Value> {
-    let out = match cmd {
-        "infer" => {
-            let device = parse_device(&a.get_or("device", "auto"))?;
-            let model = Model::load(&a.path("model")?, device)?;
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Infer(_) => "infer",
+        Command::Train(_) => "train",
+        Command::Serve(_) => "serve",
+        Command::Worker(_) => "worker",
+        #[cfg(feature = "aws")]
+        Command::SqsWorker(_) => "sqs-worker",
+        Command::SagemakerTrain(_) => "sagemaker-train",
+        Command::Import(_) => "import",
+        Command::NewModel(_) => "new-model",
+        Command::MakeSample(_) => "make-sample",
+        Command::Uncertainty(_) => "uncertainty",
+        Command::GpuCheck(_) => "gpu-check",
+        Command::Bench(_) => "bench",
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().map_err(|e| RunnerError::io("tokio runtime", e))
+}
+
+fn run(command: Command) -> Result<Value> {
+    let out = match command {
+        Command::Infer(a) => {
+            let device = parse_device(&a.device)?;
+            let model = Model::load(&a.model, device)?;
             let opts = InferOptions {
-                overlap: a.parse_or("overlap", 0.25)?,
-                sw_batch_size: a.parse_or("sw-batch-size", 1)?,
-                amp: !a.flag("no-amp"),
+                overlap: Some(a.overlap),
+                sw_batch_size: Some(a.sw_batch_size),
+                amp: !a.no_amp,
                 ..Default::default()
             };
-            let (image, dest) = (a.path("image")?, a.path("out")?);
-            a.finish()?;
-            let lat = infer_file(&model, &image, &dest, &opts)?;
-            json!({"label": dest, "label_names": model.config.label_names(), "latencies": lat, "device": format!("{device:?}")})
+            let lat = infer_file(&model, &a.image, &a.out, &opts)?;
+            json!({"label": a.out, "label_names": model.config.label_names(), "latencies": lat, "device": format!("{device:?}")})
         }
-        "train" => train_cmd(a)?,
-        "serve" => {
-            let device = parse_device(&a.get_or("device", "auto"))?;
-            let model_dir = a.path("model-dir")?;
-            let addr = a.get_or("addr", "127.0.0.1:8080");
-            let data_root = a
-                .opt_path("data-root")
-                .unwrap_or_else(|| PathBuf::from("/"));
-            let log = match (a.get("table"), a.get("bucket")) {
-                (Some(table), Some(bucket)) => Some((table, bucket)),
-                (None, None) => None,
-                _ => {
-                    return Err(RunnerError::invalid(
-                        "give both --table and --bucket, or neither",
-                    ));
-                }
-            };
-            a.finish()?;
-            let rt =
-                tokio::runtime::Runtime::new().map_err(|e| RunnerError::io("tokio runtime", e))?;
-            match log {
+        Command::Train(a) => train_cmd(*a)?,
+        Command::Serve(a) => {
+            let device = parse_device(&a.device)?;
+            let rt = runtime()?;
+            match (a.table, a.bucket) {
                 #[cfg(feature = "aws")]
-                Some((table, bucket)) => rt.block_on(serve_following_log(
-                    &addr, &model_dir, device, &data_root, table, bucket,
+                (Some(table), Some(bucket)) => rt.block_on(serve_following_log(
+                    &a.addr,
+                    &a.model_dir,
+                    device,
+                    &a.data_root,
+                    table,
+                    bucket,
                 ))?,
                 #[cfg(not(feature = "aws"))]
-                Some(_) => {
+                (Some(_), Some(_)) => {
                     return Err(RunnerError::invalid(
                         "--table and --bucket need a runner built with the `aws` feature",
                     ));
                 }
-                None => {
-                    let paths = serve::DataPaths::below(&data_root)?;
-                    let runner = Arc::new(serve::Runner::new(&model_dir, device, paths)?);
-                    rt.block_on(serve::serve(&addr, runner))?;
+                _ => {
+                    let paths = serve::DataPaths::below(&a.data_root)?;
+                    let runner = Arc::new(serve::Runner::new(&a.model_dir, device, paths)?);
+                    rt.block_on(serve::serve(&a.addr, runner))?;
                 }
             }
             json!({"stopped": true})
         }
-        "worker" => {
-            let home = a.path("home")?;
-            let addr = a.get_or("serve", "127.0.0.1:0");
-            let device = a.get_or("device", "auto");
-            let lease = std::time::Duration::from_secs_f64(a.parse_or(
-                "lease-seconds",
-                medlabel_runner::worker::DEFAULT_LEASE.as_secs_f64(),
-            )?);
-            let exit_with_stdin = a.flag("exit-with-stdin");
-            let secret_stdin = a.flag("secret-stdin");
-            a.finish()?;
+        Command::Worker(a) => {
+            let lease = a.lease_seconds.map_or(
+                medlabel_runner::worker::DEFAULT_LEASE,
+                std::time::Duration::from_secs_f64,
+            );
             // The secret comes on stdin, never in argv or the environment, where any
             // local process could read it.
             let mut stdin = std::io::BufReader::new(std::io::stdin());
-            let secret = if secret_stdin {
+            let secret = if a.secret_stdin {
                 let mut line = String::new();
                 std::io::BufRead::read_line(&mut stdin, &mut line)
                     .map_err(|e| RunnerError::io("stdin", e))?;
@@ -142,7 +126,7 @@ fn run(cmd: &str, mut a: Args) -> Result<serde_json::Value> {
             } else {
                 None
             };
-            if exit_with_stdin {
+            if a.exit_with_stdin {
                 // The parent holds our stdin: when it dies, however it dies, we read EOF.
                 // `_exit`, not `exit`: libtorch's static destructors must not run while
                 // another thread is inside a kernel (the log already holds all we did).
@@ -152,71 +136,126 @@ fn run(cmd: &str, mut a: Args) -> Result<serde_json::Value> {
                     unsafe { libc::_exit(0) }
                 });
             }
-            let rt =
-                tokio::runtime::Runtime::new().map_err(|e| RunnerError::io("tokio runtime", e))?;
-            rt.block_on(worker_cmd(home, addr, device, lease, secret))?;
+            runtime()?.block_on(worker_cmd(a.home, a.serve, a.device, lease, secret))?;
             json!({"stopped": true})
         }
         #[cfg(feature = "aws")]
-        "sqs-worker" => {
-            let env_or = |a: &mut Args, key: &str, var: &str| {
-                a.get(key)
-                    .or_else(|| std::env::var(var).ok())
-                    .ok_or_else(|| RunnerError::invalid(format!("--{key} (or {var}) is required")))
-            };
-            let queue_url = env_or(&mut a, "queue-url", "MEDLABEL_JOB_QUEUE_URL")?;
-            let table = env_or(&mut a, "table", "MEDLABEL_EVENTS_TABLE")?;
-            let bucket = env_or(&mut a, "bucket", "MEDLABEL_BLOBS_BUCKET")?;
+        Command::SqsWorker(a) => {
             let work = a
-                .opt_path("work")
+                .work
                 .unwrap_or_else(|| std::env::temp_dir().join("medlabel-runner"));
-            let device = a.get_or("device", "auto");
-            let until_empty = a.flag("until-empty");
-            a.finish()?;
-            let rt =
-                tokio::runtime::Runtime::new().map_err(|e| RunnerError::io("tokio runtime", e))?;
-            let handled = rt.block_on(sqs_worker_cmd(
-                queue_url,
-                table,
-                bucket,
+            let handled = runtime()?.block_on(sqs_worker_cmd(
+                a.queue_url,
+                a.table,
+                a.bucket,
                 work,
-                device,
-                until_empty,
+                a.device,
+                a.until_empty,
             ))?;
             json!({"handled": handled})
         }
-        "sagemaker-train" => {
-            let root = a
-                .opt_path("root")
-                .unwrap_or_else(|| PathBuf::from("/opt/ml"));
-            a.finish()?;
-            let outcome = sagemaker::run(&sagemaker::SageMakerPaths { root })?;
+        Command::SagemakerTrain(a) => {
+            let outcome = sagemaker::run(&sagemaker::SageMakerPaths { root: a.root })?;
             json!({"model_dir": outcome.model_dir, "train_stats": outcome.stats})
         }
-        "make-sample" => {
-            let dir = a.path("out")?;
-            let cases = a.parse_or("cases", 4usize)?;
-            let seed = a.parse_or("seed", 0u64)?;
-            let dims = a.triple_or("dims", [96usize, 96, 64])?;
-            let spacing = a.triple_or("spacing", [1.5f64, 1.5, 2.0])?;
-            a.finish()?;
-            let pairs = synth::write_studies(&dir, cases, seed, dims, spacing)?;
-            json!({"studies": dir, "cases": pairs.len()})
+        Command::Import(a) => {
+            let opts = BundleImport {
+                prefer_torchscript: a.prefer_torchscript,
+            };
+            let (config, source) = import_model(&a.file, a.like.as_deref(), &a.out, &opts)?;
+            json!({"model_dir": a.out, "source": source, "network": config.network.name(), "format": config.format, "labels": config.labels})
         }
-        "uncertainty" => {
-            let device = parse_device(&a.get_or("device", "auto"))?;
-            let model = Model::load(&a.path("model")?, device)?;
-            let image = medlabel_runner::io::read_image(&a.path("image")?)?;
-            let passes = a.parse_or("passes", 8usize)?;
-            a.finish()?;
-            let u = medlabel_runner::uncertainty::mc_dropout(&model, &image, passes, 0.25, 0)?;
+        Command::NewModel(a) => {
+            let config = ModelConfig::template(&a.network, a.labels.into_iter().collect())?;
+            tch::manual_seed(a.seed);
+            let model = Model::new(config, tch::Device::Cpu)?;
+            model.save(&a.out)?;
+            json!({"model_dir": a.out, "network": model.config.network.name(), "labels": model.config.labels})
+        }
+        Command::MakeSample(a) => {
+            let pairs = synth::write_studies(&a.out, a.cases, a.seed, a.dims, a.spacing)?;
+            json!({"studies": a.out, "cases": pairs.len()})
+        }
+        Command::Uncertainty(a) => {
+            let device = parse_device(&a.device)?;
+            let model = Model::load(&a.model, device)?;
+            let image = medlabel_runner::io::read_image(&a.image)?;
+            let u = medlabel_runner::uncertainty::mc_dropout(&model, &image, a.passes, 0.25, 0)?;
             serde_json::to_value(u).map_err(|e| RunnerError::json("uncertainty", e))?
         }
-        "gpu-check" => bench::gpu_check(a)?,
-        "bench" => bench::bench(a)?,
-        other => return Err(RunnerError::invalid(format!("unknown command {other:?}"))),
+        Command::GpuCheck(a) => bench::gpu_check(a)?,
+        Command::Bench(a) => bench::bench(a)?,
     };
     Ok(out)
+}
+
+fn train_cmd(a: cli::TrainArgs) -> Result<Value> {
+    let mut req: TrainRequest = match &a.request {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|e| RunnerError::io(p, e))?;
+            serde_json::from_str(&text)
+                .map_err(|e| RunnerError::json(p.display().to_string(), e))?
+        }
+        None => TrainRequest::default(),
+    };
+    let mut cfg = req.model.clone().unwrap_or_else(ModelConfig::spleen);
+    cfg.roi_size = a.roi.unwrap_or(cfg.roi_size);
+    cfg.spacing = a.spacing.unwrap_or(cfg.spacing);
+    if let medlabel_runner::NetworkConfig::UNet(net) = &mut cfg.network {
+        if let Some(channels) = a.channels {
+            net.channels = channels;
+        }
+        if let Some(strides) = a.strides {
+            net.strides = strides;
+        }
+        net.num_res_units = a.res_units.unwrap_or(net.num_res_units);
+        net.dropout = a.dropout.unwrap_or(net.dropout);
+        if let Some(n) = &a.norm {
+            net.norm =
+                serde_json::from_value(json!(n)).map_err(|e| RunnerError::json("--norm", e))?;
+        }
+    }
+    req.model = Some(cfg);
+    req.pretrained = a.pretrained.or(req.pretrained);
+    req.resume = a.resume.or(req.resume);
+    req.max_epochs = a.max_epochs.unwrap_or(req.max_epochs);
+    req.val_interval = a.val_interval.unwrap_or(req.val_interval);
+    req.learning_rate = a.lr.unwrap_or(req.learning_rate);
+    req.num_samples = a.num_samples.unwrap_or(req.num_samples);
+    req.seed = a.seed.unwrap_or(req.seed);
+    req.device = a.device.unwrap_or(req.device);
+    let datalist = match (&a.studies, &a.datalist) {
+        (Some(dir), None) => synth::studies_datalist(dir)?,
+        (None, Some(file)) => cli::read_datalist(file)?,
+        _ => unreachable!("clap requires exactly one of --studies and --datalist"),
+    };
+    let outcome = train(
+        &req,
+        &datalist,
+        &a.out,
+        |s| {
+            eprintln!(
+                "epoch {}/{}: loss {:.4} val_mean_dice {:.4} best {:.4}",
+                s.epoch,
+                s.total_epochs,
+                s.train
+                    .metrics
+                    .get("train_loss")
+                    .copied()
+                    .unwrap_or(f64::NAN),
+                s.eval
+                    .metrics
+                    .get("val_mean_dice")
+                    .copied()
+                    .unwrap_or(f64::NAN),
+                s.best_metric
+            )
+        },
+        &AtomicBool::new(false),
+    )?;
+    Ok(
+        json!({"model_dir": outcome.model_dir, "stopped": outcome.stopped, "train_stats": outcome.stats}),
+    )
 }
 
 /// The local `medlabel`'s child: the event-log worker plus the HTTP contract on `addr`,
@@ -363,73 +402,4 @@ async fn sqs_worker_cmd(
     QueueWorker::new(worker, aws_sdk_sqs::Client::new(&sdk), queue_url)
         .run(until_empty)
         .await
-}
-
-fn train_cmd(mut a: Args) -> Result<serde_json::Value> {
-    let mut req: TrainRequest = match a.opt_path("request") {
-        Some(p) => {
-            let text = std::fs::read_to_string(&p).map_err(|e| RunnerError::io(&p, e))?;
-            serde_json::from_str(&text)
-                .map_err(|e| RunnerError::json(p.display().to_string(), e))?
-        }
-        None => TrainRequest::default(),
-    };
-    let mut cfg = req.model.clone().unwrap_or_else(ModelConfig::spleen);
-    cfg.roi_size = a.triple_or("roi", cfg.roi_size)?;
-    cfg.spacing = a.triple_or("spacing", cfg.spacing)?;
-    cfg.network.channels = a.list_or("channels", cfg.network.channels)?;
-    cfg.network.strides = a.list_or("strides", cfg.network.strides)?;
-    cfg.network.num_res_units = a.parse_or("res-units", cfg.network.num_res_units)?;
-    cfg.network.dropout = a.parse_or("dropout", cfg.network.dropout)?;
-    if let Some(n) = a.get("norm") {
-        cfg.network.norm =
-            serde_json::from_value(json!(n)).map_err(|e| RunnerError::json("--norm", e))?;
-    }
-    req.model = Some(cfg);
-    req.pretrained = a.opt_path("pretrained").or(req.pretrained);
-    req.resume = a.opt_path("resume").or(req.resume);
-    req.max_epochs = a.parse_or("max-epochs", req.max_epochs)?;
-    req.val_interval = a.parse_or("val-interval", req.val_interval)?;
-    req.learning_rate = a.parse_or("lr", req.learning_rate)?;
-    req.num_samples = a.parse_or("num-samples", req.num_samples)?;
-    req.seed = a.parse_or("seed", req.seed)?;
-    req.device = a.get_or("device", &req.device);
-    let datalist = match (a.opt_path("studies"), a.opt_path("datalist")) {
-        (Some(dir), None) => synth::studies_datalist(&dir)?,
-        (None, Some(file)) => cli::read_datalist(&file)?,
-        _ => {
-            return Err(RunnerError::invalid(
-                "give exactly one of --studies and --datalist",
-            ));
-        }
-    };
-    let out = a.path("out")?;
-    a.finish()?;
-    let outcome = train(
-        &req,
-        &datalist,
-        &out,
-        |s| {
-            eprintln!(
-                "epoch {}/{}: loss {:.4} val_mean_dice {:.4} best {:.4}",
-                s.epoch,
-                s.total_epochs,
-                s.train
-                    .metrics
-                    .get("train_loss")
-                    .copied()
-                    .unwrap_or(f64::NAN),
-                s.eval
-                    .metrics
-                    .get("val_mean_dice")
-                    .copied()
-                    .unwrap_or(f64::NAN),
-                s.best_metric
-            )
-        },
-        &AtomicBool::new(false),
-    )?;
-    Ok(
-        json!({"model_dir": outcome.model_dir, "stopped": outcome.stopped, "train_stats": outcome.stats}),
-    )
 }

@@ -100,6 +100,5 @@ fn run_inner(paths: &SageMakerPaths) -> Result<TrainOutcome> {
 
 /// Whether `dir` looks like a finished model folder.
 pub fn has_model(dir: &Path) -> bool {
-    dir.join(crate::config::CONFIG_FILE).is_file()
-        && dir.join(crate::config::WEIGHTS_FILE).is_file()
+    crate::model::Model::weights_file(dir).is_ok_and(|weights| weights.is_file())
 }

@@ -55,7 +55,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tch::Device;
 
-use crate::config::{CONFIG_FILE, VERSION_FILE, WEIGHTS_FILE};
+use crate::config::{CONFIG_FILE, VERSION_FILE};
 use crate::error::{Result, RunnerError};
 use crate::infer::{InferOptions, Latencies, segment};
 use crate::model::Model;
@@ -289,7 +289,7 @@ impl Runner {
             return Ok(None);
         };
         // Both files: a folder being written gets its config first (each file lands whole).
-        if !plain || !dir.join(CONFIG_FILE).is_file() || !dir.join(WEIGHTS_FILE).is_file() {
+        if !plain || !Model::weights_file(&dir).is_ok_and(|weights| weights.is_file()) {
             return Ok(None);
         }
         let mut slot = Slot { dir, loaded: None };
@@ -456,7 +456,7 @@ fn stamp(dir: &Path) -> Result<Stamp> {
     if let Ok(text) = std::fs::read_to_string(dir.join(VERSION_FILE)) {
         return Ok(Stamp::Version(text));
     }
-    let weights = dir.join(WEIGHTS_FILE);
+    let weights = Model::weights_file(dir)?;
     std::fs::metadata(&weights)
         .and_then(|m| m.modified())
         .map(Stamp::Modified)

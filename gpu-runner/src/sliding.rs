@@ -5,8 +5,9 @@
 //! window shifted back to end at the border), evaluated `sw_batch_size` at a time, and
 //! their outputs accumulated with an importance map: all ones (`constant`) or a Gaussian
 //! centred on the window with σ = `sigma_scale · roi` per axis, normalised to a maximum of
-//! 1 and floored at 1e-3 (`gaussian`). The sum is divided by the accumulated weights, so
-//! every voxel gets a convex combination of the window outputs that cover it.
+//! 1e-3 (`gaussian`, MONAI's `compute_importance_map`: centred at `(roi − 1) / 2`, not
+//! normalised). The sum is divided by the accumulated weights, so every voxel gets a
+//! convex combination of the window outputs that cover it.
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -22,6 +23,17 @@ pub enum BlendMode {
     Gaussian,
 }
 
+/// How an image smaller than the window is padded (MONAI's `padding_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PadMode {
+    /// Zeros.
+    #[default]
+    Constant,
+    /// The border voxel repeated.
+    Replicate,
+}
+
 /// Sliding-window parameters; sizes in tensor order (D, H, W).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SlidingWindow {
@@ -31,6 +43,7 @@ pub struct SlidingWindow {
     pub sw_batch_size: usize,
     pub mode: BlendMode,
     pub sigma_scale: f64,
+    pub padding: PadMode,
 }
 
 impl SlidingWindow {
@@ -42,6 +55,7 @@ impl SlidingWindow {
             sw_batch_size: 1,
             mode: BlendMode::Gaussian,
             sigma_scale: 0.125,
+            padding: PadMode::Constant,
         }
     }
 
@@ -89,13 +103,12 @@ impl SlidingWindow {
                 let axis = |d: usize| {
                     let r = self.roi_size[d];
                     let sigma = (self.sigma_scale * r as f64).max(1e-6);
-                    let x = Tensor::arange(r, (Kind::Float, device)) - (r / 2) as f64;
+                    let x = Tensor::arange(r, (Kind::Float, device)) - (r - 1) as f64 / 2.0;
                     (-(&x * &x) / (2.0 * sigma * sigma)).exp()
                 };
                 let m =
                     axis(0).view([-1, 1, 1]) * axis(1).view([1, -1, 1]) * axis(2).view([1, 1, -1]);
-                let max = m.max();
-                (m / max).clamp_min(1e-3)
+                m.clamp_min(1e-3)
             }
         }
     }
@@ -103,7 +116,11 @@ impl SlidingWindow {
     /// Runs `f` (a `[B, C_in, roi]` → `[B, C_out, roi]` network) over `image`
     /// (`[1, C_in, D, H, W]`) and returns the blended `[1, C_out, D, H, W]` output in
     /// float32 on the image's device.
-    pub fn run(&self, image: &Tensor, mut f: impl FnMut(&Tensor) -> Tensor) -> Result<Tensor> {
+    pub fn run(
+        &self,
+        image: &Tensor,
+        mut f: impl FnMut(&Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
         self.validate()?;
         let shape = image.size();
         if shape.len() != 5 || shape[0] != 1 {
@@ -117,10 +134,13 @@ impl SlidingWindow {
             let diff = (self.roi_size[d] - orig[d]).max(0);
             (diff / 2, diff - diff / 2)
         });
-        let padded = if pad.iter().any(|&(a, b)| a + b > 0) {
-            image.constant_pad_nd([pad[2].0, pad[2].1, pad[1].0, pad[1].1, pad[0].0, pad[0].1])
-        } else {
+        let widths = [pad[2].0, pad[2].1, pad[1].0, pad[1].1, pad[0].0, pad[0].1];
+        let padded = if pad.iter().all(|&(a, b)| a + b == 0) {
             image.shallow_clone()
+        } else if self.padding == PadMode::Replicate {
+            image.replication_pad3d(widths)
+        } else {
+            image.constant_pad_nd(widths)
         };
         let size: [i64; 3] = std::array::from_fn(|d| orig[d] + pad[d].0 + pad[d].1);
         let starts = self.window_starts(size);
@@ -142,7 +162,7 @@ impl SlidingWindow {
                 .iter()
                 .map(|&[z, y, x]| padded.narrow(2, z, rz).narrow(3, y, ry).narrow(4, x, rx))
                 .collect();
-            let pred = f(&Tensor::cat(&crops, 0)).to_kind(Kind::Float);
+            let pred = f(&Tensor::cat(&crops, 0))?.to_kind(Kind::Float);
             let ps = pred.size();
             if ps.len() != 5 || ps[0] != chunk.len() as i64 || ps[2..] != self.roi_size {
                 return Err(RunnerError::invalid(format!(
@@ -188,6 +208,12 @@ mod tests {
         let mut sw = SlidingWindow::new([9, 9, 9]);
         let m = sw.importance_map(Device::Cpu);
         assert_eq!(m.double_value(&[4, 4, 4]), 1.0);
+        // Even sizes centre between two voxels, as MONAI does: symmetric, below 1.
+        sw.roi_size = [8, 8, 8];
+        let even = sw.importance_map(Device::Cpu);
+        assert_eq!(even.double_value(&[3, 3, 3]), even.double_value(&[4, 4, 4]));
+        assert!(even.double_value(&[3, 3, 3]) < 1.0);
+        sw.roi_size = [9, 9, 9];
         assert!(m.double_value(&[0, 0, 0]) < m.double_value(&[2, 2, 2]));
         sw.sigma_scale = 0.01;
         assert!((sw.importance_map(Device::Cpu).double_value(&[0, 0, 0]) - 1e-3).abs() < 1e-9);
@@ -203,11 +229,16 @@ mod tests {
                 sw_batch_size: 3,
                 mode,
                 sigma_scale: 0.125,
+                padding: PadMode::Replicate,
             };
             let image = Tensor::zeros([1, 1, 13, 20, 6], (Kind::Float, Device::Cpu));
             let out = sw
                 .run(&image, |x| {
-                    Tensor::full([x.size()[0], 2, 8, 8, 8], 3.5, (Kind::Float, Device::Cpu))
+                    Ok(Tensor::full(
+                        [x.size()[0], 2, 8, 8, 8],
+                        3.5,
+                        (Kind::Float, Device::Cpu),
+                    ))
                 })
                 .unwrap();
             assert_eq!(out.size(), vec![1, 2, 13, 20, 6]);
@@ -225,11 +256,12 @@ mod tests {
             sw_batch_size: 1,
             mode: BlendMode::Constant,
             sigma_scale: 0.125,
+            padding: PadMode::Constant,
         };
         let image = Tensor::arange(6, (Kind::Float, Device::Cpu)).reshape([1, 1, 6, 1, 1]);
         let out = sw
             .run(&image, |x| {
-                x.min().expand([1, 1, 4, 1, 1], false).contiguous()
+                Ok(x.min().expand([1, 1, 4, 1, 1], false).contiguous())
             })
             .unwrap();
         // Windows start at 0 and 2: voxels 2, 3 average 0 and 2.

@@ -1,6 +1,11 @@
 //! Supervised training (MONAI Label's segmentation trainer): Dice + cross-entropy,
 //! AdamW, random pos/neg crops with flips and intensity shifts, sliding-window
-//! validation Dice every `val_interval` epochs.
+//! validation Dice every `val_interval` epochs, optional early stopping.
+//!
+//! Any model trains: native networks through their var store, TorchScript modules
+//! through the parameters libtorch exposes (registered in the same var store, see
+//! [`crate::networks::torchscript`]). A TorchScript checkpoint holds its parameters
+//! only; the best model is saved as a whole TorchScript archive, buffers included.
 //!
 //! Output folder layout (what the job worker publishes):
 //! - `config.json` + `model.safetensors`: the best model so far (by validation Dice);
@@ -9,8 +14,8 @@
 //!   resuming;
 //! - `train_stats.json`: MONAI Label's progress document, rewritten every epoch.
 //!
-//! An epoch is one pass over the training volumes, one iteration per volume with
-//! `num_samples` crops as the batch. Resuming restores weights, counters and the
+//! An epoch is one pass over the training volumes, one iteration per
+//! `train_batch_size` volumes with `num_samples` crops from each as the batch. Resuming restores weights, counters and the
 //! optimizer's state ([`crate::optim::AdamW`]: step count and moments), so training goes
 //! on where it stopped; only the random crops are drawn afresh from the seed.
 
@@ -26,13 +31,13 @@ use serde::{Deserialize, Serialize};
 use crate::config::ModelConfig;
 use crate::dataset::{Sample, Sampling};
 use crate::error::{Result, RunnerError};
+use crate::infer::{InferOptions, sliding_window};
 use crate::loss::{dice_ce_loss, mean_dice};
 use crate::model::Model;
+use crate::networks::Mode;
 use crate::optim::AdamW;
-use crate::sliding::SlidingWindow;
 use crate::stats::{PhaseStats, TrainStats};
 use crate::transforms::tensor_order;
-use crate::unet::Mode;
 
 /// An (image, label) file pair.
 pub type Pair = (PathBuf, PathBuf);
@@ -45,6 +50,14 @@ pub struct TrainRequest {
     pub model: Option<ModelConfig>,
     /// A model folder to fine-tune instead of starting from random weights.
     pub pretrained: Option<PathBuf>,
+    /// Train the `pretrained` folder's network from freshly initialised weights (MONAI
+    /// Label's `pretrained: false`); native networks only.
+    pub from_scratch: bool,
+    /// Volumes per iteration (MONAI Label's `train_batch_size`), each giving
+    /// `num_samples` crops.
+    pub train_batch_size: usize,
+    /// Stop after this many validations without a better Dice (0: never).
+    pub early_stop_patience: usize,
     /// A checkpoint (`checkpoints/epoch_N.safetensors`) to resume from.
     pub resume: Option<PathBuf>,
     pub max_epochs: usize,
@@ -71,6 +84,9 @@ impl Default for TrainRequest {
         Self {
             model: None,
             pretrained: None,
+            from_scratch: false,
+            train_batch_size: 1,
+            early_stop_patience: 0,
             resume: None,
             max_epochs: 50,
             val_interval: 1,
@@ -124,9 +140,13 @@ pub fn train(
             "training needs at least one labelled image",
         ));
     }
-    if req.max_epochs == 0 || req.num_samples == 0 || req.val_interval == 0 {
+    if req.max_epochs == 0
+        || req.num_samples == 0
+        || req.val_interval == 0
+        || req.train_batch_size == 0
+    {
         return Err(RunnerError::invalid(
-            "max_epochs, num_samples and val_interval must be positive",
+            "max_epochs, num_samples, val_interval and train_batch_size must be positive",
         ));
     }
     let device = crate::parse_device(&req.device)?;
@@ -136,6 +156,16 @@ pub fn train(
     let mut rng = ChaCha8Rng::seed_from_u64(req.seed);
 
     let mut model = match (&req.pretrained, &req.model) {
+        (Some(dir), _) if req.from_scratch => {
+            let mut cfg = ModelConfig::load(dir)?;
+            if cfg.format == crate::config::WeightsFormat::Torchscript {
+                return Err(RunnerError::invalid(
+                    "a TorchScript model cannot start from scratch: its initialiser is not in the file",
+                ));
+            }
+            cfg.format = crate::config::WeightsFormat::Safetensors;
+            Model::new(cfg, device)?
+        }
         (Some(dir), _) => Model::load(dir, device)?,
         (None, Some(cfg)) => Model::new(cfg.clone(), device)?,
         (None, None) => {
@@ -162,6 +192,16 @@ pub fn train(
 
     let (train_pairs, val_pairs) = split(datalist, req.val_split, &mut rng);
     let cfg = model.config.clone();
+    if !cfg
+        .pipeline
+        .post
+        .iter()
+        .any(|s| matches!(s, crate::pipeline::PostStep::Argmax))
+    {
+        return Err(RunnerError::invalid(
+            "training needs a softmax/argmax model (sigmoid-threshold outputs are not trained)",
+        ));
+    }
     let train_set = train_pairs
         .iter()
         .map(|(i, l)| Sample::load(i, l, &cfg, device, true))
@@ -181,7 +221,7 @@ pub fn train(
     };
     let roi = tensor_order(cfg.roi_size);
     let amp = req.amp && device.is_cuda();
-    let classes = cfg.network.out_channels;
+    let classes = cfg.network.out_channels();
     let started = Instant::now();
     let start_ts = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -189,7 +229,7 @@ pub fn train(
         .unwrap_or(0);
     let mut stats = TrainStats {
         total_epochs: req.max_epochs,
-        total_iterations: req.max_epochs * train_set.len(),
+        total_iterations: req.max_epochs * train_set.len().div_ceil(req.train_batch_size),
         start_ts,
         best_metric: meta.best_metric.max(0.0),
         train: PhaseStats {
@@ -210,13 +250,17 @@ pub fn train(
     for epoch in meta.epoch + 1..=req.max_epochs {
         order.shuffle(&mut rng);
         let (mut loss_sum, mut dice_sum, mut dice_n) = (0.0, 0.0, 0usize);
-        for &idx in &order {
+        for batch in order.chunks(req.train_batch_size) {
             if stop.load(Ordering::Relaxed) {
                 stopped = true;
                 break;
             }
-            let (x, y) = train_set[idx].crops(roi, &sampling, &mut rng);
-            let logits = crate::with_amp(amp, || model.forward(&x, Mode::TRAIN));
+            let (xs, ys): (Vec<_>, Vec<_>) = batch
+                .iter()
+                .map(|&idx| train_set[idx].crops(roi, &sampling, &mut rng))
+                .unzip();
+            let (x, y) = (tch::Tensor::cat(&xs, 0), tch::Tensor::cat(&ys, 0));
+            let logits = crate::with_amp(amp, || model.forward(&x, Mode::TRAIN))?;
             let loss = dice_ce_loss(&logits.to_kind(tch::Kind::Float), &y);
             opt.backward_step(&loss);
             loss_sum += loss.double_value(&[]);
@@ -238,10 +282,10 @@ pub fn train(
         } else {
             0.0
         };
-        stats
-            .train
-            .metrics
-            .insert("train_loss".into(), loss_sum / train_set.len() as f64);
+        stats.train.metrics.insert(
+            "train_loss".into(),
+            loss_sum / order.len().div_ceil(req.train_batch_size) as f64,
+        );
         stats.train.metrics.insert("train_dice".into(), train_dice);
         if train_dice > stats.train.best_metric {
             stats.train.best_metric = train_dice;
@@ -266,14 +310,24 @@ pub fn train(
             stats.eval.best_metric_epoch = meta.best_metric_epoch;
         }
         save_checkpoint(&model, &opt, &ckpt_dir, &meta, req.n_saved)?;
-        stats.set_elapsed(started.elapsed().as_secs(), epoch == req.max_epochs);
+        // Early stopping counts validations since the best one, as ignite's handler does.
+        let patience_over = req.early_stop_patience > 0
+            && (epoch - meta.best_metric_epoch) / req.val_interval >= req.early_stop_patience;
+        let done = epoch == req.max_epochs || patience_over;
+        if patience_over {
+            stats.total_epochs = epoch;
+        }
+        stats.set_elapsed(started.elapsed().as_secs(), done);
         stats.write(out)?;
         progress(&stats);
+        if patience_over {
+            break;
+        }
     }
     if stopped {
         stats.write(out)?;
     }
-    if !out.join(crate::config::WEIGHTS_FILE).is_file() {
+    if !Model::weights_file(out).is_ok_and(|weights| weights.is_file()) {
         // Stopped before the first validation: publish the current weights anyway.
         model.save(out)?;
     }
@@ -287,16 +341,21 @@ pub fn train(
 /// Mean foreground Dice over whole volumes with sliding-window inference.
 pub fn validate(model: &Model, set: &[Sample], overlap: f64, amp: bool) -> Result<f64> {
     let cfg = &model.config;
-    let sw = SlidingWindow {
-        overlap,
-        ..SlidingWindow::new(tensor_order(cfg.roi_size))
+    let opts = InferOptions {
+        overlap: Some(overlap),
+        ..Default::default()
     };
+    let sw = sliding_window(model, &opts);
     let mut scores = Vec::new();
     for s in set {
         let logits = tch::no_grad(|| {
             crate::with_amp(amp, || sw.run(&s.image, |x| model.forward(x, Mode::EVAL)))
         })?;
-        if let Some(d) = mean_dice(&logits.argmax(1, true), &s.label, cfg.network.out_channels) {
+        if let Some(d) = mean_dice(
+            &logits.argmax(1, true),
+            &s.label,
+            cfg.network.out_channels(),
+        ) {
             scores.push(d);
         }
     }

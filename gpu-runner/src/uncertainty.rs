@@ -9,10 +9,10 @@ use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use crate::error::{Result, RunnerError};
+use crate::infer::{InferOptions, sliding_window};
 use crate::model::Model;
-use crate::sliding::SlidingWindow;
-use crate::transforms::{prepare_image, tensor_order};
-use crate::unet::Mode;
+use crate::networks::Mode;
+use crate::pipeline::prepare;
 
 /// The result of scoring one image.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -32,20 +32,21 @@ pub fn mc_dropout(
     overlap: f64,
     seed: i64,
 ) -> Result<Uncertainty> {
-    if model.config.network.dropout <= 0.0 {
+    if !model.supports_mc_dropout() {
         return Err(RunnerError::invalid(
-            "MC-dropout needs a model trained with dropout > 0",
+            "MC-dropout needs a native network trained with dropout > 0 (a TorchScript \
+             module cannot switch its dropout on alone)",
         ));
     }
     if passes < 2 {
         return Err(RunnerError::invalid("MC-dropout needs at least two passes"));
     }
-    let cfg = &model.config;
-    let prep = prepare_image(image, cfg.spacing, &cfg.intensity, model.device())?;
-    let sw = SlidingWindow {
-        overlap,
-        ..SlidingWindow::new(tensor_order(cfg.roi_size))
+    let prep = prepare(image, None, &model.config, model.device())?;
+    let opts = InferOptions {
+        overlap: Some(overlap),
+        ..Default::default()
     };
+    let sw = sliding_window(model, &opts);
     tch::manual_seed(seed);
     let mut sum: Option<Tensor> = None;
     let mut sum_sq: Option<Tensor> = None;
@@ -100,7 +101,11 @@ mod tests {
                 num_res_units: 1,
                 norm: Default::default(),
                 dropout,
-            },
+            }
+            .into(),
+            format: Default::default(),
+            layout: Default::default(),
+            pipeline: Default::default(),
         }
     }
 

@@ -15,18 +15,15 @@
 //! Instance norm has no affine parameters (MONAI's default `InstanceNorm3d`); batch norm
 //! has weight, bias and running statistics.
 //!
-//! On the CPU every (non-transposed) convolution calls oneDNN directly. libtorch's own
-//! choice sends a batch of one with few channels or small planes — the first layer of
-//! every sliding window, and the deepest ones — to its generic vol2col + GEMM path,
-//! which makes a 96³ window of the spleen network 2.2× slower than the same window on
-//! oneDNN (0.27 s against 0.12 s, 2 threads). The outputs agree to float rounding
-//! (≤ 1e-6) and autograd works the same way.
+//! Convolutions use [`crate::networks::layers::Conv`] (oneDNN on the CPU).
 
 use serde::{Deserialize, Serialize};
+use tch::Tensor;
 use tch::nn::{self, Module};
-use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, RunnerError};
+pub use crate::networks::Mode;
+use crate::networks::layers::Conv;
 
 /// Normalisation after each convolution.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -95,70 +92,6 @@ impl UNetConfig {
     }
 }
 
-/// How a forward pass treats the stochastic and batch-dependent layers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Mode {
-    /// Batch norm uses batch statistics and updates running ones.
-    pub train: bool,
-    /// Dropout is active (training, or Monte-Carlo dropout at inference).
-    pub dropout: bool,
-}
-
-impl Mode {
-    pub const TRAIN: Mode = Mode {
-        train: true,
-        dropout: true,
-    };
-    pub const EVAL: Mode = Mode {
-        train: false,
-        dropout: false,
-    };
-    /// Deterministic normalisation with dropout on, for MC-dropout uncertainty.
-    pub const MC_DROPOUT: Mode = Mode {
-        train: false,
-        dropout: true,
-    };
-}
-
-/// A cubic convolution with bias, run by oneDNN for float tensors on the CPU (see the
-/// module docs for why) and by libtorch's dispatcher everywhere else.
-#[derive(Debug)]
-struct Conv {
-    layer: nn::Conv3D,
-    stride: i64,
-    padding: i64,
-}
-
-impl Conv {
-    fn new(p: nn::Path, cin: i64, cout: i64, kernel: i64, stride: i64, padding: i64) -> Self {
-        let c = nn::ConvConfig {
-            stride,
-            padding,
-            ..Default::default()
-        };
-        Self {
-            layer: nn::conv3d(p, cin, cout, kernel, c),
-            stride,
-            padding,
-        }
-    }
-
-    fn forward(&self, x: &Tensor) -> Tensor {
-        if x.device() == Device::Cpu && x.kind() == Kind::Float && tch::utils::has_mkldnn() {
-            x.mkldnn_convolution(
-                &self.layer.ws,
-                self.layer.bs.as_ref(),
-                [self.padding; 3],
-                [self.stride; 3],
-                [1; 3],
-                1,
-            )
-        } else {
-            self.layer.forward(x)
-        }
-    }
-}
-
 /// Conv → [Norm → Dropout → PReLU] (MONAI `Convolution` with `adn_ordering="NDA"`).
 #[derive(Debug)]
 struct ConvBlock {
@@ -200,7 +133,7 @@ impl ConvBlock {
             };
             ConvKind::Transposed(nn::conv_transpose3d(conv_path, cin, cout, 3, c))
         } else {
-            ConvKind::Plain(Conv::new(conv_path, cin, cout, 3, stride, 1))
+            ConvKind::Plain(Conv::cubic(conv_path, cin, cout, 3, stride, true))
         };
         let adn = (!conv_only).then(|| {
             let adn = &p / "adn";
@@ -282,8 +215,8 @@ impl ResidualUnit {
             })
             .collect();
         let residual = (stride != 1 || cin != cout).then(|| {
-            let (k, pad) = if stride == 1 { (1, 0) } else { (3, 1) };
-            Conv::new(&p / "residual", cin, cout, k, stride, pad)
+            let k = if stride == 1 { 1 } else { 3 };
+            Conv::cubic(&p / "residual", cin, cout, k, stride, true)
         });
         Self { units, residual }
     }
@@ -305,7 +238,7 @@ impl ResidualUnit {
 /// with residual units) a transposed convolution followed by a residual unit.
 #[derive(Debug)]
 enum Layer {
-    Conv(ConvBlock),
+    Conv(Box<ConvBlock>),
     Res(ResidualUnit),
     UpRes(Box<(ConvBlock, ResidualUnit)>),
 }
@@ -394,7 +327,9 @@ fn down_layer(p: nn::Path, cfg: &UNetConfig, cin: i64, cout: i64, stride: i64) -
             false,
         ))
     } else {
-        Layer::Conv(ConvBlock::new(p, cfg, cin, cout, stride, false, false))
+        Layer::Conv(Box::new(ConvBlock::new(
+            p, cfg, cin, cout, stride, false, false,
+        )))
     }
 }
 
@@ -411,7 +346,9 @@ fn up_layer(
         let ru = ResidualUnit::new(&p / "1", cfg, cout, cout, 1, 1, is_top);
         Layer::UpRes(Box::new((conv, ru)))
     } else {
-        Layer::Conv(ConvBlock::new(p, cfg, cin, cout, stride, true, is_top))
+        Layer::Conv(Box::new(ConvBlock::new(
+            p, cfg, cin, cout, stride, true, is_top,
+        )))
     }
 }
 
@@ -465,43 +402,7 @@ pub fn parameter_count(vs: &nn::VarStore) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn onednn_convolution_matches_libtorch_dispatch_in_values_and_gradients() {
-        // The wheel's libtorch has oneDNN, so `Conv::forward` really takes the other path.
-        assert!(tch::utils::has_mkldnn());
-        tch::manual_seed(5);
-        let vs = nn::VarStore::new(Device::Cpu);
-        // Strided 3³ (down layers), padded 3³ (subunits) and 1³ (channel projections).
-        for (kernel, stride, padding) in [(3, 2, 1), (3, 1, 1), (1, 1, 0)] {
-            let conv = Conv::new(
-                vs.root() / format!("k{kernel}s{stride}"),
-                3,
-                5,
-                kernel,
-                stride,
-                padding,
-            );
-            let x = Tensor::randn([1, 3, 9, 10, 11], (Kind::Float, Device::Cpu))
-                .set_requires_grad(true);
-            let ours = conv.forward(&x);
-            let reference = conv.layer.forward(&x);
-            assert_eq!(ours.size(), reference.size());
-            assert!(ours.allclose(&reference, 1e-5, 1e-5, false));
-            let inputs = [&x, &conv.layer.ws];
-            let g_ours =
-                Tensor::run_backward(&[(&ours * &ours).sum(Kind::Float)], &inputs, false, false);
-            let g_ref = Tensor::run_backward(
-                &[(&reference * &reference).sum(Kind::Float)],
-                &inputs,
-                false,
-                false,
-            );
-            for (a, b) in g_ours.iter().zip(&g_ref) {
-                assert!(a.allclose(b, 1e-4, 1e-4, false));
-            }
-        }
-    }
+    use tch::{Device, Kind};
 
     fn cfg(channels: &[i64], strides: &[i64], res: usize, norm: Norm) -> UNetConfig {
         UNetConfig {

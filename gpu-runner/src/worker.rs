@@ -24,11 +24,11 @@ use medlabel_events::blob::read_to_vec;
 use medlabel_events::datastore::{Datastore, WriteContext};
 use medlabel_events::event::{Actor, JobKind, JobStatus};
 use medlabel_events::jobs::{JobRecord, Jobs};
-use medlabel_events::models::{Models, PublishedModel};
+use medlabel_events::models::{Models, PublishedModel, folder};
 use medlabel_events::{BlobStore, Clock, EventStore, Extension, Info, RunId, Tag, UserName};
 use serde_json::{Value, json};
 
-use crate::config::{CONFIG_FILE, VERSION_FILE, WEIGHTS_FILE};
+use crate::config::{CONFIG_FILE, VERSION_FILE};
 use crate::error::{Result, RunnerError};
 use crate::infer::{InferOptions, infer_file};
 use crate::model::Model;
@@ -363,9 +363,16 @@ impl Worker {
         let improves = best.is_some_and(|b| published.metric.is_none_or(|m| b > m));
         let mut result = json!({"train_stats": stats, "published": Value::Null});
         if improves {
+            // Fine-tuned TorchScript stays TorchScript; native networks save safetensors.
+            let weights_file = Model::weights_file(&outcome.model_dir)?;
+            let suffix = weights_file
+                .extension()
+                .and_then(|e| e.to_str())
+                .map(|e| format!(".{e}"))
+                .unwrap_or_default();
             let weights = self
                 .blobs
-                .put_file(&outcome.model_dir.join(WEIGHTS_FILE), &ext(".safetensors"))
+                .put_file(&weights_file, &ext(&suffix))
                 .await
                 .map_err(store_error)?;
             let config = self
@@ -645,9 +652,18 @@ async fn materialise(
     if std::fs::read_to_string(&marker).is_ok_and(|s| s == stamp) {
         return Ok(dir);
     }
+    let config = read_to_vec(blobs, &model.config)
+        .await
+        .map_err(store_error)?;
+    let weights_name = folder::weights_file_of(&config).map_err(RunnerError::invalid)?;
     std::fs::create_dir_all(&dir).map_err(|e| RunnerError::io(&dir, e))?;
-    for (blob, name) in [(&model.config, CONFIG_FILE), (&model.weights, WEIGHTS_FILE)] {
-        let bytes = read_to_vec(blobs, blob).await.map_err(store_error)?;
+    // The config first: a server picks a folder up only once its weights are there too.
+    for (blob, name) in [(&model.config, CONFIG_FILE), (&model.weights, weights_name)] {
+        let bytes = if name == CONFIG_FILE {
+            config.clone()
+        } else {
+            read_to_vec(blobs, blob).await.map_err(store_error)?
+        };
         let staged = dir.join(format!(".{name}.tmp"));
         std::fs::write(&staged, bytes).map_err(|e| RunnerError::io(&staged, e))?;
         std::fs::rename(&staged, dir.join(name)).map_err(|e| RunnerError::io(&dir, e))?;
@@ -661,15 +677,25 @@ fn ext(value: &str) -> Extension {
     Extension::parse(value).expect("a valid extension")
 }
 
-/// The training request: the published model fine-tuned, with MONAI Label's request
-/// keys (`max_epochs`, `val_split`, ...) applied over the defaults.
+/// The training request: the published model fine-tuned (or, with MONAI Label's
+/// `pretrained: false`, its network trained from fresh weights), with MONAI Label's
+/// request keys (`max_epochs`, `val_split`, `train_batch_size`, ...) applied over the
+/// defaults.
 fn train_request(params: &Info, model_dir: &Path, device: &str) -> TrainRequest {
     let number = |key: &str| params.get(key).and_then(Value::as_f64);
     let mut request = TrainRequest {
         pretrained: Some(model_dir.to_path_buf()),
+        from_scratch: params.get("pretrained").and_then(Value::as_bool) == Some(false),
         device: device.to_owned(),
         ..TrainRequest::default()
     };
+    if let Some(batch) = number("train_batch_size") {
+        request.train_batch_size = batch.max(1.0) as usize;
+    }
+    // MONAI Label's -1 (and any value under 1) means no early stop.
+    if let Some(patience) = number("early_stop_patience") {
+        request.early_stop_patience = patience.max(0.0) as usize;
+    }
     if let Some(epochs) = number("max_epochs") {
         request.max_epochs = epochs.max(1.0) as usize;
     }
@@ -686,4 +712,88 @@ fn train_request(params: &Info, model_dir: &Path, device: &str) -> TrainRequest 
         request.seed = seed as u64;
     }
     request
+}
+
+#[cfg(test)]
+mod tests {
+    use medlabel_events::ModelName;
+    use medlabel_events::blob::fs::FolderBlobStore;
+
+    use super::*;
+
+    fn params(value: Value) -> Info {
+        value.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn monai_label_train_keys_reach_the_request() {
+        let dir = Path::new("/models/segmentation");
+        let request = train_request(
+            &params(json!({"pretrained": false, "train_batch_size": 4, "early_stop_patience": 3})),
+            dir,
+            "cpu",
+        );
+        assert!(request.from_scratch);
+        assert_eq!(request.train_batch_size, 4);
+        assert_eq!(request.early_stop_patience, 3);
+        assert_eq!(request.pretrained.as_deref(), Some(dir));
+
+        // MONAI Label's defaults: fine-tune, and -1 turns early stopping off.
+        let request = train_request(
+            &params(json!({"pretrained": true, "early_stop_patience": -1})),
+            dir,
+            "cpu",
+        );
+        assert!(!request.from_scratch);
+        assert_eq!(request.early_stop_patience, 0);
+        assert_eq!(request.train_batch_size, 1);
+    }
+
+    #[tokio::test]
+    async fn a_published_torchscript_model_lands_under_the_name_its_config_gives() {
+        let tmp = tempfile::tempdir().unwrap();
+        let blobs = FolderBlobStore::open(tmp.path().join("blobs")).unwrap();
+        let ext = |e: &str| Extension::parse(e).unwrap();
+        let config = blobs
+            .put_bytes(br#"{"format": "torchscript"}"#.to_vec(), &ext(".json"))
+            .await
+            .unwrap();
+        let weights = blobs
+            .put_bytes(b"torchscript archive".to_vec(), &ext(".ts"))
+            .await
+            .unwrap();
+        let model = PublishedModel {
+            model: ModelName::parse("imported").unwrap(),
+            version: 2,
+            weights: weights.clone(),
+            config,
+            metric: None,
+            training_run: None,
+            published_at_ms: 0,
+        };
+        let models_dir = tmp.path().join("models");
+        let dir = materialise(&blobs, &models_dir, &model).await.unwrap();
+        assert_eq!(
+            std::fs::read(dir.join(folder::TORCHSCRIPT_FILE)).unwrap(),
+            b"torchscript archive"
+        );
+        assert!(!dir.join(folder::SAFETENSORS_FILE).exists());
+        assert_eq!(
+            std::fs::read_to_string(dir.join(VERSION_FILE)).unwrap(),
+            format!("2 {}", weights.sha256)
+        );
+
+        // A config naming no known format is refused before anything is written.
+        let bad = PublishedModel {
+            model: ModelName::parse("odd").unwrap(),
+            config: blobs
+                .put_bytes(br#"{"format": "onnx"}"#.to_vec(), &ext(".json"))
+                .await
+                .unwrap(),
+            ..model
+        };
+        let err = materialise(&blobs, &models_dir, &bad).await.unwrap_err();
+        assert!(err.to_string().contains("onnx"), "{err}");
+        assert!(!models_dir.join("odd").exists());
+    }
 }

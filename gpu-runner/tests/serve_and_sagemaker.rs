@@ -29,7 +29,9 @@ fn tiny_config() -> ModelConfig {
             num_res_units: 1,
             norm: Default::default(),
             dropout: 0.0,
-        },
+        }
+        .into(),
+        ..Default::default()
     }
 }
 

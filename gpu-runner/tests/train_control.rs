@@ -23,7 +23,9 @@ fn request() -> TrainRequest {
                 num_res_units: 1,
                 norm: Default::default(),
                 dropout: 0.0,
-            },
+            }
+            .into(),
+            ..Default::default()
         }),
         max_epochs: 5,
         num_samples: 2,

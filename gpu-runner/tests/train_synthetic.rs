@@ -25,7 +25,9 @@ fn small_config() -> ModelConfig {
             num_res_units: 1,
             norm: Default::default(),
             dropout: 0.0,
-        },
+        }
+        .into(),
+        ..Default::default()
     }
 }
 

@@ -26,12 +26,14 @@ use std::sync::Arc;
 
 use clap::{Arg, ArgAction, ArgMatches, Command, value_parser};
 use medlabel_events::Actor;
+use medlabel_events::ModelName;
 use medlabel_events::blob::fs::FolderBlobStore;
 use medlabel_events::clock::SystemClock;
 use medlabel_events::datastore::{WriteContext, import_studies};
 use medlabel_events::models::Models;
 use medlabel_events::store::sqlite::SqliteEventStore;
 use medlabel_functions::auth_cli;
+use medlabel_functions::model_import::{self, ModelImporter};
 use medlabel_functions::model_runner::{InferenceEndpoint, LocalRunner};
 use medlabel_functions::runner::NoRunner;
 use medlabel_functions::state::{AppState, Config, DicomWeb};
@@ -84,6 +86,13 @@ fn cli() -> Command {
                         .help("A model folder to publish when its model has no version yet"),
                 )
                 .arg(
+                    Arg::new("bundle")
+                        .long("bundle")
+                        .action(ArgAction::Append)
+                        .value_parser(value_parser!(PathBuf))
+                        .help("A MONAI bundle (folder or zip) to serve as the model named after it, published when that model has no version yet (repeatable)"),
+                )
+                .arg(
                     Arg::new("device")
                         .long("device")
                         .default_value("auto")
@@ -122,21 +131,54 @@ fn cli() -> Command {
                 )
                 .args(auth_cli::serve_args()),
         )
-        .subcommand(auth_cli::user_command());
+        .subcommand(auth_cli::user_command())
+        .subcommand(
+            Command::new("model")
+                .about("Manage the models of a studies folder")
+                .subcommand_required(true)
+                .subcommand(
+                    Command::new("new")
+                        .about("A new model for a label set, on a template network with fresh weights (train it with POST /train/NAME)")
+                        .arg(Arg::new("name").required(true).help("The model's name"))
+                        .arg(
+                            Arg::new("studies")
+                                .long("studies")
+                                .required(true)
+                                .value_parser(value_parser!(PathBuf))
+                                .help("The studies folder whose server will serve it"),
+                        )
+                        .arg(
+                            Arg::new("network")
+                                .long("network")
+                                .default_value("segresnet")
+                                .value_parser(["unet", "segresnet", "dynunet"])
+                                .help("The template network"),
+                        )
+                        .arg(
+                            Arg::new("labels")
+                                .long("labels")
+                                .required(true)
+                                .help("name=channel,... (channel 0 is background), e.g. spleen=1,liver=2"),
+                        )
+                        .arg(runner_arg()),
+                ),
+        );
     #[cfg(feature = "aws")]
     let command = command.subcommand(
         Command::new("publish-model")
             .about(
-                "Publish a model folder (config.json, model.safetensors) to a deployment's \
-                 log, when that model has no version yet; later versions come from \
-                 training or PUT /model/{name}",
+                "Publish a model folder (config.json and its weights) or a MONAI bundle \
+                 (folder or zip, imported with the runner) to a deployment's log, when that \
+                 model has no version yet; later versions come from training or \
+                 PUT /model/{name}",
             )
             .arg(
                 Arg::new("model")
                     .required(true)
                     .value_parser(value_parser!(PathBuf))
-                    .help("The model folder; its name is the model's"),
+                    .help("The model folder or bundle; its name is the model's"),
             )
+            .arg(runner_arg())
             .arg(
                 Arg::new("table")
                     .long("table")
@@ -153,12 +195,68 @@ fn cli() -> Command {
     command
 }
 
+fn runner_arg() -> Arg {
+    Arg::new("runner")
+        .long("runner")
+        .value_parser(value_parser!(PathBuf))
+        .help("The medlabel-runner binary (default: beside this one)")
+}
+
+/// The runner binary: `--runner`, else `medlabel-runner` beside this binary, if it exists.
+fn runner_binary(args: &ArgMatches) -> Option<PathBuf> {
+    args.get_one::<PathBuf>("runner")
+        .cloned()
+        .or_else(|| {
+            std::env::current_exe()
+                .ok()?
+                .parent()
+                .map(|d| d.join("medlabel-runner"))
+        })
+        .filter(|path| path.is_file())
+}
+
+/// A model's name from a bundle's folder or zip file name.
+fn bundle_name(bundle: &Path) -> Result<ModelName, Box<dyn std::error::Error>> {
+    let name = bundle
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| n.strip_suffix(".zip").unwrap_or(n))
+        .ok_or_else(|| format!("{}: no file name to name the model after", bundle.display()))?;
+    Ok(ModelName::parse(name)?)
+}
+
+/// Whether `path` is a bundle (a zip, or a folder with configs/metadata.json) rather
+/// than a model folder.
+#[cfg(feature = "aws")]
+fn is_bundle(path: &Path) -> bool {
+    path.is_file() || path.join("configs/metadata.json").is_file()
+}
+
+/// Imports the bundle with the runner and publishes it unless its model has a version.
+async fn publish_bundle(
+    importer: &ModelImporter,
+    models: &Models,
+    blobs: &dyn medlabel_events::BlobStore,
+    bundle: &Path,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let name = bundle_name(bundle)?;
+    let folder = importer
+        .import(bundle, None)
+        .await
+        .map_err(|e| format!("{}: {e}", bundle.display()))?;
+    Ok(model_import::publish_if_absent(models, blobs, &name, &folder.path()).await?)
+}
+
 #[tokio::main]
 async fn main() {
     let matches = cli().get_matches();
     let result = match matches.subcommand() {
         Some(("serve", args)) => serve(args).await,
         Some(("user", args)) => auth_cli::run_user(args),
+        Some(("model", args)) => match args.subcommand() {
+            Some(("new", args)) => new_model(args).await,
+            _ => unreachable!("clap requires a subcommand"),
+        },
         #[cfg(feature = "aws")]
         Some(("publish-model", args)) => publish_model(args).await,
         _ => unreachable!("clap requires a subcommand"),
@@ -183,8 +281,14 @@ async fn publish_model(args: &ArgMatches) -> Result<(), Box<dyn std::error::Erro
     let store = DynamoEventStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
     let blobs = S3BlobStore::new(S3BlobStore::client(&sdk), bucket);
     let models = Models::new(Arc::new(store), Arc::new(SystemClock));
-    let published =
-        medlabel_functions::model_runner::publish_model_folder(&models, &blobs, dir).await?;
+    let published = if is_bundle(dir) {
+        let runner = runner_binary(args)
+            .ok_or("a bundle is imported with medlabel-runner: give --runner")?;
+        let importer = ModelImporter::new(runner, std::env::temp_dir());
+        publish_bundle(&importer, &models, &blobs, dir).await?
+    } else {
+        model_import::publish_model_folder(&models, &blobs, dir).await?
+    };
     let model = dir.file_name().map(|n| n.to_string_lossy().into_owned());
     println!(
         "{}",
@@ -218,7 +322,12 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
              is off: anyone who can reach it gets full access to the patient data"
         );
     }
+    let runner = runner_binary(args);
+    let importer = runner
+        .clone()
+        .map(|binary| ModelImporter::new(binary, temp_dir.clone()));
     let config = Config {
+        importer: importer.clone(),
         max_upload_bytes: *args.get_one::<u64>("max-upload-bytes").expect("defaulted"),
         max_session_expiry_s: *args.get_one::<u64>("session-expiry").expect("defaulted"),
         temp_dir,
@@ -266,24 +375,16 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
         state.sessions.clone(),
     ));
 
+    let blob_store = state.datastore.blob_store();
     if let Some(dir) = args.get_one::<PathBuf>("starter-model") {
-        medlabel_functions::model_runner::publish_model_folder(
-            &state.models,
-            state.datastore.blob_store().as_ref(),
-            dir,
-        )
-        .await?;
+        model_import::publish_model_folder(&state.models, blob_store.as_ref(), dir).await?;
     }
-    let runner = args
-        .get_one::<PathBuf>("runner")
-        .cloned()
-        .or_else(|| {
-            std::env::current_exe()
-                .ok()?
-                .parent()
-                .map(|d| d.join("medlabel-runner"))
-        })
-        .filter(|path| path.is_file());
+    for bundle in args.get_many::<PathBuf>("bundle").into_iter().flatten() {
+        let importer = importer
+            .as_ref()
+            .ok_or("--bundle needs medlabel-runner (beside this binary, or --runner)")?;
+        publish_bundle(importer, &state.models, blob_store.as_ref(), bundle).await?;
+    }
     let state = match runner {
         Some(binary) => {
             let endpoint = Arc::new(LocalRunner::default());
@@ -317,6 +418,52 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
+    Ok(())
+}
+
+/// `medlabel model new`: a template network for the label set, published as version 1
+/// of the model in the studies folder's log (a running server sees it at once).
+async fn new_model(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
+    let name = ModelName::parse(args.get_one::<String>("name").expect("required").as_str())?;
+    let studies: &PathBuf = args.get_one("studies").expect("required");
+    let home = studies.join(".medlabel");
+    let temp_dir = home.join("tmp");
+    std::fs::create_dir_all(&temp_dir)?;
+    let labels = args
+        .get_one::<String>("labels")
+        .expect("required")
+        .split(',')
+        .map(|pair| {
+            let (label, channel) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("--labels: {pair:?} is not name=channel"))?;
+            let channel: i64 = channel
+                .trim()
+                .parse()
+                .map_err(|_| format!("--labels: {pair:?}: the channel must be an integer"))?;
+            Ok((label.trim().to_owned(), channel))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    let runner = runner_binary(args).ok_or("medlabel-runner not found: give --runner")?;
+    let folder = ModelImporter::new(runner, temp_dir)
+        .new_model(
+            args.get_one::<String>("network").expect("defaulted"),
+            &labels,
+        )
+        .await?;
+    let store = open_store(&home.join("events.db")).await?;
+    let blobs = FolderBlobStore::open_with_inline(home.join("blobs"), &store)?;
+    let models = Models::new(Arc::new(store), Arc::new(SystemClock));
+    let published = model_import::publish_if_absent(&models, &blobs, &name, &folder.path()).await?;
+    if !published {
+        return Err(
+            format!("model {name} exists already; delete it first (DELETE /model/{name})").into(),
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({"model": name, "published": published})
+    );
     Ok(())
 }
 

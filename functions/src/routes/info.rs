@@ -18,6 +18,7 @@ use crate::catalogue;
 use crate::context::Ctx;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{Segment, parse_id};
+use crate::model_import::{self, ImportError, ModelImporter};
 use crate::multipart::read_upload;
 use crate::reply;
 use crate::routes::activelearning::strategies_info;
@@ -165,8 +166,13 @@ async fn delete_model(
     Ok(Json(json!({})))
 }
 
-/// MONAI Label's model upload: the file becomes the model's next version (the
-/// network config stays), once its header proves it whole and shaped for the network.
+/// MONAI Label's model upload: the file becomes the model's next version.
+///
+/// Safetensors (what `GET /model/{name}` hands out) keep the network config, once their
+/// header proves them whole and shaped for the network; this needs nothing but the
+/// file. A MONAI bundle zip (which may also bring a new model), a TorchScript archive
+/// or a PyTorch state dict go through the runner's import, which proves the result
+/// loads and answers with one channel per label ([`crate::model_import`]).
 async fn upload_model(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -175,9 +181,7 @@ async fn upload_model(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let name = model_name(&model)?;
-    let current = current_model(&state, &name)
-        .await
-        .map_err(|_| ApiError::NotFound(format!("Model File Name NOT configured for {name}")))?;
+    let current = current_model(&state, &name).await.ok();
     let form = read_upload(&state.config, &headers, body, &["file"]).await?;
     let upload = form.required_file("file")?;
     let refuse = |why: String| {
@@ -189,22 +193,87 @@ async fn upload_model(
             json!(upload.file_name),
         ))
     };
-    let new_layout =
-        weights::layout(std::fs::File::open(&upload.path)?, upload.size).map_err(refuse)?;
-    let blobs = state.datastore.blob_store();
-    let current_bytes = read_to_vec(blobs.as_ref(), &current.weights).await?;
-    let current_layout = weights::layout(&current_bytes[..], current_bytes.len() as u64)
-        .map_err(|why| ApiError::Internal(format!("model {name}'s current weights: {why}")))?;
-    if let Some(why) = weights::mismatch(&current_layout, &new_layout) {
-        return Err(refuse(why));
-    }
-    let weights = blobs.put_file(&upload.path, &current.weights.ext).await?;
-    let published = state
-        .models
-        .publish(&ctx.write(None), &name, weights, current.config, None, None)
-        .await?;
+    let published = if is_zip(&upload.path)? {
+        let importer = state.config.importer.as_ref().ok_or_else(|| {
+            refuse(
+                "bundles and TorchScript files are imported by the runner, which this \
+                 deployment does not have here; use `medlabel publish-model`"
+                    .into(),
+            )
+        })?;
+        import_upload(
+            &state,
+            &ctx,
+            importer,
+            &name,
+            current.as_ref(),
+            &upload.path,
+        )
+        .await
+        .map_err(|e| match e {
+            ImportError::Refused(why) => refuse(why),
+            other => ApiError::Internal(other.to_string()),
+        })?
+    } else {
+        let current = current.ok_or_else(|| {
+            ApiError::NotFound(format!("Model File Name NOT configured for {name}"))
+        })?;
+        let new_layout =
+            weights::layout(std::fs::File::open(&upload.path)?, upload.size).map_err(refuse)?;
+        let blobs = state.datastore.blob_store();
+        let current_bytes = read_to_vec(blobs.as_ref(), &current.weights).await?;
+        let current_layout = weights::layout(&current_bytes[..], current_bytes.len() as u64)
+            .map_err(|why| refuse(format!("model {name} is not held as safetensors ({why}); upload a bundle or TorchScript file")))?;
+        if let Some(why) = weights::mismatch(&current_layout, &new_layout) {
+            return Err(refuse(why));
+        }
+        let weights = blobs.put_file(&upload.path, &current.weights.ext).await?;
+        state
+            .models
+            .publish(&ctx.write(None), &name, weights, current.config, None, None)
+            .await?
+    };
     Ok(Json(json!({
         "checksum": published.weights.checksum(),
         "modified_time": published.published_at_ms.div_euclid(1000),
     })))
+}
+
+/// Whether the file starts as a zip does (bundles, TorchScript and state dicts all do).
+fn is_zip(path: &std::path::Path) -> Result<bool, ApiError> {
+    use std::io::Read;
+    let mut magic = [0u8; 4];
+    let read = std::fs::File::open(path)?.read(&mut magic)?;
+    Ok(read == 4 && magic == *b"PK\x03\x04")
+}
+
+/// Imports an uploaded zip with the runner (a weights-only file takes the current
+/// model's config) and publishes the folder as `name`'s next version.
+async fn import_upload(
+    state: &AppState,
+    ctx: &Ctx,
+    importer: &ModelImporter,
+    name: &ModelName,
+    current: Option<&PublishedModel>,
+    file: &std::path::Path,
+) -> Result<PublishedModel, ImportError> {
+    let blobs = state.datastore.blob_store();
+    let like = match current {
+        Some(model) => Some(
+            model_import::current_config(blobs.as_ref(), model)
+                .await
+                .map_err(|e| ImportError::Failed(e.to_string()))?,
+        ),
+        None => None,
+    };
+    let folder = importer.import(file, like.as_deref()).await?;
+    model_import::publish_folder(
+        &state.models,
+        blobs.as_ref(),
+        &ctx.write(None),
+        name,
+        &folder.path(),
+    )
+    .await
+    .map_err(|e| ImportError::Failed(e.to_string()))
 }
