@@ -2,7 +2,8 @@
 //! bundle (built with MONAI by the runner's test tooling) served with `--bundle`, its
 //! TorchScript archive and a bundle zip uploaded through `PUT /model/{name}` as the next
 //! versions, and files that are not models, or bundles the runner cannot honour,
-//! refused with 422 and nothing published.
+//! refused with 422 and nothing published; an imported TorchScript model trained through
+//! `/train/` and served at its new version; `medlabel model new` for a label set.
 
 mod common;
 
@@ -249,5 +250,84 @@ async fn a_new_model_for_a_label_set_is_served_and_made_only_once() {
         (Some(1), Some(2)),
         "{info}"
     );
+    server.stop();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_imported_torchscript_model_trains_and_the_next_inference_uses_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join(MODEL);
+    bundle_tooling::run(&[
+        "make".as_ref(),
+        bundle.as_os_str(),
+        "--network".as_ref(),
+        "unet".as_ref(),
+        "--format".as_ref(),
+        "ts".as_ref(),
+        "--seed".as_ref(),
+        "2".as_ref(),
+    ]);
+    let studies = tmp.path().join("studies");
+    common::sample_studies(&studies, 4);
+    let server = LocalServer::start(&studies, &["--bundle".as_ref(), bundle.as_os_str()]);
+    let url = server.url.clone();
+    infer_foreground(&url, "spleen_000").await;
+    let before = model_checksum(&url).await;
+
+    let reply = client()
+        .post(format!("{url}/train/{MODEL}"))
+        .json(&serde_json::json!({"max_epochs": 2, "val_split": 0.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status(),
+        StatusCode::OK,
+        "{}",
+        reply.text().await.unwrap()
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let done = loop {
+        let task: Value = client()
+            .get(format!("{url}/train/"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if task["status"] == "DONE" || task["status"] == "ERROR" {
+            break task;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "training did not end: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(done["status"], "DONE", "{done}");
+    // An imported model has no metric yet, so its first training publishes version 2,
+    // still TorchScript, and the next inference is served by it.
+    assert_eq!(done["result"]["published"]["version"], 2, "{done}");
+    let after = model_checksum(&url).await;
+    assert_ne!(after, before);
+    let download = client()
+        .get(format!("{url}/model/{MODEL}"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(download.starts_with(b"PK\x03\x04"), "a TorchScript archive");
+    let reply: Value = client()
+        .post(format!("{url}/infer/{MODEL}?image=spleen_000&output=json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(reply["model_version"], 2, "{reply}");
     server.stop();
 }

@@ -402,17 +402,6 @@ async fn an_image_removed_through_the_api_stays_removed_after_a_restart() {
 // ----- the runner child
 
 /// A studies folder of synthetic CT cases with final labels, on the starter model's grid.
-fn sample_studies(dir: &Path, cases: usize) {
-    let status = Command::new(common::runner_binary())
-        .args(["make-sample", "--cases", &cases.to_string(), "--seed", "3"])
-        .args(["--dims", "48,48,32", "--spacing", "3,3,3", "--out"])
-        .arg(dir)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 fn with_runner(studies: &Path, lease_seconds: &str) -> LocalServer {
     let runner = common::runner_binary();
     let starter = common::manifest_dir().join("../gpu-runner/models/segmentation_spleen");
@@ -532,7 +521,7 @@ async fn wait_infer(url: &str) -> (Value, Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_dead_or_frozen_runner_loses_its_job_and_comes_back() {
     let studies = tempfile::tempdir().unwrap();
-    sample_studies(studies.path(), 4);
+    common::sample_studies(studies.path(), 4);
     let server = with_runner(studies.path(), "3");
     let url = server.url.clone();
     wait_infer(&url).await;
@@ -619,7 +608,7 @@ async fn a_dead_or_frozen_runner_loses_its_job_and_comes_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_first_inference_after_training_uses_the_new_model() {
     let studies = tempfile::tempdir().unwrap();
-    sample_studies(studies.path(), 4);
+    common::sample_studies(studies.path(), 4);
     let server = with_runner(studies.path(), "60");
     let url = server.url.clone();
     let (before, _) = wait_infer(&url).await;

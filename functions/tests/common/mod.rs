@@ -458,3 +458,15 @@ impl Drop for LocalServer {
         let _ = self.child.wait();
     }
 }
+
+/// Synthetic CT-like studies with final labels, written by the runner (`make-sample`).
+pub fn sample_studies(dir: &std::path::Path, cases: usize) {
+    let status = std::process::Command::new(runner_binary())
+        .args(["make-sample", "--cases", &cases.to_string(), "--seed", "3"])
+        .args(["--dims", "48,48,32", "--spacing", "3,3,3", "--out"])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
