@@ -261,6 +261,13 @@ impl From<RunnerError> for ApiError {
             | RunnerError::NoTasks(_)
             | RunnerError::NotRunning(_) => ApiError::NotFound(err.to_string()),
             RunnerError::AlreadyRunning(_) => ApiError::TaskRunning(err.to_string()),
+            RunnerError::LabelRejected(msg) => ApiError::field(FieldError::new(
+                "value_error",
+                "body",
+                "label",
+                msg,
+                Value::Null,
+            )),
             RunnerError::Failed(msg) => ApiError::Internal(msg),
             RunnerError::Unavailable(msg) => ApiError::Unavailable(msg),
         }

@@ -30,6 +30,7 @@ pub mod request_id;
 pub mod routes;
 pub mod runner;
 pub mod scoring;
+pub mod scribbles;
 pub mod state;
 pub mod strategy;
 pub mod supervisor;

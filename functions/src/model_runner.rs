@@ -9,8 +9,8 @@
 //! - Interactive inference sends the runner's `POST /invocations` request to an
 //!   [`InferenceEndpoint`]: locally a child process on loopback that reads the image's
 //!   path and writes the mask into the spool folder; in the cloud a SageMaker endpoint
-//!   serving the runner image, which fetches the image from its presigned URL and sends
-//!   the mask back inline. Either way the mask ends up as a file in the spool folder.
+//!   serving the runner image, which fetches the image (and the request's `label`
+//!   upload, if any) from its presigned URL and sends the mask back inline. Either way the mask ends up as a file in the spool folder.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -340,12 +340,12 @@ impl Runner for ModelRunner {
             .map_err(failed)?
             .into_temp_path();
         // A blob store without local files (S3) hands out presigned URLs.
-        let image_field =
-            if request.image.starts_with("https://") || request.image.starts_with("http://") {
-                "image_url"
-            } else {
-                "image"
-            };
+        let is_url = |uri: &str| uri.starts_with("https://") || uri.starts_with("http://");
+        let image_field = if is_url(&request.image) {
+            "image_url"
+        } else {
+            "image"
+        };
         // The version this view of the log has: a runner holding an older one brings
         // it in first, so the first inference after a publication uses it.
         let mut body = json!({
@@ -355,12 +355,25 @@ impl Runner for ModelRunner {
             "params": request.params,
         });
         body[image_field] = json!(request.image);
+        // MONAI Label hands a request's `label` file to the task; so does this.
+        if let Some(label) = &request.label {
+            let field = if is_url(label) { "label_url" } else { "label" };
+            body[field] = json!(label);
+        }
         if matches!(endpoint, InferenceEndpoint::Local(_)) {
             body["output"] = json!(output.to_path_buf());
         }
         let (status, reply) = endpoint.invoke(&self.http, body).await?;
         if status == 404 {
             return Err(RunnerError::UnknownModel(request.model));
+        }
+        if status == 422 {
+            return Err(RunnerError::LabelRejected(
+                reply["detail"]
+                    .as_str()
+                    .unwrap_or("the runner refused the request")
+                    .to_owned(),
+            ));
         }
         if !(200..300).contains(&status) {
             return Err(RunnerError::Failed(

@@ -77,6 +77,9 @@ pub enum RunnerError {
     NoTasks(JobKind),
     #[error("No {} Tasks are currently Running", kind_title(*.0))]
     NotRunning(JobKind),
+    /// The runner refused what the request sent (a `label` off the image's grid).
+    #[error("{0}")]
+    LabelRejected(String),
     #[error("runner failed: {0}")]
     Failed(String),
     /// No runner can take the request now (none configured, or it is restarting).

@@ -46,7 +46,17 @@ async fn info_reports_monai_shape_and_datastore_status() {
     assert_eq!(reply.status, StatusCode::OK);
     let info = reply.json();
     assert_eq!(info["version"], "0.8.5");
-    assert_eq!(info["models"], json!({}));
+    // No model, only what needs none: the scribbles methods.
+    assert_eq!(
+        info["models"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["Histogram+GraphCut"]
+    );
+    assert_eq!(info["models"]["Histogram+GraphCut"]["type"], "scribbles");
+    assert_eq!(info["labels"], json!([]));
     assert_eq!(info["trainers"], json!({}));
     assert_eq!(info["datastore"]["total"], 1);
     assert_eq!(info["datastore"]["completed"], 0);

@@ -9,7 +9,7 @@
 //! Then the failure modes that delivery "at least once" brings: a replayed stream
 //! batch and a message delivered again after its job ran change nothing. And a click:
 //! the infer function calls the runner's HTTP contract through the SageMaker runtime
-//! SDK, and the runner fetches the image from S3 by its presigned URL.
+//! SDK, and the runner fetches the image (and a `label` upload) from S3 by presigned URL.
 
 #![cfg(feature = "aws")]
 
@@ -448,9 +448,51 @@ async fn a_click_in_the_cloud_is_segmented_by_the_sagemaker_endpoint() {
     )
     .await;
     let predicted = read_nifti_bytes(&reply.body, true).unwrap();
-    let truth = read_nifti_bytes(&truth, true).unwrap();
+    let truth_bytes = truth;
+    let truth = read_nifti_bytes(&truth_bytes, true).unwrap();
     let score = dice(&truth, &predicted).unwrap();
     assert!(score > 0.8, "interactive inference Dice {score}");
+
+    // A `label` upload goes to S3 and reaches the endpoint as a presigned URL, which the
+    // runner fetches and checks against the image: one that fits is accepted, one of
+    // another shape is the client's error.
+    let fitting = send_lambda(
+        infer.clone(),
+        &Req::new("POST", &format!("/infer/{MODEL}?image=spleen_000&output=json"))
+            .multipart(&[], &[("label", "label.nii.gz", &truth_bytes)]),
+        Some("prod"),
+        None,
+    )
+    .await;
+    assert_eq!(fitting.status, StatusCode::OK, "{fitting:?}");
+    let [nx, ny, nz] = truth.dims;
+    let short = medlabel_imaging::Volume::new(
+        truth.data[..nx * ny * (nz - 1)].to_vec(),
+        [nx, ny, nz - 1],
+        truth.affine,
+    )
+    .unwrap();
+    let short = medlabel_imaging::nifti::write_nifti_bytes(
+        &short,
+        medlabel_imaging::DataType::U8,
+        true,
+    )
+    .unwrap();
+    let misfit = send_lambda(
+        infer.clone(),
+        &Req::new("POST", &format!("/infer/{MODEL}?image=spleen_000&output=json"))
+            .multipart(&[], &[("label", "label.nii.gz", &short)]),
+        Some("prod"),
+        None,
+    )
+    .await;
+    assert_eq!(misfit.status, StatusCode::UNPROCESSABLE_ENTITY, "{misfit:?}");
+    let detail = &misfit.json()["detail"][0];
+    assert_eq!(detail["loc"], json!(["body", "label"]));
+    assert!(
+        detail["msg"].as_str().unwrap().contains("does not fit the image"),
+        "{detail}"
+    );
 
     // The container's refusal of a request is a failed inference that records nothing.
     let head = stack.store().head().await.unwrap();

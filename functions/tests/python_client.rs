@@ -6,36 +6,14 @@ use std::process::{Command, Stdio};
 
 mod common;
 
-/// The Python that `scripts/setup.sh` installs `monailabel==0.8.5` into.
-fn python() -> std::path::PathBuf {
-    common::cache_dir().join("py/bin/python")
-}
-
 fn start(studies: &Path, extra: &[&std::ffi::OsStr]) -> (common::LocalServer, String) {
     let server = common::LocalServer::start(studies, extra);
     let url = server.url.clone();
     (server, url)
 }
 
-/// Runs `tests/python/<script> <url> <work> <extra...>` and checks it reports
-/// `{"ok": true}`.
 fn run_script(script: &str, url: &str, work: &Path, extra: &[&str]) {
-    let path = common::manifest_dir().join("tests/python").join(script);
-    let output = Command::new(python())
-        .arg(&path)
-        .arg(url)
-        .arg(work)
-        .args(extra)
-        .output()
-        .expect("python runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{script} failed\nstdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    assert_eq!(report["ok"], true);
+    common::run_python(script, url, work, extra);
 }
 
 #[test]

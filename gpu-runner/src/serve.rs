@@ -8,6 +8,8 @@
 //!    "image": "/data/img.nii.gz",               // a file the runner can read, or …
 //!    "image_b64": "<base64>", "image_ext": ".nii.gz",   // … the file's bytes inline, or …
 //!    "image_url": "https://…/img.nii.gz?X-Amz-…",     // … a URL to GET (presigned S3)
+//!    "label": "/data/scribbles.nrrd",           // optional: the request's label file, or …
+//!    "label_url": "https://…", "label_ext": ".nrrd",  // … a URL to GET, like the image
 //!    "output": "/data/out/label.nii.gz",        // optional: write the mask there
 //!    "result_extension": ".nii.gz",             // format of an inline mask
 //!    "params": {"overlap": 0.25, "sw_batch_size": 1, "mode": "gaussian", "amp": true}}
@@ -17,10 +19,14 @@
 //!   function hands over an image on S3: the endpoint shares no file system with it, and
 //!   a CT does not fit an InvokeEndpoint payload. The URL's path (or `image_ext`) names
 //!   the format; the download is capped like a request body.
+//!   A `label` is MONAI Label's `label` upload of an infer request (a mask or scribbles):
+//!   it is read and must lie on the image's grid, else 422; the segmentation models
+//!   served now do not use it.
 //!   Reply `200 {"label": path|null, "label_b64": base64|null, "params": {"model",
 //!   "label_names", "latencies"}}`: the mask is written to `output` when given, else
 //!   returned inline. `params` is what MONAI Label puts in an infer result's JSON.
-//! - Errors are `{"detail": "…"}`: 400 for a malformed request or unreadable image, 404
+//! - Errors are `{"detail": "…"}`: 400 for a malformed request or unreadable image or
+//!   label, 422 for a label off the image's grid, 404
 //!   for an unknown model, 500 when inference itself fails.
 //!
 //! Paths in requests are only accepted below the configured roots ([`DataPaths`]:
@@ -72,6 +78,9 @@ pub struct Invocation {
     pub image_b64: Option<String>,
     pub image_url: Option<String>,
     pub image_ext: Option<String>,
+    pub label: Option<PathBuf>,
+    pub label_url: Option<String>,
+    pub label_ext: Option<String>,
     pub output: Option<PathBuf>,
     pub result_extension: Option<String>,
     /// The model version the caller's view of the log names: a runner holding an older
@@ -301,9 +310,10 @@ impl Runner {
         Ok(Some(slot.clone()))
     }
 
-    /// Downloads an invocation's `image_url`, at most [`MAX_BODY`] bytes.
-    pub async fn fetch(&self, url: &str, ext: Option<&str>) -> Result<Fetched> {
-        let failed = |e: &dyn std::fmt::Display| RunnerError::invalid(format!("image_url: {e}"));
+    /// Downloads an invocation's `image_url` (or `label_url`: `field`), at most
+    /// [`MAX_BODY`] bytes.
+    pub async fn fetch(&self, field: &str, url: &str, ext: Option<&str>) -> Result<Fetched> {
+        let failed = |e: &dyn std::fmt::Display| RunnerError::invalid(format!("{field}: {e}"));
         let parsed = reqwest::Url::parse(url).map_err(|e| failed(&e))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(failed(&"only http and https URLs are fetched"));
@@ -328,11 +338,12 @@ impl Runner {
     }
 
     /// Runs one invocation synchronously (the HTTP handler calls this on the blocking pool,
-    /// with the image it fetched when the invocation names an `image_url`).
+    /// with the image and label it fetched when the invocation names their URLs).
     pub fn invoke(
         &self,
         req: &Invocation,
         fetched: Option<Fetched>,
+        fetched_label: Option<Fetched>,
     ) -> Result<InvocationResult, (StatusCode, String)> {
         let bad = |e: RunnerError| (StatusCode::BAD_REQUEST, e.to_string());
         let name = match (&req.model, self.model_names().as_slice()) {
@@ -370,6 +381,7 @@ impl Runner {
                 ));
             }
         };
+        self.check_label(req, fetched_label, &image)?;
         let opts: InferOptions =
             serde_json::from_value(serde_json::Value::Object(req.params.clone()))
                 .map_err(|e| (StatusCode::BAD_REQUEST, format!("params: {e}")))?;
@@ -414,6 +426,37 @@ impl Runner {
                 label_names: model.config.label_names(),
                 latencies,
             },
+        })
+    }
+
+    /// Reads the invocation's label, if any, and checks it lies on `image`'s grid.
+    fn check_label(
+        &self,
+        req: &Invocation,
+        fetched: Option<Fetched>,
+        image: &medlabel_imaging::Volume<f32>,
+    ) -> std::result::Result<(), (StatusCode, String)> {
+        let bad = |e: RunnerError| (StatusCode::BAD_REQUEST, format!("label: {e}"));
+        let label = match (&req.label, fetched) {
+            (None, None) => return Ok(()),
+            (Some(p), None) => {
+                crate::io::read_image(&self.checked_path(p, true).map_err(bad)?).map_err(bad)?
+            }
+            (None, Some(fetched)) => {
+                crate::io::read_image_bytes(&fetched.bytes, &fetched.ext).map_err(bad)?
+            }
+            (Some(_), Some(_)) => {
+                return Err((
+                    StatusCode::BAD_REQUEST,
+                    "give at most one of `label` and `label_url`".into(),
+                ));
+            }
+        };
+        medlabel_imaging::check_label(&label, &image.grid()).map_err(|e| {
+            (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("the label does not fit the image: {e}"),
+            )
         })
     }
 
@@ -534,20 +577,40 @@ async fn invocations(State(runner): State<Arc<Runner>>, body: axum::body::Bytes)
             format!("model {name} version {version}: {e}"),
         );
     }
-    let fetched = match req.image_url.take() {
-        Some(url) => match runner.fetch(&url, req.image_ext.as_deref()).await {
-            Ok(fetched) => Some(fetched),
-            Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-        },
-        None => None,
+    let (image_url, label_url) = (req.image_url.take(), req.label_url.take());
+    let fetched = match download(&runner, "image_url", image_url, req.image_ext.as_deref()).await {
+        Ok(fetched) => fetched,
+        Err(response) => return response,
     };
-    match tokio::task::spawn_blocking(move || runner.invoke(&req, fetched)).await {
+    let fetched_label =
+        match download(&runner, "label_url", label_url, req.label_ext.as_deref()).await {
+            Ok(fetched) => fetched,
+            Err(response) => return response,
+        };
+    match tokio::task::spawn_blocking(move || runner.invoke(&req, fetched, fetched_label)).await {
         Ok(Ok(result)) => Json(result).into_response(),
         Ok(Err((status, msg))) => error(status, msg),
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("inference task failed: {e}"),
         ),
+    }
+}
+
+/// Fetches `url` (the invocation's `field`) when given; a failed download is a 400.
+async fn download(
+    runner: &Runner,
+    field: &str,
+    url: Option<String>,
+    ext: Option<&str>,
+) -> std::result::Result<Option<Fetched>, Response> {
+    match url {
+        Some(url) => runner
+            .fetch(field, &url, ext)
+            .await
+            .map(Some)
+            .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string())),
+        None => Ok(None),
     }
 }
 

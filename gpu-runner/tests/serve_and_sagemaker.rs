@@ -171,6 +171,75 @@ async fn file_server(bytes: Vec<u8>) -> String {
     format!("http://{address}")
 }
 
+/// MONAI Label's `label` upload of an infer request reaches the runner by path (the
+/// local server) or by URL (the cloud's presigned S3 URL): it is read and must fit the
+/// image's grid.
+#[tokio::test]
+async fn an_invocations_label_is_read_by_path_or_url_and_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let (app, image) = serve_fixture(dir.path());
+    let input = medlabel_runner::io::read_image(&image).unwrap();
+    let label = input.with_data(vec![0.0f32; input.data.len()]);
+    let fitting = dir.path().join("data").join("fitting.nrrd");
+    medlabel_imaging::io::write_volume(&fitting, &label, medlabel_imaging::DataType::U8).unwrap();
+    let [nx, ny, nz] = input.dims;
+    let short = medlabel_imaging::Volume::new(
+        vec![0.0f32; nx * ny * (nz - 1)],
+        [nx, ny, nz - 1],
+        input.affine,
+    )
+    .unwrap();
+    let misfit = dir.path().join("data").join("misfit.nii.gz");
+    medlabel_imaging::io::write_volume(&misfit, &short, medlabel_imaging::DataType::U8).unwrap();
+    let fitting_url = file_server(std::fs::read(&fitting).unwrap()).await;
+    let misfit_url = file_server(std::fs::read(&misfit).unwrap()).await;
+    let cases = [
+        (json!({"image": image, "label": fitting}), StatusCode::OK, ""),
+        (
+            json!({"image": image, "label_url": format!("{fitting_url}/sha256/cd/cd34.nrrd?X-Amz-Expires=60")}),
+            StatusCode::OK,
+            "",
+        ),
+        (
+            json!({"image": image, "label": misfit}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "does not fit the image",
+        ),
+        (
+            json!({"image": image, "label_url": format!("{misfit_url}/x"), "label_ext": ".nii.gz"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "does not fit the image",
+        ),
+        (
+            json!({"image": image, "label": "/etc/hostname"}),
+            StatusCode::BAD_REQUEST,
+            "outside the folders the runner may read",
+        ),
+        (
+            json!({"image": image, "label_url": format!("{fitting_url}/missing")}),
+            StatusCode::BAD_REQUEST,
+            "label_url",
+        ),
+        (
+            json!({"image": image, "label": fitting, "label_url": format!("{fitting_url}/a.nrrd")}),
+            StatusCode::BAD_REQUEST,
+            "at most one of",
+        ),
+    ];
+    for (req, status, needle) in cases {
+        let (got, body) = call(&app, "POST", "/invocations", req.clone()).await;
+        assert_eq!(got, status, "{req} → {body}");
+        if status == StatusCode::OK {
+            assert_eq!(body["params"]["model"], "spleen_tiny", "{req} → {body}");
+        } else {
+            assert!(
+                body["detail"].as_str().unwrap().contains(needle),
+                "{req} → {body}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn bad_invocations_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,8 +1,10 @@
 //! The infer function: interactive inference and batch inference, through the runner.
 //!
 //! The image comes from a session (`session_id`; unknown ids are ignored, as in MONAI
-//! Label), a datastore id (`image`), or an uploaded `file`, in that order. Uploaded
-//! files reach the runner as blobs (a URI it can read), never as paths on this host.
+//! Label), a datastore id (`image`), or an uploaded `file`, in that order. Models run
+//! in the runner: uploaded files reach it as blobs (a URI it can read), never as paths
+//! on this host. Scribbles methods ([`scribbles`]) run here, on the image and the
+//! `label` upload, and store nothing but what `save_label` asks for.
 //! With `save_label` the mask is saved to the datastore under `label_tag` (default
 //! `original`) with info `{model, params}`. The reply follows `output`: `json`, `image`,
 //! or (default) MONAI Label's multipart `params` + `image`. The whole-slide routes are in
@@ -16,6 +18,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use medlabel_events::event::JobKind;
 use medlabel_events::id::split_file_name;
+use medlabel_events::blob::{BlobRef, read_to_vec};
 use medlabel_events::{Extension, ImageId, Info, ModelName, RunId, Tag};
 use serde_json::{Value, json};
 
@@ -26,7 +29,8 @@ use crate::multipart::{Form, Upload, read_upload};
 use crate::reply;
 use crate::routes::train::{stop, task_status};
 use crate::routes::{blob_uri, client_id, wsi};
-use crate::runner::InferRequest;
+use crate::runner::{InferRequest, InferResult};
+use crate::scribbles;
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -85,6 +89,43 @@ async fn upload_uri(state: &AppState, upload: &Upload) -> Result<String, ApiErro
     blob_uri(state, &blob).await
 }
 
+/// Where the image of an inference is: stored (a session's or a datastore image's
+/// blob) or uploaded with the request.
+enum ImageSource<'a> {
+    Stored(BlobRef),
+    Uploaded(&'a Upload),
+}
+
+/// Resolves the image: session, then datastore id, then uploaded file. Returns the
+/// datastore id when the image is one.
+async fn resolve_image<'a>(
+    state: &AppState,
+    ctx: &Ctx,
+    query: &QueryParams,
+    form: &'a Form,
+    params: &Info,
+) -> Result<(ImageSource<'a>, Option<ImageId>), ApiError> {
+    if let Some(session) = query
+        .get("session_id")
+        .filter(|s| !s.is_empty())
+        .and_then(|s| RunId::parse(s).ok())
+    {
+        let write = ctx.write_step(client_id(params), "session");
+        if let Ok(session) = state.sessions.touch(&write, &session).await {
+            return Ok((ImageSource::Stored(session.blob), None));
+        }
+    }
+    if let Some(id) = query.get("image").filter(|s| !s.is_empty()) {
+        let id = parse_id("query", "image", id, ImageId::parse)?;
+        let blob = state.datastore.image(&id).await?.blob;
+        return Ok((ImageSource::Stored(blob), Some(id)));
+    }
+    match form.file("file") {
+        Some(upload) => Ok((ImageSource::Uploaded(upload), None)),
+        None => Err(no_image()),
+    }
+}
+
 async fn infer(
     State(state): State<AppState>,
     ctx: Ctx,
@@ -95,12 +136,14 @@ async fn infer(
 ) -> Result<Response, ApiError> {
     let model = parse_id("path", "model", &model.0, ModelName::parse)?;
     let output = output(&query)?;
-    if !state
-        .runner
-        .describe()
-        .await?
-        .models
-        .contains_key(model.as_str())
+    let is_scribbles = scribbles::is_method(model.as_str());
+    if !is_scribbles
+        && !state
+            .runner
+            .describe()
+            .await?
+            .models
+            .contains_key(model.as_str())
     {
         return Err(ApiError::NotFound(format!("Model '{model}' NOT Found")));
     }
@@ -114,40 +157,6 @@ async fn infer(
         Form::default()
     };
     let mut params = json_object("body", "params", form.text("params").unwrap_or("{}"))?;
-
-    // Resolve the image: session, then datastore id, then uploaded file.
-    let mut datastore_image: Option<ImageId> = None;
-    let mut image_uri = None;
-    if let Some(session) = query
-        .get("session_id")
-        .filter(|s| !s.is_empty())
-        .and_then(|s| RunId::parse(s).ok())
-    {
-        let write = ctx.write_step(client_id(&params), "session");
-        if let Ok(session) = state.sessions.touch(&write, &session).await {
-            image_uri = Some(blob_uri(&state, &session.blob).await?);
-        }
-    }
-    if image_uri.is_none()
-        && let Some(id) = query.get("image").filter(|s| !s.is_empty())
-    {
-        let id = parse_id("query", "image", id, ImageId::parse)?;
-        image_uri = Some(state.datastore.get_image_uri(&id).await?);
-        datastore_image = Some(id);
-    }
-    if image_uri.is_none()
-        && let Some(upload) = form.file("file")
-    {
-        image_uri = Some(upload_uri(&state, upload).await?);
-    }
-    let Some(image_uri) = image_uri else {
-        return Err(no_image());
-    };
-    let label = match form.file("label") {
-        Some(upload) => Some(upload_uri(&state, upload).await?),
-        None => None,
-    };
-
     let save_label = params.get("save_label").is_some_and(|v| {
         v.as_bool()
             .unwrap_or_else(|| v.as_str().and_then(parse_bool).unwrap_or(false))
@@ -156,23 +165,37 @@ async fn infer(
         Some(tag) if !tag.is_empty() => parse_id("body", "label_tag", tag, Tag::parse)?,
         _ => Tag::original(),
     };
-    params.insert("model".into(), json!(model));
-    params.insert(
-        "image".into(),
-        json!(
-            datastore_image
-                .as_ref()
-                .map(ToString::to_string)
-                .unwrap_or_else(|| image_uri.clone())
-        ),
-    );
-    let request = InferRequest {
-        model: model.to_string(),
-        image: image_uri,
-        params: params.clone(),
-        label,
+    let (image, datastore_image) = resolve_image(&state, &ctx, &query, &form, &params).await?;
+
+    let result = if is_scribbles {
+        infer_scribbles(&state, image, form.file("label"), &params).await?
+    } else {
+        let image_uri = match image {
+            ImageSource::Stored(blob) => blob_uri(&state, &blob).await?,
+            ImageSource::Uploaded(upload) => upload_uri(&state, upload).await?,
+        };
+        let label = match form.file("label") {
+            Some(upload) => Some(upload_uri(&state, upload).await?),
+            None => None,
+        };
+        params.insert("model".into(), json!(model));
+        params.insert(
+            "image".into(),
+            json!(
+                datastore_image
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_else(|| image_uri.clone())
+            ),
+        );
+        let request = InferRequest {
+            model: model.to_string(),
+            image: image_uri,
+            params: params.clone(),
+            label,
+        };
+        state.runner.infer(request).await?
     };
-    let result = state.runner.infer(request).await?;
 
     if save_label && let (Some(image), Some(file)) = (&datastore_image, &result.file) {
         let ext = split_file_name(&result.file_name)
@@ -207,6 +230,59 @@ async fn infer(
             ))
         }
     }
+}
+
+/// A scribbles method ([`scribbles`]), run here on the image and the `label` upload;
+/// nothing is stored, so a refused request leaves no trace.
+async fn infer_scribbles(
+    state: &AppState,
+    image: ImageSource<'_>,
+    label: Option<&Upload>,
+    params: &Info,
+) -> Result<InferResult, ApiError> {
+    let label = label.ok_or_else(|| {
+        ApiError::field(FieldError::new(
+            "missing",
+            "body",
+            "label",
+            "a scribbles method needs the scribbles labelmap as the `label` upload",
+            Value::Null,
+        ))
+    })?;
+    let image = match image {
+        ImageSource::Stored(blob) => scribbles::VolumeFile {
+            bytes: read_to_vec(state.datastore.blob_store().as_ref(), &blob).await?,
+            name: blob.ext.as_str().to_owned(),
+        },
+        ImageSource::Uploaded(upload) => scribbles::VolumeFile {
+            bytes: tokio::fs::read(&upload.path).await?,
+            name: upload.file_name.clone(),
+        },
+    };
+    let label = scribbles::VolumeFile {
+        bytes: tokio::fs::read(&label.path).await?,
+        name: label.file_name.clone(),
+    };
+    let request = params.clone();
+    let segmented = tokio::task::spawn_blocking(move || scribbles::run(&image, &label, &request))
+        .await
+        .map_err(|err| ApiError::Internal(format!("scribbles: {err}")))??;
+    let ext = &segmented.ext;
+    let file = tempfile::Builder::new()
+        .prefix("label")
+        .suffix(ext)
+        .tempfile_in(&state.config.temp_dir)?
+        .into_temp_path();
+    tokio::fs::write(&file, &segmented.mask).await?;
+    let file_name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| format!("label{ext}"));
+    Ok(InferResult {
+        file: Some(file),
+        file_name,
+        params: segmented.params,
+    })
 }
 
 /// MONAI Label's batch-infer defaults when the request has no body.

@@ -1,5 +1,6 @@
 //! The info function: `/info/`, the model files, the API docs, and the viewer's
-//! routes ([`super::viewer`]).
+//! routes ([`super::viewer`]). `/info/` lists the runner's models and the scribbles
+//! methods ([`crate::scribbles`]).
 
 use std::collections::BTreeSet;
 
@@ -57,7 +58,9 @@ async fn reload() -> Json<Value> {
 
 /// MONAI Label's app info, recomputed per call.
 pub async fn app_info(state: &AppState) -> Result<Value, ApiError> {
-    let described = state.runner.describe().await?;
+    let mut described = state.runner.describe().await?;
+    // Scribbles need no model: every app has them, after (and over) its models.
+    described.models.extend(crate::scribbles::describe());
     let (name, description, status, quarantined) = {
         let view = state.datastore.view().await?;
         let quarantined: Vec<_> = view.quarantined().cloned().collect();

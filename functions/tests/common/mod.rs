@@ -324,6 +324,33 @@ pub fn cache_dir() -> std::path::PathBuf {
         })
 }
 
+/// The Python that `scripts/setup.sh` installs `monailabel==0.8.5` into.
+pub fn python() -> std::path::PathBuf {
+    cache_dir().join("py/bin/python")
+}
+
+/// Runs `tests/python/<script> <url> <work> <extra...>`, checks it reports
+/// `{"ok": true}` on its last line, and returns that report.
+pub fn run_python(script: &str, url: &str, work: &std::path::Path, extra: &[&str]) -> Value {
+    let path = manifest_dir().join("tests/python").join(script);
+    let output = std::process::Command::new(python())
+        .arg(&path)
+        .arg(url)
+        .arg(work)
+        .args(extra)
+        .output()
+        .expect("python runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{script} failed\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(report["ok"], true);
+    report
+}
+
 /// The GPU runner binary `cargo test --workspace` builds beside this test's binaries.
 pub fn runner_binary() -> std::path::PathBuf {
     let exe = std::env::current_exe().unwrap();

@@ -1,6 +1,6 @@
 """Drives a medlabel that runs the GPU runner with the real MONAI Label Python client:
-inference on an uploaded CT, training on the final labels, and the train stats /info/
-reports afterwards.
+inference on an uploaded CT (with a `label` upload the runner checks), training on the
+final labels, and the train stats /info/ reports afterwards.
 
 Usage: client_models.py <server_url> <work_dir>. Exits non-zero on the first failed
 check; prints one JSON line of what it observed on success.
@@ -76,6 +76,18 @@ def main():
     assert 0 < int((result > 0).sum()) < result.size // 4, int((result > 0).sum())
     ds = client.datastore()
     assert "original" in ds["objects"]["ct_2"]["labels"], ds["objects"]["ct_2"]
+
+    # The `label` upload reaches the runner, which reads it and checks it fits the image.
+    fitting = os.path.join(work, "ct_0_label.nii.gz")
+    result_path, params = client.infer(MODEL, "ct_2", {}, label_in=fitting)
+    assert params["label_names"] == {"background": 0, "spleen": 1}, params
+    wrong = os.path.join(work, "wrong_label.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros((96, 96, 63), np.uint8), np.diag([1.5, 1.5, 2.0, 1.0])), wrong)
+    try:
+        client.infer(MODEL, "ct_2", {}, label_in=wrong)
+        raise AssertionError("a label of another shape reached no check")
+    except MONAILabelClientException as e:
+        assert e.msg.startswith("Status: 422;") and "does not fit the image" in e.msg, e.msg
 
     task = client.train_start(MODEL, {"max_epochs": 1, "val_split": 0.5})
     assert task["status"] in ("SUBMITTED", "RUNNING", "DONE"), task
