@@ -117,7 +117,7 @@ async fn strokes_on_three_slices_segment_the_phantom_organ() {
     let dice = phantom::dice(&mask, &p.truth);
     assert!(dice >= 0.85, "dice {dice}");
 
-    // `output=json`: MONAI Label's result keys, the box of the mask.
+    // `output=json`: MONAI Label's result keys, and the mask's box, [start, end) per axis.
     let result = h
         .send(infer("&output=json", &params, ("scribbles.nrrd", &nrrd)).request())
         .await
@@ -125,11 +125,15 @@ async fn strokes_on_three_slices_segment_the_phantom_organ() {
     assert_eq!(result["label_names"], json!([]));
     assert_eq!(result["centroids"], json!({}));
     assert!(result["latencies"]["total"].is_number(), "{result}");
-    let [lo, hi] = [&result["bbox"][0], &result["bbox"][1]];
-    for a in 0..3 {
-        let (lo, hi) = (lo[a].as_i64().unwrap(), hi[a].as_i64().unwrap());
-        assert!(p.roi[2 * a] <= lo && hi <= p.roi[2 * a + 1], "{result}");
+    let [nx, ny, _] = p.image.dims;
+    let (mut lo, mut hi) = ([usize::MAX; 3], [0; 3]);
+    for (v, _) in mask.iter().enumerate().filter(|(_, m)| **m == 1) {
+        let ijk = [v % nx, v / nx % ny, v / (nx * ny)];
+        for a in 0..3 {
+            (lo[a], hi[a]) = (lo[a].min(ijk[a]), hi[a].max(ijk[a] + 1));
+        }
     }
+    assert_eq!(result["bbox"], json!([lo, hi]));
 
     // An ROI: nothing outside it.
     let roi = json!({"roi": p.roi, "result_extension": ".nii.gz"});
@@ -138,6 +142,11 @@ async fn strokes_on_three_slices_segment_the_phantom_organ() {
         .await;
     let mask = mask_of(&reply.body, ".nii.gz");
     assert!(phantom::dice(&mask, &p.truth) >= 0.85);
+    for (v, _) in mask.iter().enumerate().filter(|(_, m)| **m == 1) {
+        let ijk = [v % nx, v / nx % ny, v / (nx * ny)];
+        let inside = (0..3).all(|a| (p.roi[2 * a]..p.roi[2 * a + 1]).contains(&(ijk[a] as i64)));
+        assert!(inside, "voxel {ijk:?} outside the roi is foreground");
+    }
 }
 
 #[tokio::test]
