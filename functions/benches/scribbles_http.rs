@@ -58,8 +58,10 @@ fn bench(c: &mut Criterion) {
     });
     let http = reqwest::Client::new();
     runtime.block_on(async {
-        let form = reqwest::multipart::Form::new()
-            .part("file", reqwest::multipart::Part::bytes(ct).file_name("ct.nii.gz"));
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(ct).file_name("ct.nii.gz"),
+        );
         let reply = http
             .put(format!("{url}/datastore/?image=ct"))
             .multipart(form)

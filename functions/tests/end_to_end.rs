@@ -458,8 +458,11 @@ async fn a_click_in_the_cloud_is_segmented_by_the_sagemaker_endpoint() {
     // another shape is the client's error.
     let fitting = send_lambda(
         infer.clone(),
-        &Req::new("POST", &format!("/infer/{MODEL}?image=spleen_000&output=json"))
-            .multipart(&[], &[("label", "label.nii.gz", &truth_bytes)]),
+        &Req::new(
+            "POST",
+            &format!("/infer/{MODEL}?image=spleen_000&output=json"),
+        )
+        .multipart(&[], &[("label", "label.nii.gz", &truth_bytes)]),
         Some("prod"),
         None,
     )
@@ -472,25 +475,32 @@ async fn a_click_in_the_cloud_is_segmented_by_the_sagemaker_endpoint() {
         truth.affine,
     )
     .unwrap();
-    let short = medlabel_imaging::nifti::write_nifti_bytes(
-        &short,
-        medlabel_imaging::DataType::U8,
-        true,
-    )
-    .unwrap();
+    let short =
+        medlabel_imaging::nifti::write_nifti_bytes(&short, medlabel_imaging::DataType::U8, true)
+            .unwrap();
     let misfit = send_lambda(
         infer.clone(),
-        &Req::new("POST", &format!("/infer/{MODEL}?image=spleen_000&output=json"))
-            .multipart(&[], &[("label", "label.nii.gz", &short)]),
+        &Req::new(
+            "POST",
+            &format!("/infer/{MODEL}?image=spleen_000&output=json"),
+        )
+        .multipart(&[], &[("label", "label.nii.gz", &short)]),
         Some("prod"),
         None,
     )
     .await;
-    assert_eq!(misfit.status, StatusCode::UNPROCESSABLE_ENTITY, "{misfit:?}");
+    assert_eq!(
+        misfit.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{misfit:?}"
+    );
     let detail = &misfit.json()["detail"][0];
     assert_eq!(detail["loc"], json!(["body", "label"]));
     assert!(
-        detail["msg"].as_str().unwrap().contains("does not fit the image"),
+        detail["msg"]
+            .as_str()
+            .unwrap()
+            .contains("does not fit the image"),
         "{detail}"
     );
 

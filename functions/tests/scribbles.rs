@@ -198,20 +198,69 @@ async fn refusals_are_422_and_change_nothing() {
     .unwrap();
     let mut shifted = p.scribbles.clone();
     shifted.affine[0][3] += 5.0;
-    let no_foreground = p
-        .scribbles
-        .with_data(p.scribbles.data.iter().map(|&s| if s == FOREGROUND { 0.0 } else { s }).collect());
+    let no_foreground = p.scribbles.with_data(
+        p.scribbles
+            .data
+            .iter()
+            .map(|&s| if s == FOREGROUND { 0.0 } else { s })
+            .collect(),
+    );
     let cases: Vec<(&str, Value, Option<(&str, Vec<u8>)>, &str)> = vec![
-        ("shape", save.clone(), Some(("s.nii.gz", encode(&short, ".nii.gz", DataType::U8))), "label"),
-        ("nrrd shape", save.clone(), Some(("s.nrrd", encode(&short, ".nrrd", DataType::U8))), "label"),
-        ("affine", save.clone(), Some(("s.nii.gz", encode(&shifted, ".nii.gz", DataType::U8))), "label"),
-        ("raw size", save.clone(), Some(("label.bin", vec![3u8; 100])), "label"),
-        ("garbage", save.clone(), Some(("s.nii.gz", b"not a volume".to_vec())), "label"),
+        (
+            "shape",
+            save.clone(),
+            Some(("s.nii.gz", encode(&short, ".nii.gz", DataType::U8))),
+            "label",
+        ),
+        (
+            "nrrd shape",
+            save.clone(),
+            Some(("s.nrrd", encode(&short, ".nrrd", DataType::U8))),
+            "label",
+        ),
+        (
+            "affine",
+            save.clone(),
+            Some(("s.nii.gz", encode(&shifted, ".nii.gz", DataType::U8))),
+            "label",
+        ),
+        (
+            "raw size",
+            save.clone(),
+            Some(("label.bin", vec![3u8; 100])),
+            "label",
+        ),
+        (
+            "garbage",
+            save.clone(),
+            Some(("s.nii.gz", b"not a volume".to_vec())),
+            "label",
+        ),
         ("no label", save.clone(), None, "label"),
-        ("no foreground", save.clone(), Some(("s.nii.gz", encode(&no_foreground, ".nii.gz", DataType::U8))), "label"),
-        ("lamda", json!({"lamda": -1, "save_label": true}), Some(("s.nii.gz", encode(&p.scribbles, ".nii.gz", DataType::U8))), "params"),
-        ("roi", json!({"roi": [500, 600, 0, 9, 0, 9], "save_label": true}), Some(("s.nii.gz", encode(&p.scribbles, ".nii.gz", DataType::U8))), "params"),
-        ("extension", json!({"result_extension": ".png", "save_label": true}), Some(("s.nii.gz", encode(&p.scribbles, ".nii.gz", DataType::U8))), "params"),
+        (
+            "no foreground",
+            save.clone(),
+            Some(("s.nii.gz", encode(&no_foreground, ".nii.gz", DataType::U8))),
+            "label",
+        ),
+        (
+            "lamda",
+            json!({"lamda": -1, "save_label": true}),
+            Some(("s.nii.gz", encode(&p.scribbles, ".nii.gz", DataType::U8))),
+            "params",
+        ),
+        (
+            "roi",
+            json!({"roi": [500, 600, 0, 9, 0, 9], "save_label": true}),
+            Some(("s.nii.gz", encode(&p.scribbles, ".nii.gz", DataType::U8))),
+            "params",
+        ),
+        (
+            "extension",
+            json!({"result_extension": ".png", "save_label": true}),
+            Some(("s.nii.gz", encode(&p.scribbles, ".nii.gz", DataType::U8))),
+            "params",
+        ),
     ];
     for (case, params, label, field) in cases {
         let files: Vec<(&str, &str, &[u8])> = label
@@ -225,7 +274,11 @@ async fn refusals_are_422_and_change_nothing() {
                     .request(),
             )
             .await;
-        assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{case}: {reply:?}");
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{case}: {reply:?}"
+        );
         let detail = &reply.json()["detail"][0];
         assert_eq!(detail["loc"][1], field, "{case}: {detail}");
         assert_eq!(h.head().await, head, "{case}: the log changed");
@@ -246,7 +299,11 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         .flatten()
         .flat_map(|e| {
             let path = e.path();
-            if path.is_dir() { walk(&path) } else { vec![path] }
+            if path.is_dir() {
+                walk(&path)
+            } else {
+                vec![path]
+            }
         })
         .collect()
 }
@@ -261,8 +318,13 @@ fn python_client_runs_scribbles_without_a_model() {
     let work = tempfile::tempdir().unwrap();
     let write = |name: &str, bytes: Vec<u8>| std::fs::write(work.path().join(name), bytes).unwrap();
     write("ct.nii.gz", encode(&p.image, ".nii.gz", DataType::I16));
-    write("scribbles.nrrd", encode(&p.scribbles, ".nrrd", DataType::U8));
-    let truth = p.image.with_data(p.truth.iter().map(|&t| f32::from(u8::from(t))).collect());
+    write(
+        "scribbles.nrrd",
+        encode(&p.scribbles, ".nrrd", DataType::U8),
+    );
+    let truth = p
+        .image
+        .with_data(p.truth.iter().map(|&t| f32::from(u8::from(t))).collect());
     write("truth.nii.gz", encode(&truth, ".nii.gz", DataType::U8));
     let [nx, ny, nz] = p.scribbles.dims;
     let short = Volume::new(

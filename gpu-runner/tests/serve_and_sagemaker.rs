@@ -194,7 +194,11 @@ async fn an_invocations_label_is_read_by_path_or_url_and_checked() {
     let fitting_url = file_server(std::fs::read(&fitting).unwrap()).await;
     let misfit_url = file_server(std::fs::read(&misfit).unwrap()).await;
     let cases = [
-        (json!({"image": image, "label": fitting}), StatusCode::OK, ""),
+        (
+            json!({"image": image, "label": fitting}),
+            StatusCode::OK,
+            "",
+        ),
         (
             json!({"image": image, "label_url": format!("{fitting_url}/sha256/cd/cd34.nrrd?X-Amz-Expires=60")}),
             StatusCode::OK,

@@ -16,9 +16,9 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use medlabel_events::blob::{BlobRef, read_to_vec};
 use medlabel_events::event::JobKind;
 use medlabel_events::id::split_file_name;
-use medlabel_events::blob::{BlobRef, read_to_vec};
 use medlabel_events::{Extension, ImageId, Info, ModelName, RunId, Tag};
 use serde_json::{Value, json};
 
