@@ -5,8 +5,10 @@
 //! the datastore; the scribbles go as `.nii.gz`, as the Python client sends a file, and
 //! as Slicer's `.nrrd`.
 //!
-//! `cargo bench -p medlabel-functions --bench scribbles_http`
+//! `cargo bench -p medlabel-functions --bench scribbles_http` (add `--profile dev` for the
+//! unoptimised server, with the hot crates at opt-level 3 as the tests build them)
 
+#[allow(dead_code)] // only the generator is used here
 #[path = "../../scribbles/tests/phantom/mod.rs"]
 mod phantom;
 
