@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use medlabel_events::event::JobKind;
 use medlabel_events::id::split_file_name;
+use medlabel_events::datastore::ImageRecord;
 use medlabel_events::{Extension, ImageId, Info, ModelName, RunId, Tag};
 use serde_json::{Value, json};
 
@@ -25,7 +26,7 @@ use crate::extract::{QueryParams, Segment, json_body, json_object, parse_bool, p
 use crate::multipart::{Form, Upload, read_upload};
 use crate::reply;
 use crate::routes::train::{stop, task_status};
-use crate::routes::{blob_uri, client_id, wsi};
+use crate::routes::{blob_uri, client_id, image_volume, model_labels, wsi};
 use crate::runner::InferRequest;
 use crate::state::AppState;
 
@@ -44,6 +45,8 @@ enum Output {
     Json,
     Image,
     All,
+    /// The mask as a DICOM SEG of the image's series (a DICOMweb datastore's image).
+    DicomSeg,
 }
 
 fn output(query: &QueryParams) -> Result<Output, ApiError> {
@@ -51,11 +54,12 @@ fn output(query: &QueryParams) -> Result<Output, ApiError> {
         None | Some("") | Some("all") => Ok(Output::All),
         Some("json") => Ok(Output::Json),
         Some("image") => Ok(Output::Image),
+        Some("dicom_seg") => Ok(Output::DicomSeg),
         Some(other) => Err(ApiError::field(FieldError::new(
             "enum",
             "query",
             "output",
-            "Input should be 'image', 'json' or 'all' ('dicom_seg' needs a DICOMweb datastore)",
+            "Input should be 'image', 'json', 'all' or 'dicom_seg'",
             json!(other),
         ))),
     }
@@ -95,6 +99,18 @@ async fn infer(
 ) -> Result<Response, ApiError> {
     let model = parse_id("path", "model", &model.0, ModelName::parse)?;
     let output = output(&query)?;
+    let studies = match (output, &state.studies) {
+        (Output::DicomSeg, None) => {
+            return Err(ApiError::field(FieldError::new(
+                "value_error",
+                "query",
+                "output",
+                "DICOM SEG output needs a DICOMweb datastore (medlabel serve --studies URL)",
+                json!("dicom_seg"),
+            )));
+        }
+        (_, studies) => studies.clone(),
+    };
     if !state
         .runner
         .describe()
@@ -116,7 +132,7 @@ async fn infer(
     let mut params = json_object("body", "params", form.text("params").unwrap_or("{}"))?;
 
     // Resolve the image: session, then datastore id, then uploaded file.
-    let mut datastore_image: Option<ImageId> = None;
+    let mut datastore_image: Option<(ImageId, ImageRecord)> = None;
     let mut image_uri = None;
     if let Some(session) = query
         .get("session_id")
@@ -132,8 +148,9 @@ async fn infer(
         && let Some(id) = query.get("image").filter(|s| !s.is_empty())
     {
         let id = parse_id("query", "image", id, ImageId::parse)?;
-        image_uri = Some(state.datastore.get_image_uri(&id).await?);
-        datastore_image = Some(id);
+        let record = image_volume(&state, &id).await?;
+        image_uri = Some(blob_uri(&state, &record.blob).await?);
+        datastore_image = Some((id, record));
     }
     if image_uri.is_none()
         && let Some(upload) = form.file("file")
@@ -162,7 +179,7 @@ async fn infer(
         json!(
             datastore_image
                 .as_ref()
-                .map(ToString::to_string)
+                .map(|(id, _)| id.to_string())
                 .unwrap_or_else(|| image_uri.clone())
         ),
     );
@@ -174,7 +191,7 @@ async fn infer(
     };
     let result = state.runner.infer(request).await?;
 
-    if save_label && let (Some(image), Some(file)) = (&datastore_image, &result.file) {
+    if save_label && let (Some((image, _)), Some(file)) = (&datastore_image, &result.file) {
         let ext = split_file_name(&result.file_name)
             .map(|(_, ext)| ext)
             .unwrap_or_else(|_| Extension::parse("").expect("empty extension is valid"));
@@ -188,10 +205,29 @@ async fn infer(
             .await?;
     }
 
+    if output == Output::DicomSeg {
+        let (Some(studies), Some(file)) = (&studies, &result.file) else {
+            return Err(ApiError::Internal("the runner returned no result file".into()));
+        };
+        let Some((image, record)) = datastore_image.filter(|(_, r)| r.fetched.is_some()) else {
+            return Err(ApiError::field(FieldError::new(
+                "value_error",
+                "query",
+                "image",
+                "DICOM SEG output needs an image of the DICOMweb datastore",
+                Value::Null,
+            )));
+        };
+        let labels = model_labels(&state, Some(model.as_str())).await;
+        let seg = studies
+            .result_seg(&record, file, &result.params, model.as_str(), &labels)
+            .await?;
+        return Ok(reply::bytes_file(&format!("{image}.dcm"), seg));
+    }
     let result_json = Value::Object(result.params);
     match (output, result.file) {
         (Output::Json, _) | (Output::All, None) => Ok(Json(result_json).into_response()),
-        (Output::Image, None) => Err(ApiError::Internal(
+        (Output::Image, None) | (Output::DicomSeg, _) => Err(ApiError::Internal(
             "the runner returned no result file".into(),
         )),
         (Output::Image, Some(file)) => {
