@@ -77,8 +77,8 @@ impl DicomWeb {
     /// The server at `url`, authenticated from the environment (secrets stay out of
     /// argv): `MEDLABEL_DICOMWEB_TOKEN` (a bearer token), else
     /// `MEDLABEL_DICOMWEB_USERNAME` and `MEDLABEL_DICOMWEB_PASSWORD` (basic).
-    pub fn with_env_credentials(url: &str) -> Self {
-        let mut server = Self::new(url);
+    pub fn with_env_credentials(url: impl AsRef<str>) -> Self {
+        let mut server = Self::new(url.as_ref());
         let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
         if let Some(token) = var("MEDLABEL_DICOMWEB_TOKEN") {
             server.credentials = Some(Credentials::Bearer(token));
