@@ -62,7 +62,7 @@ fn serve_url(url: &str, home: &Path, extra: &[&OsStr]) -> LocalServer {
         "0.5".as_ref(),
     ];
     if !extra.iter().any(|a| *a == "--runner") {
-        args.extend(["--runner".as_ref(), "/nonexistent".as_ref()]);
+        args.extend([OsStr::new("--runner"), OsStr::new("/nonexistent")]);
     }
     args.extend_from_slice(extra);
     LocalServer::start_with_env(
@@ -362,11 +362,11 @@ async fn series_that_cannot_be_volumes_are_refused_and_nothing_is_recorded() {
         })
         .collect();
     orthanc.store_all(&files).await;
-    // Explicit VR big endian: retired, and not decoded here.
+    // Explicit VR big endian (retired, so named by its UID): not decoded here.
     let big = axial(24);
     let files: Vec<Vec<u8>> = synthetic_ct_series(&big)
         .iter()
-        .map(|f| rewrite(f, uids::EXPLICIT_VR_BIG_ENDIAN, |_| {}))
+        .map(|f| rewrite(f, "1.2.840.10008.1.2.2", |_| {}))
         .collect();
     orthanc.store_all(&files).await;
 
@@ -504,4 +504,197 @@ async fn the_proxy_relays_qido_wado_and_stow_to_orthanc_with_its_credentials() {
     let reply = get(&server, &format!("/datastore/image?image={}", uids.series)).await;
     assert_eq!(reply.status(), StatusCode::OK);
     assert_volume(&reply.bytes().await.unwrap(), &spec);
+}
+
+// ----- with the GPU runner: infer, label, train
+
+const MODEL: &str = "segmentation_spleen";
+
+/// `medlabel serve` on Orthanc with the GPU runner on CPU and the starter spleen model.
+fn serve_with_runner(orthanc: &Orthanc, home: &Path) -> LocalServer {
+    let runner = common::runner_binary();
+    let starter = common::manifest_dir().join("../gpu-runner/models/segmentation_spleen");
+    serve_url(
+        &orthanc.dicomweb(),
+        home,
+        &[
+            OsStr::new("--runner"),
+            runner.as_os_str(),
+            OsStr::new("--starter-model"),
+            starter.as_os_str(),
+            OsStr::new("--device"),
+            OsStr::new("cpu"),
+        ],
+    )
+}
+
+/// `POST /infer/{MODEL}?image=…&output=…` with OHIF's params, retried while the runner
+/// starts (503).
+async fn infer_when_ready(server: &LocalServer, image: &str, output: &str) -> reqwest::Response {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let params = json!({"result_extension": ".nii.gz", "result_dtype": "uint8"});
+        let reply = reqwest::Client::new()
+            .post(format!("{}/infer/{MODEL}?image={image}&output={output}", server.url))
+            .multipart(reqwest::multipart::Form::new().text("params", params.to_string()))
+            .send()
+            .await
+            .unwrap();
+        if reply.status() != StatusCode::SERVICE_UNAVAILABLE {
+            return reply;
+        }
+        assert!(Instant::now() < deadline, "inference never became available");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// A box of `value` in the middle of `spec`'s grid.
+fn box_mask(spec: &SyntheticCt, value: f32) -> Volume<f32> {
+    let grid = spec.volume();
+    let [x, y, z] = grid.dims;
+    let inside = |d: usize, n: usize| (n / 4..n - n / 4).contains(&d);
+    let data = (0..grid.data.len())
+        .map(|n| {
+            let (i, j, k) = (n % x, n / x % y, n / (x * y));
+            if inside(i, x) && inside(j, y) && inside(k, z) {
+                value
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Volume::new(data, grid.dims, grid.affine).unwrap()
+}
+
+/// The fields of every event of type `kind`, from the server's log.
+fn payloads(home: &Path, kind: &str) -> Vec<Value> {
+    let db = rusqlite::Connection::open_with_flags(
+        home.join("events.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .unwrap();
+    let mut query = db
+        .prepare("SELECT payload FROM events WHERE event_type = ?1 ORDER BY position")
+        .unwrap();
+    query
+        .query_map([kind], |row| row.get::<_, String>(0))
+        .unwrap()
+        .map(|p| serde_json::from_str::<Value>(&p.unwrap()).unwrap()["data"].take())
+        .collect()
+}
+
+/// Orthanc → medlabel → inference → DICOM SEG back in Orthanc → label → training, with
+/// the series' SeriesInstanceUID as the image id throughout, as OHIF sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn orthanc_series_are_inferred_labelled_as_seg_and_trained_on() {
+    let orthanc = Orthanc::start().await;
+    let shape = |seed| SyntheticCt {
+        dims: [40, 36, 16],
+        spacing: [2.0, 2.0, 3.0],
+        ..oblique_reversed(seed)
+    };
+    let (a, b) = (shape(51), shape(52));
+    orthanc.store_all(&synthetic_ct_series(&a)).await;
+    orthanc.store_all(&synthetic_ct_series(&b)).await;
+    let home = tempfile::tempdir().unwrap();
+    let server = serve_with_runner(&orthanc, home.path());
+    wait_for(&server, "two images", |all| count(all) == 2).await;
+    let (a_uid, b_uid) = (a.uids().series, b.uids().series);
+
+    // Auto segmentation on a series not fetched yet: a DICOM SEG of that series, its
+    // segment named after the model's label, voxel for voxel the NIfTI answer.
+    let reply = infer_when_ready(&server, &a_uid, "dicom_seg").await;
+    assert_eq!(reply.status(), StatusCode::OK, "{:?}", reply.text().await);
+    assert_eq!(reply.headers()["content-type"], "application/dicom");
+    let seg = reply.bytes().await.unwrap();
+    let decoded = read_seg(&seg, &series_info(&a), &SegReadOptions::default()).unwrap();
+    assert_eq!(decoded.segments.len(), 1, "{:?}", decoded.segments);
+    assert_eq!(decoded.segments[0].label, "spleen");
+    let reply = infer_when_ready(&server, &a_uid, "image").await;
+    assert_eq!(reply.status(), StatusCode::OK);
+    let nifti = read_volume_bytes(&reply.bytes().await.unwrap(), ".nii.gz").unwrap();
+    assert_eq!(nifti.dims, a.dims);
+    assert!(max_abs_diff(&nifti.affine, &a.volume().affine) < 1e-4);
+    assert!(
+        decoded.mask.data.iter().map(|&v| f32::from(v)).eq(nifti.data.iter().copied()),
+        "the SEG holds the same mask as the NIfTI result"
+    );
+
+    // The annotator's final label goes to Orthanc as a SEG, named after the model's
+    // label, and reads back as the label.
+    let label = box_mask(&a, 1.0);
+    let file = medlabel_imaging::nifti::write_nifti_bytes(&label, DataType::U8, true).unwrap();
+    let form = reqwest::multipart::Form::new()
+        .text("params", json!({"client_id": "ohif"}).to_string())
+        .part(
+            "label",
+            reqwest::multipart::Part::bytes(file).file_name(format!("{a_uid}.nii.gz")),
+        );
+    let reply = reqwest::Client::new()
+        .put(format!("{}/datastore/label?image={a_uid}&tag=final", server.url))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::OK, "{}", reply.text().await.unwrap());
+    let segs = orthanc.series("Modality=SEG").await;
+    assert_eq!(segs.len(), 1, "{segs:#?}");
+    let seg_uid = segs[0]["0020000E"]["Value"][0].as_str().unwrap().to_owned();
+    let stored = orthanc.series_files(&seg_uid).await.remove(0);
+    let stored = read_seg(&stored, &series_info(&a), &SegReadOptions::default()).unwrap();
+    assert_eq!(stored.segments[0].label, "spleen");
+    assert!(stored.mask.data.iter().map(|&v| f32::from(v)).eq(label.data.iter().copied()));
+    let reply = get(&server, &format!("/datastore/label?label={a_uid}&tag=final")).await;
+    assert_eq!(reply.status(), StatusCode::OK);
+    let back = read_volume_bytes(&reply.bytes().await.unwrap(), ".nii.gz").unwrap();
+    assert!(back.data == label.data);
+
+    // B is labelled in the viewer: its SEG is stored in Orthanc (OHIF's export), and the
+    // poller makes it B's final label.
+    let written = write_seg(
+        &box_mask(&b, 1.0),
+        &series_info(&b),
+        &[Segment {
+            value: 1,
+            label: "spleen".into(),
+        }],
+        &SegWriteOptions::default(),
+    )
+    .unwrap();
+    orthanc.store(&written.bytes).await;
+    wait_for(&server, "B's label", |all| {
+        all["objects"][&b_uid]["labels"]["final"].is_object()
+    })
+    .await;
+
+    // Training takes both series with their labels.
+    let reply = reqwest::Client::new()
+        .post(format!("{}/train/{MODEL}", server.url))
+        .json(&json!({"max_epochs": 1, "val_split": 0.5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::OK, "{:?}", reply.text().await);
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let done = loop {
+        let (_, task) = get_json(&server, "/train/").await;
+        if task["status"] == "DONE" || task["status"] == "ERROR" {
+            break task;
+        }
+        assert!(Instant::now() < deadline, "training did not end: {task}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(done["status"], "DONE", "{done:#}");
+    let requested = payloads(home.path(), "JobRequested");
+    let train = requested.iter().find(|p| p["kind"] == "train").unwrap();
+    let mut trained_on: Vec<&str> = train["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["image"].as_str().unwrap())
+        .collect();
+    trained_on.sort_unstable();
+    let mut expected = vec![a_uid.as_str(), b_uid.as_str()];
+    expected.sort_unstable();
+    assert_eq!(trained_on, expected, "{train:#}");
 }

@@ -76,14 +76,33 @@ pub fn segments_for(
             present[v as usize] = true;
         }
     }
-    Ok((1..=255u8)
+    let name = |value: u8| {
+        named
+            .get(&value)
+            .cloned()
+            .unwrap_or_else(|| format!("label_{value}"))
+    };
+    let segments: Vec<Segment> = (1..=255u8)
         .filter(|&v| present[v as usize])
         .map(|value| Segment {
             value,
-            label: named
-                .get(&value)
-                .cloned()
-                .unwrap_or_else(|| format!("label_{value}")),
+            label: name(value),
+        })
+        .collect();
+    if !segments.is_empty() {
+        return Ok(segments);
+    }
+    // An empty mask (nothing found) is still an answer: a SEG needs a segment, so it
+    // gets the named ones, or one, each without a voxel.
+    let values: Vec<u8> = match named.keys().copied().collect::<Vec<_>>() {
+        none if none.is_empty() => vec![1],
+        values => values,
+    };
+    Ok(values
+        .into_iter()
+        .map(|value| Segment {
+            value,
+            label: name(value),
         })
         .collect())
 }
@@ -111,11 +130,15 @@ impl Drop for SegGuard {
     }
 }
 
-/// Reads a label file whole.
-async fn read_label(path: &Path) -> Result<Volume<f32>, ApiError> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || medlabel_imaging::io::read_volume(&path))
-        .await
+/// Reads a label file whole; `name` (a file name or extension) picks the format, since
+/// uploads and runner results are spooled under names without one.
+async fn read_label(path: &Path, name: &str) -> Result<Volume<f32>, ApiError> {
+    let (path, name) = (path.to_owned(), name.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&path).map_err(|err| err.to_string())?;
+        medlabel_imaging::io::read_volume_bytes(&bytes, &name).map_err(|err| err.to_string())
+    })
+    .await
         .map_err(|err| ApiError::Internal(format!("reading a label: {err}")))?
         .map_err(|err| refused("label", err))
 }
@@ -137,17 +160,17 @@ impl Studies {
             .map_err(|err| refused("label", err))
     }
 
-    /// Stores the label at `path` in the PACS as a SEG of `record`'s series (by STOW-RS)
+    /// Stores the label at `path` (its format named by `name`) in the PACS as a SEG of `record`'s series (by STOW-RS)
     /// and returns the info the label is recorded with (the SEG's UIDs) and a guard to
     /// hold until it is recorded.
     pub async fn store_label(
         &self,
         record: &ImageRecord,
-        path: &Path,
+        (path, name): (&Path, &str),
         params: &Info,
         model_labels: &BTreeMap<String, Value>,
     ) -> Result<(Info, SegGuard), ApiError> {
-        let mask = read_label(path).await?;
+        let mask = read_label(path, name).await?;
         let segments = segments_for(params, model_labels, &mask)?;
         let options = SegWriteOptions {
             algorithm: SegmentAlgorithm::Manual,
@@ -175,17 +198,17 @@ impl Studies {
         Ok((info, guard))
     }
 
-    /// An inference result at `path` as a SEG of `record`'s series, its segments named
+    /// An inference result at `path` (its format named by `name`) as a SEG of `record`'s series, its segments named
     /// after the model's labels.
     pub async fn result_seg(
         &self,
         record: &ImageRecord,
-        path: &Path,
+        (path, name): (&Path, &str),
         params: &Info,
         model: &str,
         model_labels: &BTreeMap<String, Value>,
     ) -> Result<Vec<u8>, ApiError> {
-        let mask = read_label(path).await?;
+        let mask = read_label(path, name).await?;
         let segments = segments_for(params, model_labels, &mask)?;
         let options = SegWriteOptions {
             algorithm: SegmentAlgorithm::Automatic { name: model.into() },

@@ -319,7 +319,9 @@ async fn save_label(
         && tag == Tag::final_tag()
     {
         let labels = model_labels(&state, None).await;
-        let (seg_info, guard) = studies.store_label(&record, file, &info, &labels).await?;
+        let (seg_info, guard) = studies
+            .store_label(&record, (file, ext.as_str()), &info, &labels)
+            .await?;
         info.extend(seg_info);
         _seg = Some(guard);
     }

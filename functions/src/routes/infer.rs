@@ -220,7 +220,13 @@ async fn infer(
         };
         let labels = model_labels(&state, Some(model.as_str())).await;
         let seg = studies
-            .result_seg(&record, file, &result.params, model.as_str(), &labels)
+            .result_seg(
+                &record,
+                (file, &result.file_name),
+                &result.params,
+                model.as_str(),
+                &labels,
+            )
             .await?;
         return Ok(reply::bytes_file(&format!("{image}.dcm"), seg));
     }
