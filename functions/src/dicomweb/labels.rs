@@ -335,3 +335,49 @@ fn label_names(segments: &[Segment]) -> Value {
             .collect(),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mask(values: &[f32]) -> Volume<f32> {
+        let affine = [
+            [1.0, 0.0, 0.0, 0.0],
+            [0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
+        Volume::new(values.to_vec(), [values.len(), 1, 1], affine).unwrap()
+    }
+
+    fn named(segments: &[Segment]) -> Vec<(u8, &str)> {
+        segments.iter().map(|s| (s.value, s.label.as_str())).collect()
+    }
+
+    #[test]
+    fn segments_are_the_values_present_named_by_client_then_model() {
+        let params: Info = json!({"label_info": [{"name": "spleen", "idx": 1}]})
+            .as_object()
+            .cloned()
+            .unwrap();
+        let model = BTreeMap::from([
+            ("background".to_owned(), json!(0)),
+            ("spleen".to_owned(), json!(2)),
+            ("liver".to_owned(), json!(3)),
+        ]);
+        let segments = segments_for(&params, &model, &mask(&[0.0, 1.0, 3.0, 7.0])).unwrap();
+        assert_eq!(named(&segments), [(1, "spleen"), (3, "liver"), (7, "label_7")]);
+    }
+
+    #[test]
+    fn an_empty_mask_still_names_a_segment_and_big_values_are_refused() {
+        let model = BTreeMap::from([("spleen".to_owned(), json!(1))]);
+        let empty = mask(&[0.0, 0.0]);
+        assert_eq!(named(&segments_for(&Info::new(), &model, &empty).unwrap()), [(1, "spleen")]);
+        let none = BTreeMap::new();
+        assert_eq!(named(&segments_for(&Info::new(), &none, &empty).unwrap()), [(1, "label_1")]);
+        let big = BTreeMap::from([("aorta".to_owned(), json!(300))]);
+        let err = segments_for(&Info::new(), &big, &empty).unwrap_err();
+        assert!(format!("{err:?}").contains("1 to 255"), "{err:?}");
+    }
+}
