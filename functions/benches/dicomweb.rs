@@ -94,7 +94,10 @@ async fn main() {
             async move { orthanc.store(&synthetic_ct_series(&spec)[0]).await }
         })
         .await;
-    eprintln!("bench: {series} small series stored in {:.1?}", started.elapsed());
+    eprintln!(
+        "bench: {series} small series stored in {:.1?}",
+        started.elapsed()
+    );
 
     let home = tempfile::tempdir().unwrap();
     let starter = common::manifest_dir().join("../gpu-runner/models/segmentation_spleen");
@@ -142,11 +145,13 @@ async fn main() {
             let started = Instant::now();
             let reply = if what == "infer" {
                 let params = json!({"result_extension": ".nii.gz", "result_dtype": "uint8"});
-                http.post(format!("{url}/infer/segmentation_spleen?image={uid}&output=image"))
-                    .multipart(reqwest::multipart::Form::new().text("params", params.to_string()))
-                    .send()
-                    .await
-                    .unwrap()
+                http.post(format!(
+                    "{url}/infer/segmentation_spleen?image={uid}&output=image"
+                ))
+                .multipart(reqwest::multipart::Form::new().text("params", params.to_string()))
+                .send()
+                .await
+                .unwrap()
             } else {
                 http.get(format!("{url}/datastore/image?image={uid}"))
                     .send()
@@ -164,7 +169,9 @@ async fn main() {
         // once inference is up.
         loop {
             let reply = http
-                .post(format!("{url}/infer/segmentation_spleen?image=2.25.1&output=json"))
+                .post(format!(
+                    "{url}/infer/segmentation_spleen?image=2.25.1&output=json"
+                ))
                 .send()
                 .await
                 .unwrap();
@@ -201,7 +208,10 @@ async fn main() {
         assert!(next["StudyInstanceUID"].is_string(), "{next}");
         let t = Instant::now();
         let info = http
-            .get(format!("{url}/datastore/image/info?image={}", next["id"].as_str().unwrap()))
+            .get(format!(
+                "{url}/datastore/image/info?image={}",
+                next["id"].as_str().unwrap()
+            ))
             .send()
             .await
             .unwrap();
@@ -225,17 +235,40 @@ async fn main() {
     }
 
     println!("series in Orthanc: {} + the CT", series);
-    println!("first sync (start → all listed): {:.2} s", first_sync.as_secs_f64());
+    println!(
+        "first sync (start → all listed): {:.2} s",
+        first_sync.as_secs_f64()
+    );
     println!(
         "CT 512×512×300, first {what} (fetch + convert + record{}): {:.2} s ({size} bytes)",
-        if runner.is_some() { " + infer" } else { " + download" },
+        if runner.is_some() {
+            " + infer"
+        } else {
+            " + download"
+        },
         first.as_secs_f64()
     );
-    println!("CT 512×512×300, cached {what}: {:.2} s", cached.as_secs_f64());
+    println!(
+        "CT 512×512×300, cached {what}: {:.2} s",
+        cached.as_secs_f64()
+    );
     println!("median / p99 ms over {requests} sequential requests:");
-    println!("  GET /datastore/?output=stats      {}", summary(stats_times));
-    println!("  POST /activelearning/random (new) {}", summary(next_times));
-    println!("  GET /datastore/image/info         {}", summary(info_times));
-    println!("  GET /datastore/?output=all (x{}) {}", requests.min(20), summary(all_times));
+    println!(
+        "  GET /datastore/?output=stats      {}",
+        summary(stats_times)
+    );
+    println!(
+        "  POST /activelearning/random (new) {}",
+        summary(next_times)
+    );
+    println!(
+        "  GET /datastore/image/info         {}",
+        summary(info_times)
+    );
+    println!(
+        "  GET /datastore/?output=all (x{}) {}",
+        requests.min(20),
+        summary(all_times)
+    );
     server.stop();
 }

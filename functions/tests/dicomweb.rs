@@ -93,7 +93,10 @@ async fn wait_for(server: &LocalServer, what: &str, done: impl Fn(&Value) -> boo
         if done(&all) {
             return all;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}: {all:#}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {all:#}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -151,7 +154,10 @@ async fn series_become_images_that_convert_to_the_generators_volume() {
         assert_eq!(info["StudyTime"], "120000");
         assert_eq!(info["PatientID"], json!(format!("SYNTH-{}", spec.seed)));
         let retrieve = info["RetrieveURL"].as_str().unwrap();
-        assert!(retrieve.ends_with(&format!("/series/{}", uids.series)), "{retrieve}");
+        assert!(
+            retrieve.ends_with(&format!("/series/{}", uids.series)),
+            "{retrieve}"
+        );
     }
 
     // Next sample carries what OHIF reads; an unfetched series' path is its URL.
@@ -168,7 +174,15 @@ async fn series_become_images_that_convert_to_the_generators_volume() {
         .iter()
         .find(|s| json!(s.uids().series) == next["id"])
         .expect("next sample is one of the series");
-    for field in ["StudyInstanceUID", "SeriesInstanceUID", "Modality", "StudyDate", "StudyTime", "PatientID", "RetrieveURL"] {
+    for field in [
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "Modality",
+        "StudyDate",
+        "StudyTime",
+        "PatientID",
+        "RetrieveURL",
+    ] {
         assert!(next[field].is_string(), "{field} missing: {next:#}");
     }
     assert_eq!(next["StudyInstanceUID"], json!(picked.uids().study));
@@ -203,9 +217,15 @@ async fn series_become_images_that_convert_to_the_generators_volume() {
 
     // A series that leaves the PACS leaves the datastore; its history stays.
     orthanc.delete_series(&specs[1].uids().series).await;
-    wait_for(&server, "the deleted series to leave", |all| count(all) == 2).await;
-    assert!(events(home.path()).iter().any(|(s, t)| t == "ImageRemoved"
-        && s == &format!("image/{}", specs[1].uids().series)));
+    wait_for(&server, "the deleted series to leave", |all| {
+        count(all) == 2
+    })
+    .await;
+    assert!(
+        events(home.path())
+            .iter()
+            .any(|(s, t)| t == "ImageRemoved" && s == &format!("image/{}", specs[1].uids().series))
+    );
 }
 
 /// The SeriesInfo of a synthetic series, as a SEG on it needs.
@@ -239,29 +259,49 @@ async fn final_labels_go_to_the_pacs_as_seg_and_seg_series_come_back_as_labels()
     let form = reqwest::multipart::Form::new()
         .text(
             "params",
-            json!({"label_info": [{"name": "spleen", "idx": 1}], "client_id": "slicer"}).to_string(),
+            json!({"label_info": [{"name": "spleen", "idx": 1}], "client_id": "slicer"})
+                .to_string(),
         )
         .part(
             "label",
             reqwest::multipart::Part::bytes(file).file_name(format!("{a_uid}.nii.gz")),
         );
     let reply = reqwest::Client::new()
-        .put(format!("{}/datastore/label?image={a_uid}&tag=final", server.url))
+        .put(format!(
+            "{}/datastore/label?image={a_uid}&tag=final",
+            server.url
+        ))
         .multipart(form)
         .send()
         .await
         .unwrap();
-    assert_eq!(reply.status(), StatusCode::OK, "{}", reply.text().await.unwrap());
+    assert_eq!(
+        reply.status(),
+        StatusCode::OK,
+        "{}",
+        reply.text().await.unwrap()
+    );
     let segs = orthanc.series("Modality=SEG").await;
     assert_eq!(segs.len(), 1, "{segs:#?}");
     let seg_uid = segs[0]["0020000E"]["Value"][0].as_str().unwrap().to_owned();
-    let (_, info) = get_json(&server, &format!("/datastore/label/info?label={a_uid}&tag=final")).await;
+    let (_, info) = get_json(
+        &server,
+        &format!("/datastore/label/info?label={a_uid}&tag=final"),
+    )
+    .await;
     assert_eq!(info["SeriesInstanceUID"], json!(seg_uid));
     assert_eq!(info["label_names"], json!({"spleen": 1}));
     let seg = orthanc.series_files(&seg_uid).await.remove(0);
     let decoded = read_seg(&seg, &series_info(&a), &SegReadOptions::default()).unwrap();
     assert_eq!(decoded.segments[0].label, "spleen");
-    assert!(decoded.mask.data.iter().map(|&v| f32::from(v)).eq(label.data.iter().copied()));
+    assert!(
+        decoded
+            .mask
+            .data
+            .iter()
+            .map(|&v| f32::from(v))
+            .eq(label.data.iter().copied())
+    );
 
     // A SEG stored in Orthanc by someone else (OHIF's export) becomes B's final label.
     let b_mask = mask(&b, 1.0, 2500);
@@ -281,7 +321,11 @@ async fn final_labels_go_to_the_pacs_as_seg_and_seg_series_come_back_as_labels()
         all["objects"][&b_uid]["labels"]["final"].is_object()
     })
     .await;
-    let reply = get(&server, &format!("/datastore/label?label={b_uid}&tag=final")).await;
+    let reply = get(
+        &server,
+        &format!("/datastore/label?label={b_uid}&tag=final"),
+    )
+    .await;
     assert_eq!(reply.status(), StatusCode::OK);
     let label = read_volume_bytes(&reply.bytes().await.unwrap(), ".nii.gz").unwrap();
     assert!(label.data == b_mask.data, "the SEG's voxels, on B's grid");
@@ -320,14 +364,22 @@ async fn final_labels_go_to_the_pacs_as_seg_and_seg_series_come_back_as_labels()
         "one label each: the SEG medlabel stored is not recorded twice, the orphan not at all"
     );
     let (_, stats) = get_json(&server, "/datastore/?output=stats").await;
-    assert_eq!((stats["total"].as_u64(), stats["completed"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (stats["total"].as_u64(), stats["completed"].as_u64()),
+        (Some(2), Some(2))
+    );
 }
 
 /// Rewrites a Part 10 file after `change`, in the transfer syntax `ts`.
 fn rewrite(file: &[u8], ts: &str, change: impl FnOnce(&mut InMemDicomObject)) -> Vec<u8> {
     let mut obj: InMemDicomObject = from_reader(file).unwrap().into_inner();
     change(&mut obj);
-    let sop = obj.element(tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap().to_string();
+    let sop = obj
+        .element(tags::SOP_INSTANCE_UID)
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_string();
     let file = obj
         .with_meta(
             FileMetaTableBuilder::new()
@@ -390,12 +442,19 @@ async fn series_that_cannot_be_volumes_are_refused_and_nothing_is_recorded() {
         "nothing was recorded for them"
     );
     // The rest of the datastore is unaffected.
-    let reply = get(&server, &format!("/datastore/image?image={}", good.uids().series)).await;
+    let reply = get(
+        &server,
+        &format!("/datastore/image?image={}", good.uids().series),
+    )
+    .await;
     assert_eq!(reply.status(), StatusCode::OK);
     assert_volume(&reply.bytes().await.unwrap(), &good);
     // A label for an unknown series is a 404.
     let reply = reqwest::Client::new()
-        .put(format!("{}/datastore/label?image=2.25.1&tag=final", server.url))
+        .put(format!(
+            "{}/datastore/label?image=2.25.1&tag=final",
+            server.url
+        ))
         .multipart(reqwest::multipart::Form::new().part(
             "label",
             reqwest::multipart::Part::bytes(vec![0u8; 4]).file_name("x.nii.gz"),
@@ -424,11 +483,22 @@ async fn an_unreachable_pacs_is_a_502_that_never_shows_the_credentials() {
         assert_eq!(reply.status(), StatusCode::BAD_GATEWAY, "{path}");
         let text = reply.text().await.unwrap();
         assert!(text.contains("unreachable"), "{path}: {text}");
-        assert!(!text.contains(PASSWORD) && !text.contains(USER), "{path}: {text}");
+        assert!(
+            !text.contains(PASSWORD) && !text.contains(USER),
+            "{path}: {text}"
+        );
     }
-    assert!(server.wait_for_log("DICOMweb poll failed", Duration::from_secs(10)).is_some());
+    assert!(
+        server
+            .wait_for_log("DICOMweb poll failed", Duration::from_secs(10))
+            .is_some()
+    );
     assert!(server.log().iter().all(|l| !l.contains(PASSWORD)));
-    assert!(events(home.path()).iter().all(|(s, _)| !s.starts_with("image/")));
+    assert!(
+        events(home.path())
+            .iter()
+            .all(|(s, _)| !s.starts_with("image/"))
+    );
 
     // Credentials written into the URL are taken out of it.
     let in_url = url.replace("http://", &format!("http://{USER}:{PASSWORD}@"));
@@ -437,7 +507,11 @@ async fn an_unreachable_pacs_is_a_502_that_never_shows_the_credentials() {
     let reply = get(&server, "/datastore/image?image=2.25.77").await;
     assert_eq!(reply.status(), StatusCode::BAD_GATEWAY);
     assert!(!reply.text().await.unwrap().contains(PASSWORD));
-    assert!(server.wait_for_log("DICOMweb poll failed", Duration::from_secs(10)).is_some());
+    assert!(
+        server
+            .wait_for_log("DICOMweb poll failed", Duration::from_secs(10))
+            .is_some()
+    );
     assert!(server.log().iter().all(|l| !l.contains(PASSWORD)));
 }
 
@@ -481,7 +555,9 @@ async fn the_proxy_relays_qido_wado_and_stow_to_orthanc_with_its_credentials() {
     let boundary = "medlabel-test-boundary";
     let mut body = Vec::new();
     for file in body_files {
-        body.extend_from_slice(format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes());
+        body.extend_from_slice(
+            format!("--{boundary}\r\nContent-Type: application/dicom\r\n\r\n").as_bytes(),
+        );
         body.extend_from_slice(file);
         body.extend_from_slice(b"\r\n");
     }
@@ -497,8 +573,15 @@ async fn the_proxy_relays_qido_wado_and_stow_to_orthanc_with_its_credentials() {
         .send()
         .await
         .unwrap();
-    assert_eq!(reply.status(), StatusCode::OK, "{}", reply.text().await.unwrap());
-    let series = orthanc.series(&format!("SeriesInstanceUID={}", uids.series)).await;
+    assert_eq!(
+        reply.status(),
+        StatusCode::OK,
+        "{}",
+        reply.text().await.unwrap()
+    );
+    let series = orthanc
+        .series(&format!("SeriesInstanceUID={}", uids.series))
+        .await;
     assert_eq!(series[0]["00201209"]["Value"][0], json!(files.len()));
     // The whole series is now an image, and converts.
     let reply = get(&server, &format!("/datastore/image?image={}", uids.series)).await;
@@ -535,7 +618,10 @@ async fn infer_when_ready(server: &LocalServer, image: &str, output: &str) -> re
     loop {
         let params = json!({"result_extension": ".nii.gz", "result_dtype": "uint8"});
         let reply = reqwest::Client::new()
-            .post(format!("{}/infer/{MODEL}?image={image}&output={output}", server.url))
+            .post(format!(
+                "{}/infer/{MODEL}?image={image}&output={output}",
+                server.url
+            ))
             .multipart(reqwest::multipart::Form::new().text("params", params.to_string()))
             .send()
             .await
@@ -543,7 +629,10 @@ async fn infer_when_ready(server: &LocalServer, image: &str, output: &str) -> re
         if reply.status() != StatusCode::SERVICE_UNAVAILABLE {
             return reply;
         }
-        assert!(Instant::now() < deadline, "inference never became available");
+        assert!(
+            Instant::now() < deadline,
+            "inference never became available"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
@@ -616,7 +705,12 @@ async fn orthanc_series_are_inferred_labelled_as_seg_and_trained_on() {
     assert_eq!(nifti.dims, a.dims);
     assert!(max_abs_diff(&nifti.affine, &a.volume().affine) < 1e-4);
     assert!(
-        decoded.mask.data.iter().map(|&v| f32::from(v)).eq(nifti.data.iter().copied()),
+        decoded
+            .mask
+            .data
+            .iter()
+            .map(|&v| f32::from(v))
+            .eq(nifti.data.iter().copied()),
         "the SEG holds the same mask as the NIfTI result"
     );
 
@@ -631,20 +725,39 @@ async fn orthanc_series_are_inferred_labelled_as_seg_and_trained_on() {
             reqwest::multipart::Part::bytes(file).file_name(format!("{a_uid}.nii.gz")),
         );
     let reply = reqwest::Client::new()
-        .put(format!("{}/datastore/label?image={a_uid}&tag=final", server.url))
+        .put(format!(
+            "{}/datastore/label?image={a_uid}&tag=final",
+            server.url
+        ))
         .multipart(form)
         .send()
         .await
         .unwrap();
-    assert_eq!(reply.status(), StatusCode::OK, "{}", reply.text().await.unwrap());
+    assert_eq!(
+        reply.status(),
+        StatusCode::OK,
+        "{}",
+        reply.text().await.unwrap()
+    );
     let segs = orthanc.series("Modality=SEG").await;
     assert_eq!(segs.len(), 1, "{segs:#?}");
     let seg_uid = segs[0]["0020000E"]["Value"][0].as_str().unwrap().to_owned();
     let stored = orthanc.series_files(&seg_uid).await.remove(0);
     let stored = read_seg(&stored, &series_info(&a), &SegReadOptions::default()).unwrap();
     assert_eq!(stored.segments[0].label, "spleen");
-    assert!(stored.mask.data.iter().map(|&v| f32::from(v)).eq(label.data.iter().copied()));
-    let reply = get(&server, &format!("/datastore/label?label={a_uid}&tag=final")).await;
+    assert!(
+        stored
+            .mask
+            .data
+            .iter()
+            .map(|&v| f32::from(v))
+            .eq(label.data.iter().copied())
+    );
+    let reply = get(
+        &server,
+        &format!("/datastore/label?label={a_uid}&tag=final"),
+    )
+    .await;
     assert_eq!(reply.status(), StatusCode::OK);
     let back = read_volume_bytes(&reply.bytes().await.unwrap(), ".nii.gz").unwrap();
     assert!(back.data == label.data);
@@ -697,4 +810,63 @@ async fn orthanc_series_are_inferred_labelled_as_seg_and_trained_on() {
     let mut expected = vec![a_uid.as_str(), b_uid.as_str()];
     expected.sort_unstable();
     assert_eq!(trained_on, expected, "{train:#}");
+}
+
+// ----- OHIF
+
+/// The OHIF build the `monailabel` wheel ships (MONAI Label's, with its panel).
+fn wheel_ohif() -> std::path::PathBuf {
+    let lib = common::cache_dir().join("py/lib");
+    std::fs::read_dir(&lib)
+        .unwrap()
+        .filter_map(|entry| {
+            let dir = entry
+                .ok()?
+                .path()
+                .join("site-packages/monailabel/endpoints/static/ohif");
+            dir.join("index.html").is_file().then_some(dir)
+        })
+        .next()
+        .expect("scripts/setup.sh installs monailabel, which ships OHIF")
+}
+
+/// OHIF, served by medlabel at `/ohif/` from the wheel's build, runs in headless
+/// Chromium (Debian's `chromium`) and lists Orthanc's study through `/proxy/dicom/`:
+/// its QIDO-RS requests reach Orthanc with medlabel's credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ohif_from_the_wheel_lists_the_pacs_studies_through_the_proxy() {
+    let orthanc = Orthanc::start().await;
+    let spec = axial(61);
+    orthanc.store_all(&synthetic_ct_series(&spec)).await;
+    let home = tempfile::tempdir().unwrap();
+    let ohif = wheel_ohif();
+    let server = serve_url(
+        &orthanc.dicomweb(),
+        home.path(),
+        &[OsStr::new("--ohif"), ohif.as_os_str()],
+    );
+    wait_for(&server, "the series", |all| count(all) == 1).await;
+    let reply = get(&server, "/ohif/").await;
+    assert_eq!(reply.status(), StatusCode::OK);
+    assert!(reply.text().await.unwrap().contains("app-config.js"));
+
+    let profile = tempfile::tempdir().unwrap();
+    let output = tokio::process::Command::new("chromium")
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(["--virtual-time-budget=30000", "--dump-dom"])
+        .arg(format!("{}/ohif/", server.url))
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), output)
+        .await
+        .expect("Chromium finished")
+        .expect("Debian's chromium is installed (scripts/setup.sh)");
+    let dom = String::from_utf8_lossy(&output.stdout);
+    // The study list row: OHIF read it from Orthanc by QIDO-RS through the proxy.
+    assert!(
+        dom.contains(&format!("SYNTH-{}", spec.seed)),
+        "the study list lacks the study: {}",
+        &dom[..dom.len().min(4000)]
+    );
 }

@@ -254,7 +254,9 @@ impl DatastoreView {
                 {
                     record.ext = ext.clone();
                     record.blob = blob.clone();
-                    record.info.insert("name".into(), json!(format!("{image}{ext}")));
+                    record
+                        .info
+                        .insert("name".into(), json!(format!("{image}{ext}")));
                     record.fetched = Some(FetchedSeries {
                         source: source.clone(),
                         slices: slices.clone(),

@@ -343,7 +343,11 @@ fn default_home(url: &str) -> Result<PathBuf, Box<dyn std::error::Error>> {
 
 /// `KEY=VALUE` filters, Modality=CT when none is given.
 fn search_filter(args: &ArgMatches) -> Result<Vec<(String, String)>, Box<dyn std::error::Error>> {
-    let given: Vec<&String> = args.get_many("search-filter").into_iter().flatten().collect();
+    let given: Vec<&String> = args
+        .get_many("search-filter")
+        .into_iter()
+        .flatten()
+        .collect();
     if given.is_empty() {
         return Ok(vec![("Modality".into(), "CT".into())]);
     }

@@ -16,7 +16,8 @@ const DICOM_JSON: &str = "application/dicom+json";
 
 /// Instances as stored, whatever their transfer syntax: converting is medlabel's job,
 /// and a PACS asked to transcode may refuse or lose precision.
-const INSTANCES_AS_STORED: &str = "multipart/related; type=\"application/dicom\"; transfer-syntax=*";
+const INSTANCES_AS_STORED: &str =
+    "multipart/related; type=\"application/dicom\"; transfer-syntax=*";
 
 /// Results asked for per QIDO-RS page; a shorter page is the last.
 const PAGE: usize = 1000;
@@ -122,9 +123,18 @@ impl Client {
         })
     }
 
-    async fn json(&self, request: reqwest::RequestBuilder, what: &str) -> Result<Value, DicomWebError> {
-        let response = self.send(request.header("accept", DICOM_JSON), what).await?;
-        let bytes = response.bytes().await.map_err(|err| self.unreachable(err))?;
+    async fn json(
+        &self,
+        request: reqwest::RequestBuilder,
+        what: &str,
+    ) -> Result<Value, DicomWebError> {
+        let response = self
+            .send(request.header("accept", DICOM_JSON), what)
+            .await?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|err| self.unreachable(err))?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             // 204 or an empty body: no matches.
             return Ok(Value::Array(Vec::new()));
@@ -142,7 +152,11 @@ impl Client {
         let mut all = Vec::new();
         loop {
             let mut query: Vec<(String, String)> = filter.to_vec();
-            query.extend(fields.iter().map(|f| ("includefield".into(), (*f).to_owned())));
+            query.extend(
+                fields
+                    .iter()
+                    .map(|f| ("includefield".into(), (*f).to_owned())),
+            );
             query.push(("limit".into(), PAGE.to_string()));
             query.push(("offset".into(), all.len().to_string()));
             let request = self
@@ -152,7 +166,9 @@ impl Client {
             let page = match self.json(request, "a series search").await? {
                 Value::Array(page) => page,
                 other => {
-                    return Err(self.malformed("a series search", format!("not a list: {other:.80}")));
+                    return Err(
+                        self.malformed("a series search", format!("not a list: {other:.80}"))
+                    );
                 }
             };
             let last = page.len() < PAGE;
@@ -164,7 +180,11 @@ impl Client {
     }
 
     /// WADO-RS metadata of a series: one DICOM JSON object per instance.
-    pub async fn series_metadata(&self, study: &str, series: &str) -> Result<Vec<Value>, DicomWebError> {
+    pub async fn series_metadata(
+        &self,
+        study: &str,
+        series: &str,
+    ) -> Result<Vec<Value>, DicomWebError> {
         let path = format!("studies/{study}/series/{series}/metadata");
         let request = self.http.get(self.server.url_for("wado", &path));
         match self.json(request, "series metadata").await? {
@@ -174,7 +194,11 @@ impl Client {
     }
 
     /// WADO-RS retrieval of a series: its instances' Part 10 bytes, as stored.
-    pub async fn retrieve_series(&self, study: &str, series: &str) -> Result<Vec<Vec<u8>>, DicomWebError> {
+    pub async fn retrieve_series(
+        &self,
+        study: &str,
+        series: &str,
+    ) -> Result<Vec<Vec<u8>>, DicomWebError> {
         let path = format!("studies/{study}/series/{series}");
         let request = self
             .http
@@ -193,7 +217,10 @@ impl Client {
                 format!("content type {content_type:?} is not multipart/related with a boundary"),
             )
         })?;
-        let body = response.bytes().await.map_err(|err| self.unreachable(err))?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|err| self.unreachable(err))?;
         let parts = multipart::split(&body, &boundary)
             .map_err(|detail| self.malformed("a series retrieval", detail))?;
         Ok(parts.into_iter().map(<[u8]>::to_vec).collect())

@@ -122,7 +122,10 @@ impl Studies {
         let ext = Extension::parse(VOLUME_EXT).expect("a valid extension");
         let blob = blobs.put_file(&output, &ext).await?;
         let map = blobs
-            .put_bytes(slices::to_json(&info), &Extension::parse(".json").expect("valid"))
+            .put_bytes(
+                slices::to_json(&info),
+                &Extension::parse(".json").expect("valid"),
+            )
             .await?;
         let ctx = self.write(&format!("fetch:{image}:{}", source.sha256));
         let record = self

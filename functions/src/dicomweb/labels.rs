@@ -139,8 +139,8 @@ async fn read_label(path: &Path, name: &str) -> Result<Volume<f32>, ApiError> {
         medlabel_imaging::io::read_volume_bytes(&bytes, &name).map_err(|err| err.to_string())
     })
     .await
-        .map_err(|err| ApiError::Internal(format!("reading a label: {err}")))?
-        .map_err(|err| refused("label", err))
+    .map_err(|err| ApiError::Internal(format!("reading a label: {err}")))?
+    .map_err(|err| refused("label", err))
 }
 
 impl Studies {
@@ -177,7 +177,9 @@ impl Studies {
             series_description: "medlabel final label".into(),
             ..SegWriteOptions::default()
         };
-        let seg = self.seg_bytes(record, mask, segments.clone(), options).await?;
+        let seg = self
+            .seg_bytes(record, mask, segments.clone(), options)
+            .await?;
         self.stowing
             .lock()
             .expect("stowing set")
@@ -351,7 +353,10 @@ mod tests {
     }
 
     fn named(segments: &[Segment]) -> Vec<(u8, &str)> {
-        segments.iter().map(|s| (s.value, s.label.as_str())).collect()
+        segments
+            .iter()
+            .map(|s| (s.value, s.label.as_str()))
+            .collect()
     }
 
     #[test]
@@ -366,16 +371,25 @@ mod tests {
             ("liver".to_owned(), json!(3)),
         ]);
         let segments = segments_for(&params, &model, &mask(&[0.0, 1.0, 3.0, 7.0])).unwrap();
-        assert_eq!(named(&segments), [(1, "spleen"), (3, "liver"), (7, "label_7")]);
+        assert_eq!(
+            named(&segments),
+            [(1, "spleen"), (3, "liver"), (7, "label_7")]
+        );
     }
 
     #[test]
     fn an_empty_mask_still_names_a_segment_and_big_values_are_refused() {
         let model = BTreeMap::from([("spleen".to_owned(), json!(1))]);
         let empty = mask(&[0.0, 0.0]);
-        assert_eq!(named(&segments_for(&Info::new(), &model, &empty).unwrap()), [(1, "spleen")]);
+        assert_eq!(
+            named(&segments_for(&Info::new(), &model, &empty).unwrap()),
+            [(1, "spleen")]
+        );
         let none = BTreeMap::new();
-        assert_eq!(named(&segments_for(&Info::new(), &none, &empty).unwrap()), [(1, "label_1")]);
+        assert_eq!(
+            named(&segments_for(&Info::new(), &none, &empty).unwrap()),
+            [(1, "label_1")]
+        );
         let big = BTreeMap::from([("aorta".to_owned(), json!(300))]);
         let err = segments_for(&Info::new(), &big, &empty).unwrap_err();
         assert!(format!("{err:?}").contains("1 to 255"), "{err:?}");

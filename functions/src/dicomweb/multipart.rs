@@ -33,10 +33,8 @@ pub fn split<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<&'a [u8]>, String
         if body[at..].starts_with(b"--") {
             return Ok(parts);
         }
-        let headers_end = memmem::find(&body[at..], b"\r\n\r\n")
-            .ok_or("a part has no end of headers")?
-            + at
-            + 4;
+        let headers_end =
+            memmem::find(&body[at..], b"\r\n\r\n").ok_or("a part has no end of headers")? + at + 4;
         let end = finder
             .find(&body[headers_end..])
             .ok_or("a part is not closed by the boundary")?
@@ -57,7 +55,8 @@ pub fn related_dicom(files: &[&[u8]]) -> (Vec<u8>, String) {
         body.extend_from_slice(b"\r\n");
     }
     body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    let content_type = format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
+    let content_type =
+        format!("multipart/related; type=\"application/dicom\"; boundary={boundary}");
     (body, content_type)
 }
 

@@ -92,8 +92,16 @@ pub async fn poll_once(state: &AppState) -> Result<PollReport, ApiError> {
     let labels = crate::routes::model_labels(state, None).await;
     for entry in segs {
         let skip = known.contains(&entry.series)
-            || studies.stowing.lock().expect("stowing set").contains(&entry.series)
-            || studies.refused.lock().expect("refused set").contains_key(&entry.series);
+            || studies
+                .stowing
+                .lock()
+                .expect("stowing set")
+                .contains(&entry.series)
+            || studies
+                .refused
+                .lock()
+                .expect("refused set")
+                .contains_key(&entry.series);
         if skip {
             continue;
         }

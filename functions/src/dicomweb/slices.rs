@@ -55,7 +55,8 @@ pub fn from_json(bytes: &[u8]) -> Result<SeriesInfo, String> {
             .map(|n| n as usize)
             .ok_or_else(|| format!("{key} missing"))
     };
-    let dims: [usize; 3] = serde_json::from_value(doc["dims"].clone()).map_err(|e| e.to_string())?;
+    let dims: [usize; 3] =
+        serde_json::from_value(doc["dims"].clone()).map_err(|e| e.to_string())?;
     let bits: [[u64; 4]; 4] =
         serde_json::from_value(doc["affine"].clone()).map_err(|e| e.to_string())?;
     let affine = bits.map(|row| row.map(f64::from_bits));

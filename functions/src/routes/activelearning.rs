@@ -84,7 +84,11 @@ async fn next_sample(
     };
     // A DICOMweb series not fetched yet has no file here: its path is where it can be
     // retrieved (Slicer then downloads `/datastore/image`, which fetches it).
-    let path = match record.info.get("RetrieveURL").filter(|_| record.awaits_fetch()) {
+    let path = match record
+        .info
+        .get("RetrieveURL")
+        .filter(|_| record.awaits_fetch())
+    {
         Some(url) => url.as_str().unwrap_or_default().to_owned(),
         None => client_uri(&state, &ctx, &record.blob, read, "image").await?,
     };

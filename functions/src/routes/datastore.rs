@@ -192,10 +192,12 @@ async fn download_image(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let image = query.image_id("image")?;
-    let record = image_volume(&state, &image).await.map_err(|err| match err {
-        ApiError::NotFound(_) => ApiError::NotFound("Image NOT Found or is a directory".into()),
-        other => other,
-    })?;
+    let record = image_volume(&state, &image)
+        .await
+        .map_err(|err| match err {
+            ApiError::NotFound(_) => ApiError::NotFound("Image NOT Found or is a directory".into()),
+            other => other,
+        })?;
     let (reader, ()) = tokio::try_join!(
         async { Ok::<_, ApiError>(state.datastore.blob_store().get(&record.blob).await?) },
         audit::record(

@@ -14,9 +14,9 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use medlabel_events::datastore::ImageRecord;
 use medlabel_events::event::JobKind;
 use medlabel_events::id::split_file_name;
-use medlabel_events::datastore::ImageRecord;
 use medlabel_events::{Extension, ImageId, Info, ModelName, RunId, Tag};
 use serde_json::{Value, json};
 
@@ -207,7 +207,9 @@ async fn infer(
 
     if output == Output::DicomSeg {
         let (Some(studies), Some(file)) = (&studies, &result.file) else {
-            return Err(ApiError::Internal("the runner returned no result file".into()));
+            return Err(ApiError::Internal(
+                "the runner returned no result file".into(),
+            ));
         };
         let Some((image, record)) = datastore_image.filter(|(_, r)| r.fetched.is_some()) else {
             return Err(ApiError::field(FieldError::new(

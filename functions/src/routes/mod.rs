@@ -81,7 +81,12 @@ pub(crate) async fn model_labels(
     };
     let labels = |m: &serde_json::Value| m["labels"].as_object().cloned();
     name.and_then(|n| info.models.get(n).and_then(labels))
-        .or_else(|| info.models.values().filter_map(labels).find(|l| !l.is_empty()))
+        .or_else(|| {
+            info.models
+                .values()
+                .filter_map(labels)
+                .find(|l| !l.is_empty())
+        })
         .map(|l| l.into_iter().collect())
         .unwrap_or_default()
 }

@@ -111,7 +111,11 @@ impl Orthanc {
             .await
             .unwrap();
         let status = reply.status();
-        assert!(status.is_success(), "{status}: {}", reply.text().await.unwrap());
+        assert!(
+            status.is_success(),
+            "{status}: {}",
+            reply.text().await.unwrap()
+        );
     }
 
     pub async fn store_all(&self, files: &[Vec<u8>]) {
@@ -170,7 +174,11 @@ impl Orthanc {
         for instance in instances.as_array().unwrap() {
             let file = self
                 .http
-                .get(format!("{}/instances/{}/file", self.url, instance["ID"].as_str().unwrap()))
+                .get(format!(
+                    "{}/instances/{}/file",
+                    self.url,
+                    instance["ID"].as_str().unwrap()
+                ))
                 .basic_auth(USER, Some(PASSWORD))
                 .send()
                 .await
