@@ -852,7 +852,12 @@ async fn ohif_from_the_wheel_lists_the_pacs_studies_through_the_proxy() {
 
     let profile = tempfile::tempdir().unwrap();
     let output = tokio::process::Command::new("chromium")
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+        ])
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .args(["--virtual-time-budget=30000", "--dump-dom"])
         .arg(format!("{}/ohif/", server.url))
