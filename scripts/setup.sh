@@ -8,6 +8,9 @@
 # $MEDLABEL_CACHE/oidc). Python and Node.js are test tooling only; nothing in the
 # product runs them.
 #
+# Also installs, from Debian's packages and only when missing, what the DICOMweb tests
+# run against: Orthanc with its DICOMweb plugin, and Chromium for the OHIF test.
+#
 # Idempotent and fast when nothing changed: every pin is checked against the installed
 # metadata first and pip runs only for what is missing or different. .ci/run calls
 # this, and so should developers, so both get the same versions.
@@ -40,6 +43,22 @@ no_deps=(
     "monai==1.6.1"
     "pytorch-ignite==0.5.5"
 )
+
+debs=()
+[[ -x /usr/sbin/Orthanc ]] || debs+=(orthanc)
+[[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]] || debs+=(orthanc-dicomweb)
+command -v chromium >/dev/null || debs+=(chromium)
+if ((${#debs[@]})); then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        echo "setup: installing ${debs[*]} (Debian packages)" >&2
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            "${debs[@]}" >/dev/null
+    else
+        echo "setup: ${debs[*]} missing; the DICOMweb and OHIF tests need them" \
+            "(apt-get install ${debs[*]})" >&2
+    fi
+fi
 
 if [[ ! -x $venv/bin/python ]]; then
     echo "setup: creating $venv" >&2

@@ -178,6 +178,18 @@ pub enum Event {
         blob: BlobRef,
         info: Info,
     },
+    /// The DICOM series an image stands for was fetched from its DICOMweb server and
+    /// converted: `blob` (a volume, `ext`) becomes the image's content, provided the
+    /// image still holds `source`, the series reference it was recorded with (a series
+    /// that changed in the PACS since is recorded again and fetched again). `slices`
+    /// maps the volume's slices to the series' instances, which a DICOM SEG on it needs.
+    ImageFetched {
+        image: ImageId,
+        source: BlobRef,
+        ext: Extension,
+        blob: BlobRef,
+        slices: BlobRef,
+    },
     /// Metadata merged into the image's info (keys in `info` overwrite).
     ImageInfoUpdated {
         image: ImageId,
@@ -348,6 +360,7 @@ impl Event {
             Event::DatastoreRenamed { .. } => "DatastoreRenamed",
             Event::DatastoreDescribed { .. } => "DatastoreDescribed",
             Event::ImageAdded { .. } => "ImageAdded",
+            Event::ImageFetched { .. } => "ImageFetched",
             Event::ImageInfoUpdated { .. } => "ImageInfoUpdated",
             Event::ImageRemoved { .. } => "ImageRemoved",
             Event::LabelSaved { .. } => "LabelSaved",

@@ -18,6 +18,7 @@ pub mod auth;
 pub mod auth_cli;
 pub mod catalogue;
 pub mod context;
+pub mod dicomweb;
 pub mod error;
 pub mod extract;
 pub mod lambda;

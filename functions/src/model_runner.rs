@@ -134,7 +134,8 @@ impl ModelRunner {
             .labeled_images(&Tag::final_tag(), &[])
             .into_iter()
             .filter_map(|image| {
-                let record = view.image(&image)?;
+                // A labelled DICOMweb series whose series changed since awaits its fetch.
+                let record = view.image(&image).filter(|r| !r.awaits_fetch())?;
                 let label = record.labels.get(&Tag::final_tag())?.latest();
                 Some(LabelVersionRef {
                     image,

@@ -21,6 +21,7 @@ pub fn content_type(file_name: &str) -> &'static str {
         "json" => "application/json",
         "xml" => "application/xml",
         "zip" => "application/zip",
+        "dcm" => "application/dicom",
         "txt" | "log" => "text/plain; charset=utf-8",
         _ => "application/octet-stream",
     }

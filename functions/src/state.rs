@@ -20,24 +20,133 @@ use crate::strategy::Picker;
 /// MONAI Label's default upload ceiling for the local server: 2 GB.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 2_000_000_000;
 
-/// A DICOMweb server that `/proxy/dicom/` relays to (MONAI Label's DICOMweb studies).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A DICOMweb server: the one `/proxy/dicom/` relays to, and with `--studies URL` the
+/// datastore's images and labels ([`crate::dicomweb`]).
+#[derive(Clone, PartialEq, Eq)]
 pub struct DicomWeb {
-    /// Base URL; a proxied path is appended to it.
+    /// Base URL without credentials; a DICOMweb path is appended to it.
     pub url: String,
-    /// HTTP basic credentials, when the server wants them.
-    pub credentials: Option<(String, String)>,
+    pub credentials: Option<Credentials>,
+    /// Path segments put between the base URL and a QIDO-RS, WADO-RS or STOW-RS path
+    /// (MONAI Label's `MONAI_LABEL_{QIDO,WADO,STOW}_PREFIX`); empty: none.
+    pub qido_prefix: String,
+    pub wado_prefix: String,
+    pub stow_prefix: String,
+}
+
+/// How medlabel authenticates to the DICOMweb server.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    Basic { username: String, password: String },
+    Bearer(String),
+}
+
+/// Never prints the secrets: a `DicomWeb` may end up in a log line.
+impl std::fmt::Debug for DicomWeb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let credentials = match &self.credentials {
+            None => "none",
+            Some(Credentials::Basic { .. }) => "basic",
+            Some(Credentials::Bearer(_)) => "bearer",
+        };
+        f.debug_struct("DicomWeb")
+            .field("url", &self.url)
+            .field("credentials", &credentials)
+            .field("qido_prefix", &self.qido_prefix)
+            .field("wado_prefix", &self.wado_prefix)
+            .field("stow_prefix", &self.stow_prefix)
+            .finish()
+    }
 }
 
 impl DicomWeb {
-    /// The server at `url`, with credentials from `MEDLABEL_DICOMWEB_USERNAME` and
-    /// `MEDLABEL_DICOMWEB_PASSWORD` when both are set (secrets stay out of argv).
-    pub fn with_env_credentials(url: String) -> Self {
-        let credentials = std::env::var("MEDLABEL_DICOMWEB_USERNAME")
-            .ok()
-            .zip(std::env::var("MEDLABEL_DICOMWEB_PASSWORD").ok());
-        Self { url, credentials }
+    /// The server at `url`, without credentials or prefixes. Credentials written into
+    /// the URL (`http://user:password@host/`) are taken out of it, so no error message
+    /// or log line that names the server shows them.
+    pub fn new(url: &str) -> Self {
+        let (url, credentials) = split_userinfo(url);
+        Self {
+            url: url.trim_end_matches('/').to_owned(),
+            credentials,
+            qido_prefix: String::new(),
+            wado_prefix: String::new(),
+            stow_prefix: String::new(),
+        }
     }
+
+    /// The server at `url`, authenticated from the environment (secrets stay out of
+    /// argv): `MEDLABEL_DICOMWEB_TOKEN` (a bearer token), else
+    /// `MEDLABEL_DICOMWEB_USERNAME` and `MEDLABEL_DICOMWEB_PASSWORD` (basic).
+    pub fn with_env_credentials(url: impl AsRef<str>) -> Self {
+        let mut server = Self::new(url.as_ref());
+        let var = |name| std::env::var(name).ok().filter(|v: &String| !v.is_empty());
+        if let Some(token) = var("MEDLABEL_DICOMWEB_TOKEN") {
+            server.credentials = Some(Credentials::Bearer(token));
+        } else if let (Some(username), Some(password)) = (
+            var("MEDLABEL_DICOMWEB_USERNAME"),
+            var("MEDLABEL_DICOMWEB_PASSWORD"),
+        ) {
+            server.credentials = Some(Credentials::Basic { username, password });
+        }
+        server
+    }
+
+    /// `{url}/{prefix}/{path}` for the operation `op` (`qido`, `wado`, `stow`; anything
+    /// else: no prefix). As in MONAI Label, a QIDO path to `metadata` (older OHIF
+    /// builds ask so) goes to the WADO prefix.
+    pub fn url_for(&self, op: &str, path: &str) -> String {
+        let prefix = match op {
+            "qido" if path.ends_with("metadata") => &self.wado_prefix,
+            "qido" => &self.qido_prefix,
+            "wado" => &self.wado_prefix,
+            "stow" => &self.stow_prefix,
+            _ => "",
+        };
+        let prefix = prefix.trim_matches('/');
+        let path = path.trim_start_matches('/');
+        if prefix.is_empty() {
+            format!("{}/{path}", self.url)
+        } else {
+            format!("{}/{prefix}/{path}", self.url)
+        }
+    }
+
+    /// Adds the credentials to a request.
+    pub fn authorize(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.credentials {
+            None => request,
+            Some(Credentials::Basic { username, password }) => {
+                request.basic_auth(username, Some(password))
+            }
+            Some(Credentials::Bearer(token)) => request.bearer_auth(token),
+        }
+    }
+}
+
+/// `http://user:pass@host/x` → (`http://host/x`, basic credentials).
+fn split_userinfo(url: &str) -> (String, Option<Credentials>) {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return (url.to_owned(), None);
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return (url.to_owned(), None);
+    };
+    let userinfo = &rest[..at];
+    let decode = |s: &str| {
+        form_urlencoded::parse(format!("x={s}").as_bytes())
+            .next()
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default()
+    };
+    let (username, password) = match userinfo.split_once(':') {
+        Some((u, p)) => (decode(u), decode(p)),
+        None => (decode(userinfo), String::new()),
+    };
+    (
+        format!("{scheme}://{}", &rest[at + 1..]),
+        Some(Credentials::Basic { username, password }),
+    )
 }
 
 /// Settings of the HTTP surface.
@@ -107,6 +216,9 @@ pub struct AppState {
     pub logs: LogBuffer,
     /// Randomness and lease length for active learning.
     pub picker: Arc<Picker>,
+    /// The DICOMweb server whose series are the images (`--studies URL`); `None` for a
+    /// studies folder.
+    pub studies: Option<Arc<crate::dicomweb::Studies>>,
 }
 
 impl AppState {
@@ -169,7 +281,14 @@ impl AppState {
             picker: Arc::new(Picker::new(config.strategy_seed, config.lease)),
             config: Arc::new(config),
             logs: LogBuffer::global().clone(),
+            studies: None,
         }
+    }
+
+    /// Makes `studies` the source of the images and labels ([`crate::dicomweb`]).
+    pub fn with_studies(mut self, studies: Arc<crate::dicomweb::Studies>) -> Self {
+        self.studies = Some(studies);
+        self
     }
 
     /// Replaces the runner with the event-driven [`ModelRunner`]: models from the log,

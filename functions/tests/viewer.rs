@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::routing::any;
 use common::{Harness, Req};
-use medlabel_functions::state::{Config, DicomWeb};
+use medlabel_functions::state::{Config, Credentials, DicomWeb};
 
 /// What the stand-in DICOMweb server saw of one request.
 #[derive(Debug, Clone, Default)]
@@ -136,8 +136,11 @@ async fn dicomweb_requests_are_relayed_with_query_body_and_credentials() {
     let (url, seen) = dicomweb_server().await;
     let h = Harness::with_config(Config {
         dicomweb: Some(DicomWeb {
-            url,
-            credentials: Some(("orthanc".into(), "s3cret".into())),
+            credentials: Some(Credentials::Basic {
+                username: "orthanc".into(),
+                password: "s3cret".into(),
+            }),
+            ..DicomWeb::new(&url)
         }),
         ..Config::default()
     })
@@ -204,10 +207,7 @@ async fn dicomweb_requests_are_relayed_with_query_body_and_credentials() {
 async fn dicomweb_paths_cannot_climb_and_a_dead_server_is_a_502() {
     let (url, seen) = dicomweb_server().await;
     let h = Harness::with_config(Config {
-        dicomweb: Some(DicomWeb {
-            url,
-            credentials: None,
-        }),
+        dicomweb: Some(DicomWeb::new(&url)),
         ..Config::default()
     })
     .await;
@@ -227,10 +227,7 @@ async fn dicomweb_paths_cannot_climb_and_a_dead_server_is_a_502() {
     let dead = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     let h = Harness::with_config(Config {
-        dicomweb: Some(DicomWeb {
-            url: dead,
-            credentials: None,
-        }),
+        dicomweb: Some(DicomWeb::new(&dead)),
         ..Config::default()
     })
     .await;

@@ -455,6 +455,10 @@ impl Worker {
                 return Ok((JobStatus::Stopped, json!({"scores": scores})));
             }
             let record = self.datastore.image(image).await.map_err(store_error)?;
+            // A DICOMweb series not fetched yet has no volume to score.
+            if record.awaits_fetch() {
+                continue;
+            }
             let scratch = self.config.work_dir.join(job.id.as_str());
             let path = self.local_file(&record.blob, &scratch).await?;
             let model = model.clone();
@@ -536,6 +540,10 @@ impl Worker {
                 return Ok((JobStatus::Stopped, json!({"results": results})));
             }
             let record = self.datastore.image(image).await.map_err(store_error)?;
+            // A DICOMweb series not fetched yet has no volume to infer on.
+            if record.awaits_fetch() {
+                continue;
+            }
             let input = self.local_file(&record.blob, scratch).await?;
             let output = scratch.join(format!("{image}.nii.gz"));
             let (model, out) = (model.clone(), output.clone());

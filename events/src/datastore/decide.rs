@@ -64,6 +64,32 @@ pub fn add_image(view: &DatastoreView, image: &ImageId, blob: BlobRef, info: Inf
     )
 }
 
+/// Records that `image`'s series was fetched and converted into `blob`; `None` when
+/// the image no longer holds `source` (fetched already, or its series changed since).
+pub fn fetched(
+    view: &DatastoreView,
+    image: &ImageId,
+    source: &BlobRef,
+    blob: BlobRef,
+    slices: BlobRef,
+) -> Result<Option<Decision>> {
+    let record = view.image(image).ok_or_else(|| image_not_found(image))?;
+    if &record.blob != source {
+        return Ok(None);
+    }
+    Ok(Some(Decision::on_image(
+        view,
+        image,
+        vec![Event::ImageFetched {
+            image: image.clone(),
+            source: source.clone(),
+            ext: blob.ext.clone(),
+            blob,
+            slices,
+        }],
+    )))
+}
+
 pub fn remove_image(view: &DatastoreView, image: &ImageId) -> Result<Decision> {
     view.image(image).ok_or_else(|| image_not_found(image))?;
     Ok(Decision::on_image(

@@ -27,8 +27,8 @@ pub use decide::Decision;
 pub use selection::{Lease, SelectionIndex, Strategy};
 pub use studies::{ImportReport, export_studies, import_studies};
 pub use view::{
-    DatastoreView, ImageRecord, ImageStreamState, LabelRecord, LabelVersion, Quarantined, Removed,
-    Status, label_names, merge,
+    DatastoreView, FetchedSeries, ImageRecord, ImageStreamState, LabelRecord, LabelVersion,
+    Quarantined, Removed, SERIES_REFERENCE_EXT, Status, label_names, merge,
 };
 
 use crate::blob::{BlobError, BlobReader, BlobRef, BlobStore};
@@ -241,6 +241,26 @@ impl Datastore {
         })
         .await?;
         Ok(image.clone())
+    }
+
+    /// Records that `image`'s DICOM series, recorded as the series reference `source`,
+    /// was fetched and converted into the stored volume `blob`, with the slice map
+    /// `slices` (see [`crate::event::Event::ImageFetched`]). Returns the image as it
+    /// stands after: converted by this call or an earlier one, or recorded anew with a
+    /// changed series meanwhile (then it still awaits its fetch).
+    pub async fn record_fetched(
+        &self,
+        ctx: &WriteContext,
+        image: &ImageId,
+        source: &BlobRef,
+        blob: BlobRef,
+        slices: BlobRef,
+    ) -> Result<ImageRecord> {
+        self.execute(ctx, |view| {
+            decide::fetched(view, image, source, blob.clone(), slices.clone())
+        })
+        .await?;
+        self.image(image).await
     }
 
     /// Removes the image and its labels from the current view (the log keeps them).

@@ -44,6 +44,10 @@ impl LabelRecord {
     }
 }
 
+/// The extension of a series reference: the blob an image from a DICOMweb server holds
+/// until its series is fetched (a small JSON document naming the study and series).
+pub const SERIES_REFERENCE_EXT: &str = ".dcmweb";
+
 /// An image in the datastore and its labels.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ImageRecord {
@@ -53,12 +57,38 @@ pub struct ImageRecord {
     /// `strategy` selections and scores.
     pub info: Info,
     pub labels: BTreeMap<Tag, LabelRecord>,
+    /// For an image converted from a DICOM series (`ImageFetched`): where it came from.
+    #[serde(default)]
+    pub fetched: Option<FetchedSeries>,
+}
+
+/// What an `ImageFetched` recorded beside the volume.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FetchedSeries {
+    /// The series reference the volume was converted from.
+    pub source: BlobRef,
+    /// The slice-to-instance map of the series.
+    pub slices: BlobRef,
 }
 
 impl ImageRecord {
     /// The file name MONAI Label shows: `<id><ext>`.
     pub fn file_name(&self, id: &ImageId) -> String {
         format!("{id}{}", self.ext)
+    }
+
+    /// Whether the image is a DICOM series not fetched yet: its blob is the series
+    /// reference, not a volume, so nothing may read it as one.
+    pub fn awaits_fetch(&self) -> bool {
+        self.ext.as_str() == SERIES_REFERENCE_EXT
+    }
+
+    /// The series reference of an image from a DICOMweb server, fetched or not.
+    pub fn series_reference(&self) -> Option<&BlobRef> {
+        match &self.fetched {
+            Some(fetched) => Some(&fetched.source),
+            None => self.awaits_fetch().then_some(&self.blob),
+        }
     }
 }
 
@@ -207,8 +237,31 @@ impl DatastoreView {
                         blob: blob.clone(),
                         info,
                         labels,
+                        fetched: None,
                     },
                 );
+            }
+            Event::ImageFetched {
+                image,
+                source,
+                ext,
+                blob,
+                slices,
+            } => {
+                self.bump(image, recorded.sequence);
+                if let Some(record) = self.images.get_mut(image)
+                    && &record.blob == source
+                {
+                    record.ext = ext.clone();
+                    record.blob = blob.clone();
+                    record
+                        .info
+                        .insert("name".into(), json!(format!("{image}{ext}")));
+                    record.fetched = Some(FetchedSeries {
+                        source: source.clone(),
+                        slices: slices.clone(),
+                    });
+                }
             }
             Event::ImageInfoUpdated { image, info } => {
                 self.bump(image, recorded.sequence);

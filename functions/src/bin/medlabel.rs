@@ -5,6 +5,11 @@
 //! uploads are spooled in `DIR/.medlabel/tmp`. At start the studies folder is imported
 //! as MONAI Label lays it out (idempotent: a restart imports only what changed).
 //!
+//! `--studies http://host/dicom-web` makes a DICOMweb server the studies instead
+//! (`medlabel_functions::dicomweb`): the log, blobs and spool live in the `--home`
+//! folder (default `~/.cache/medlabel/dicomweb/<hash of the URL>`), the server is
+//! polled every `--poll-interval` seconds, and `/proxy/dicom/` relays to it.
+//!
 //! GPU work runs in a child process, `medlabel-runner worker` (found beside this binary
 //! or given by `--runner`): it follows the same event log, runs training, scoring and
 //! batch-inference jobs, and serves interactive inference on a loopback port, restarted
@@ -33,6 +38,7 @@ use medlabel_events::datastore::{WriteContext, import_studies};
 use medlabel_events::models::Models;
 use medlabel_events::store::sqlite::SqliteEventStore;
 use medlabel_functions::auth_cli;
+use medlabel_functions::dicomweb::Studies;
 use medlabel_functions::model_import::{self, ModelImporter};
 use medlabel_functions::model_runner::{InferenceEndpoint, LocalRunner};
 use medlabel_functions::runner::NoRunner;
@@ -50,9 +56,30 @@ fn cli() -> Command {
                     Arg::new("studies")
                         .long("studies")
                         .required(true)
-                        .value_parser(value_parser!(PathBuf))
-                        .help("The studies folder (images flat, labels/<tag>/)"),
+                        .help("The studies folder (images flat, labels/<tag>/), or a DICOMweb server's URL (http://host:8042/dicom-web; credentials from MEDLABEL_DICOMWEB_TOKEN or MEDLABEL_DICOMWEB_USERNAME/_PASSWORD)"),
                 )
+                .arg(
+                    Arg::new("home")
+                        .long("home")
+                        .value_parser(value_parser!(PathBuf))
+                        .help("With a DICOMweb --studies: the folder for the event log, blobs and users (default ~/.cache/medlabel/dicomweb/<hash of the URL>)"),
+                )
+                .arg(
+                    Arg::new("poll-interval")
+                        .long("poll-interval")
+                        .default_value("30")
+                        .value_parser(value_parser!(f64))
+                        .help("With a DICOMweb --studies: seconds between searches for new, changed or removed series"),
+                )
+                .arg(
+                    Arg::new("search-filter")
+                        .long("search-filter")
+                        .action(ArgAction::Append)
+                        .help("With a DICOMweb --studies: a QIDO attribute filter for images, KEY=VALUE (repeatable; default Modality=CT)"),
+                )
+                .arg(Arg::new("qido-prefix").long("qido-prefix").default_value("").help("Path between the DICOMweb URL and QIDO-RS paths"))
+                .arg(Arg::new("wado-prefix").long("wado-prefix").default_value("").help("Path between the DICOMweb URL and WADO-RS paths"))
+                .arg(Arg::new("stow-prefix").long("stow-prefix").default_value("").help("Path between the DICOMweb URL and STOW-RS paths"))
                 .arg(
                     Arg::new("host")
                         .long("host")
@@ -107,7 +134,7 @@ fn cli() -> Command {
                 .arg(
                     Arg::new("dicomweb")
                         .long("dicomweb")
-                        .help("A DICOMweb server for /proxy/dicom/ (basic auth from MEDLABEL_DICOMWEB_USERNAME/_PASSWORD)"),
+                        .help("A DICOMweb server for /proxy/dicom/ (default: a DICOMweb --studies; credentials as for it)"),
                 )
                 .arg(
                     Arg::new("cors-origin")
@@ -297,13 +324,71 @@ async fn publish_model(args: &ArgMatches) -> Result<(), Box<dyn std::error::Erro
     Ok(())
 }
 
+/// Where the images come from.
+enum Source {
+    Folder(PathBuf),
+    DicomWeb(String),
+}
+
+/// The default home of a DICOMweb datastore: one folder per server URL, as MONAI
+/// Label keeps one cache folder per URL.
+fn default_home(url: &str) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    use sha2::{Digest, Sha256};
+    let home = std::env::var_os("HOME").ok_or("HOME is not set: give --home")?;
+    let digest = hex::encode(Sha256::digest(url.trim_end_matches('/')));
+    Ok(PathBuf::from(home)
+        .join(".cache/medlabel/dicomweb")
+        .join(&digest[..16]))
+}
+
+/// `KEY=VALUE` filters, Modality=CT when none is given.
+fn search_filter(args: &ArgMatches) -> Result<Vec<(String, String)>, Box<dyn std::error::Error>> {
+    let given: Vec<&String> = args
+        .get_many("search-filter")
+        .into_iter()
+        .flatten()
+        .collect();
+    if given.is_empty() {
+        return Ok(vec![("Modality".into(), "CT".into())]);
+    }
+    given
+        .into_iter()
+        .map(|f| {
+            f.split_once('=')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+                .ok_or_else(|| format!("--search-filter {f:?} is not KEY=VALUE").into())
+        })
+        .collect()
+}
+
+/// The DICOMweb server at `url` with the prefixes and environment credentials.
+fn dicomweb_server(url: &str, args: &ArgMatches) -> DicomWeb {
+    let prefix = |name: &str| args.get_one::<String>(name).cloned().unwrap_or_default();
+    DicomWeb {
+        qido_prefix: prefix("qido-prefix"),
+        wado_prefix: prefix("wado-prefix"),
+        stow_prefix: prefix("stow-prefix"),
+        ..DicomWeb::with_env_credentials(url)
+    }
+}
+
 async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
     medlabel_functions::logging::init(false);
-    let studies: &PathBuf = args.get_one("studies").expect("required");
-    if !studies.is_dir() {
-        return Err(format!("{} is not a directory", studies.display()).into());
-    }
-    let home = studies.join(".medlabel");
+    let studies_arg: &String = args.get_one("studies").expect("required");
+    let source = if studies_arg.starts_with("http://") || studies_arg.starts_with("https://") {
+        Source::DicomWeb(studies_arg.clone())
+    } else {
+        let dir = PathBuf::from(studies_arg);
+        if !dir.is_dir() {
+            return Err(format!("{} is not a directory", dir.display()).into());
+        }
+        Source::Folder(dir)
+    };
+    let home = match (&source, args.get_one::<PathBuf>("home")) {
+        (Source::Folder(dir), _) => dir.join(".medlabel"),
+        (Source::DicomWeb(_), Some(home)) => home.clone(),
+        (Source::DicomWeb(url), None) => default_home(url)?,
+    };
     let temp_dir = home.join("tmp");
     std::fs::create_dir_all(&temp_dir)?;
     let auth = auth_cli::from_serve_args(args, &home).await?;
@@ -326,16 +411,20 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
     let importer = runner
         .clone()
         .map(|binary| ModelImporter::new(binary, temp_dir.clone()));
+    let studies_server = match &source {
+        Source::DicomWeb(url) => Some(dicomweb_server(url, args)),
+        Source::Folder(_) => None,
+    };
     let config = Config {
         importer: importer.clone(),
         max_upload_bytes: *args.get_one::<u64>("max-upload-bytes").expect("defaulted"),
         max_session_expiry_s: *args.get_one::<u64>("session-expiry").expect("defaulted"),
-        temp_dir,
+        temp_dir: temp_dir.clone(),
         ohif_dir: args.get_one::<PathBuf>("ohif").cloned(),
         dicomweb: args
             .get_one::<String>("dicomweb")
-            .cloned()
-            .map(DicomWeb::with_env_credentials),
+            .map(|url| dicomweb_server(url, args))
+            .or_else(|| studies_server.clone()),
         cors_origins: args
             .get_many::<String>("cors-origin")
             .into_iter()
@@ -346,7 +435,7 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
         auth,
         ..Config::default()
     };
-    let state = AppState::open_with(
+    let mut state = AppState::open_with(
         Arc::new(store),
         Arc::new(blobs.clone()),
         Arc::new(SystemClock),
@@ -354,22 +443,36 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
         config,
     )
     .await?;
-    let report = import_studies(
-        &state.datastore,
-        &blobs,
-        studies,
-        &WriteContext::fresh(Actor::admin()),
-    )
-    .await?;
-    tracing::info!(
-        images = report.images_added,
-        labels = report.labels_added,
-        unchanged = report.unchanged,
-        skipped = report.skipped.len(),
-        "studies imported"
-    );
-    for (path, why) in &report.skipped {
-        tracing::warn!(path = %path.display(), reason = %why, "skipped while importing");
+    match (&source, studies_server) {
+        (Source::Folder(dir), _) => {
+            let report = import_studies(
+                &state.datastore,
+                &blobs,
+                dir,
+                &WriteContext::fresh(Actor::admin()),
+            )
+            .await?;
+            tracing::info!(
+                images = report.images_added,
+                labels = report.labels_added,
+                unchanged = report.unchanged,
+                skipped = report.skipped.len(),
+                "studies imported"
+            );
+            for (path, why) in &report.skipped {
+                tracing::warn!(path = %path.display(), reason = %why, "skipped while importing");
+            }
+        }
+        (Source::DicomWeb(_), Some(server)) => {
+            let studies = Studies::new(
+                server,
+                state.datastore.clone(),
+                search_filter(args)?,
+                temp_dir.clone(),
+            );
+            state = state.with_studies(Arc::new(studies));
+        }
+        (Source::DicomWeb(_), None) => unreachable!("a DICOMweb source has a server"),
     }
     tokio::spawn(medlabel_functions::routes::session::sweep_forever(
         state.sessions.clone(),
@@ -406,13 +509,21 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
 
+    if state.studies.is_some() {
+        let interval = std::time::Duration::from_secs_f64(
+            args.get_one::<f64>("poll-interval")
+                .expect("defaulted")
+                .max(0.1),
+        );
+        tokio::spawn(medlabel_functions::dicomweb::poll_forever(
+            state.clone(),
+            interval,
+        ));
+    }
     let port: u16 = *args.get_one("port").expect("defaulted");
     let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
     let address: SocketAddr = listener.local_addr()?;
-    println!(
-        "medlabel serving {} at http://{address}/",
-        studies.display()
-    );
+    println!("medlabel serving {studies_arg} at http://{address}/");
     axum::serve(listener, medlabel_functions::app(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

@@ -82,7 +82,16 @@ async fn next_sample(
     let read = DataRead::Image {
         image: image.clone(),
     };
-    let path = client_uri(&state, &ctx, &record.blob, read, "image").await?;
+    // A DICOMweb series not fetched yet has no file here: its path is where it can be
+    // retrieved (Slicer then downloads `/datastore/image`, which fetches it).
+    let path = match record
+        .info
+        .get("RetrieveURL")
+        .filter(|_| record.awaits_fetch())
+    {
+        Some(url) => url.as_str().unwrap_or_default().to_owned(),
+        None => client_uri(&state, &ctx, &record.blob, read, "image").await?,
+    };
     reply.insert("path".into(), json!(path));
     reply.insert("weight".into(), json!(weight));
     reply.insert("checksum".into(), json!(record.blob.checksum()));

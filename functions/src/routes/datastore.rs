@@ -26,7 +26,7 @@ use crate::extract::{
 };
 use crate::multipart::{Upload, read_form, read_upload};
 use crate::reply;
-use crate::routes::client_id;
+use crate::routes::{client_id, image_volume, model_labels};
 use crate::state::AppState;
 use crate::volumes::{check_image, check_label};
 
@@ -192,11 +192,12 @@ async fn download_image(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let image = query.image_id("image")?;
-    let record = state
-        .datastore
-        .image(&image)
+    let record = image_volume(&state, &image)
         .await
-        .map_err(|_| ApiError::NotFound("Image NOT Found or is a directory".into()))?;
+        .map_err(|err| match err {
+            ApiError::NotFound(_) => ApiError::NotFound("Image NOT Found or is a directory".into()),
+            other => other,
+        })?;
     let (reader, ()) = tokio::try_join!(
         async { Ok::<_, ApiError>(state.datastore.blob_store().get(&record.blob).await?) },
         audit::record(
@@ -275,8 +276,9 @@ async fn save_label(
 ) -> Result<Json<Value>, ApiError> {
     let image = query.image_id("image")?;
     let tag = query.tag("tag")?;
-    // Refuse an unknown image before reading the upload.
-    let record = state.datastore.require_image(&image).await?;
+    // Refuse an unknown image before reading the upload (the label is checked against
+    // the image's grid: a DICOMweb series is fetched for that).
+    let record = image_volume(&state, &image).await?;
     let form = read_upload(&state.config, &headers, body, &["label"]).await?;
     let upload = form.required_file("label")?;
     let (_, ext) = upload_name(upload, None)?;
@@ -309,6 +311,21 @@ async fn save_label(
     };
     if ctx.principal.is_some() {
         check_annotator_tag(&state, &ctx, &image, &tag).await?;
+    }
+    // A final label of a DICOMweb series goes to the PACS as a DICOM SEG first; the
+    // guard keeps the poller from recording that SEG again until this label is.
+    let mut info = info;
+    let mut _seg = None;
+    if let Some(studies) = &state.studies
+        && record.fetched.is_some()
+        && tag == Tag::final_tag()
+    {
+        let labels = model_labels(&state, None).await;
+        let (seg_info, guard) = studies
+            .store_label(&record, (file, ext.as_str()), &info, &labels)
+            .await?;
+        info.extend(seg_info);
+        _seg = Some(guard);
     }
     state
         .datastore

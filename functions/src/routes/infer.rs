@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use medlabel_events::blob::{BlobRef, read_to_vec};
+use medlabel_events::datastore::ImageRecord;
 use medlabel_events::event::JobKind;
 use medlabel_events::id::split_file_name;
 use medlabel_events::{Extension, ImageId, Info, ModelName, RunId, Tag};
@@ -28,7 +29,7 @@ use crate::extract::{QueryParams, Segment, json_body, json_object, parse_bool, p
 use crate::multipart::{Form, Upload, read_upload};
 use crate::reply;
 use crate::routes::train::{stop, task_status};
-use crate::routes::{blob_uri, client_id, wsi};
+use crate::routes::{blob_uri, client_id, image_volume, model_labels, wsi};
 use crate::runner::{InferRequest, InferResult};
 use crate::scribbles;
 use crate::state::AppState;
@@ -48,6 +49,8 @@ enum Output {
     Json,
     Image,
     All,
+    /// The mask as a DICOM SEG of the image's series (a DICOMweb datastore's image).
+    DicomSeg,
 }
 
 fn output(query: &QueryParams) -> Result<Output, ApiError> {
@@ -55,11 +58,12 @@ fn output(query: &QueryParams) -> Result<Output, ApiError> {
         None | Some("") | Some("all") => Ok(Output::All),
         Some("json") => Ok(Output::Json),
         Some("image") => Ok(Output::Image),
+        Some("dicom_seg") => Ok(Output::DicomSeg),
         Some(other) => Err(ApiError::field(FieldError::new(
             "enum",
             "query",
             "output",
-            "Input should be 'image', 'json' or 'all' ('dicom_seg' needs a DICOMweb datastore)",
+            "Input should be 'image', 'json', 'all' or 'dicom_seg'",
             json!(other),
         ))),
     }
@@ -97,14 +101,14 @@ enum ImageSource<'a> {
 }
 
 /// Resolves the image: session, then datastore id, then uploaded file. Returns the
-/// datastore id when the image is one.
+/// datastore id and record when the image is one.
 async fn resolve_image<'a>(
     state: &AppState,
     ctx: &Ctx,
     query: &QueryParams,
     form: &'a Form,
     params: &Info,
-) -> Result<(ImageSource<'a>, Option<ImageId>), ApiError> {
+) -> Result<(ImageSource<'a>, Option<(ImageId, ImageRecord)>), ApiError> {
     if let Some(session) = query
         .get("session_id")
         .filter(|s| !s.is_empty())
@@ -117,8 +121,8 @@ async fn resolve_image<'a>(
     }
     if let Some(id) = query.get("image").filter(|s| !s.is_empty()) {
         let id = parse_id("query", "image", id, ImageId::parse)?;
-        let blob = state.datastore.image(&id).await?.blob;
-        return Ok((ImageSource::Stored(blob), Some(id)));
+        let record = image_volume(state, &id).await?;
+        return Ok((ImageSource::Stored(record.blob.clone()), Some((id, record))));
     }
     match form.file("file") {
         Some(upload) => Ok((ImageSource::Uploaded(upload), None)),
@@ -136,6 +140,15 @@ async fn infer(
 ) -> Result<Response, ApiError> {
     let model = parse_id("path", "model", &model.0, ModelName::parse)?;
     let output = output(&query)?;
+    if output == Output::DicomSeg && state.studies.is_none() {
+        return Err(ApiError::field(FieldError::new(
+            "value_error",
+            "query",
+            "output",
+            "DICOM SEG output needs a DICOMweb datastore (medlabel serve --studies URL)",
+            json!("dicom_seg"),
+        )));
+    }
     let is_scribbles = scribbles::is_method(model.as_str());
     if !is_scribbles
         && !state
@@ -184,7 +197,7 @@ async fn infer(
             json!(
                 datastore_image
                     .as_ref()
-                    .map(ToString::to_string)
+                    .map(|(id, _)| id.to_string())
                     .unwrap_or_else(|| image_uri.clone())
             ),
         );
@@ -197,7 +210,7 @@ async fn infer(
         state.runner.infer(request).await?
     };
 
-    if save_label && let (Some(image), Some(file)) = (&datastore_image, &result.file) {
+    if save_label && let (Some((image, _)), Some(file)) = (&datastore_image, &result.file) {
         let ext = split_file_name(&result.file_name)
             .map(|(_, ext)| ext)
             .unwrap_or_else(|_| Extension::parse("").expect("empty extension is valid"));
@@ -211,10 +224,37 @@ async fn infer(
             .await?;
     }
 
+    if output == Output::DicomSeg {
+        let (Some(studies), Some(file)) = (&state.studies, &result.file) else {
+            return Err(ApiError::Internal(
+                "the runner returned no result file".into(),
+            ));
+        };
+        let Some((image, record)) = datastore_image.filter(|(_, r)| r.fetched.is_some()) else {
+            return Err(ApiError::field(FieldError::new(
+                "value_error",
+                "query",
+                "image",
+                "DICOM SEG output needs an image of the DICOMweb datastore",
+                Value::Null,
+            )));
+        };
+        let labels = model_labels(&state, Some(model.as_str())).await;
+        let seg = studies
+            .result_seg(
+                &record,
+                (file, &result.file_name),
+                &result.params,
+                model.as_str(),
+                &labels,
+            )
+            .await?;
+        return Ok(reply::bytes_file(&format!("{image}.dcm"), seg));
+    }
     let result_json = Value::Object(result.params);
     match (output, result.file) {
         (Output::Json, _) | (Output::All, None) => Ok(Json(result_json).into_response()),
-        (Output::Image, None) => Err(ApiError::Internal(
+        (Output::Image, None) | (Output::DicomSeg, _) => Err(ApiError::Internal(
             "the runner returned no result file".into(),
         )),
         (Output::Image, Some(file)) => {

@@ -57,6 +57,40 @@ pub(crate) async fn client_uri(
     }
 }
 
+/// The image as a volume: with a DICOMweb datastore, a series not fetched yet is
+/// fetched first, and an id not known yet is looked up on the server
+/// ([`crate::dicomweb::Studies::volume`]).
+pub(crate) async fn image_volume(
+    state: &AppState,
+    image: &medlabel_events::ImageId,
+) -> Result<medlabel_events::datastore::ImageRecord, ApiError> {
+    match &state.studies {
+        Some(studies) => studies.volume(image).await,
+        None => Ok(state.datastore.require_image(image).await?),
+    }
+}
+
+/// The labels of model `name` (`{name: value}`), or of the first model with labels,
+/// as `/info/` lists them: what DICOM SEG segments are named after.
+pub(crate) async fn model_labels(
+    state: &AppState,
+    name: Option<&str>,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let Ok(info) = state.runner.describe().await else {
+        return Default::default();
+    };
+    let labels = |m: &serde_json::Value| m["labels"].as_object().cloned();
+    name.and_then(|n| info.models.get(n).and_then(labels))
+        .or_else(|| {
+            info.models
+                .values()
+                .filter_map(labels)
+                .find(|l| !l.is_empty())
+        })
+        .map(|l| l.into_iter().collect())
+        .unwrap_or_default()
+}
+
 /// The `client_id` a MONAI Label client put in its params, if it is a string.
 pub(crate) fn client_id(params: &medlabel_events::Info) -> Option<&str> {
     params.get("client_id").and_then(|v| v.as_str())

@@ -2,10 +2,16 @@
 //! and relays DICOMweb to the studies server at `/proxy/dicom/`, so OHIF loads images
 //! and labels from one origin.
 //!
-//! Both depend on the deployment: `medlabel serve --ohif DIR` names a built OHIF (no
-//! viewer ships with medlabel, and nothing is downloaded at run time), and
-//! `--dicomweb URL` the DICOMweb server (Orthanc, DCM4CHEE, a cloud healthcare API).
-//! Without them the routes answer 503 and say which option is missing.
+//! Both depend on the deployment: `medlabel serve --ohif DIR` names a built OHIF
+//! (`scripts/run.sh` passes the one the `monailabel` wheel ships; nothing is downloaded
+//! at run time), and `--dicomweb URL` or `--studies URL` the DICOMweb server (Orthanc,
+//! DCM4CHEE, a cloud healthcare API). Without them the routes answer 503 and say which
+//! option is missing.
+//!
+//! The relay forwards as MONAI Label's does: `qido/`, `wado/` and `stow/` paths get the
+//! server's QIDO, WADO and STOW prefixes (a QIDO path to `metadata` the WADO one), and
+//! the server's credentials are added. Of the viewer's request headers only those that
+//! shape the answer pass: its cookies and its medlabel token are not the PACS's.
 
 use axum::Router;
 use axum::body::Body;
@@ -21,14 +27,25 @@ use crate::error::ApiError;
 use crate::state::{AppState, DicomWeb};
 
 /// Request headers a DICOMweb server needs to answer as the viewer asked.
-const FORWARDED_REQUEST_HEADERS: [header::HeaderName; 3] =
-    [header::ACCEPT, header::CONTENT_TYPE, header::CONTENT_LENGTH];
+const FORWARDED_REQUEST_HEADERS: [header::HeaderName; 7] = [
+    header::ACCEPT,
+    header::ACCEPT_ENCODING,
+    header::CONTENT_TYPE,
+    header::CONTENT_LENGTH,
+    header::RANGE,
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+];
 
 /// Reply headers the viewer reads back.
-const FORWARDED_REPLY_HEADERS: [header::HeaderName; 3] = [
+const FORWARDED_REPLY_HEADERS: [header::HeaderName; 7] = [
     header::CONTENT_TYPE,
     header::CONTENT_LENGTH,
     header::CONTENT_ENCODING,
+    header::CONTENT_RANGE,
+    header::ETAG,
+    header::LAST_MODIFIED,
+    header::CACHE_CONTROL,
 ];
 
 pub fn router() -> Router<AppState> {
@@ -62,9 +79,9 @@ async fn ohif(State(state): State<AppState>, request: Request) -> Result<Respons
     Ok(response.map(Body::new))
 }
 
-/// Relays a DICOMweb request: `/proxy/dicom/{qido|wado|stow}/{path}` and
-/// `/proxy/dicom/{path}` go to `{url}/{path}` with the query, the viewer's `Accept` and,
-/// for a STOW upload, the body streamed through.
+/// Relays a DICOMweb request: `/proxy/dicom/{qido|wado|stow}/{path}` goes to
+/// `{url}/{prefix}/{path}` and `/proxy/dicom/{path}` to `{url}/{path}`, with the query,
+/// the forwarded headers and, for a POST (STOW), the body streamed through.
 async fn proxy_dicom(
     State(state): State<AppState>,
     Path(path): Path<String>,
@@ -77,8 +94,8 @@ async fn proxy_dicom(
             "no DICOMweb server is configured (medlabel serve --dicomweb URL)".into(),
         )
     })?;
-    let path = relative_path(&path)?;
-    let mut url = format!("{}/{path}", server.url.trim_end_matches('/'));
+    let (op, path) = relative_path(&path)?;
+    let mut url = server.url_for(op, path);
     if let Some(query) = request.uri().query() {
         url = format!("{url}?{query}");
     }
@@ -95,13 +112,13 @@ async fn proxy_dicom(
         .map_err(|err| ApiError::Internal(format!("relaying DICOMweb: {err}")))
 }
 
-/// The DICOMweb path under the server's URL: the operation prefix (`qido`, `wado`,
-/// `stow`) dropped, and no segment that could climb out of it.
-fn relative_path(path: &str) -> Result<&str, ApiError> {
-    let rest = ["qido/", "wado/", "stow/"]
-        .iter()
-        .find_map(|op| path.strip_prefix(op))
-        .unwrap_or(path);
+/// The operation (`qido`, `wado`, `stow`, or `""`) and the DICOMweb path after it,
+/// refusing a segment that could climb out of the server's URL.
+fn relative_path(path: &str) -> Result<(&str, &str), ApiError> {
+    let (op, rest) = ["qido", "wado", "stow"]
+        .into_iter()
+        .find_map(|op| Some((op, path.strip_prefix(op)?.strip_prefix('/')?)))
+        .unwrap_or(("", path));
     if rest
         .split('/')
         .any(|segment| matches!(segment, ".." | ".") || segment.contains('\\'))
@@ -110,7 +127,18 @@ fn relative_path(path: &str) -> Result<&str, ApiError> {
             "DICOMweb path {path:?} leaves the server's base URL"
         )));
     }
-    Ok(rest)
+    Ok((op, rest))
+}
+
+/// One HTTP client for every relayed request (connections are reused).
+fn http() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .expect("a reqwest client with default TLS")
+    })
 }
 
 async fn relay(
@@ -122,19 +150,20 @@ async fn relay(
 ) -> Result<reqwest::Response, ApiError> {
     let method = reqwest::Method::from_bytes(method.as_str().as_bytes())
         .map_err(|_| ApiError::MethodNotAllowed)?;
-    let mut request = reqwest::Client::new().request(method.clone(), url);
+    let mut request = http().request(method.clone(), url);
     for name in FORWARDED_REQUEST_HEADERS {
         if let Some(value) = headers.get(&name) {
             request = request.header(name.as_str(), value.as_bytes());
         }
     }
-    if let Some((user, password)) = &server.credentials {
-        request = request.basic_auth(user, Some(password));
-    }
     if method == reqwest::Method::POST {
         request = request.body(reqwest::Body::wrap_stream(body.into_data_stream()));
     }
-    request.send().await.map_err(|err| {
-        ApiError::BadGateway(format!("DICOMweb server {} unreachable: {err}", server.url))
+    server.authorize(request).send().await.map_err(|err| {
+        ApiError::BadGateway(format!(
+            "DICOMweb server {} unreachable: {}",
+            server.url,
+            crate::dicomweb::describe(err)
+        ))
     })
 }

@@ -422,12 +422,22 @@ pub struct LocalServer {
 impl LocalServer {
     /// Starts `medlabel serve --studies <studies> <extra…>` and waits for its address.
     pub fn start(studies: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Self {
+        Self::start_with_env(studies, extra, &[])
+    }
+
+    /// [`LocalServer::start`] with extra environment variables.
+    pub fn start_with_env(
+        studies: &std::path::Path,
+        extra: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+    ) -> Self {
         use std::io::{BufRead, BufReader};
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_medlabel"))
             .args(["serve", "--studies"])
             .arg(studies)
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
@@ -456,6 +466,11 @@ impl LocalServer {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 
     /// The first log line containing `needle`, waiting up to `timeout` for it.
