@@ -6,7 +6,7 @@ use std::sync::Arc;
 use medlabel_events::blob::BlobStore;
 use medlabel_events::clock::{Clock, SystemClock};
 use medlabel_events::cold_start::Started;
-use medlabel_events::datastore::{Datastore, DatastoreError};
+use medlabel_events::datastore::{Datastore, DatastoreError, StudiesFolder};
 use medlabel_events::jobs::Jobs;
 use medlabel_events::models::Models;
 use medlabel_events::session::{DEFAULT_MAX_EXPIRY_S, Sessions, SessionsView};
@@ -107,6 +107,9 @@ pub struct AppState {
     pub logs: LogBuffer,
     /// Randomness and lease length for active learning.
     pub picker: Arc<Picker>,
+    /// The local server's studies folder, kept as a projection of the log: replies give
+    /// clients paths in it, as MONAI Label does. `None` (the cloud): presigned URLs.
+    pub studies: Option<Arc<StudiesFolder>>,
 }
 
 impl AppState {
@@ -169,7 +172,14 @@ impl AppState {
             picker: Arc::new(Picker::new(config.strategy_seed, config.lease)),
             config: Arc::new(config),
             logs: LogBuffer::global().clone(),
+            studies: None,
         }
+    }
+
+    /// Replies hand out paths in `folder` (which a task keeps in step with the log).
+    pub fn with_studies_folder(mut self, folder: Arc<StudiesFolder>) -> Self {
+        self.studies = Some(folder);
+        self
     }
 
     /// Replaces the runner with the event-driven [`ModelRunner`]: models from the log,

@@ -103,7 +103,8 @@ async fn dice_sum_and_agreement_are_recorded() {
         .await
         .json();
     assert_eq!(label_info["sum"], 6 * 5 * 4);
-    assert_eq!(label_info["slices"], 4);
+    // MONAI Label counts slices along the first array axis: the box spans i in [2, 8).
+    assert_eq!(label_info["slices"], 6);
 
     // Two annotators' own tags: agreement is their Dice.
     let alice = boxed([1, 1, 1], [7, 7, 7]);

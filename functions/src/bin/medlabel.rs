@@ -3,7 +3,10 @@
 //! Events go to `DIR/.medlabel/events.db` (SQLite), files to `DIR/.medlabel/blobs`
 //! (content-addressed; the studies folder's own files are hard-linked, not copied) and
 //! uploads are spooled in `DIR/.medlabel/tmp`. At start the studies folder is imported
-//! as MONAI Label lays it out (idempotent: a restart imports only what changed).
+//! as MONAI Label lays it out (idempotent: a restart imports only what changed), then
+//! kept as a projection of the log: every image and latest label under MONAI Label's
+//! names and `datastore_v2.json` (`medlabel_events::datastore::StudiesFolder`), so
+//! MONAI Label itself can open the folder again.
 //!
 //! GPU work runs in a child process, `medlabel-runner worker` (found beside this binary
 //! or given by `--runner`): it follows the same event log, runs training, scoring and
@@ -29,7 +32,7 @@ use medlabel_events::Actor;
 use medlabel_events::ModelName;
 use medlabel_events::blob::fs::FolderBlobStore;
 use medlabel_events::clock::SystemClock;
-use medlabel_events::datastore::{WriteContext, import_studies};
+use medlabel_events::datastore::{StudiesFolder, WriteContext, import_studies};
 use medlabel_events::models::Models;
 use medlabel_events::store::sqlite::SqliteEventStore;
 use medlabel_functions::auth_cli;
@@ -354,23 +357,32 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
         config,
     )
     .await?;
+    // What other tools changed in the folder while medlabel was stopped is imported
+    // first; then the folder is made to match the log, and kept so (design invariant 11).
     let report = import_studies(
         &state.datastore,
         &blobs,
         studies,
         &WriteContext::fresh(Actor::admin()),
+        StudiesFolder::projected_position(studies),
     )
     .await?;
     tracing::info!(
         images = report.images_added,
         labels = report.labels_added,
         unchanged = report.unchanged,
+        leftovers = report.leftovers.len(),
         skipped = report.skipped.len(),
         "studies imported"
     );
     for (path, why) in &report.skipped {
         tracing::warn!(path = %path.display(), reason = %why, "skipped while importing");
     }
+    let store = state.datastore.event_store().clone();
+    let folder = Arc::new(StudiesFolder::open(studies, blobs.clone())?);
+    let projected = folder.rebuild(&store, &report.leftovers).await?;
+    tokio::spawn(folder.clone().follow(store.clone(), projected));
+    let state = state.with_studies_folder(folder.clone());
     tokio::spawn(medlabel_functions::routes::session::sweep_forever(
         state.sessions.clone(),
     ));
@@ -414,10 +426,10 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
         studies.display()
     );
     axum::serve(listener, medlabel_functions::app(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await?;
+    // Leave the studies folder complete for whoever opens it next.
+    folder.drained(store.as_ref()).await?;
     Ok(())
 }
 
@@ -465,6 +477,22 @@ async fn new_model(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> 
         serde_json::json!({"model": name, "published": published})
     );
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM (a service manager's, a container's stop).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
 }
 
 /// The host names a server bound to `host` answers, when `host` is a loopback address

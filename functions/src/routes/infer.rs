@@ -95,15 +95,9 @@ async fn infer(
 ) -> Result<Response, ApiError> {
     let model = parse_id("path", "model", &model.0, ModelName::parse)?;
     let output = output(&query)?;
-    if !state
-        .runner
-        .describe()
-        .await?
-        .models
-        .contains_key(model.as_str())
-    {
+    let Some(described) = state.runner.describe().await?.models.remove(model.as_str()) else {
         return Err(ApiError::NotFound(format!("Model '{model}' NOT Found")));
-    }
+    };
     let is_multipart = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -172,7 +166,19 @@ async fn infer(
         params: params.clone(),
         label,
     };
-    let result = state.runner.infer(request).await?;
+    let mut result = state.runner.infer(request).await?;
+    // MONAI Label's result JSON: the model's own labels, as `/info/` lists them, and
+    // `centroids` (empty unless the model finds some).
+    result
+        .params
+        .insert("label_names".into(), described["labels"].clone());
+    result
+        .params
+        .entry("centroids")
+        .or_insert_with(|| json!({}));
+    if let Some(file) = &result.file {
+        encode_nrrd_as_asked(file, &result.file_name, &params).await?;
+    }
 
     if save_label && let (Some(image), Some(file)) = (&datastore_image, &result.file) {
         let ext = split_file_name(&result.file_name)
@@ -207,6 +213,34 @@ async fn infer(
             ))
         }
     }
+}
+
+/// An NRRD result is gzip-encoded only when `result_compress` asks for it, as MONAI
+/// Label writes it (OHIF asks for raw NRRD; Slicer, asking nothing, gets raw too).
+async fn encode_nrrd_as_asked(
+    file: &std::path::Path,
+    file_name: &str,
+    params: &Info,
+) -> Result<(), ApiError> {
+    if !file_name.to_ascii_lowercase().ends_with(".nrrd") {
+        return Ok(());
+    }
+    let compress = params.get("result_compress").is_some_and(|v| {
+        v.as_bool()
+            .unwrap_or_else(|| v.as_str().and_then(parse_bool).unwrap_or(false))
+    });
+    let file = file.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&file)?;
+        let recoded = medlabel_imaging::nrrd::recode_nrrd_bytes(&bytes, compress)
+            .map_err(|err| ApiError::Internal(format!("the runner's NRRD result: {err}")))?;
+        if recoded != bytes {
+            std::fs::write(&file, recoded)?;
+        }
+        Ok::<_, ApiError>(())
+    })
+    .await
+    .map_err(|err| ApiError::Internal(format!("NRRD re-encoding failed: {err}")))?
 }
 
 /// MONAI Label's batch-infer defaults when the request has no body.

@@ -16,8 +16,12 @@ pub mod upload;
 pub mod viewer;
 pub mod wsi;
 
-use medlabel_events::blob::BlobRef;
 use std::time::Duration;
+
+use medlabel_events::blob::BlobRef;
+use medlabel_events::datastore::{ImageRecord, LabelVersion};
+use medlabel_events::event::DataRead;
+use medlabel_events::{ImageId, Tag};
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -55,6 +59,57 @@ pub(crate) async fn client_uri(
         }
         None => Ok(blob.key()),
     }
+}
+
+/// Where a client reads an image: MONAI Label's `<studies>/<id><ext>` when this server
+/// keeps a studies folder (once the folder reflects the view as the reply read it), else
+/// [`client_uri`].
+pub(crate) async fn image_path(
+    state: &AppState,
+    ctx: &crate::context::Ctx,
+    image: &ImageId,
+    record: &ImageRecord,
+) -> Result<String, ApiError> {
+    match &state.studies {
+        Some(folder) => {
+            folder.settled(state.datastore.position()).await;
+            Ok(path_text(&folder.image_path(image, &record.ext)))
+        }
+        None => {
+            let read = DataRead::Image {
+                image: image.clone(),
+            };
+            client_uri(state, ctx, &record.blob, read, "image").await
+        }
+    }
+}
+
+/// [`image_path`] for the latest version of a label: `<studies>/labels/<tag>/<id><ext>`.
+pub(crate) async fn label_path(
+    state: &AppState,
+    ctx: &crate::context::Ctx,
+    image: &ImageId,
+    tag: &Tag,
+    label: &LabelVersion,
+) -> Result<String, ApiError> {
+    match &state.studies {
+        Some(folder) => {
+            folder.settled(state.datastore.position()).await;
+            Ok(path_text(&folder.label_path(image, tag, &label.ext)))
+        }
+        None => {
+            let read = DataRead::Label {
+                image: image.clone(),
+                tag: tag.clone(),
+                version: label.version,
+            };
+            client_uri(state, ctx, &label.blob, read, "label").await
+        }
+    }
+}
+
+pub(crate) fn path_text(path: &std::path::Path) -> String {
+    path.to_string_lossy().into_owned()
 }
 
 /// The `client_id` a MONAI Label client put in its params, if it is a string.
