@@ -290,8 +290,10 @@ async fn update_image_info(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let image = query.image_id("image")?;
-    let info = form_field(&state, &headers, body, "info").await?;
+    let mut info = form_field(&state, &headers, body, "info").await?;
     let write = ctx.write(client_id(&info));
+    // MONAI Label records who changed the image info, over whatever the client sent.
+    info.insert("user".into(), json!(ctx.user));
     state
         .datastore
         .update_image_info(&write, &image, info)

@@ -19,9 +19,9 @@ pub mod wsi;
 use std::time::Duration;
 
 use medlabel_events::blob::BlobRef;
-use medlabel_events::datastore::{ImageRecord, LabelVersion};
+use medlabel_events::datastore::ImageRecord;
 use medlabel_events::event::DataRead;
-use medlabel_events::{ImageId, Tag};
+use medlabel_events::ImageId;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -80,30 +80,6 @@ pub(crate) async fn image_path(
                 image: image.clone(),
             };
             client_uri(state, ctx, &record.blob, read, "image").await
-        }
-    }
-}
-
-/// [`image_path`] for the latest version of a label: `<studies>/labels/<tag>/<id><ext>`.
-pub(crate) async fn label_path(
-    state: &AppState,
-    ctx: &crate::context::Ctx,
-    image: &ImageId,
-    tag: &Tag,
-    label: &LabelVersion,
-) -> Result<String, ApiError> {
-    match &state.studies {
-        Some(folder) => {
-            folder.settled(state.datastore.position()).await;
-            Ok(path_text(&folder.label_path(image, tag, &label.ext)))
-        }
-        None => {
-            let read = DataRead::Label {
-                image: image.clone(),
-                tag: tag.clone(),
-                version: label.version,
-            };
-            client_uri(state, ctx, &label.blob, read, "label").await
         }
     }
 }
