@@ -206,6 +206,23 @@ async fn slicer_module_flow() {
     assert_eq!(meta["label_names"], json!({"spleen": 1}));
     assert_eq!(meta["centroids"], json!({}));
 
+    // OHIF asks for `result_compress: false` too; asking for it gives gzip NRRD.
+    let compressed = json!({"result_extension": ".nrrd", "result_compress": true});
+    let gz = send(
+        &state,
+        Req::new("POST", &format!("/infer/{MODEL}?image=spleen_3&output=image"))
+            .multipart(&[("params", &compressed.to_string())], &[]),
+    )
+    .await;
+    assert_eq!(gz.status, 200, "{}", gz.detail());
+    let header = String::from_utf8_lossy(&gz.body[..gz.body.len().min(400)]).into_owned();
+    assert!(header.contains("encoding: gzip"), "{header}");
+    let (raw, gzip) = (
+        medlabel_imaging::nrrd::read_nrrd_bytes(nrrd).unwrap(),
+        medlabel_imaging::nrrd::read_nrrd_bytes(&gz.body).unwrap(),
+    );
+    assert_eq!(raw.data, gzip.data);
+
     // 7. Save the label back as `.nrrd` (tag defaults to `final`) with label_info.
     let label_params = json!({"label_info": [{"name": "spleen", "idx": 1}],
                               "client_id": "slicer"});
