@@ -53,8 +53,30 @@ def write(url, work):
     print(json.dumps({"ok": True}))
 
 
-def read(studies):
+def local_datastore():
+    """MONAI Label's LocalDatastore class. Its module imports two file helpers from
+    `monailabel.utils.others.generic`, which imports torch and MONAI at load time; the
+    test venv's torch is the CPU libtorch for tch (its CUDA libraries are not installed),
+    so those two helpers are stood in for here. The datastore logic read is MONAI Label's."""
+    import pathlib
+    import types
+
+    generic = types.ModuleType("monailabel.utils.others.generic")
+    generic.file_ext = lambda name: "".join(pathlib.Path(name).suffixes)
+
+    def remove_file(path):
+        if os.path.exists(path):
+            os.remove(path)
+
+    generic.remove_file = remove_file
+    sys.modules.setdefault("monailabel.utils.others.generic", generic)
     from monailabel.datastore.local import LocalDatastore
+
+    return LocalDatastore
+
+
+def read(studies):
+    LocalDatastore = local_datastore()
 
     ds = LocalDatastore(studies, extensions=("*.nii.gz", "*.nii", "*.nrrd"))
     assert sorted(ds.list_images()) == ["case_0", "case_1"], ds.list_images()
