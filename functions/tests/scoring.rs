@@ -125,7 +125,10 @@ async fn dice_sum_and_agreement_are_recorded() {
                 .request(),
         )
         .await;
-    assert_eq!(sum_now.json(), json!({"ct": {"sum": 6 * 6 * 5, "slices": 6}}));
+    assert_eq!(
+        sum_now.json(),
+        json!({"ct": {"sum": 6 * 6 * 5, "slices": 6}})
+    );
 
     // Two annotators' own tags: agreement is their Dice.
     let alice = boxed([1, 1, 1], [7, 7, 7]);

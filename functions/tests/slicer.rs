@@ -43,8 +43,8 @@ impl Runner for SlicerRunner {
 
     async fn infer(&self, request: InferRequest) -> Result<InferResult, RunnerError> {
         let failed = |e: String| RunnerError::Failed(e);
-        let image = medlabel_imaging::io::read_volume(&request.image)
-            .map_err(|e| failed(e.to_string()))?;
+        let image =
+            medlabel_imaging::io::read_volume(&request.image).map_err(|e| failed(e.to_string()))?;
         let mask = medlabel_imaging::Volume {
             data: image
                 .data
@@ -113,7 +113,9 @@ async fn serve(studies: &Path) -> AppState {
     .await
     .unwrap()
     .with_model_runner(None);
-    let starter = common::manifest_dir().join("../gpu-runner/models").join(MODEL);
+    let starter = common::manifest_dir()
+        .join("../gpu-runner/models")
+        .join(MODEL);
     publish_model_folder(
         &state.models,
         state.datastore.blob_store().as_ref(),
@@ -154,7 +156,10 @@ async fn slicer_module_flow() {
 
     // 2. /info/: no truthy top-level `config`, the model's labels, strategies, trainers.
     let info = send(&state, Req::new("GET", "/info/")).await.json();
-    assert!(info.get("config").is_none_or(|c| c.is_null() || c == &json!({})));
+    assert!(
+        info.get("config")
+            .is_none_or(|c| c.is_null() || c == &json!({}))
+    );
     assert_eq!(info["models"][MODEL]["labels"], json!({"spleen": 1}));
     assert_eq!(info["labels"], json!(["spleen"]));
     assert!(info["strategies"]["random"].is_object(), "{info}");
@@ -169,7 +174,11 @@ async fn slicer_module_flow() {
     .await
     .json();
     assert_eq!(sample["id"], "spleen_3");
-    let path = studies.path().canonicalize().unwrap().join("spleen_3.nii.gz");
+    let path = studies
+        .path()
+        .canonicalize()
+        .unwrap()
+        .join("spleen_3.nii.gz");
     assert_eq!(sample["path"], json!(path.to_str().unwrap()));
     assert_eq!(std::fs::read(&path).unwrap(), ct);
     let checksum = format!("SHA256:{}", sha256_hex(&ct));
@@ -210,8 +219,11 @@ async fn slicer_module_flow() {
     let compressed = json!({"result_extension": ".nrrd", "result_compress": true});
     let gz = send(
         &state,
-        Req::new("POST", &format!("/infer/{MODEL}?image=spleen_3&output=image"))
-            .multipart(&[("params", &compressed.to_string())], &[]),
+        Req::new(
+            "POST",
+            &format!("/infer/{MODEL}?image=spleen_3&output=image"),
+        )
+        .multipart(&[("params", &compressed.to_string())], &[]),
     )
     .await;
     assert_eq!(gz.status, 200, "{}", gz.detail());
@@ -252,7 +264,10 @@ async fn slicer_module_flow() {
     .await
     .json();
     assert_eq!(task["status"], "SUBMITTED", "{task}");
-    assert!(task["id"].is_string() && task["start_ts"].is_string(), "{task}");
+    assert!(
+        task["id"].is_string() && task["start_ts"].is_string(),
+        "{task}"
+    );
     let running = send(&state, Req::new("GET", "/train/?check_if_running=true")).await;
     assert_eq!(running.status, 200);
     let stopped = send(&state, Req::new("DELETE", "/train/")).await.json();
@@ -261,7 +276,11 @@ async fn slicer_module_flow() {
     let details = stopped["details"].as_array().expect("details");
     let last = details.last().expect("Slicer indexes details[-1]");
     let shown = stopped.get("result").unwrap_or(last);
-    assert_eq!(shown, &json!("stopped before a runner took it"), "{stopped}");
+    assert_eq!(
+        shown,
+        &json!("stopped before a runner took it"),
+        "{stopped}"
+    );
     let after = send(&state, Req::new("GET", "/train/")).await.json();
     assert_eq!(after["status"], "STOPPED");
     let idle = send(&state, Req::new("GET", "/train/?check_if_running=true")).await;

@@ -47,19 +47,25 @@ fn wait_for_metadata(studies: &Path, images: &[&str]) -> serde_json::Value {
                 return doc;
             }
         }
-        assert!(Instant::now() < deadline, "datastore_v2.json never caught up");
+        assert!(
+            Instant::now() < deadline,
+            "datastore_v2.json never caught up"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
 /// The images' and final labels' files, with their bytes.
 fn files(studies: &Path) -> Vec<(String, Vec<u8>)> {
-    ["case_0.nii.gz", "case_1.nii.gz", "labels/final/case_0.nii.gz", "labels/final/case_1.nii.gz"]
-        .iter()
-        .map(|name| {
-            (name.to_string(), std::fs::read(studies.join(name)).unwrap())
-        })
-        .collect()
+    [
+        "case_0.nii.gz",
+        "case_1.nii.gz",
+        "labels/final/case_0.nii.gz",
+        "labels/final/case_1.nii.gz",
+    ]
+    .iter()
+    .map(|name| (name.to_string(), std::fs::read(studies.join(name)).unwrap()))
+    .collect()
 }
 
 #[test]
@@ -68,7 +74,11 @@ fn the_studies_folder_follows_the_log_and_reads_as_monai_labels() {
     let work = tempfile::tempdir().unwrap();
     let dir = studies.path();
     let server = serve(dir);
-    python(&["write".as_ref(), server.url.as_ref(), work.path().as_os_str()]);
+    python(&[
+        "write".as_ref(),
+        server.url.as_ref(),
+        work.path().as_os_str(),
+    ]);
     let doc = wait_for_metadata(dir, &["case_0", "case_1"]);
     // MONAI Label's own layout of an object.
     let case_0 = &doc["objects"]["case_0"];

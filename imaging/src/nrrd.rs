@@ -181,12 +181,17 @@ pub fn recode_nrrd_bytes(bytes: &[u8], gzip: bool) -> Result<Vec<u8>, ImageError
     if header.gzip == gzip {
         return Ok(bytes.to_vec());
     }
-    let failed = |e: std::io::Error| ImageError::InvalidArgument(format!("NRRD re-encoding failed: {e}"));
+    let failed =
+        |e: std::io::Error| ImageError::InvalidArgument(format!("NRRD re-encoding failed: {e}"));
     let mut out = Vec::with_capacity(bytes.len());
     for line in bytes[..data_start].split_inclusive(|&b| b == b'\n') {
         let key = line.split(|&b| b == b':').next().unwrap_or_default();
         if key.eq_ignore_ascii_case(b"encoding") {
-            out.extend_from_slice(if gzip { b"encoding: gzip\n" } else { b"encoding: raw\n" });
+            out.extend_from_slice(if gzip {
+                b"encoding: gzip\n"
+            } else {
+                b"encoding: raw\n"
+            });
         } else {
             out.extend_from_slice(line);
         }
@@ -197,7 +202,9 @@ pub fn recode_nrrd_bytes(bytes: &[u8], gzip: bool) -> Result<Vec<u8>, ImageError
         enc.write_all(body).map_err(failed)?;
         enc.finish().map_err(failed)
     } else {
-        MultiGzDecoder::new(body).read_to_end(&mut out).map_err(failed)?;
+        MultiGzDecoder::new(body)
+            .read_to_end(&mut out)
+            .map_err(failed)?;
         Ok(out)
     }
 }

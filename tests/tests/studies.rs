@@ -271,7 +271,11 @@ async fn removed_images_and_labels_stay_removed_at_the_next_import() {
     let again = import().await.unwrap();
     // The image, the label that left with it, and the label removed on its own.
     assert_eq!(
-        (again.images_added, again.labels_added, again.leftovers.len()),
+        (
+            again.images_added,
+            again.labels_added,
+            again.leftovers.len()
+        ),
         (0, 0, 3)
     );
     assert_eq!(ds.event_store().head().await.unwrap(), head);

@@ -210,7 +210,10 @@ impl StudiesFolder {
         let mut applied = self.applied.subscribe();
         let reached = tokio::time::timeout(SETTLE_LIMIT, applied.wait_for(|&p| p >= position));
         if reached.await.is_err() {
-            tracing::debug!(position, "studies folder lags; replying with its path anyway");
+            tracing::debug!(
+                position,
+                "studies folder lags; replying with its path anyway"
+            );
         }
     }
 
@@ -327,7 +330,10 @@ impl StudiesFolder {
             let Some(image) = image_of(&event.event) else {
                 match &event.event {
                     Event::SessionCreated {
-                        session, name, blob, ..
+                        session,
+                        name,
+                        blob,
+                        ..
                     } => {
                         let path = self.session_file(session, name, &blob.ext);
                         changes.insert(path, Some(blob.clone()));

@@ -109,7 +109,10 @@ fn merged_labels<'a>(models: impl Iterator<Item = &'a Value>) -> Vec<String> {
                     let index = |v: &Value| v.as_f64().unwrap_or(f64::MAX);
                     index(a.1).total_cmp(&index(b.1))
                 });
-                by_index.into_iter().map(|(name, _)| name.as_str()).collect()
+                by_index
+                    .into_iter()
+                    .map(|(name, _)| name.as_str())
+                    .collect()
             }
             Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
             _ => Vec::new(),

@@ -18,10 +18,10 @@ pub mod wsi;
 
 use std::time::Duration;
 
+use medlabel_events::ImageId;
 use medlabel_events::blob::BlobRef;
 use medlabel_events::datastore::ImageRecord;
 use medlabel_events::event::DataRead;
-use medlabel_events::ImageId;
 
 use crate::error::ApiError;
 use crate::state::AppState;
