@@ -42,9 +42,8 @@ impl Runner for SlicerRunner {
     }
 
     async fn infer(&self, request: InferRequest) -> Result<InferResult, RunnerError> {
-        let failed = |e: String| RunnerError::Failed(e);
-        let image =
-            medlabel_imaging::io::read_volume(&request.image).map_err(|e| failed(e.to_string()))?;
+        let failed = |e: medlabel_imaging::ImageError| RunnerError::Failed(e.to_string());
+        let image = medlabel_imaging::io::read_volume(&request.image).map_err(failed)?;
         let mask = medlabel_imaging::Volume {
             data: image
                 .data
@@ -56,10 +55,10 @@ impl Runner for SlicerRunner {
         let nrrd = request.params.get("result_extension") == Some(&json!(".nrrd"));
         let (bytes, file_name) = if nrrd {
             let bytes = medlabel_imaging::nrrd::write_nrrd_bytes(&mask, DataType::U8, true);
-            (bytes.map_err(|e| failed(e.to_string()))?, "result.nrrd")
+            (bytes.map_err(failed)?, "result.nrrd")
         } else {
             let bytes = medlabel_imaging::nifti::write_nifti_bytes(&mask, DataType::U8, true);
-            (bytes.map_err(|e| failed(e.to_string()))?, "result.nii.gz")
+            (bytes.map_err(failed)?, "result.nii.gz")
         };
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), bytes).unwrap();
