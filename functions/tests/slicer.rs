@@ -18,7 +18,7 @@ use medlabel_events::datastore::{StudiesFolder, WriteContext};
 use medlabel_events::event::JobKind;
 use medlabel_events::store::EventStore;
 use medlabel_events::store::sqlite::SqliteEventStore;
-use medlabel_functions::model_runner::publish_model_folder;
+use medlabel_functions::model_import::publish_model_folder;
 use medlabel_functions::runner::{
     InferRequest, InferResult, NoRunner, Runner, RunnerError, RunnerInfo, TaskQuery,
 };
