@@ -29,8 +29,8 @@ pub use folder::{DATASTORE_FILE, FolderError, FolderState, StudiesFolder};
 pub use selection::{Lease, SelectionIndex, Strategy};
 pub use studies::{ImportReport, export_studies, import_studies};
 pub use view::{
-    DatastoreView, ImageRecord, ImageStreamState, LabelRecord, LabelVersion, Quarantined, Removed,
-    Status, label_names, merge,
+    DatastoreView, ImageRecord, ImageStreamState, LabelRecord, LabelVersion, Quarantined, Status,
+    label_names, merge,
 };
 
 use crate::blob::{BlobError, BlobReader, BlobRef, BlobStore};
