@@ -30,6 +30,9 @@ with_deps=(
     "requests==2.34.2"
     "numpy==2.4.6"
     "nibabel==5.4.2"
+    # MONAI Label's LocalDatastore (the studies-folder test reads the folder with it).
+    "filelock==3.20.3"
+    "watchdog==6.0.0"
 )
 # Installed alone: torch's CUDA dependencies are gigabytes the CPU build never loads
 # (only libcudart and libcupti are needed to load libtorch_cpu.so), monailabel's

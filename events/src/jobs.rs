@@ -144,24 +144,29 @@ impl JobRecord {
         job_stream(self.kind, &self.id)
     }
 
-    /// MONAI Label's task dict: `{id, status, request, start_ts, end_ts?, details}`.
+    /// MONAI Label's task dict: `{id, status, request, start_ts, end_ts?, details}`,
+    /// plus medlabel's `result` when the job left more than log lines. `details` are the
+    /// job's last lines (MONAI Label's last lines of the task's output); a task stopped
+    /// by `DELETE /train/` has no `result`, so Slicer's stop button shows `details[-1]`.
     pub fn to_task_json(&self) -> Value {
         let mut request = self.params.clone();
         if let Some(model) = &self.model {
             request.insert("model".into(), json!(model));
         }
+        let mut result = self.result.clone();
+        let details = result.remove("details").unwrap_or_else(|| json!([]));
         let mut task = json!({
             "id": self.id,
             "status": self.status,
             "request": request,
             "start_ts": format_ts(self.started_at_ms.unwrap_or(self.requested_at_ms)),
-            "details": self.result.get("details").cloned().unwrap_or_else(|| json!([])),
+            "details": details,
         });
         if let Some(end) = self.ended_at_ms {
             task["end_ts"] = json!(format_ts(end));
         }
-        if !self.result.is_empty() {
-            task["result"] = Value::Object(self.result.clone());
+        if !result.is_empty() {
+            task["result"] = Value::Object(result);
         }
         task
     }

@@ -75,6 +75,13 @@ impl QueryParams {
         }
     }
 
+    /// A label tag MONAI Label requires (its label routes but `PUT /datastore/label`):
+    /// absent is 422 at `["query", name]`; empty still means `final`.
+    pub fn required_tag(&self, name: &str) -> Result<Tag, ApiError> {
+        self.required(name)?;
+        self.tag(name)
+    }
+
     /// A boolean as pydantic reads one (`true/false`, `1/0`, `yes/no`, `on/off`).
     pub fn bool(&self, name: &str, default: bool) -> Result<bool, ApiError> {
         match self.get(name) {

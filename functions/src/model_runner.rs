@@ -458,22 +458,28 @@ impl Runner for ModelRunner {
                 let step = |s: &str| {
                     WriteContext::new(ctx.actor.clone(), format!("{}/{s}", ctx.request_id))
                 };
-                let (status, result) =
-                    match scoring::score(&self.datastore, &step("score"), name, &params).await {
-                        Ok(scores) => (
-                            medlabel_events::event::JobStatus::Done,
-                            json!({"scores": scores}),
-                        ),
-                        Err(err) => (
-                            medlabel_events::event::JobStatus::Error,
-                            json!({"details": [err.to_string()]}),
-                        ),
-                    };
+                let scored = scoring::score(&self.datastore, &step("score"), name, &params).await;
+                let (status, result) = match &scored {
+                    Ok(scores) => (
+                        medlabel_events::event::JobStatus::Done,
+                        json!({"scores": scores}),
+                    ),
+                    Err(err) => (
+                        medlabel_events::event::JobStatus::Error,
+                        json!({"details": [err.to_string()]}),
+                    ),
+                };
                 let result = result.as_object().cloned().unwrap_or_default();
                 self.jobs
                     .finish(&step("finish"), &job, status, result)
                     .await
                     .map_err(job_error)?;
+                // MONAI Label's `run_sync` answers with the method's result itself.
+                if params.get("run_sync").and_then(Value::as_bool) == Some(true) {
+                    return scored
+                        .map(Value::Object)
+                        .map_err(|err| RunnerError::Failed(err.to_string()));
+                }
                 let done = self
                     .jobs
                     .view()

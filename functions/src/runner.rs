@@ -97,7 +97,9 @@ pub trait Runner: Send + Sync + 'static {
     async fn infer(&self, request: InferRequest) -> Result<InferResult, RunnerError>;
 
     /// Starts (or queues) a task of `kind` for the model or method `name` and returns
-    /// MONAI Label's task dict `{"id","status","request","start_ts",...}`.
+    /// MONAI Label's task dict `{"id","status","request","start_ts",...}`; with
+    /// `run_sync` in `params`, a scoring method that runs at once answers with its
+    /// result instead, as MONAI Label's synchronous run does.
     /// `ctx` makes the request idempotent: a retried request starts nothing new.
     async fn start(
         &self,

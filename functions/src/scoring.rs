@@ -52,7 +52,10 @@ pub enum ScoringError {
 /// labels to read.
 type Plan = (ImageId, Option<Tag>, Vec<(Tag, medlabel_events::BlobRef)>);
 
-/// Runs `method` over the datastore; returns `{image: values}` for what it recorded.
+/// Runs `method` over the datastore and returns MONAI Label's result of the method:
+/// `{image: dice}` for `dice`, `{image: {"sum", "slices"}}` for `sum` (MONAI Label keys
+/// it by label id, which is the image id, so a later tag's values replace an earlier
+/// one's: `original` over `final`), `{image: agreement}` for `agreement`.
 pub async fn score(
     datastore: &Datastore,
     ctx: &WriteContext,
@@ -135,11 +138,15 @@ pub async fn score(
             })?;
             volumes.push(volume);
         }
-        let values = match method {
-            "dice" => json!({"dice": pair_dice(&image, &volumes[0], &volumes[1])?}),
+        let (values, result) = match method {
+            "dice" => {
+                let dice = pair_dice(&image, &volumes[0], &volumes[1])?;
+                (json!({"dice": dice}), json!(dice))
+            }
             "sum" => {
                 let (sum, slices) = sum_and_slices(&volumes[0]);
-                json!({"sum": sum, "slices": slices})
+                let values = json!({"sum": sum, "slices": slices});
+                (values.clone(), values)
             }
             _ => {
                 let mut total = 0.0;
@@ -150,7 +157,8 @@ pub async fn score(
                         pairs += 1;
                     }
                 }
-                json!({"agreement": total / pairs as f64})
+                let agreement = total / pairs as f64;
+                (json!({"agreement": agreement}), json!(agreement))
             }
         };
         let values = values.as_object().cloned().unwrap_or_default();
@@ -159,19 +167,9 @@ pub async fn score(
             format!("{}/{method}/{step}", ctx.request_id),
         );
         datastore
-            .record_score(
-                &step_ctx,
-                &image,
-                method,
-                label_tag.as_ref(),
-                values.clone(),
-            )
+            .record_score(&step_ctx, &image, method, label_tag.as_ref(), values)
             .await?;
-        let key = match &label_tag {
-            Some(tag) => format!("{image}/{tag}"),
-            None => image.to_string(),
-        };
-        results.insert(key, Value::Object(values));
+        results.insert(image.to_string(), result);
     }
     Ok(results)
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use medlabel_events::blob::BlobStore;
 use medlabel_events::clock::{Clock, SystemClock};
 use medlabel_events::cold_start::Started;
-use medlabel_events::datastore::{Datastore, DatastoreError};
+use medlabel_events::datastore::{Datastore, DatastoreError, StudiesFolder};
 use medlabel_events::jobs::Jobs;
 use medlabel_events::models::Models;
 use medlabel_events::session::{DEFAULT_MAX_EXPIRY_S, Sessions, SessionsView};
@@ -219,6 +219,10 @@ pub struct AppState {
     /// The DICOMweb server whose series are the images (`--studies URL`); `None` for a
     /// studies folder.
     pub studies: Option<Arc<crate::dicomweb::Studies>>,
+    /// The local server's studies folder, kept as a projection of the log: replies give
+    /// clients paths in it, as MONAI Label does. `None` (the cloud, DICOMweb): presigned
+    /// URLs.
+    pub studies_folder: Option<Arc<StudiesFolder>>,
 }
 
 impl AppState {
@@ -282,12 +286,19 @@ impl AppState {
             config: Arc::new(config),
             logs: LogBuffer::global().clone(),
             studies: None,
+            studies_folder: None,
         }
     }
 
     /// Makes `studies` the source of the images and labels ([`crate::dicomweb`]).
     pub fn with_studies(mut self, studies: Arc<crate::dicomweb::Studies>) -> Self {
         self.studies = Some(studies);
+        self
+    }
+
+    /// Replies hand out paths in `folder` (which a task keeps in step with the log).
+    pub fn with_studies_folder(mut self, folder: Arc<StudiesFolder>) -> Self {
+        self.studies_folder = Some(folder);
         self
     }
 

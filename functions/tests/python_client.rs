@@ -33,12 +33,19 @@ fn python_client_works_against_medlabel_serve() {
     .unwrap();
     let work = tempfile::tempdir().unwrap();
 
-    // No runner: the app has no models, as a MONAI Label app without models.
+    // The starter model without a runner process: its training jobs stay queued.
+    let starter = common::manifest_dir().join("../gpu-runner/models/segmentation_spleen");
     let (_server, url) = start(
         studies.path(),
-        &["--runner".as_ref(), "/nonexistent".as_ref()],
+        &[
+            "--runner".as_ref(),
+            "/nonexistent".as_ref(),
+            "--starter-model".as_ref(),
+            starter.as_os_str(),
+        ],
     );
-    run_script("client_compat.py", &url, work.path(), &[]);
+    let studies_arg = studies.path().to_str().unwrap();
+    run_script("client_compat.py", &url, work.path(), &[studies_arg]);
     // The events live where the brief says: the studies folder's .medlabel directory.
     assert!(studies.path().join(".medlabel/events.db").is_file());
 }

@@ -103,7 +103,32 @@ async fn dice_sum_and_agreement_are_recorded() {
         .await
         .json();
     assert_eq!(label_info["sum"], 6 * 5 * 4);
-    assert_eq!(label_info["slices"], 4);
+    // MONAI Label counts slices along the first array axis: the box spans i in [2, 8).
+    assert_eq!(label_info["slices"], 6);
+
+    // `run_sync` answers with the method's result, as MONAI Label's synchronous run does:
+    // `{image: dice}`, and for `sum` `{image: {sum, slices}}` keyed by image, so the
+    // `original` label's values (scored after `final`) are the ones left.
+    let dice_now = h
+        .send(
+            Req::new("POST", "/scoring/dice?run_sync=true")
+                .json(json!({}))
+                .request(),
+        )
+        .await;
+    assert_eq!(dice_now.status, 200);
+    assert_eq!(dice_now.json(), json!({"ct": dice}));
+    let sum_now = h
+        .send(
+            Req::new("POST", "/scoring/sum?run_sync=true")
+                .json(json!({}))
+                .request(),
+        )
+        .await;
+    assert_eq!(
+        sum_now.json(),
+        json!({"ct": {"sum": 6 * 6 * 5, "slices": 6}})
+    );
 
     // Two annotators' own tags: agreement is their Dice.
     let alice = boxed([1, 1, 1], [7, 7, 7]);

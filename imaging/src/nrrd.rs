@@ -173,6 +173,42 @@ pub fn write_nrrd_bytes(
     Ok(out)
 }
 
+/// Re-encodes an attached-data NRRD file image as `gzip` or `raw`, leaving every other
+/// header line and the voxels exactly as they are (MONAI Label's `result_compress`:
+/// OHIF reads raw NRRD). Returns the bytes unchanged when they already are.
+pub fn recode_nrrd_bytes(bytes: &[u8], gzip: bool) -> Result<Vec<u8>, ImageError> {
+    let (header, data_start) = parse_header(bytes)?;
+    if header.gzip == gzip {
+        return Ok(bytes.to_vec());
+    }
+    let failed =
+        |e: std::io::Error| ImageError::InvalidArgument(format!("NRRD re-encoding failed: {e}"));
+    let mut out = Vec::with_capacity(bytes.len());
+    for line in bytes[..data_start].split_inclusive(|&b| b == b'\n') {
+        let key = line.split(|&b| b == b':').next().unwrap_or_default();
+        if key.eq_ignore_ascii_case(b"encoding") {
+            out.extend_from_slice(if gzip {
+                b"encoding: gzip\n"
+            } else {
+                b"encoding: raw\n"
+            });
+        } else {
+            out.extend_from_slice(line);
+        }
+    }
+    let body = &bytes[data_start..];
+    if gzip {
+        let mut enc = GzEncoder::new(out, Compression::fast());
+        enc.write_all(body).map_err(failed)?;
+        enc.finish().map_err(failed)
+    } else {
+        MultiGzDecoder::new(body)
+            .read_to_end(&mut out)
+            .map_err(failed)?;
+        Ok(out)
+    }
+}
+
 struct Header {
     sizes: [usize; 3],
     datatype: DataType,

@@ -5,7 +5,9 @@ use std::io::Write;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use medlabel_imaging::io::{read_volume, read_volume_bytes, write_volume};
-use medlabel_imaging::nrrd::{read_nrrd_bytes, read_nrrd_bytes_with_limits, write_nrrd_bytes};
+use medlabel_imaging::nrrd::{
+    read_nrrd_bytes, read_nrrd_bytes_with_limits, recode_nrrd_bytes, write_nrrd_bytes,
+};
 use medlabel_imaging::{Affine, DataType, ImageError, ReadLimits, Volume};
 
 fn expect_err<T>(r: Result<T, ImageError>) -> ImageError {
@@ -337,4 +339,17 @@ fn truncated_oversized_and_bomb_payloads_fail() {
         0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff, 0xde, 0xad, 0xbe, 0xef,
     ]);
     assert!(read_nrrd_bytes(&corrupt).is_err());
+}
+
+#[test]
+fn recoding_switches_gzip_and_raw_and_keeps_the_rest() {
+    let vol = sample([6, 4, 3]);
+    let gzip = write_nrrd_bytes(&vol, DataType::U8, true).unwrap();
+    let raw = write_nrrd_bytes(&vol, DataType::U8, false).unwrap();
+    assert_eq!(recode_nrrd_bytes(&gzip, false).unwrap(), raw);
+    assert_eq!(recode_nrrd_bytes(&raw, false).unwrap(), raw);
+    let back = recode_nrrd_bytes(&raw, true).unwrap();
+    assert!(String::from_utf8_lossy(&back[..300]).contains("encoding: gzip"));
+    let read = read_nrrd_bytes(&back).unwrap();
+    assert_eq!((read.data, read.affine), (vol.data, vol.affine));
 }

@@ -95,7 +95,7 @@ async fn imports_in_place_and_exports_back() {
     let (ds, blobs) = open(&state).await;
     let ctx = WriteContext::fresh(Actor::admin());
 
-    let report = import_studies(&ds, &blobs, studies.path(), &ctx)
+    let report = import_studies(&ds, &blobs, studies.path(), &ctx, 0)
         .await
         .unwrap();
     assert_eq!((report.images_added, report.labels_added), (3, 2));
@@ -162,6 +162,7 @@ async fn imports_in_place_and_exports_back() {
         &blobs,
         studies.path(),
         &WriteContext::fresh(Actor::admin()),
+        0,
     )
     .await
     .unwrap();
@@ -180,6 +181,7 @@ async fn imports_in_place_and_exports_back() {
         &blobs,
         studies.path(),
         &WriteContext::fresh(Actor::admin()),
+        0,
     )
     .await
     .unwrap();
@@ -221,6 +223,7 @@ async fn imports_in_place_and_exports_back() {
         &fresh_blobs,
         out.path(),
         &WriteContext::fresh(Actor::admin()),
+        0,
     )
     .await
     .unwrap();
@@ -238,15 +241,16 @@ async fn imports_in_place_and_exports_back() {
     assert_eq!(actual, expected);
 }
 
-/// A removal through the API outlives the files still in the studies folder: the next
-/// import leaves them out, until a file's content changes.
+/// A removal through the API outlives the files still in a folder medlabel never
+/// projected: the next import leaves them out as leftovers, until a file's content
+/// changes.
 #[tokio::test]
 async fn removed_images_and_labels_stay_removed_at_the_next_import() {
     let studies = tempfile::tempdir().unwrap();
     monai_studies(studies.path());
     let (ds, blobs) = open(&studies.path().join(".medlabel")).await;
     let ctx = WriteContext::fresh(Actor::admin());
-    let import = || import_studies(&ds, &blobs, studies.path(), &ctx);
+    let import = || import_studies(&ds, &blobs, studies.path(), &ctx, 0);
     import().await.unwrap();
     let (one, two) = (
         ImageId::parse("spleen_1").unwrap(),
@@ -267,7 +271,11 @@ async fn removed_images_and_labels_stay_removed_at_the_next_import() {
     let again = import().await.unwrap();
     // The image, the label that left with it, and the label removed on its own.
     assert_eq!(
-        (again.images_added, again.labels_added, again.removed),
+        (
+            again.images_added,
+            again.labels_added,
+            again.leftovers.len()
+        ),
         (0, 0, 3)
     );
     assert_eq!(ds.event_store().head().await.unwrap(), head);

@@ -12,6 +12,7 @@
 
 mod archive;
 pub mod decide;
+mod folder;
 mod selection;
 mod studies;
 mod view;
@@ -24,11 +25,12 @@ use serde_json::Value;
 
 pub use archive::write_dataset_archive;
 pub use decide::Decision;
+pub use folder::{DATASTORE_FILE, FolderError, FolderState, StudiesFolder};
 pub use selection::{Lease, SelectionIndex, Strategy};
 pub use studies::{ImportReport, export_studies, import_studies};
 pub use view::{
     DatastoreView, FetchedSeries, ImageRecord, ImageStreamState, LabelRecord, LabelVersion,
-    Quarantined, Removed, SERIES_REFERENCE_EXT, Status, label_names, merge,
+    Quarantined, SERIES_REFERENCE_EXT, Status, label_names, merge,
 };
 
 use crate::blob::{BlobError, BlobReader, BlobRef, BlobStore};
@@ -165,6 +167,12 @@ impl Datastore {
     /// Applies every event recorded since the view's position (MONAI Label's `refresh`).
     pub async fn refresh(&self) -> Result<()> {
         Ok(self.view.catch_up().await?)
+    }
+
+    /// The log position the view has reached (what the last read or write saw),
+    /// without catching up.
+    pub fn position(&self) -> u64 {
+        self.view.peek().position
     }
 
     /// A consistent snapshot of the view, caught up with the log.

@@ -6,21 +6,30 @@
 //! (hard links, see [`FolderBlobStore::link_file`]), so the user's files are neither
 //! moved nor duplicated. Import is idempotent: files already recorded with the same
 //! content are skipped, and request ids derive from the content, so re-running it after
-//! a crash records nothing twice. A file whose content was removed through the API is
-//! not imported again (the removal is in the log), unless it changed since. Files that
-//! do not read as volumes are skipped with the reason: an image's header must read, a
-//! label must read whole, hold whole numbers and lie on its image's grid.
-
-use std::collections::BTreeMap;
+//! a crash records nothing twice. Files that do not read as volumes are skipped with
+//! the reason: an image's header must read, a label must read whole, hold whole numbers
+//! and lie on its image's grid.
+//!
+//! The folder is also a projection of the log ([`super::StudiesFolder`]), so a file may
+//! hold what medlabel itself put there and has since replaced or removed (the
+//! projection had not caught up when medlabel stopped). Such a file is no change by
+//! another tool and is not imported: the import is told the log position the folder was
+//! last projected at, and a file whose content is what the log held at that place at or
+//! after that position is a leftover ([`ImportReport::leftovers`]), which the
+//! projection then replaces or deletes. Anything else is another tool's work and
+//! becomes a new version (design invariant 11). For a folder never projected (position
+//! 0) every content the log ever held there counts as medlabel's own: a removal through
+//! the API outlives the file it left behind.
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use medlabel_imaging::io::{read_grid, read_volume};
 use medlabel_imaging::{Grid, check_label};
 use serde_json::Value;
 
-use crate::blob::BlobStore;
 use crate::blob::fs::FolderBlobStore;
-use crate::event::Info;
+use crate::blob::{BlobRef, BlobStore};
+use crate::event::{Event, Info};
 use crate::id::{ImageId, KNOWN_EXTENSIONS, Tag, split_file_name};
 
 use super::{Datastore, Result, WriteContext};
@@ -31,9 +40,9 @@ pub struct ImportReport {
     pub images_added: usize,
     pub labels_added: usize,
     pub unchanged: usize,
-    /// Files left out because their content was removed through the API since they were
-    /// imported (they come back only if the file changes).
-    pub removed: usize,
+    /// Files left out because they hold what medlabel put there and has since replaced
+    /// or removed (see the module docs): the studies projection replaces or deletes them.
+    pub leftovers: Vec<PathBuf>,
     /// Files skipped, with the reason (bad names, orphan labels, unreadable files).
     pub skipped: Vec<(PathBuf, String)>,
 }
@@ -90,15 +99,82 @@ fn info_at(value: &Value) -> Info {
     info
 }
 
-/// Imports `studies` into `datastore`, whose blob store must be `blobs`.
+/// What the log held at each place of one image (the image file, each tag's label) at
+/// some position at or after the one the folder was projected at: what the projection
+/// may have left there.
+#[derive(Debug, Default)]
+struct Placed {
+    image: HashSet<BlobRef>,
+    labels: HashMap<Tag, HashSet<BlobRef>>,
+}
+
+impl Placed {
+    /// Folds the image's stream: the contents current at `since`, and every later one.
+    async fn read(datastore: &Datastore, image: &ImageId, since: u64) -> Result<Self> {
+        let mut at_since: (Option<BlobRef>, BTreeMap<Tag, BlobRef>) = (None, BTreeMap::new());
+        let mut placed = Self::default();
+        for recorded in datastore.history(image).await? {
+            let later = recorded.position > since;
+            match recorded.event {
+                Event::ImageAdded { blob, .. } if later => {
+                    placed.image.insert(blob);
+                }
+                Event::ImageAdded { blob, .. } => at_since.0 = Some(blob),
+                Event::ImageRemoved { .. } if !later => at_since = (None, BTreeMap::new()),
+                Event::LabelSaved { tag, blob, .. } if later => {
+                    placed.labels.entry(tag).or_default().insert(blob);
+                }
+                Event::LabelSaved { tag, blob, .. } if at_since.0.is_some() => {
+                    at_since.1.insert(tag, blob);
+                }
+                Event::LabelRemoved { tag, .. } if !later => {
+                    at_since.1.remove(&tag);
+                }
+                _ => {}
+            }
+        }
+        placed.image.extend(at_since.0);
+        for (tag, blob) in at_since.1 {
+            placed.labels.entry(tag).or_default().insert(blob);
+        }
+        Ok(placed)
+    }
+}
+
+/// [`Placed`] per image, read from the log when first needed.
+struct PlacedCache<'a> {
+    datastore: &'a Datastore,
+    since: u64,
+    images: HashMap<ImageId, Placed>,
+}
+
+impl PlacedCache<'_> {
+    async fn get(&mut self, image: &ImageId) -> Result<&Placed> {
+        if !self.images.contains_key(image) {
+            let placed = Placed::read(self.datastore, image, self.since).await?;
+            self.images.insert(image.clone(), placed);
+        }
+        Ok(&self.images[image])
+    }
+}
+
+/// Imports `studies` into `datastore`, whose blob store must be `blobs`. `projected` is
+/// the log position the folder was last projected at ([`super::StudiesFolder`]; 0 for
+/// a folder medlabel never wrote).
 pub async fn import_studies(
     datastore: &Datastore,
     blobs: &FolderBlobStore,
     studies: &Path,
     ctx: &WriteContext,
+    projected: u64,
 ) -> Result<ImportReport> {
     let metadata = read_metadata(studies);
     let mut report = ImportReport::default();
+    let mut placed = PlacedCache {
+        datastore,
+        since: projected,
+        images: HashMap::new(),
+    };
     {
         let (name, description) = {
             let view = datastore.view().await?;
@@ -143,20 +219,17 @@ pub async fn import_studies(
             }
         };
         let blob = blobs.link_file(&path, &ext).await?;
-        let (current, removed) = {
-            let view = datastore.view().await?;
-            let removed = view.removed(&id).and_then(|r| r.image.clone());
-            (view.image(&id).map(|r| r.blob.clone()), removed)
-        };
-        if current.is_none() && removed.as_ref() == Some(&blob) {
-            report.removed += 1;
-            continue;
-        }
-        images.insert(id.clone(), grid);
+        let current = datastore.view().await?.image(&id).map(|r| r.blob.clone());
         if current.as_ref() == Some(&blob) {
+            images.insert(id.clone(), grid);
             report.unchanged += 1;
             continue;
         }
+        if placed.get(&id).await?.image.contains(&blob) {
+            report.leftovers.push(path.clone());
+            continue;
+        }
+        images.insert(id.clone(), grid);
         let info = info_at(
             &metadata
                 .objects
@@ -195,14 +268,18 @@ pub async fn import_studies(
                     continue;
                 };
                 let blob = blobs.link_file(&path, &ext).await?;
-                let (current, removed, recorded_image) = {
+                let (current, recorded_image) = {
                     let view = datastore.view().await?;
-                    let removed = view.removed(&id).and_then(|r| r.labels.get(&tag).cloned());
                     let current = view.label(&id, &tag).map(|l| l.latest().blob.clone());
-                    (current, removed, view.image(&id).map(|r| r.blob.clone()))
+                    (current, view.image(&id).map(|r| r.blob.clone()))
                 };
-                if current.is_none() && removed.as_ref() == Some(&blob) {
-                    report.removed += 1;
+                if current.as_ref() == Some(&blob) {
+                    report.unchanged += 1;
+                    continue;
+                }
+                let left = placed.get(&id).await?.labels.get(&tag);
+                if left.is_some_and(|blobs| blobs.contains(&blob)) {
+                    report.leftovers.push(path.clone());
                     continue;
                 }
                 let grid = match (images.get(&id), &recorded_image) {
@@ -215,10 +292,6 @@ pub async fn import_studies(
                         continue;
                     }
                 };
-                if current.as_ref() == Some(&blob) {
-                    report.unchanged += 1;
-                    continue;
-                }
                 if let Err(why) = check_label_file(&path, grid).await {
                     report.skipped.push((path.clone(), why));
                     continue;

@@ -110,17 +110,6 @@ pub struct Quarantined {
     pub reason: String,
 }
 
-/// What a removal through the API took out of the datastore: the file contents the
-/// studies folder may still hold, so that an import at the next start does not bring
-/// them back (a removed patient image stays removed) unless the file changed since.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Removed {
-    /// The image's blob, when the image itself was removed.
-    pub image: Option<BlobRef>,
-    /// The latest blob of each label removed (with its image or on its own).
-    pub labels: BTreeMap<Tag, BlobRef>,
-}
-
 /// Counts MONAI Label's `/datastore/?output=stats` reports.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Status {
@@ -145,8 +134,6 @@ pub struct DatastoreView {
     unlabeled: HashMap<Tag, BTreeSet<ImageId>>,
     /// Active-learning indexes over the images without a final label.
     selection: SelectionIndex,
-    /// What was removed from each image and not added back since.
-    removed: HashMap<ImageId, Removed>,
     /// Undecodable events met while folding, by position.
     quarantined: BTreeMap<u64, Quarantined>,
 }
@@ -163,7 +150,6 @@ impl Default for DatastoreView {
             labeled: HashMap::new(),
             unlabeled: HashMap::new(),
             selection: SelectionIndex::default(),
-            removed: HashMap::new(),
             quarantined: BTreeMap::new(),
         }
     }
@@ -209,9 +195,6 @@ impl DatastoreView {
                 info,
             } => {
                 self.bump(image, recorded.sequence);
-                if let Some(removed) = self.removed.get_mut(image) {
-                    removed.image = None;
-                }
                 let mut info = info.clone();
                 info.entry("ts").or_insert_with(|| seconds(ts));
                 info.insert("name".into(), json!(format!("{image}{ext}")));
@@ -272,12 +255,7 @@ impl DatastoreView {
             Event::ImageRemoved { image } => {
                 self.bump(image, recorded.sequence);
                 if let Some(record) = self.images.remove(image) {
-                    let removed = self.removed.entry(image.clone()).or_default();
-                    removed.image = Some(record.blob.clone());
-                    for (tag, label) in &record.labels {
-                        removed
-                            .labels
-                            .insert(tag.clone(), label.latest().blob.clone());
+                    for tag in record.labels.keys() {
                         if let Some(set) = self.labeled.get_mut(tag) {
                             set.remove(image);
                         }
@@ -301,9 +279,6 @@ impl DatastoreView {
                 let Some(record) = self.images.get_mut(image) else {
                     return;
                 };
-                if let Some(removed) = self.removed.get_mut(image) {
-                    removed.labels.remove(tag);
-                }
                 let mut label_info = info.clone();
                 label_info.entry("ts").or_insert_with(|| seconds(ts));
                 label_info.insert("name".into(), json!(format!("{image}{ext}")));
@@ -352,12 +327,7 @@ impl DatastoreView {
                     .images
                     .get_mut(image)
                     .and_then(|r| r.labels.remove(tag));
-                if let Some(label) = removed {
-                    self.removed
-                        .entry(image.clone())
-                        .or_default()
-                        .labels
-                        .insert(tag.clone(), label.latest().blob.clone());
+                if removed.is_some() {
                     if let Some(set) = self.labeled.get_mut(tag) {
                         set.remove(image);
                     }
@@ -555,11 +525,6 @@ impl DatastoreView {
             ids.sort();
         }
         ids
-    }
-
-    /// What removals took from `id` that was not added back since.
-    pub fn removed(&self, id: &ImageId) -> Option<&Removed> {
-        self.removed.get(id)
     }
 
     /// The events this fold could not decode and skipped, by position.

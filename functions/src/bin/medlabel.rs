@@ -3,7 +3,10 @@
 //! Events go to `DIR/.medlabel/events.db` (SQLite), files to `DIR/.medlabel/blobs`
 //! (content-addressed; the studies folder's own files are hard-linked, not copied) and
 //! uploads are spooled in `DIR/.medlabel/tmp`. At start the studies folder is imported
-//! as MONAI Label lays it out (idempotent: a restart imports only what changed).
+//! as MONAI Label lays it out (idempotent: a restart imports only what changed), then
+//! kept as a projection of the log: every image and latest label under MONAI Label's
+//! names and `datastore_v2.json` (`medlabel_events::datastore::StudiesFolder`), so
+//! MONAI Label itself can open the folder again.
 //!
 //! `--studies http://host/dicom-web` makes a DICOMweb server the studies instead
 //! (`medlabel_functions::dicomweb`): the log, blobs and spool live in the `--home`
@@ -34,7 +37,7 @@ use medlabel_events::Actor;
 use medlabel_events::ModelName;
 use medlabel_events::blob::fs::FolderBlobStore;
 use medlabel_events::clock::SystemClock;
-use medlabel_events::datastore::{WriteContext, import_studies};
+use medlabel_events::datastore::{StudiesFolder, WriteContext, import_studies};
 use medlabel_events::models::Models;
 use medlabel_events::store::sqlite::SqliteEventStore;
 use medlabel_functions::auth_cli;
@@ -443,25 +446,36 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
         config,
     )
     .await?;
-    match (&source, studies_server) {
+    let store = state.datastore.event_store().clone();
+    let folder = match (&source, studies_server) {
         (Source::Folder(dir), _) => {
+            // What other tools changed in the folder while medlabel was stopped is
+            // imported first; then the folder is made to match the log, and kept so
+            // (design invariant 11).
             let report = import_studies(
                 &state.datastore,
                 &blobs,
                 dir,
                 &WriteContext::fresh(Actor::admin()),
+                StudiesFolder::projected_position(dir),
             )
             .await?;
             tracing::info!(
                 images = report.images_added,
                 labels = report.labels_added,
                 unchanged = report.unchanged,
+                leftovers = report.leftovers.len(),
                 skipped = report.skipped.len(),
                 "studies imported"
             );
             for (path, why) in &report.skipped {
                 tracing::warn!(path = %path.display(), reason = %why, "skipped while importing");
             }
+            let folder = Arc::new(StudiesFolder::open(dir, blobs.clone())?);
+            let projected = folder.rebuild(&store, &report.leftovers).await?;
+            tokio::spawn(folder.clone().follow(store.clone(), projected));
+            state = state.with_studies_folder(folder.clone());
+            Some(folder)
         }
         (Source::DicomWeb(_), Some(server)) => {
             let studies = Studies::new(
@@ -471,9 +485,10 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
                 temp_dir.clone(),
             );
             state = state.with_studies(Arc::new(studies));
+            None
         }
         (Source::DicomWeb(_), None) => unreachable!("a DICOMweb source has a server"),
-    }
+    };
     tokio::spawn(medlabel_functions::routes::session::sweep_forever(
         state.sessions.clone(),
     ));
@@ -525,10 +540,12 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
     let address: SocketAddr = listener.local_addr()?;
     println!("medlabel serving {studies_arg} at http://{address}/");
     axum::serve(listener, medlabel_functions::app(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await?;
+    // Leave the studies folder complete for whoever opens it next.
+    if let Some(folder) = folder {
+        folder.drained(store.as_ref()).await?;
+    }
     Ok(())
 }
 
@@ -576,6 +593,22 @@ async fn new_model(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> 
         serde_json::json!({"model": name, "published": published})
     );
     Ok(())
+}
+
+/// Ctrl-C or SIGTERM (a service manager's, a container's stop).
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate => {}
+    }
 }
 
 /// The host names a server bound to `host` answers, when `host` is a loopback address

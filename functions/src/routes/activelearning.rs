@@ -13,7 +13,6 @@ use axum::routing::{delete, post};
 use axum::{Json, Router};
 use medlabel_events::ImageId;
 use medlabel_events::datastore::{Handout, Strategy};
-use medlabel_events::event::DataRead;
 use medlabel_events::event::JobKind;
 use serde_json::{Map, Value, json};
 
@@ -21,7 +20,7 @@ use crate::context::Ctx;
 use crate::error::ApiError;
 use crate::extract::{QueryParams, Segment, json_body};
 use crate::routes::train::{run_all, stop, task_status};
-use crate::routes::{client_id, client_uri};
+use crate::routes::{client_id, image_path};
 use crate::state::AppState;
 
 pub fn router() -> Router<AppState> {
@@ -79,19 +78,7 @@ async fn next_sample(
     } = handout;
     let mut reply = Map::new();
     reply.insert("id".into(), json!(image));
-    let read = DataRead::Image {
-        image: image.clone(),
-    };
-    // A DICOMweb series not fetched yet has no file here: its path is where it can be
-    // retrieved (Slicer then downloads `/datastore/image`, which fetches it).
-    let path = match record
-        .info
-        .get("RetrieveURL")
-        .filter(|_| record.awaits_fetch())
-    {
-        Some(url) => url.as_str().unwrap_or_default().to_owned(),
-        None => client_uri(&state, &ctx, &record.blob, read, "image").await?,
-    };
+    let path = image_path(&state, &ctx, &image, &record).await?;
     reply.insert("path".into(), json!(path));
     reply.insert("weight".into(), json!(weight));
     reply.insert("checksum".into(), json!(record.blob.checksum()));

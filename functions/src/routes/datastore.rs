@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
+use medlabel_events::datastore::{DatastoreView, StudiesFolder};
 use medlabel_events::event::DataRead;
 use medlabel_events::id::split_file_name;
 use medlabel_events::{Extension, ImageId, Info, Tag};
@@ -26,7 +27,7 @@ use crate::extract::{
 };
 use crate::multipart::{Upload, read_form, read_upload};
 use crate::reply;
-use crate::routes::{client_id, image_volume, model_labels};
+use crate::routes::{client_id, image_path, image_volume, model_labels, path_text};
 use crate::state::AppState;
 use crate::volumes::{check_image, check_label};
 
@@ -71,10 +72,17 @@ async fn datastore(
         "stats" => Ok(Json(json!(state.datastore.status().await?))),
         "all" => Ok(Json(state.datastore.json().await?)),
         "train" => {
-            let list = state
-                .datastore
-                .datalist(&medlabel_events::Tag::final_tag())
-                .await?;
+            let list = match &state.studies_folder {
+                Some(folder) => {
+                    let pairs = {
+                        let view = state.datastore.view().await?;
+                        studies_datalist(folder, &view)
+                    };
+                    folder.settled(state.datastore.position()).await;
+                    pairs
+                }
+                None => state.datastore.datalist(&Tag::final_tag()).await?,
+            };
             Ok(Json(json!(
                 list.into_iter()
                     .map(|(image, label)| json!({"image": image, "label": label}))
@@ -89,6 +97,23 @@ async fn datastore(
             json!(other),
         ))),
     }
+}
+
+/// MONAI Label's `datalist`: the studies-folder files of every image with a final
+/// label and of that label.
+fn studies_datalist(folder: &StudiesFolder, view: &DatastoreView) -> Vec<(String, String)> {
+    let tag = Tag::final_tag();
+    view.labeled_images(&tag, &[])
+        .iter()
+        .filter_map(|id| {
+            let record = view.image(id)?;
+            let label = record.labels.get(&tag)?.latest();
+            Some((
+                path_text(&folder.image_path(id, &record.ext)),
+                path_text(&folder.label_path(id, &tag, &label.ext)),
+            ))
+        })
+        .collect()
 }
 
 /// The id and extension an upload gets: the `image` query when given, otherwise the
@@ -217,13 +242,21 @@ async fn download_image(
     ))
 }
 
+/// Image info with `path`, where MONAI Label gives the file's place in the studies
+/// folder; `{}` for an unknown image.
 async fn image_info(
     State(state): State<AppState>,
+    ctx: Ctx,
     query: QueryParams,
 ) -> Result<Json<Value>, ApiError> {
     let image = query.image_id("image")?;
-    let info = state.datastore.get_image_info(&image).await?;
-    Ok(Json(Value::Object(info.unwrap_or_default())))
+    let Some(record) = state.datastore.view().await?.image(&image).cloned() else {
+        return Ok(Json(json!({})));
+    };
+    let mut info = record.info.clone();
+    let path = image_path(&state, &ctx, &image, &record).await?;
+    info.insert("path".into(), json!(path));
+    Ok(Json(Value::Object(info)))
 }
 
 /// A form field sent url-encoded or as multipart (FastAPI's `Form` takes both).
@@ -258,8 +291,10 @@ async fn update_image_info(
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let image = query.image_id("image")?;
-    let info = form_field(&state, &headers, body, "info").await?;
+    let mut info = form_field(&state, &headers, body, "info").await?;
     let write = ctx.write(client_id(&info));
+    // MONAI Label records who changed the image info, over whatever the client sent.
+    info.insert("user".into(), json!(ctx.user));
     state
         .datastore
         .update_image_info(&write, &image, info)
@@ -362,7 +397,7 @@ async fn remove_label(
     query: QueryParams,
 ) -> Result<Json<Value>, ApiError> {
     let image = query.image_id("id")?;
-    let tag = query.tag("tag")?;
+    let tag = query.required_tag("tag")?;
     state
         .datastore
         .remove_label(&ctx.write(None), &image, &tag)
@@ -375,7 +410,7 @@ async fn label_exists(
     query: QueryParams,
 ) -> Result<Json<Value>, ApiError> {
     let image = query.image_id("image")?;
-    let tag = query.tag("tag")?;
+    let tag = query.required_tag("tag")?;
     if state.datastore.view().await?.label(&image, &tag).is_some() {
         Ok(Json(json!({})))
     } else {
@@ -391,7 +426,7 @@ async fn download_label(
     query: QueryParams,
 ) -> Result<Response, ApiError> {
     let image = query.image_id("label")?;
-    let tag = query.tag("tag")?;
+    let tag = query.required_tag("tag")?;
     let record = state.datastore.label(&image, &tag).await?;
     let latest = record.latest();
     let read = DataRead::Label {
@@ -415,7 +450,7 @@ async fn label_info(
     query: QueryParams,
 ) -> Result<Json<Value>, ApiError> {
     let image = query.image_id("label")?;
-    let tag = query.tag("tag")?;
+    let tag = query.required_tag("tag")?;
     let info = state.datastore.get_label_info(&image, &tag).await?;
     Ok(Json(Value::Object(info.unwrap_or_default())))
 }
@@ -429,9 +464,11 @@ async fn update_label(
     field: &str,
 ) -> Result<Json<Value>, ApiError> {
     let image = query.image_id("label")?;
-    let tag = query.tag("tag")?;
-    let info = form_field(&state, &headers, body, field).await?;
+    let tag = query.required_tag("tag")?;
+    let mut info = form_field(&state, &headers, body, field).await?;
     let write = ctx.write(client_id(&info));
+    // MONAI Label records who changed the label info, over whatever the client sent.
+    info.insert("user".into(), json!(ctx.user));
     state
         .datastore
         .update_label_info(&write, &image, &tag, info)

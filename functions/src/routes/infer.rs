@@ -149,17 +149,15 @@ async fn infer(
             json!("dicom_seg"),
         )));
     }
-    let is_scribbles = scribbles::is_method(model.as_str());
-    if !is_scribbles
-        && !state
-            .runner
-            .describe()
-            .await?
-            .models
-            .contains_key(model.as_str())
-    {
-        return Err(ApiError::NotFound(format!("Model '{model}' NOT Found")));
-    }
+    // A scribbles method is no model: it has no labels of its own to report.
+    let described = if scribbles::is_method(model.as_str()) {
+        None
+    } else {
+        let Some(described) = state.runner.describe().await?.models.remove(model.as_str()) else {
+            return Err(ApiError::NotFound(format!("Model '{model}' NOT Found")));
+        };
+        Some(described)
+    };
     let is_multipart = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -180,7 +178,7 @@ async fn infer(
     };
     let (image, datastore_image) = resolve_image(&state, &ctx, &query, &form, &params).await?;
 
-    let result = if is_scribbles {
+    let mut result = if described.is_none() {
         infer_scribbles(&state, image, form.file("label"), &params).await?
     } else {
         let image_uri = match image {
@@ -209,6 +207,20 @@ async fn infer(
         };
         state.runner.infer(request).await?
     };
+    // MONAI Label's result JSON: the model's own labels, as `/info/` lists them, and
+    // `centroids` (empty unless the model finds some).
+    if let Some(described) = &described {
+        result
+            .params
+            .insert("label_names".into(), described["labels"].clone());
+    }
+    result
+        .params
+        .entry("centroids")
+        .or_insert_with(|| json!({}));
+    if let Some(file) = &result.file {
+        encode_nrrd_as_asked(file, &result.file_name, &params).await?;
+    }
 
     if save_label && let (Some((image, _)), Some(file)) = (&datastore_image, &result.file) {
         let ext = split_file_name(&result.file_name)
@@ -323,6 +335,34 @@ async fn infer_scribbles(
         file_name,
         params: segmented.params,
     })
+}
+
+/// An NRRD result is gzip-encoded only when `result_compress` asks for it, as MONAI
+/// Label writes it (OHIF asks for raw NRRD; Slicer, asking nothing, gets raw too).
+async fn encode_nrrd_as_asked(
+    file: &std::path::Path,
+    file_name: &str,
+    params: &Info,
+) -> Result<(), ApiError> {
+    if !file_name.to_ascii_lowercase().ends_with(".nrrd") {
+        return Ok(());
+    }
+    let compress = params.get("result_compress").is_some_and(|v| {
+        v.as_bool()
+            .unwrap_or_else(|| v.as_str().and_then(parse_bool).unwrap_or(false))
+    });
+    let file = file.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let bytes = std::fs::read(&file)?;
+        let recoded = medlabel_imaging::nrrd::recode_nrrd_bytes(&bytes, compress)
+            .map_err(|err| ApiError::Internal(format!("the runner's NRRD result: {err}")))?;
+        if recoded != bytes {
+            std::fs::write(&file, recoded)?;
+        }
+        Ok::<_, ApiError>(())
+    })
+    .await
+    .map_err(|err| ApiError::Internal(format!("NRRD re-encoding failed: {err}")))?
 }
 
 /// MONAI Label's batch-infer defaults when the request has no body.

@@ -2,8 +2,6 @@
 //! routes ([`super::viewer`]). `/info/` lists the runner's models and the scribbles
 //! methods ([`crate::scribbles`]).
 
-use std::collections::BTreeSet;
-
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -71,16 +69,7 @@ pub async fn app_info(state: &AppState) -> Result<Value, ApiError> {
             quarantined,
         )
     };
-    let mut labels = BTreeSet::new();
-    for model in described.models.values() {
-        match &model["labels"] {
-            Value::Object(map) => labels.extend(map.keys().cloned()),
-            Value::Array(items) => {
-                labels.extend(items.iter().filter_map(Value::as_str).map(str::to_owned))
-            }
-            _ => {}
-        }
-    }
+    let labels = merged_labels(described.models.values());
     let app_name = if name == "new-dataset" {
         state.config.app_name.clone()
     } else {
@@ -109,6 +98,35 @@ pub async fn app_info(state: &AppState) -> Result<Value, ApiError> {
         info["quarantined_events"] = json!(quarantined);
     }
     Ok(info)
+}
+
+/// MONAI Label's top-level `labels` of an app that names none: every model's labels in
+/// model order, each model's by index (a `{name: index}` map) or as listed, each name once.
+fn merged_labels<'a>(models: impl Iterator<Item = &'a Value>) -> Vec<String> {
+    let mut merged: Vec<String> = Vec::new();
+    for model in models {
+        let names: Vec<&str> = match &model["labels"] {
+            Value::Object(map) => {
+                let mut by_index: Vec<(&String, &Value)> = map.iter().collect();
+                by_index.sort_by(|a, b| {
+                    let index = |v: &Value| v.as_f64().unwrap_or(f64::MAX);
+                    index(a.1).total_cmp(&index(b.1))
+                });
+                by_index
+                    .into_iter()
+                    .map(|(name, _)| name.as_str())
+                    .collect()
+            }
+            Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        for name in names {
+            if !merged.iter().any(|m| m == name) {
+                merged.push(name.to_owned());
+            }
+        }
+    }
+    merged
 }
 
 async fn info(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
@@ -279,4 +297,22 @@ async fn import_upload(
     )
     .await
     .map_err(|e| ImportError::Failed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merged_labels;
+    use serde_json::json;
+
+    #[test]
+    fn top_level_labels_follow_model_order_and_label_indexes() {
+        let models = [
+            json!({"labels": {"spleen": 1, "aorta": 3, "liver": 2}}),
+            json!({"labels": ["kidney", "liver"]}),
+        ];
+        assert_eq!(
+            merged_labels(models.iter()),
+            ["spleen", "liver", "aorta", "kidney"]
+        );
+    }
 }

@@ -16,8 +16,12 @@ pub mod upload;
 pub mod viewer;
 pub mod wsi;
 
-use medlabel_events::blob::BlobRef;
 use std::time::Duration;
+
+use medlabel_events::ImageId;
+use medlabel_events::blob::BlobRef;
+use medlabel_events::datastore::ImageRecord;
+use medlabel_events::event::DataRead;
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -62,8 +66,8 @@ pub(crate) async fn client_uri(
 /// ([`crate::dicomweb::Studies::volume`]).
 pub(crate) async fn image_volume(
     state: &AppState,
-    image: &medlabel_events::ImageId,
-) -> Result<medlabel_events::datastore::ImageRecord, ApiError> {
+    image: &ImageId,
+) -> Result<ImageRecord, ApiError> {
     match &state.studies {
         Some(studies) => studies.volume(image).await,
         None => Ok(state.datastore.require_image(image).await?),
@@ -89,6 +93,41 @@ pub(crate) async fn model_labels(
         })
         .map(|l| l.into_iter().collect())
         .unwrap_or_default()
+}
+
+/// Where a client reads an image: MONAI Label's `<studies>/<id><ext>` when this server
+/// keeps a studies folder (once the folder reflects the view as the reply read it), the
+/// series' `RetrieveURL` for a DICOMweb series not fetched yet (Slicer then downloads
+/// `/datastore/image`, which fetches it), else [`client_uri`].
+pub(crate) async fn image_path(
+    state: &AppState,
+    ctx: &crate::context::Ctx,
+    image: &ImageId,
+    record: &ImageRecord,
+) -> Result<String, ApiError> {
+    if let Some(url) = record
+        .info
+        .get("RetrieveURL")
+        .filter(|_| record.awaits_fetch())
+    {
+        return Ok(url.as_str().unwrap_or_default().to_owned());
+    }
+    match &state.studies_folder {
+        Some(folder) => {
+            folder.settled(state.datastore.position()).await;
+            Ok(path_text(&folder.image_path(image, &record.ext)))
+        }
+        None => {
+            let read = DataRead::Image {
+                image: image.clone(),
+            };
+            client_uri(state, ctx, &record.blob, read, "image").await
+        }
+    }
+}
+
+pub(crate) fn path_text(path: &std::path::Path) -> String {
+    path.to_string_lossy().into_owned()
 }
 
 /// The `client_id` a MONAI Label client put in its params, if it is a string.

@@ -25,7 +25,7 @@ use crate::error::{ApiError, FieldError};
 use crate::extract::{QueryParams, Segment};
 use crate::multipart::read_upload;
 use crate::reply;
-use crate::routes::client_uri;
+use crate::routes::{client_uri, path_text};
 use crate::state::AppState;
 use crate::volumes::check_image;
 
@@ -38,16 +38,33 @@ pub fn router() -> Router<AppState> {
         .route("/session/{id}", get(get_session).delete(remove))
 }
 
-/// MONAI Label's `SessionInfo` JSON.
+/// MONAI Label's `SessionInfo` JSON. With a studies folder, `path` is the session's
+/// folder and `image` the upload in it under its own name, as MONAI Label keeps them
+/// (once the folder has caught up with the log); in the cloud both are a presigned URL.
 async fn session_json(state: &AppState, ctx: &Ctx, session: &Session) -> Result<Value, ApiError> {
-    let read = DataRead::Session {
-        session: session.id.clone(),
+    let (path, image) = match &state.studies_folder {
+        Some(folder) => {
+            folder
+                .settled(state.datastore.event_store().head().await?)
+                .await;
+            let file = folder.session_file(&session.id, &session.file_name, &session.ext);
+            (
+                path_text(&folder.session_dir(&session.id)),
+                path_text(&file),
+            )
+        }
+        None => {
+            let read = DataRead::Session {
+                session: session.id.clone(),
+            };
+            let uri = client_uri(state, ctx, &session.blob, read, "session").await?;
+            (uri.clone(), uri)
+        }
     };
-    let uri = client_uri(state, ctx, &session.blob, read, "session").await?;
     Ok(json!({
         "name": session.id,
-        "path": uri,
-        "image": uri,
+        "path": path,
+        "image": image,
         "meta": session.meta,
         "create_ts": session.created_ms.div_euclid(1000),
         "last_access_ts": session.last_access_ms.div_euclid(1000),

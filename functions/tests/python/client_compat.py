@@ -1,6 +1,7 @@
 """Drives a running medlabel with the real MONAI Label Python client (monailabel 0.8.5).
 
-Usage: client_compat.py <server_url> <work_dir>. Exits non-zero on the first failed
+Usage: client_compat.py <server_url> <work_dir> <studies_dir>. The server publishes the
+starter model (no runner process: its jobs stay queued). Exits non-zero on the first failed
 check; prints one JSON line of what it observed on success.
 """
 
@@ -10,12 +11,13 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import requests
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
 
 def main():
-    url, work = sys.argv[1], sys.argv[2]
+    url, work, studies = sys.argv[1], sys.argv[2], os.path.realpath(sys.argv[3])
     client = MONAILabelClient(url, tmpdir=work, client_id="compat-test")
 
     # Real volumes: medlabel reads every upload whole before it records it.
@@ -58,6 +60,8 @@ def main():
     sample = client.next_sample("first", {})
     assert sample["id"], sample
     assert sample["strategy"]["first"]["client_id"] == "compat-test", sample
+    # `path` is the image's file in the studies folder, as MONAI Label gives it.
+    assert sample["path"] == os.path.join(studies, "spleen_10.nii.gz"), sample
 
     try:
         client.save_label("spleen_10", wrong_path, tag="final")
@@ -76,11 +80,18 @@ def main():
     ds = client.datastore()
     assert "final" in ds["objects"]["spleen_10"]["labels"], ds
 
+    check_wire(client, url, studies, label_bytes)
+
     session = client.create_session(image_path)
     session_id = session["session_id"]
     assert session["session_info"]["expiry"] == 3600, session
     got = client.get_session(session_id)
     assert got["name"] == session_id, got
+    # MONAI Label keeps a session in a folder of its own, under the upload's file name.
+    assert os.path.isdir(got["path"]), got
+    assert got["image"] == os.path.join(got["path"], "spleen_10.nii.gz"), got
+    with open(got["image"], "rb") as f, open(image_path, "rb") as g:
+        assert f.read() == g.read(), "session file differs"
     removed = client.remove_session(session_id)
     assert removed["name"] == session_id, removed
     try:
@@ -97,6 +108,63 @@ def main():
         assert e.msg.startswith("Status: 404;") and "NOT Found" in e.msg, e.msg
 
     print(json.dumps({"ok": True, "session": session_id, "sample": sample["id"]}))
+
+
+def check_wire(client, url, studies, label_bytes):
+    """The points where medlabel once differed from MONAI Label 0.8.5 on the wire."""
+    image_file = os.path.join(studies, "spleen_10.nii.gz")
+    label_file = os.path.join(studies, "labels", "final", "spleen_10.nii.gz")
+
+    # Paths are files in the studies folder under MONAI Label's names.
+    info = requests.get(f"{url}/datastore/image/info", params={"image": "spleen_10"}).json()
+    assert info["path"] == image_file and info["source"] == "compat", info
+    assert os.path.isfile(image_file), image_file
+    with open(label_file, "rb") as f:
+        assert f.read() == label_bytes, "the studies folder's label differs"
+    train = requests.get(f"{url}/datastore/", params={"output": "train"}).json()
+    assert {"image": image_file, "label": label_file} in train, train
+
+    # The label info records who changed it (auth off: MONAI Label's "admin").
+    r = requests.put(
+        f"{url}/datastore/label/info",
+        params={"label": "spleen_10", "tag": "final"},
+        data={"info": json.dumps({"reviewed": True, "user": "someone-else"})},
+    )
+    assert r.status_code == 200, r.text
+    got = requests.get(f"{url}/datastore/label/info", params={"label": "spleen_10", "tag": "final"}).json()
+    assert got["reviewed"] is True and got["user"] == "admin", got
+
+    # A label route without its tag: 422 at MONAI Label's `loc`, for every such route.
+    for method, path, key in [
+        ("GET", "/datastore/label", "label"),
+        ("GET", "/datastore/label/info", "label"),
+        ("DELETE", "/datastore/label", "id"),
+    ]:
+        r = requests.request(method, f"{url}{path}", params={key: "spleen_10"})
+        assert r.status_code == 422, (path, r.status_code, r.text)
+        assert r.json()["detail"][0]["loc"] == ["query", "tag"], r.text
+    assert client.download_label("spleen_10", "final")
+
+    # /info/ lists the top-level labels by index; the model's labels are its own.
+    info = client.info()
+    assert info["labels"] == ["spleen"], info["labels"]
+    assert info["models"]["segmentation_spleen"]["labels"] == {"spleen": 1}, info["models"]
+
+    # `run_sync` answers with the method's result; `sum` counts slices along the first
+    # array axis (the mask spans [4, 12) there: 8 slices of 8 x 4 voxels).
+    r = requests.post(f"{url}/scoring/sum", params={"run_sync": "true"}, json={})
+    assert r.status_code == 200, r.text
+    assert r.json()["spleen_10"] == {"sum": 256, "slices": 8}, r.json()
+
+    # Stopping training answers the job STOPPED with a last line, which Slicer shows as
+    # status.get("result", status.get("details", [])[-1]).
+    task = client.train_start("segmentation_spleen", {"max_epochs": 1})
+    assert task["status"] == "SUBMITTED", task
+    stopped = client.train_stop()
+    assert stopped["status"] == "STOPPED", stopped
+    shown = stopped.get("result", stopped.get("details", [])[-1])
+    assert shown == "stopped before a runner took it", stopped
+    assert client.train_status()["status"] == "STOPPED"
 
 
 if __name__ == "__main__":

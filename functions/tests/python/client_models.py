@@ -69,7 +69,9 @@ def main():
     # The runner may still be loading its model right after start-up.
     result_path, params = wait_for("inference", lambda: client.infer(MODEL, "ct_2", {"save_label": True}))
     assert result_path and os.path.getsize(result_path) > 0, result_path
-    assert params["label_names"] == {"background": 0, "spleen": 1}, params
+    # MONAI Label's result JSON: the model's own labels, as /info/ lists them, and centroids.
+    assert params["label_names"] == info["models"][MODEL]["labels"] == {"spleen": 1}, params
+    assert params["centroids"] == {}, params
     assert set(params["latencies"]) >= {"pre", "infer", "invert", "post", "write", "total"}, params
     result = np.asanyarray(nib.load(result_path).dataobj)
     assert result.shape == (96, 96, 64), result.shape

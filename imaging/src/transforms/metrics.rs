@@ -3,9 +3,9 @@
 //! Differences from MONAI Label's Python, on purpose: `dice` binarises both labels
 //! (`> 0`) instead of multiplying raw label values, so a multi-label map scores its
 //! overlap rather than products of label indices (identical for 0/1 labels); and
-//! [`sum_and_slices`] counts foreground voxels rather than summing label values, and
-//! counts slices along `k` (axial for typical CT) where MONAI Label counts along the
-//! first array axis of nibabel's (i, j, k) array, i.e. along `i`.
+//! [`sum_and_slices`] counts foreground voxels rather than summing label values. Its
+//! slices are MONAI Label's: along the first axis of the (i, j, k) array MONAI's loader
+//! gives, i.e. along `i`.
 
 use std::collections::BTreeMap;
 
@@ -82,19 +82,23 @@ fn ratio(both: u64, total: u64) -> f64 {
 }
 
 /// MONAI Label's `sum` score of a label: (number of voxels > 0, number of slices
-/// along `k` that contain any voxel > 0).
+/// along `i`, the first array axis, that contain any voxel > 0).
 pub fn sum_and_slices(label: &Volume<f32>) -> (u64, u64) {
-    let slice_len = label.dims[0] * label.dims[1];
-    if slice_len == 0 {
+    let width = label.dims[0];
+    if width == 0 {
         return (0, 0);
     }
-    label
-        .data
-        .chunks_exact(slice_len)
-        .fold((0, 0), |(sum, slices), slice| {
-            let n = slice.iter().filter(|&&v| v > 0.0).count() as u64;
-            (sum + n, slices + u64::from(n > 0))
-        })
+    let mut occupied = vec![false; width];
+    let mut sum = 0;
+    for row in label.data.chunks_exact(width) {
+        for (i, &v) in row.iter().enumerate() {
+            if v > 0.0 {
+                sum += 1;
+                occupied[i] = true;
+            }
+        }
+    }
+    (sum, occupied.iter().filter(|&&o| o).count() as u64)
 }
 
 #[cfg(test)]
@@ -154,11 +158,21 @@ mod tests {
         let huge = vol([1, 1, 1], vec![1e6]);
         assert!(dice_per_label(&huge, &huge).is_err());
 
-        // Slices along k: k=0 has 2 voxels > 0, k=1 none, k=2 one (value 5 counts once).
+        // Slices along i: i=0 holds voxels at k=0 and k=2 (value 5 counts once), i=1 one
+        // at k=0; a box over i in [3, 9) of a 12-wide volume spans 6 slices.
         let label = vol(
             [2, 2, 3],
-            vec![1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0, 0.0, 0.0],
+            vec![1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 5.0, 0.0],
         );
         assert_eq!(sum_and_slices(&label), (3, 2));
+        let mut data = vec![0.0; 12 * 4 * 5];
+        for k in 1..4 {
+            for j in 0..4 {
+                for i in 3..9 {
+                    data[i + 12 * (j + 4 * k)] = 1.0;
+                }
+            }
+        }
+        assert_eq!(sum_and_slices(&vol([12, 4, 5], data)), (6 * 4 * 3, 6));
     }
 }
