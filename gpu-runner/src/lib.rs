@@ -14,6 +14,7 @@ pub mod error;
 pub mod infer;
 pub mod io;
 pub mod kernels;
+pub mod logging;
 pub mod loss;
 pub mod model;
 pub mod optim;

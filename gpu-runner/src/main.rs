@@ -41,6 +41,7 @@ use crate::cli::Args;
 
 fn main() -> ExitCode {
     medlabel_runner::init_runtime();
+    medlabel_runner::logging::init();
     let mut argv = std::env::args().skip(1);
     let Some(cmd) = argv.next() else {
         eprintln!(

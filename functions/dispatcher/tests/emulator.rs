@@ -48,6 +48,7 @@ async fn seed(env: &AwsTestEnv) -> Log {
                 model: Some(ModelName::parse("segmentation_spleen").unwrap()),
                 params,
                 labels: vec![],
+                labels_blob: None,
                 as_of_position: Some(0),
             }),
             "request-a",
@@ -75,6 +76,7 @@ async fn seed(env: &AwsTestEnv) -> Log {
                 model: None,
                 params: Info::new(),
                 labels: vec![],
+                labels_blob: None,
                 as_of_position: None,
             }),
             "request-b",
@@ -160,22 +162,11 @@ async fn a_replayed_stream_batch_enqueues_each_job_once() {
     assert_eq!(a.job, log.run_a);
     assert_eq!(a.stream, StreamId::training(&log.run_a));
     assert_eq!(a.sequence, 1);
-    assert!(
-        matches!(&a.action, JobAction::Run { kind: JobKind::Train, model: Some(m), params, as_of_position: Some(0), .. }
-            if m.as_str() == "segmentation_spleen" && params["max_epochs"] == 2),
-        "{a:?}"
-    );
+    assert_eq!(a.action, JobAction::Run);
     let b = by_position[&request_b];
     assert_eq!(b.job, log.run_b);
     assert_eq!(b.stream, StreamId::job(&log.run_b));
-    assert!(matches!(
-        b.action,
-        JobAction::Run {
-            kind: JobKind::Scoring,
-            model: None,
-            ..
-        }
-    ));
+    assert_eq!(b.action, JobAction::Run);
     let stop = by_position[&stop_a];
     assert_eq!((stop.job.clone(), stop.sequence), (log.run_a.clone(), 2));
     assert_eq!(stop.action, JobAction::Stop);
