@@ -104,7 +104,7 @@ pub async fn state(
     let blobs: Arc<dyn BlobStore> = Arc::new(blobs);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     // A start begins at the views' latest snapshot and folds only the events after it.
-    let (datastore, jobs) = cold_start::open(store, blobs, clock).await?;
+    let started = cold_start::open(store, blobs, clock).await?;
     let endpoint = std::env::var("MEDLABEL_RUNNER_ENDPOINT")
         .ok()
         .filter(|name| !name.is_empty())
@@ -117,8 +117,8 @@ pub async fn state(
         CloudWatchTail::groups_from_env(),
     );
     Ok(
-        AppState::from_datastore(datastore, Arc::new(NoRunner), config)
-            .with_jobs(Arc::new(jobs), endpoint)
+        AppState::from_started(started, Arc::new(NoRunner), config)
+            .with_model_runner(endpoint)
             .with_logs(LogSource::CloudWatch(logs)),
     )
 }

@@ -128,6 +128,8 @@ fn cli() -> Command {
                 .arg(
                     Arg::new("cors-origin")
                         .long("cors-origin")
+                        .env("MEDLABEL_CORS_ORIGINS")
+                        .value_delimiter(',')
                         .action(ArgAction::Append)
                         .help("A web origin allowed to call the API from a browser, e.g. https://viewer.example (repeatable; default: none)"),
                 )
@@ -383,10 +385,12 @@ async fn serve_cloud(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>
     };
     let mut config = front.config()?;
     config.max_session_expiry_s = *args.get_one::<u64>("session-expiry").expect("defaulted");
+    // The stack passes its list joined, empty when no origin is allowed.
     config.cors_origins = args
         .get_many::<String>("cors-origin")
         .into_iter()
         .flatten()
+        .filter(|origin| !origin.is_empty())
         .cloned()
         .collect();
     let state = cloud::state(&sdk, &deployment, config)

@@ -395,12 +395,20 @@ pub struct LocalServer {
 impl LocalServer {
     /// Starts `medlabel serve --studies <studies> <extra…>` and waits for its address.
     pub fn start(studies: &std::path::Path, extra: &[&std::ffi::OsStr]) -> Self {
-        use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_medlabel"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_medlabel"));
+        command
             .args(["serve", "--studies"])
             .arg(studies)
             .args(["--host", "127.0.0.1", "--port", "0"])
-            .args(extra)
+            .args(extra);
+        Self::spawn(command)
+    }
+
+    /// Starts `command` (a `medlabel serve ...` on a free loopback port) and waits for
+    /// the address it prints.
+    pub fn spawn(mut command: std::process::Command) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = command
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
