@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::blob::BlobRef;
 use crate::clock::Clock;
 use crate::datastore::WriteContext;
 use crate::decision::{self, Decision, WriteError};

@@ -47,15 +47,21 @@ impl Stack {
     }
 
     /// Runs `command` to its end; the last JSON line it printed.
-    fn run(mut command: Command) -> Value {
+    fn run(command: Command) -> Value {
+        Self::run_logged(command).0
+    }
+
+    /// Runs `command` to its end; the last JSON line it printed, and its log (stderr).
+    fn run_logged(mut command: Command) -> (Value, String) {
         let output = command.output().expect("the command starts");
         let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         assert!(
             output.status.success(),
-            "{command:?} failed\nstdout: {stdout}\nstderr: {}",
-            String::from_utf8_lossy(&output.stderr)
+            "{command:?} failed\nstdout: {stdout}\nstderr: {stderr}"
         );
-        serde_json::from_str(stdout.lines().last().expect("a JSON line")).unwrap()
+        let last = stdout.lines().last().expect("a JSON line");
+        (serde_json::from_str(last).unwrap(), stderr)
     }
 
     fn publish_starter_model(&self) {
@@ -136,11 +142,19 @@ async fn the_python_client_moves_50_mb_volumes_through_the_volume_service_and_th
     let runner_work = work.path().join("runner");
     std::fs::create_dir_all(&runner_work).unwrap();
     let worker = stack.worker(&runner_work);
-    let handled = tokio::task::spawn_blocking(move || Stack::run(worker))
+    let (handled, log) = tokio::task::spawn_blocking(move || Stack::run_logged(worker))
         .await
         .unwrap();
-    let handled = handled["handled"].as_array().unwrap().clone();
-    assert_eq!(handled, vec![json!({"done": {"finished": "DONE"}})]);
+    assert_eq!(handled["handled"], json!([{"done": {"finished": "DONE"}}]));
+    // The runner logs JSON lines, the shape the stack's job-error metric filter reads
+    // (`$.fields.message`, `$.fields.status`).
+    let finished: Vec<Value> = log
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["fields"]["message"] == "job finished")
+        .collect();
+    assert_eq!(finished.len(), 1, "{log}");
+    assert_eq!(finished[0]["fields"]["status"], "DONE", "{log}");
 
     // The service sees the run's end in the log.
     let status: Value = reqwest::get(format!("{}/train/", service.url))

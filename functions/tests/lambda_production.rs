@@ -20,12 +20,13 @@ use serde_json::json;
 /// A gzip'd int16 volume of noise of about `bytes` bytes: noise does not compress.
 fn volume(bytes: usize) -> Vec<u8> {
     let slices = bytes / (2 * 64 * 64) + 1;
-    let mut state = 0x2545_f491_u32;
-    common::nifti([64, 64, slices], DataType::I16, true, |_| {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        f32::from((state % 2000) as i16 - 1000)
+    common::nifti([64, 64, slices], DataType::I16, true, |i| {
+        // A hash of the index (xorshift of a multiplicative hash): no repeats to find.
+        let mut x = (i as u32).wrapping_mul(0x9e37_79b9) ^ 0x2545_f491;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        f32::from((x % 2000) as i16 - 1000)
     })
 }
 

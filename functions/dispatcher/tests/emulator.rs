@@ -245,7 +245,7 @@ async fn a_training_request_pinning_5000_labels_stays_small_on_table_and_queue()
         .map(|n| LabelVersionRef {
             image: ImageId::parse(format!("case_{n:05}")).unwrap(),
             tag: Tag::final_tag(),
-            version: 1 + (n as u64 % 3),
+            version: 1 + (n as u32 % 3),
             image_blob: blob(n, ".nii.gz"),
             label_blob: blob(n + 1_000_000, ".nii.gz"),
         })
