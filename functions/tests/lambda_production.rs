@@ -72,7 +72,12 @@ fn publish_starter_model(env: &AwsTestEnv, table: &str, bucket: &str) {
         .arg("publish-model")
         .arg(starter)
         .args(["--table", table, "--bucket", bucket])
-        .env("AWS_ENDPOINT_URL", &env.endpoint)
+        .envs([
+            ("AWS_ENDPOINT_URL", env.endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_REGION", "us-east-1"),
+        ])
         .output()
         .unwrap();
     assert!(

@@ -29,11 +29,12 @@ def sha256(path_or_bytes):
 
 def volumes(work, megabytes):
     """An image of about `megabytes` MB (.nii.gz) and a label as large (.nii)."""
-    # 2 bytes a voxel; in-plane 256 x 256 like a CT, as many slices as the size needs.
-    slices = max(8, megabytes * 1_000_000 // (2 * 256 * 256))
+    # CT's 12 bits of noise gzip to about 1.6 bytes a voxel; in-plane 256 x 256, as
+    # many slices as the size needs (the uncompressed label then holds 2 bytes a voxel).
+    slices = max(8, megabytes * 1_000_000 // int(1.5 * 256 * 256))
     shape = (256, 256, slices)
     rng = np.random.default_rng(7)
-    ct = rng.integers(-1000, 1000, size=shape, dtype=np.int16)
+    ct = rng.integers(-1024, 3072, size=shape, dtype=np.int16)
     # A brighter block the label marks, so the runner has an organ to learn.
     ct[96:160, 96:160, slices // 4 : 3 * slices // 4] += 1200
     affine = np.diag([1.5, 1.5, 1.5, 1.0])
