@@ -40,7 +40,9 @@ pub const LAMBDA_MAX_BODY: u64 = 6 * 1024 * 1024;
 pub enum Front {
     Lambda,
     /// The container service, accepting request bodies up to this many bytes.
-    Container { max_upload_bytes: u64 },
+    Container {
+        max_upload_bytes: u64,
+    },
 }
 
 /// A deployment's table and bucket.
@@ -53,8 +55,7 @@ pub struct Deployment {
 impl Deployment {
     /// `MEDLABEL_EVENTS_TABLE` and `MEDLABEL_BLOBS_BUCKET`.
     pub fn from_env() -> Result<Self, String> {
-        let required =
-            |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
+        let required = |name: &str| std::env::var(name).map_err(|_| format!("{name} is not set"));
         Ok(Self {
             table: required("MEDLABEL_EVENTS_TABLE")?,
             bucket: required("MEDLABEL_BLOBS_BUCKET")?,
@@ -116,9 +117,7 @@ pub async fn state(
         aws_sdk_cloudwatchlogs::Client::new(sdk),
         CloudWatchTail::groups_from_env(),
     );
-    Ok(
-        AppState::from_started(started, Arc::new(NoRunner), config)
-            .with_model_runner(endpoint)
-            .with_logs(LogSource::CloudWatch(logs)),
-    )
+    Ok(AppState::from_started(started, Arc::new(NoRunner), config)
+        .with_model_runner(endpoint)
+        .with_logs(LogSource::CloudWatch(logs)))
 }

@@ -111,10 +111,8 @@ pub async fn blob_reply(
             None => Ok(()),
         }
     };
-    let (reader, ()) = tokio::try_join!(
-        async { Ok::<_, ApiError>(blobs.get(blob).await?) },
-        audited
-    )?;
+    let (reader, ()) =
+        tokio::try_join!(async { Ok::<_, ApiError>(blobs.get(blob).await?) }, audited)?;
     Ok(reply::blob_file(file_name, blob, reader))
 }
 

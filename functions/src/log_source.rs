@@ -151,13 +151,17 @@ pub mod cloudwatch {
                     .send()
                     .await
                     .map_err(|err| unavailable(group, err))?;
-                found.extend(events.events.unwrap_or_default().into_iter().map(|event| {
-                    Line {
-                        timestamp: event.timestamp.unwrap_or_default(),
-                        group: index,
-                        text: event.message.unwrap_or_default().trim_end().to_owned(),
-                    }
-                }));
+                found.extend(
+                    events
+                        .events
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|event| Line {
+                            timestamp: event.timestamp.unwrap_or_default(),
+                            group: index,
+                            text: event.message.unwrap_or_default().trim_end().to_owned(),
+                        }),
+                );
             }
             Ok(found)
         }

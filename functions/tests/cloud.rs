@@ -85,7 +85,15 @@ impl Stack {
     fn serve(&self) -> common::LocalServer {
         let mut command = self.command(env!("CARGO_BIN_EXE_medlabel"));
         command
-            .args(["serve", "--backend", "aws", "--host", "127.0.0.1", "--port", "0"])
+            .args([
+                "serve",
+                "--backend",
+                "aws",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+            ])
             .args(["--table", &self.table, "--bucket", &self.bucket]);
         common::LocalServer::spawn(command)
     }
@@ -105,8 +113,7 @@ impl Stack {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_python_client_moves_50_mb_volumes_through_the_volume_service_and_the_runner_trains()
-{
+async fn the_python_client_moves_50_mb_volumes_through_the_volume_service_and_the_runner_trains() {
     let stack = Stack::new().await;
     stack.publish_starter_model();
     let service = stack.serve();
@@ -123,8 +130,14 @@ async fn the_python_client_moves_50_mb_volumes_through_the_volume_service_and_th
         .await
         .unwrap();
     assert_eq!(report["ok"], true, "{report}");
-    assert!(report["image_bytes"].as_u64().unwrap() > 50_000_000, "{report}");
-    assert!(report["label_bytes"].as_u64().unwrap() > 50_000_000, "{report}");
+    assert!(
+        report["image_bytes"].as_u64().unwrap() > 50_000_000,
+        "{report}"
+    );
+    assert!(
+        report["label_bytes"].as_u64().unwrap() > 50_000_000,
+        "{report}"
+    );
     // Slicer's download came from the object store, not through the service.
     let emulator = stack.env.endpoint.trim_start_matches("http://");
     assert_eq!(report["redirected_to"], emulator, "{report}");

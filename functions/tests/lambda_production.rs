@@ -132,9 +132,14 @@ async fn the_production_lambda_state_redirects_volumes_and_keeps_its_limits() {
     // The same 7 MB through a presigned upload: its own limit, S3's.
     let big = volume(7 << 20);
     assert!(big.len() > 6 << 20 && big.len() > MIN_UPLOAD_PART as usize);
-    let started = send_lambda(function(), &Req::new("POST", "/datastore/upload"), None, None)
-        .await
-        .json();
+    let started = send_lambda(
+        function(),
+        &Req::new("POST", "/datastore/upload"),
+        None,
+        None,
+    )
+    .await
+    .json();
     let sent = http
         .put(started["url"].as_str().unwrap())
         .body(big.clone())
@@ -195,7 +200,11 @@ async fn the_production_lambda_state_redirects_volumes_and_keeps_its_limits() {
     )
     .await;
     assert_eq!(reply.status, 503, "{}", reply.detail());
-    assert!(reply.detail().contains("runner endpoint"), "{}", reply.detail());
+    assert!(
+        reply.detail().contains("runner endpoint"),
+        "{}",
+        reply.detail()
+    );
 
     // /logs/ reads the deployment's log groups; one not created yet reads as empty.
     let reply = send_lambda(
@@ -209,7 +218,9 @@ async fn the_production_lambda_state_redirects_volumes_and_keeps_its_limits() {
     let text = String::from_utf8(reply.body).unwrap();
     let short = group.rsplit('/').next().unwrap();
     assert!(
-        text.contains(&format!("[{short}] {{\"fields\":{{\"message\":\"job finished\"}}}}")),
+        text.contains(&format!(
+            "[{short}] {{\"fields\":{{\"message\":\"job finished\"}}}}"
+        )),
         "{text}"
     );
 }

@@ -232,7 +232,11 @@ impl std::fmt::Debug for Image {
 /// The emulator for a test binary: a given endpoint first; else a container when
 /// `containers` (the feature is on and a Docker engine answers), LocalStack when a
 /// `localstack_token` is set; else moto's process.
-pub fn choose(endpoint: Option<&str>, containers: bool, localstack_token: Option<&str>) -> Emulator {
+pub fn choose(
+    endpoint: Option<&str>,
+    containers: bool,
+    localstack_token: Option<&str>,
+) -> Emulator {
     match (endpoint.filter(|e| !e.is_empty()), containers) {
         (Some(endpoint), _) => Emulator::Given(endpoint.to_owned()),
         (None, true) => Emulator::Container(match localstack_token.filter(|t| !t.is_empty()) {
@@ -367,7 +371,10 @@ mod tests {
             })
         );
         assert_eq!(choose(None, true, None), Emulator::Container(Image::Moto));
-        assert_eq!(choose(Some(""), true, Some("")), Emulator::Container(Image::Moto));
+        assert_eq!(
+            choose(Some(""), true, Some("")),
+            Emulator::Container(Image::Moto)
+        );
         assert_eq!(choose(None, false, Some("ls-token")), Emulator::Process);
         assert_eq!(choose(Some(""), false, None), Emulator::Process);
         // The token never shows up in a test's output.

@@ -92,16 +92,9 @@ pub async fn lifecycle(store: Arc<dyn EventStore>, blobs: Arc<dyn BlobStore>) {
         Err(JobError::AlreadyRunning(JobKind::Train))
     ));
     // Another kind runs beside it.
-    jobs.request(
-        &ctx(),
-        JobKind::Scoring,
-        None,
-        Info::new(),
-        None,
-        false,
-    )
-    .await
-    .unwrap();
+    jobs.request(&ctx(), JobKind::Scoring, None, Info::new(), None, false)
+        .await
+        .unwrap();
 
     // Two runners race for the claim: exactly one wins.
     let (first, second) = (ctx(), ctx());
@@ -247,15 +240,8 @@ pub async fn leases_end_jobs_of_runners_that_went_away(store: Arc<dyn EventStore
     let request = |jobs| {
         let (train, jobs): (_, &Jobs) = (train.clone(), jobs);
         async move {
-            jobs.request(
-                &ctx(),
-                JobKind::Train,
-                train,
-                Info::new(),
-                None,
-                false,
-            )
-            .await
+            jobs.request(&ctx(), JobKind::Train, train, Info::new(), None, false)
+                .await
         }
     };
     let job = request(&jobs).await.unwrap();

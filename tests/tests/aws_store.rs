@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use medlabel_events::blob::{DownloadAs, read_to_vec};
 use medlabel_events::blob::s3::{PART_SIZE, S3BlobStore};
+use medlabel_events::blob::{DownloadAs, read_to_vec};
 use medlabel_events::event::{Event, decode};
 use medlabel_events::store::dynamo::DynamoEventStore;
 use medlabel_events::store::{MAX_EVENT_BYTES, MAX_EVENTS_PER_APPEND};

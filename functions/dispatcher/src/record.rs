@@ -213,7 +213,10 @@ mod tests {
             event_image("train/run-0", 1, 17, &inline_train_request()),
         );
         let message = job_message(&old).unwrap().expect("a job message");
-        assert_eq!((message.job.as_str(), message.action), ("run-0", JobAction::Run));
+        assert_eq!(
+            (message.job.as_str(), message.action),
+            ("run-0", JobAction::Run)
+        );
     }
 
     #[test]

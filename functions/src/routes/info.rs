@@ -15,8 +15,8 @@ use medlabel_events::models::PublishedModel;
 use serde_json::{Map, Value, json};
 
 use crate::catalogue;
-use crate::downloads;
 use crate::context::Ctx;
+use crate::downloads;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{Segment, parse_id};
 use crate::multipart::read_upload;

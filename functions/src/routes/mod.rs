@@ -48,7 +48,10 @@ pub(crate) async fn client_uri(
     if let Some(path) = blobs.local_file(blob).await? {
         return Ok(path.to_string_lossy().into_owned());
     }
-    match blobs.presign_get(blob, Duration::from_secs(3600), None).await? {
+    match blobs
+        .presign_get(blob, Duration::from_secs(3600), None)
+        .await?
+    {
         Some(url) => {
             crate::audit::record(state, ctx, read, true, step).await?;
             Ok(url)
