@@ -46,12 +46,12 @@ impl Stack {
         command
     }
 
-    /// Runs `command` to its end; the last JSON line it printed.
+    /// Runs `command` to its end; the JSON it printed.
     fn run(command: Command) -> Value {
         Self::run_logged(command).0
     }
 
-    /// Runs `command` to its end; the last JSON line it printed, and its log (stderr).
+    /// Runs `command` to its end; the JSON it printed, and its log (stderr).
     fn run_logged(mut command: Command) -> (Value, String) {
         let output = command.output().expect("the command starts");
         let stdout = String::from_utf8_lossy(&output.stdout);
@@ -60,8 +60,10 @@ impl Stack {
             output.status.success(),
             "{command:?} failed\nstdout: {stdout}\nstderr: {stderr}"
         );
-        let last = stdout.lines().last().expect("a JSON line");
-        (serde_json::from_str(last).unwrap(), stderr)
+        // One JSON document: the runner's is pretty-printed, the script's one line.
+        let answer = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|err| panic!("{command:?} printed no JSON ({err}): {stdout}"));
+        (answer, stderr)
     }
 
     fn publish_starter_model(&self) {
@@ -158,7 +160,7 @@ async fn the_python_client_moves_50_mb_volumes_through_the_volume_service_and_th
     let (handled, log) = tokio::task::spawn_blocking(move || Stack::run_logged(worker))
         .await
         .unwrap();
-    assert_eq!(handled["handled"], json!([{"done": {"finished": "DONE"}}]));
+    assert_eq!(handled["handled"], json!([{"done": {"finished": "DONE"}}]), "{log}");
     // The runner logs JSON lines, the shape the stack's job-error metric filter reads
     // (`$.fields.message`, `$.fields.status`).
     let finished: Vec<Value> = log

@@ -27,22 +27,23 @@ def sha256(path_or_bytes):
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def volumes(work, megabytes):
+def volumes(work, name, megabytes, side=256):
     """An image of about `megabytes` MB (.nii.gz) and a label as large (.nii)."""
     # CT's 12 bits of noise gzip to about 1.6 bytes a voxel; in-plane 256 x 256, as
     # many slices as the size needs (the uncompressed label then holds 2 bytes a voxel).
-    slices = max(8, megabytes * 1_000_000 // int(1.5 * 256 * 256))
-    shape = (256, 256, slices)
+    slices = max(48, megabytes * 1_000_000 // int(1.5 * side * side))
+    shape = (side, side, slices)
+    lo, hi = 3 * side // 8, 5 * side // 8
     rng = np.random.default_rng(7)
     ct = rng.integers(-1024, 3072, size=shape, dtype=np.int16)
     # A brighter block the label marks, so the runner has an organ to learn.
-    ct[96:160, 96:160, slices // 4 : 3 * slices // 4] += 1200
+    ct[lo:hi, lo:hi, slices // 4 : 3 * slices // 4] += 1200
     affine = np.diag([1.5, 1.5, 1.5, 1.0])
-    image = os.path.join(work, "ct_large.nii.gz")
+    image = os.path.join(work, f"{name}.nii.gz")
     nib.save(nib.Nifti1Image(ct, affine), image)
     mask = np.zeros(shape, dtype=np.int16)
-    mask[96:160, 96:160, slices // 4 : 3 * slices // 4] = 1
-    label = os.path.join(work, "ct_large_seg.nii")
+    mask[lo:hi, lo:hi, slices // 4 : 3 * slices // 4] = 1
+    label = os.path.join(work, f"{name}_seg.nii")
     nib.save(nib.Nifti1Image(mask, affine), label)
     return image, label
 
@@ -58,7 +59,7 @@ def slicer_download(url, image_id):
 
 def main():
     url, work, megabytes = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    image, label = volumes(work, megabytes)
+    image, label = volumes(work, "ct_large", megabytes)
     client = MONAILabelClient(url, tmpdir=work, client_id="cloud-test")
 
     uploaded = client.upload_image(image, image_id="ct_large", params={"source": "cloud"})
@@ -79,6 +80,11 @@ def main():
     downloaded = client.download_label("ct_large", "final")
     assert downloaded.endswith(".nii"), downloaded
     assert sha256(downloaded) == sha256(label), "the downloaded label differs"
+
+    # Training takes at least two labelled images: a second, small one.
+    small_image, small_label = volumes(work, "ct_small", 0, side=96)
+    client.upload_image(small_image, image_id="ct_small")
+    client.save_label("ct_small", small_label, tag="final")
 
     objects = client.datastore()["objects"]
     assert "final" in objects["ct_large"]["labels"], objects["ct_large"]
