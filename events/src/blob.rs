@@ -43,6 +43,14 @@ impl BlobRef {
     }
 }
 
+/// How a presigned download presents the file: its `content-type` and
+/// `content-disposition` header values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DownloadAs {
+    pub content_type: String,
+    pub content_disposition: String,
+}
+
 /// A streaming reader over a blob's bytes.
 pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
 
@@ -113,11 +121,15 @@ pub trait BlobStore: Send + Sync + 'static {
         Ok(self.local_path(blob))
     }
 
-    /// A time-limited URL to GET the blob directly, where the store supports it.
+    /// A time-limited URL to GET the blob directly, where the store supports it. With
+    /// `download`, the answer to that GET names the file and its type as a server's
+    /// file reply would (S3's `response-content-disposition` and `-type`), so a client
+    /// redirected to the URL saves the file under the right name.
     async fn presign_get(
         &self,
         blob: &BlobRef,
         expires_in: Duration,
+        download: Option<&DownloadAs>,
     ) -> Result<Option<String>, BlobError>;
 
     /// A time-limited URL to PUT an upload under a staging id, where supported. The

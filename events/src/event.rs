@@ -284,8 +284,11 @@ pub enum Event {
     },
 
     // --- stream `train/<run>` and `job/<id>`
-    /// A training run or another GPU job was asked for. For training, `labels` pins the
-    /// exact label versions (and the log position they were read at) it will use.
+    /// A training run or another GPU job was asked for. For training, `labels_blob`
+    /// pins the exact label versions it will use (a JSON list of [`LabelVersionRef`],
+    /// see [`crate::pinned`]) and `as_of_position` the log position they were read at.
+    /// Logs from before the list became a blob hold it inline in `labels`, which kept
+    /// the event under DynamoDB's item limit only up to about a thousand labels.
     JobRequested {
         job: RunId,
         kind: JobKind,
@@ -294,6 +297,8 @@ pub enum Event {
         params: Info,
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         labels: Vec<LabelVersionRef>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        labels_blob: Option<BlobRef>,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         as_of_position: Option<u64>,
     },

@@ -4,8 +4,9 @@
 //! stream (`train/<run>` or `job/<id>`) and every change to it an event:
 //! `JobRequested` → `JobStarted` (a runner's claim, at the job stream's first version, so
 //! two runners cannot both claim a job) → `JobLeaseRenewed`* / `JobProgressed`* →
-//! `JobFinished`. A training request pins the exact label versions it will train on;
-//! the model a run publishes is a [`crate::models`] event.
+//! `JobFinished`. A training request pins the exact label versions it will train on,
+//! as a blob the event names ([`crate::pinned`]); the model a run publishes is a
+//! [`crate::models`] event.
 //!
 //! Every write is a pure decision ([`decide`]) appended at the version it was decided
 //! on ([`crate::decision::execute`]):
@@ -25,11 +26,13 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::blob::BlobRef;
 use crate::clock::Clock;
 use crate::datastore::WriteContext;
 use crate::decision::{self, Decision, WriteError};
 use crate::event::{Event, Info, JobKind, JobStatus, LabelVersionRef, RecordedEvent, StreamId};
 use crate::id::{ModelName, RunId};
+use crate::pinned::PinnedLabels;
 use crate::projection::{Projected, Projection};
 use crate::store::{EventStore, ExpectedVersion, StoreError};
 
@@ -82,7 +85,10 @@ pub struct JobRecord {
     pub kind: JobKind,
     pub model: Option<ModelName>,
     pub params: Info,
+    /// The pinned label versions, inline (logs from before they became a blob).
     pub labels: Vec<LabelVersionRef>,
+    /// The pinned label versions as a blob ([`crate::pinned::pinned`] reads either).
+    pub labels_blob: Option<BlobRef>,
     pub as_of_position: Option<u64>,
     pub status: JobStatus,
     pub requested_at_ms: i64,
@@ -198,6 +204,7 @@ impl Projection for JobsView {
                 model,
                 params,
                 labels,
+                labels_blob,
                 as_of_position,
             } => {
                 // Requests go to the kind's stream; logs from before that hold them in the
@@ -215,6 +222,7 @@ impl Projection for JobsView {
                         model: model.clone(),
                         params: params.clone(),
                         labels: labels.clone(),
+                        labels_blob: labels_blob.clone(),
                         as_of_position: *as_of_position,
                         status: JobStatus::Submitted,
                         requested_at_ms: ts,
@@ -361,15 +369,13 @@ pub mod decide {
     /// A request for job `job`. Unless `enqueue`, an active job of the same kind
     /// refuses it (MONAI Label's one-at-a-time rule and 429). A job already requested
     /// (a retried request names the same job) records nothing.
-    #[allow(clippy::too_many_arguments)]
     pub fn request(
         view: &JobsView,
         job: &RunId,
         kind: JobKind,
         model: Option<ModelName>,
         params: Info,
-        labels: Vec<LabelVersionRef>,
-        as_of_position: Option<u64>,
+        pinned: Option<PinnedLabels>,
         enqueue: bool,
     ) -> Result<Option<Decision>, JobError> {
         if view.job(job).is_some() {
@@ -387,8 +393,9 @@ pub mod decide {
                 kind,
                 model,
                 params,
-                labels,
-                as_of_position,
+                labels: Vec::new(),
+                as_of_position: pinned.as_ref().map(|p| p.as_of_position),
+                labels_blob: pinned.map(|p| p.blob),
             }],
         }))
     }
@@ -572,17 +579,16 @@ impl Jobs {
             .ok_or_else(|| JobError::RequestIdReused(job.to_string()))
     }
 
-    /// Asks for a job; unless `enqueue`, an active job of the same kind refuses it with
-    /// [`JobError::AlreadyRunning`]. Jobs whose lease lapsed are ended first.
-    #[allow(clippy::too_many_arguments)]
+    /// Asks for a job (a training run with the labels it pins, stored first with
+    /// [`crate::pinned::pin`]); unless `enqueue`, an active job of the same kind refuses
+    /// it with [`JobError::AlreadyRunning`]. Jobs whose lease lapsed are ended first.
     pub async fn request(
         &self,
         ctx: &WriteContext,
         kind: JobKind,
         model: Option<ModelName>,
         params: Info,
-        labels: Vec<LabelVersionRef>,
-        as_of_position: Option<u64>,
+        pinned: Option<PinnedLabels>,
         enqueue: bool,
     ) -> Result<JobRecord, JobError> {
         self.expire_lapsed(ctx).await?;
@@ -599,8 +605,7 @@ impl Jobs {
                 kind,
                 model.clone(),
                 params.clone(),
-                labels.clone(),
-                as_of_position,
+                pinned.clone(),
                 enqueue,
             )
         })

@@ -22,6 +22,7 @@ pub mod event;
 pub mod id;
 pub mod jobs;
 pub mod models;
+pub mod pinned;
 pub mod projection;
 pub mod queue;
 pub mod session;

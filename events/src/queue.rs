@@ -1,19 +1,19 @@
 //! The job queue's contract: what the stream dispatcher puts on the queue and a GPU
 //! runner takes off it.
 //!
-//! A message is the job event itself plus where it sits in the log (`stream`,
-//! `sequence`, global `position`), so a runner can check the job's stream before it
-//! starts (a job that already started, finished or was stopped is not run again) and
-//! append its own events to that stream under optimistic concurrency. The body is JSON:
+//! A message names the job and where its event sits in the log (`stream`, `sequence`,
+//! global `position`), and nothing else: the log is the truth, so the runner reads the
+//! job (its params and pinned labels) from there, checks it before it starts (a job
+//! that already started, finished or was stopped is not run again), and appends its
+//! own events to that stream under optimistic concurrency. A message is therefore
+//! a few hundred bytes whatever the job, far below SQS's 256 KiB. The body is JSON:
 //!
 //! ```json
-//! {"job": "…", "stream": "job/…", "sequence": 1, "position": 42,
-//!  "action": "run", "kind": "train", "model": "spleen", "params": {…},
-//!  "labels": [{"image": …, "tag": …, "version": …, "image_blob": …, "label_blob": …}],
-//!  "as_of_position": 41}
+//! {"job": "…", "stream": "tasks/train", "sequence": 3, "position": 42, "action": "run"}
 //! ```
 //!
-//! or, for a stop, `{"job", "stream", "sequence", "position", "action": "stop"}`.
+//! or `"action": "stop"`. Messages from before carried the request's params and
+//! labels too; those fields are ignored.
 //!
 //! On a FIFO queue the message's deduplication id is its event's global position: the
 //! one key that names exactly one event, so every replay or retry of a stream record
@@ -22,9 +22,8 @@
 //! stop group, because a run message stays in flight for the whole job and would hold
 //! back anything queued behind it in the same group.
 
-use crate::Info;
-use crate::event::{JobKind, LabelVersionRef, StreamId};
-use crate::id::{ModelName, RunId};
+use crate::event::StreamId;
+use crate::id::RunId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -47,20 +46,11 @@ pub struct JobMessage {
 }
 
 /// What the runner is asked to do.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum JobAction {
     /// Run the job (from [`crate::Event::JobRequested`]).
-    Run {
-        kind: JobKind,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        model: Option<ModelName>,
-        params: Info,
-        #[serde(default, skip_serializing_if = "Vec::is_empty")]
-        labels: Vec<LabelVersionRef>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        as_of_position: Option<u64>,
-    },
+    Run,
     /// Stop the job if it runs (from [`crate::Event::JobStopRequested`]).
     Stop,
 }
@@ -78,7 +68,7 @@ impl JobMessage {
     pub fn group_id(&self) -> String {
         let job = self.job.as_str();
         let suffix = match self.action {
-            JobAction::Run { .. } => "",
+            JobAction::Run => "",
             JobAction::Stop => "#stop",
         };
         let printable = job.bytes().all(|b| b.is_ascii_graphic());
@@ -115,20 +105,26 @@ mod tests {
 
     #[test]
     fn run_and_stop_of_one_job_use_different_groups() {
-        let run = message(
-            "r1",
-            JobAction::Run {
-                kind: JobKind::Train,
-                model: None,
-                params: Info::new(),
-                labels: vec![],
-                as_of_position: None,
-            },
-        );
+        let run = message("r1", JobAction::Run);
         let stop = message("r1", JobAction::Stop);
         assert_eq!(run.group_id(), "r1");
         assert_eq!(stop.group_id(), "r1#stop");
         assert_eq!(run.deduplication_id(), "77");
+    }
+
+    #[test]
+    fn a_run_message_names_the_job_and_its_position_only() {
+        let run = message("r1", JobAction::Run);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&run.body()).unwrap(),
+            serde_json::json!({"job": "r1", "stream": "job/r1", "sequence": 1,
+                               "position": 77, "action": "run"})
+        );
+        // A message from before, with the request's params and labels, still reads.
+        let old = r#"{"job":"r1","stream":"job/r1","sequence":1,"position":77,"action":"run",
+            "kind":"train","model":"spleen","params":{"max_epochs":3},
+            "labels":[{"image":"a"}],"as_of_position":41}"#;
+        assert_eq!(serde_json::from_str::<JobMessage>(old).unwrap(), run);
     }
 
     #[test]

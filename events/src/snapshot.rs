@@ -37,7 +37,7 @@ use crate::store::{EventStore, ExpectedVersion, StoreError};
 /// snapshotted view (its fields, or their types' fields) changes, so that older
 /// snapshots are skipped rather than misread; a unit test pins the layout and fails
 /// until it is bumped.
-pub const FORMAT: &str = "msgpack+gzip/2";
+pub const FORMAT: &str = "msgpack+gzip/3";
 
 /// A cold start that folded at least this many events past the latest snapshot records
 /// a new one.
@@ -362,8 +362,7 @@ mod tests {
                 crate::event::JobKind::Train,
                 Some(model.clone()),
                 Default::default(),
-                vec![],
-                Some(1),
+                Some(crate::pinned::pin(f.blobs.as_ref(), &[], 1).await.unwrap()),
                 false,
             )
             .await
@@ -405,8 +404,8 @@ mod tests {
         assert_eq!(
             (FORMAT, hex::encode(digest).as_str()),
             (
-                "msgpack+gzip/2",
-                "ed7ae676de6d8849f9c2d00a17c59a498e6d3df0759b1cb4f0bb0fa58a1be775"
+                "msgpack+gzip/3",
+                "39eedae81f21e88e30765523baaef5b5f0685f312d375bba82e13e82e5032bc6"
             ),
             "the layout of a snapshotted view changed: bump FORMAT and update this digest"
         );

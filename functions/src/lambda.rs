@@ -70,64 +70,20 @@ pub use aws::{lambda_main, state_from_env};
 
 #[cfg(feature = "aws")]
 mod aws {
-    use std::sync::Arc;
-
     use axum::Router;
-    use medlabel_events::blob::s3::S3BlobStore;
-    use medlabel_events::clock::{Clock, SystemClock};
-    use medlabel_events::cold_start;
-    use medlabel_events::store::dynamo::DynamoEventStore;
-    use medlabel_events::{BlobStore, EventStore};
 
     use crate::app::finish;
-    use crate::model_runner::InferenceEndpoint;
-    use crate::runner::NoRunner;
-    use crate::state::{AppState, Config, DicomWeb};
+    use crate::cloud::{self, Deployment, Front};
+    use crate::state::AppState;
 
-    /// Lambda's request payload limit: bigger uploads must use presigned URLs.
-    const LAMBDA_MAX_BODY: u64 = 6 * 1024 * 1024;
-
-    fn required(name: &str) -> Result<String, lambda_http::Error> {
-        std::env::var(name).map_err(|_| format!("environment variable {name} is not set").into())
-    }
-
-    /// State on DynamoDB (`MEDLABEL_EVENTS_TABLE`) and S3 (`MEDLABEL_BLOBS_BUCKET`);
-    /// `AWS_ENDPOINT_URL` (an emulator) is honoured by the SDK configuration. Interactive
-    /// inference runs on the SageMaker endpoint `MEDLABEL_RUNNER_ENDPOINT` names. Auth is
-    /// on when `MEDLABEL_AUTH_ISSUER` is set ([`crate::auth::oidc_from_env`]);
-    /// `/proxy/dicom/` relays to `MEDLABEL_DICOMWEB_URL` (basic auth from
-    /// `MEDLABEL_DICOMWEB_USERNAME`/`_PASSWORD`).
+    /// The production state of a function: DynamoDB (`MEDLABEL_EVENTS_TABLE`) and S3
+    /// (`MEDLABEL_BLOBS_BUCKET`) behind [`Front::Lambda`]'s limits, the rest from the
+    /// environment as [`crate::cloud`] describes; `AWS_ENDPOINT_URL` (an emulator) is
+    /// honoured by the SDK configuration.
     pub async fn state_from_env() -> Result<AppState, lambda_http::Error> {
-        let table = required("MEDLABEL_EVENTS_TABLE")?;
-        let bucket = required("MEDLABEL_BLOBS_BUCKET")?;
+        let deployment = Deployment::from_env()?;
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        let store = DynamoEventStore::new(aws_sdk_dynamodb::Client::new(&sdk), table);
-        let blobs = S3BlobStore::new(S3BlobStore::client(&sdk), bucket);
-        let auth = crate::auth::oidc_from_env()?;
-        let dicomweb = std::env::var("MEDLABEL_DICOMWEB_URL")
-            .ok()
-            .map(DicomWeb::with_env_credentials);
-        let config = Config {
-            max_upload_bytes: LAMBDA_MAX_BODY,
-            dicomweb,
-            temp_dir: std::env::temp_dir(),
-            auth,
-            ..Config::default()
-        };
-        let store: Arc<dyn EventStore> = Arc::new(store);
-        let blobs: Arc<dyn BlobStore> = Arc::new(blobs);
-        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-        // A cold start begins at the views' latest snapshot and folds only the events
-        // after it (events/src/cold_start.rs).
-        let started = cold_start::open(store, blobs, clock).await?;
-        let endpoint = std::env::var("MEDLABEL_RUNNER_ENDPOINT")
-            .ok()
-            .filter(|name| !name.is_empty())
-            .map(|name| InferenceEndpoint::SageMaker {
-                client: aws_sdk_sagemakerruntime::Client::new(&sdk),
-                name,
-            });
-        Ok(AppState::from_started(started, Arc::new(NoRunner), config).with_model_runner(endpoint))
+        cloud::state(&sdk, &deployment, Front::Lambda.config()?).await
     }
 
     /// The whole Lambda binary of one function: `router` is that function's routes.

@@ -17,11 +17,15 @@ pub mod audit;
 pub mod auth;
 pub mod auth_cli;
 pub mod catalogue;
+#[cfg(feature = "aws")]
+pub mod cloud;
 pub mod context;
 pub mod dicomweb;
+pub mod downloads;
 pub mod error;
 pub mod extract;
 pub mod lambda;
+pub mod log_source;
 pub mod logging;
 pub mod model_import;
 pub mod model_runner;

@@ -22,7 +22,8 @@ use medlabel_events::datastore::{Datastore, WriteContext};
 use medlabel_events::event::{JobKind, LabelVersionRef};
 use medlabel_events::jobs::{JobError, Jobs};
 use medlabel_events::models::{ModelError, Models, PublishedModel};
-use medlabel_events::{Info, ModelName, Tag};
+use medlabel_events::pinned::{self, PinnedLabels};
+use medlabel_events::{Actor, BlobStore, Extension, Info, ModelName, Tag};
 use serde_json::{Value, json};
 
 use crate::runner::{InferRequest, InferResult, Runner, RunnerError, RunnerInfo, TaskQuery};
@@ -126,9 +127,17 @@ impl ModelRunner {
         config
     }
 
-    /// Every image with a final label, at its latest version, and the log position
-    /// the list was read at.
-    async fn pin_final_labels(&self) -> Result<(Vec<LabelVersionRef>, u64), RunnerError> {
+    /// Every image with a final label, at its latest version, pinned as a blob with
+    /// the log position the list was read at.
+    async fn pin_final_labels(&self) -> Result<PinnedLabels, RunnerError> {
+        let (labels, position) = self.final_labels().await?;
+        pinned::pin(self.datastore.blob_store().as_ref(), &labels, position)
+            .await
+            .map_err(failed)
+    }
+
+    /// Every image with a final label at its latest version, and the view's position.
+    async fn final_labels(&self) -> Result<(Vec<LabelVersionRef>, u64), RunnerError> {
         let view = self.datastore.view().await.map_err(failed)?;
         let labels = view
             .labeled_images(&Tag::final_tag(), &[])
@@ -326,7 +335,12 @@ impl Runner for ModelRunner {
     async fn infer(&self, request: InferRequest) -> Result<InferResult, RunnerError> {
         let published = self.published(&request.model).await?;
         let endpoint = self.endpoint.as_ref().ok_or_else(|| {
-            RunnerError::Unavailable("no runner serves interactive inference here".into())
+            RunnerError::Unavailable(
+                "no runner serves interactive inference in this deployment: it needs a \
+                 runner endpoint (InteractiveInference=sagemaker, see docs/deploy.md); \
+                 training, scoring and batch inference still run as jobs"
+                    .into(),
+            )
         })?;
         let ext = request
             .params
@@ -417,15 +431,15 @@ impl Runner for ModelRunner {
         let job = match kind {
             JobKind::Train => {
                 let model = self.model(name).await?;
-                let (labels, as_of) = self.pin_final_labels().await?;
+                let pinned = self.pin_final_labels().await?;
                 self.jobs
-                    .request(ctx, kind, Some(model), params, labels, Some(as_of), enqueue)
+                    .request(ctx, kind, Some(model), params, Some(pinned), enqueue)
                     .await
             }
             JobKind::BatchInfer => {
                 let model = self.model(name).await?;
                 self.jobs
-                    .request(ctx, kind, Some(model), params, vec![], None, enqueue)
+                    .request(ctx, kind, Some(model), params, None, enqueue)
                     .await
             }
             JobKind::Scoring if name == "epistemic" || name.ends_with("_epistemic") => {
@@ -440,7 +454,7 @@ impl Runner for ModelRunner {
                 let mut params = params;
                 params.insert("method".into(), json!("epistemic"));
                 self.jobs
-                    .request(ctx, kind, Some(model), params, vec![], None, enqueue)
+                    .request(ctx, kind, Some(model), params, None, enqueue)
                     .await
             }
             JobKind::Scoring => {
@@ -452,7 +466,7 @@ impl Runner for ModelRunner {
                 request.insert("method".into(), json!(name));
                 let job = self
                     .jobs
-                    .request(ctx, kind, None, request, vec![], None, enqueue)
+                    .request(ctx, kind, None, request, None, enqueue)
                     .await
                     .map_err(job_error)?;
                 let step = |s: &str| {

@@ -12,6 +12,8 @@ use medlabel_events::models::Models;
 use medlabel_events::session::{DEFAULT_MAX_EXPIRY_S, Sessions, SessionsView};
 use medlabel_events::store::EventStore;
 
+use crate::downloads::Downloads;
+use crate::log_source::LogSource;
 use crate::logging::LogBuffer;
 use crate::model_runner::{InferenceEndpoint, ModelRunner};
 use crate::runner::{NoRunner, Runner};
@@ -19,6 +21,10 @@ use crate::strategy::Picker;
 
 /// MONAI Label's default upload ceiling for the local server: 2 GB.
 pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 2_000_000_000;
+
+/// The largest object S3 stores (a multipart upload of up to 10,000 parts): the ceiling
+/// of presigned uploads, which never pass through a request body.
+pub const S3_MAX_OBJECT_BYTES: u64 = 5 << 40;
 
 /// A DICOMweb server: the one `/proxy/dicom/` relays to, and with `--studies URL` the
 /// datastore's images and labels ([`crate::dicomweb`]).
@@ -154,6 +160,11 @@ fn split_userinfo(url: &str) -> (String, Option<Credentials>) {
 pub struct Config {
     /// Largest request body accepted by upload routes; more gets 413.
     pub max_upload_bytes: u64,
+    /// Largest object a presigned upload may adopt (`/datastore/upload/...`): its bytes
+    /// go to the object store directly, so the request body limit does not apply.
+    pub max_presigned_upload_bytes: u64,
+    /// How file routes deliver stored files (streamed, or redirected to the store).
+    pub downloads: Downloads,
     /// MONAI Label's `MONAI_LABEL_SESSION_EXPIRY` (≤ 60 means 3600).
     pub max_session_expiry_s: u64,
     /// Where uploads are spooled before they reach the blob store.
@@ -187,6 +198,8 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            max_presigned_upload_bytes: S3_MAX_OBJECT_BYTES,
+            downloads: Downloads::Stream,
             max_session_expiry_s: DEFAULT_MAX_EXPIRY_S,
             temp_dir: std::env::temp_dir(),
             auth: None,
@@ -213,7 +226,8 @@ pub struct AppState {
     pub models: Arc<Models>,
     pub runner: Arc<dyn Runner>,
     pub config: Arc<Config>,
-    pub logs: LogBuffer,
+    /// Where `/logs/` reads recent lines.
+    pub logs: LogSource,
     /// Randomness and lease length for active learning.
     pub picker: Arc<Picker>,
     /// The DICOMweb server whose series are the images (`--studies URL`); `None` for a
@@ -284,10 +298,16 @@ impl AppState {
             runner,
             picker: Arc::new(Picker::new(config.strategy_seed, config.lease)),
             config: Arc::new(config),
-            logs: LogBuffer::global().clone(),
+            logs: LogSource::Process(LogBuffer::global().clone()),
             studies: None,
             studies_folder: None,
         }
+    }
+
+    /// Reads `/logs/` from `logs` instead of this process's own lines.
+    pub fn with_logs(mut self, logs: LogSource) -> Self {
+        self.logs = logs;
+        self
     }
 
     /// Makes `studies` the source of the images and labels ([`crate::dicomweb`]).

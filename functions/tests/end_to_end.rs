@@ -297,7 +297,7 @@ async fn an_uploaded_image_is_segmented_by_a_batch_job_through_stream_queue_and_
     )
     .unwrap()
     .unwrap();
-    assert!(matches!(again.action, JobAction::Run { .. }));
+    assert_eq!(again.action, JobAction::Run);
     again.position += 1_000_000;
     stack
         .env

@@ -15,11 +15,14 @@ use medlabel_tests::emulator::aws;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-async fn cloud_state(max_upload_bytes: u64) -> AppState {
+/// State on the emulator; presigned uploads have their own limit, apart from the
+/// request body limit (which the presigned flow never meets).
+async fn cloud_state(max_presigned_upload_bytes: u64) -> AppState {
     let env = aws().await;
     let temp = tempfile::tempdir().unwrap().keep();
     let config = Config {
-        max_upload_bytes,
+        max_upload_bytes: 1000,
+        max_presigned_upload_bytes,
         temp_dir: temp,
         ..Config::default()
     };

@@ -23,6 +23,7 @@ pub mod import;
 pub mod infer;
 pub mod io;
 pub mod kernels;
+pub mod logging;
 pub mod loss;
 pub mod model;
 pub mod networks;

@@ -28,6 +28,7 @@ use crate::cli::{Cli, Command};
 
 fn main() -> ExitCode {
     medlabel_runner::init_runtime();
+    medlabel_runner::logging::init();
     let cli = Cli::parse();
     let name = command_name(&cli.command);
     match run(cli.command) {

@@ -110,7 +110,7 @@ impl QueueWorker {
         };
         let handled = match job.action {
             JobAction::Stop => Handled::Stop,
-            JobAction::Run { .. } => {
+            JobAction::Run => {
                 match self
                     .with_heartbeat(receipt, self.worker.run_job_once(&job.job))
                     .await?

@@ -25,6 +25,7 @@ use medlabel_events::datastore::{Datastore, WriteContext};
 use medlabel_events::event::{Actor, JobKind, JobStatus};
 use medlabel_events::jobs::{JobRecord, Jobs};
 use medlabel_events::models::{Models, PublishedModel, folder};
+use medlabel_events::pinned::pinned;
 use medlabel_events::{BlobStore, Clock, EventStore, Extension, Info, RunId, Tag, UserName};
 use serde_json::{Value, json};
 
@@ -215,6 +216,10 @@ impl Worker {
             Err(err) => (JobStatus::Error, json!({"details": [err.to_string()]})),
         };
         let result = result.as_object().cloned().unwrap_or_default();
+        // The stack counts `ERROR` endings from this line (a CloudWatch metric filter).
+        let status_name = serde_json::to_value(status).unwrap_or_default();
+        let details = result.get("details").cloned().unwrap_or_default();
+        tracing::info!(job = %job.id, kind = ?job.kind, status = %status_name.as_str().unwrap_or("?"), %details, "job finished");
         self.jobs
             .finish(&self.ctx(&job, "finish"), &job, status, result)
             .await
@@ -265,16 +270,26 @@ impl Worker {
         }))
     }
 
-    /// A local file holding a blob: the blob itself in a folder store, else a download.
+    /// A local file holding a blob: the blob itself in a folder store, else a download,
+    /// streamed to disk and renamed into place, once per job (the file is named by the
+    /// content's hash, so a volume pinned by many labels is fetched once).
     async fn local_file(&self, blob: &medlabel_events::BlobRef, scratch: &Path) -> Result<PathBuf> {
         if let Some(path) = self.blobs.local_path(blob) {
             return Ok(path);
         }
         let path = scratch.join(format!("{}{}", blob.sha256, blob.ext));
-        let bytes = read_to_vec(self.blobs.as_ref(), blob)
+        if path.is_file() {
+            return Ok(path);
+        }
+        let partial = scratch.join(format!(".{}.part", blob.sha256));
+        let mut reader = self.blobs.get(blob).await.map_err(store_error)?;
+        let mut file = tokio::fs::File::create(&partial)
             .await
-            .map_err(store_error)?;
-        std::fs::write(&path, bytes).map_err(|e| RunnerError::io(&path, e))?;
+            .map_err(|e| RunnerError::io(&partial, e))?;
+        tokio::io::copy(&mut reader, &mut file)
+            .await
+            .map_err(|e| RunnerError::io(&partial, e))?;
+        std::fs::rename(&partial, &path).map_err(|e| RunnerError::io(&path, e))?;
         Ok(path)
     }
 
@@ -317,8 +332,11 @@ impl Worker {
         scratch: &Path,
         stop: &Arc<AtomicBool>,
     ) -> Result<(JobStatus, Value)> {
-        let mut datalist = Vec::with_capacity(job.labels.len());
-        for pinned in &job.labels {
+        let labels = pinned(self.blobs.as_ref(), job)
+            .await
+            .map_err(store_error)?;
+        let mut datalist = Vec::with_capacity(labels.len());
+        for pinned in &labels {
             datalist.push((
                 self.local_file(&pinned.image_blob, scratch).await?,
                 self.local_file(&pinned.label_blob, scratch).await?,
@@ -404,7 +422,6 @@ impl Worker {
                     JobKind::Scoring,
                     Some(model.model.clone()),
                     rescore,
-                    vec![],
                     None,
                     true,
                 )

@@ -10,8 +10,10 @@
 //!
 //! With the `containers` feature and a Docker engine, the emulator runs in a container
 //! instead (see [`container`]): LocalStack when `LOCALSTACK_AUTH_TOKEN` is set (its
-//! current image needs one), moto's image otherwise. CI has no Docker and uses the
-//! process.
+//! current image needs one), moto's image otherwise. [`choose`] makes that choice, a
+//! pure function the unit tests cover where no Docker runs; `.ci/run` runs the AWS
+//! tests against the container when it finds a Docker engine and says it skips them
+//! otherwise.
 //!
 //! Only the endpoint is shared process-wide. Every test gets its own SDK config and
 //! clients (an SDK client's connection pool belongs to the tokio runtime that made it,
@@ -22,7 +24,7 @@
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::{OnceLock, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
@@ -51,7 +53,7 @@ pub struct AwsTestEnv {
 /// # Panics
 /// When no emulator is configured and none can be started: the message says what to do.
 pub async fn aws() -> AwsTestEnv {
-    let endpoint = shared_endpoint().to_owned();
+    let endpoint = shared_endpoint().await.to_owned();
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .endpoint_url(&endpoint)
@@ -198,14 +200,78 @@ pub fn unique_name(prefix: &str) -> String {
     format!("medlabel-{prefix}-{}", uuid::Uuid::new_v4().simple())
 }
 
-fn shared_endpoint() -> &'static str {
-    static ENDPOINT: OnceLock<String> = OnceLock::new();
-    ENDPOINT.get_or_init(|| match std::env::var(ENDPOINT_VAR) {
-        Ok(endpoint) if !endpoint.is_empty() => endpoint,
-        #[cfg(feature = "containers")]
-        _ if container::docker_available() => container::start(),
-        _ => start_emulator(),
-    })
+/// Where the AWS tests' emulator comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Emulator {
+    /// `MEDLABEL_AWS_ENDPOINT` names one that runs already.
+    Given(String),
+    /// A container started once per test binary.
+    Container(Image),
+    /// moto's server as a child process of the test binary.
+    Process,
+}
+
+/// The emulator image a container runs.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Image {
+    /// testcontainers-modules' LocalStack image, with this auth token.
+    LocalStack { auth_token: String },
+    /// moto's image.
+    Moto,
+}
+
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Image::LocalStack { .. } => f.write_str("LocalStack { auth_token: [REDACTED] }"),
+            Image::Moto => f.write_str("Moto"),
+        }
+    }
+}
+
+/// The emulator for a test binary: a given endpoint first; else a container when
+/// `containers` (the feature is on and a Docker engine answers), LocalStack when a
+/// `localstack_token` is set; else moto's process.
+pub fn choose(
+    endpoint: Option<&str>,
+    containers: bool,
+    localstack_token: Option<&str>,
+) -> Emulator {
+    match (endpoint.filter(|e| !e.is_empty()), containers) {
+        (Some(endpoint), _) => Emulator::Given(endpoint.to_owned()),
+        (None, true) => Emulator::Container(match localstack_token.filter(|t| !t.is_empty()) {
+            Some(token) => Image::LocalStack {
+                auth_token: token.to_owned(),
+            },
+            None => Image::Moto,
+        }),
+        (None, false) => Emulator::Process,
+    }
+}
+
+/// The endpoint every test of this binary shares, started on first use. Started from
+/// the first test's runtime, without blocking on another: a container through
+/// testcontainers' async runner, moto's process through a watchdog.
+async fn shared_endpoint() -> &'static str {
+    static ENDPOINT: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    ENDPOINT
+        .get_or_init(|| async {
+            let given = std::env::var(ENDPOINT_VAR).ok();
+            let token = std::env::var("LOCALSTACK_AUTH_TOKEN").ok();
+            #[cfg(feature = "containers")]
+            let containers = container::docker_available();
+            #[cfg(not(feature = "containers"))]
+            let containers = false;
+            match choose(given.as_deref(), containers, token.as_deref()) {
+                Emulator::Given(endpoint) => endpoint,
+                #[cfg(feature = "containers")]
+                Emulator::Container(image) => container::start(&image).await,
+                #[cfg(not(feature = "containers"))]
+                Emulator::Container(_) => unreachable!("no containers without the feature"),
+                Emulator::Process => start_emulator(),
+            }
+        })
+        .await
 }
 
 /// Starts `scripts/moto_server.py` under a watchdog tied to this process and waits
@@ -287,68 +353,119 @@ fn free_port() -> u16 {
         .expect("no free loopback port for the AWS emulator")
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_given_endpoint_wins_then_a_container_then_the_process() {
+        let given = Some("http://127.0.0.1:5000");
+        assert_eq!(
+            choose(given, true, Some("ls-token")),
+            Emulator::Given("http://127.0.0.1:5000".into())
+        );
+        assert_eq!(
+            choose(None, true, Some("ls-token")),
+            Emulator::Container(Image::LocalStack {
+                auth_token: "ls-token".into()
+            })
+        );
+        assert_eq!(choose(None, true, None), Emulator::Container(Image::Moto));
+        assert_eq!(
+            choose(Some(""), true, Some("")),
+            Emulator::Container(Image::Moto)
+        );
+        assert_eq!(choose(None, false, Some("ls-token")), Emulator::Process);
+        assert_eq!(choose(Some(""), false, None), Emulator::Process);
+        // The token never shows up in a test's output.
+        let shown = format!("{:?}", choose(None, true, Some("ls-token")));
+        assert!(!shown.contains("ls-token"), "{shown}");
+    }
+}
+
 #[cfg(feature = "containers")]
 pub mod container {
-    //! The emulator in a container, through testcontainers. The container is started
+    //! The emulator in a container, through testcontainers' async runner, so a
+    //! `#[tokio::test]` starts it without a runtime of its own. The container is started
     //! once per test binary and removed by a watchdog (`docker rm -f`) when the binary's
     //! process is gone: statics are never dropped, so testcontainers' own cleanup would
     //! not run.
 
     use std::io::{Read, Write};
     use std::net::TcpStream;
-    use std::path::Path;
     use std::process::{Command, Stdio};
     use std::time::{Duration, Instant};
 
     use testcontainers::core::{IntoContainerPort, WaitFor};
-    use testcontainers::runners::SyncRunner;
+    use testcontainers::runners::AsyncRunner;
     use testcontainers::{ContainerRequest, GenericImage, ImageExt};
+    use testcontainers_modules::localstack::LocalStack;
 
-    use super::STARTUP_TIMEOUT;
+    use super::{Image, STARTUP_TIMEOUT};
 
-    /// A Docker engine is reachable (`DOCKER_HOST`, or the default socket).
+    /// The services the tests use (LocalStack starts only those).
+    const LOCALSTACK_SERVICES: &str = "dynamodb,dynamodbstreams,s3,sqs,logs";
+
+    /// A Docker engine answers: `DOCKER_HOST` is set, or the default socket accepts.
     pub fn docker_available() -> bool {
-        std::env::var_os("DOCKER_HOST").is_some() || Path::new("/var/run/docker.sock").exists()
+        std::env::var_os("DOCKER_HOST").is_some()
+            || std::os::unix::net::UnixStream::connect("/var/run/docker.sock").is_ok()
     }
 
-    /// Image, port and health path of the emulator to run.
-    fn image() -> (ContainerRequest<GenericImage>, u16, &'static str) {
-        match std::env::var("LOCALSTACK_AUTH_TOKEN") {
-            Ok(token) if !token.is_empty() => {
-                let tag = std::env::var("MEDLABEL_LOCALSTACK_TAG").unwrap_or("stable".into());
-                let image = GenericImage::new("localstack/localstack", &tag)
-                    .with_exposed_port(4566.tcp())
-                    .with_wait_for(WaitFor::Nothing)
-                    .with_env_var("LOCALSTACK_AUTH_TOKEN", token)
-                    .with_env_var("SERVICES", "dynamodb,dynamodbstreams,s3,sqs");
-                (image, 4566, "/_localstack/health")
-            }
-            _ => {
-                let tag = std::env::var("MEDLABEL_MOTO_TAG").unwrap_or("5.2.5".into());
-                let image = GenericImage::new("motoserver/moto", &tag)
-                    .with_exposed_port(5000.tcp())
-                    .with_wait_for(WaitFor::Nothing)
-                    .into();
-                (image, 5000, "/moto-api/")
-            }
-        }
-    }
-
-    /// Starts the emulator container and returns its endpoint once it answers HTTP.
-    pub fn start() -> String {
-        let (image, port, health) = image();
-        let container = image
+    /// LocalStack's image with the token and the services the tests use.
+    pub fn localstack(auth_token: &str) -> ContainerRequest<LocalStack> {
+        LocalStack::default()
+            .with_env_var("LOCALSTACK_AUTH_TOKEN", auth_token)
+            .with_env_var("SERVICES", LOCALSTACK_SERVICES)
             .with_startup_timeout(STARTUP_TIMEOUT)
-            .start()
-            .unwrap_or_else(|err| panic!("starting the emulator container: {err}"));
-        let host_port = container
-            .get_host_port_ipv4(port)
-            .unwrap_or_else(|err| panic!("the emulator container's port {port}: {err}"));
-        remove_when_gone(container.id());
-        // Owned by the static endpoint from here on; the watchdog removes it.
-        std::mem::forget(container);
+    }
+
+    /// moto's image (`MEDLABEL_MOTO_TAG`, default the version `scripts/setup.sh` pins).
+    pub fn moto() -> ContainerRequest<GenericImage> {
+        let tag = std::env::var("MEDLABEL_MOTO_TAG").unwrap_or("5.2.5".into());
+        GenericImage::new("motoserver/moto", &tag)
+            .with_exposed_port(5000.tcp())
+            .with_wait_for(WaitFor::Nothing)
+            .with_startup_timeout(STARTUP_TIMEOUT)
+    }
+
+    /// Starts `image` and returns its endpoint once it answers HTTP.
+    pub async fn start(image: &Image) -> String {
+        let (id, host_port, health) = match image {
+            Image::LocalStack { auth_token } => {
+                let container = localstack(auth_token)
+                    .start()
+                    .await
+                    .unwrap_or_else(|err| panic!("starting the LocalStack container: {err}"));
+                let port = container
+                    .get_host_port_ipv4(4566)
+                    .await
+                    .unwrap_or_else(|err| panic!("LocalStack's port 4566: {err}"));
+                let id = container.id().to_owned();
+                // Owned by the static endpoint from here on; the watchdog removes it.
+                std::mem::forget(container);
+                (id, port, "/_localstack/health")
+            }
+            Image::Moto => {
+                let container = moto()
+                    .start()
+                    .await
+                    .unwrap_or_else(|err| panic!("starting the moto container: {err}"));
+                let port = container
+                    .get_host_port_ipv4(5000)
+                    .await
+                    .unwrap_or_else(|err| panic!("moto's port 5000: {err}"));
+                let id = container.id().to_owned();
+                std::mem::forget(container);
+                (id, port, "/moto-api/")
+            }
+        };
+        remove_when_gone(&id);
         let address = format!("127.0.0.1:{host_port}");
-        wait_for_http(&address, health);
+        let probe = address.clone();
+        tokio::task::spawn_blocking(move || wait_for_http(&probe, health))
+            .await
+            .expect("the readiness probe");
         format!("http://{address}")
     }
 
@@ -387,6 +504,28 @@ pub mod container {
             .spawn();
         if spawned.is_err() {
             eprintln!("cannot watch emulator container {id}: remove it with `docker rm -f {id}`");
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use testcontainers::Image as _;
+
+        use super::*;
+
+        #[test]
+        fn the_images_are_localstack_with_its_token_and_moto() {
+            let localstack = localstack("ls-token");
+            assert_eq!(localstack.image().name(), "localstack/localstack");
+            let env: Vec<(String, String)> = localstack
+                .env_vars()
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            assert!(env.contains(&("LOCALSTACK_AUTH_TOKEN".into(), "ls-token".into())));
+            assert!(env.contains(&("SERVICES".into(), LOCALSTACK_SERVICES.into())));
+            let moto = moto();
+            assert_eq!(moto.image().name(), "motoserver/moto");
+            assert_eq!(moto.expose_ports(), &[5000.tcp()]);
         }
     }
 }

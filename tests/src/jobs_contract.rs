@@ -8,14 +8,23 @@ use std::time::Duration;
 
 use medlabel_events::clock::ManualClock;
 use medlabel_events::datastore::WriteContext;
-use medlabel_events::event::{Actor, JobKind, JobStatus};
-use medlabel_events::id::{Extension, ModelName};
+use medlabel_events::event::{Actor, JobKind, JobStatus, LabelVersionRef};
+use medlabel_events::id::{Extension, ImageId, ModelName, Tag};
 use medlabel_events::jobs::{JobError, Jobs};
 use medlabel_events::models::{ModelError, Models};
-use medlabel_events::{BlobStore, EventStore, Info, SystemClock};
+use medlabel_events::pinned::pin;
+use medlabel_events::{BlobRef, BlobStore, EventStore, Info, SystemClock};
 use serde_json::json;
 
 const LEASE: Duration = Duration::from_secs(30);
+
+fn blob_ref(hex: char) -> BlobRef {
+    BlobRef {
+        sha256: hex.to_string().repeat(64),
+        size: 1,
+        ext: Extension::parse(".nii.gz").unwrap(),
+    }
+}
 
 fn ctx() -> WriteContext {
     WriteContext::fresh(Actor::admin())
@@ -25,6 +34,17 @@ pub async fn lifecycle(store: Arc<dyn EventStore>, blobs: Arc<dyn BlobStore>) {
     let jobs = Jobs::new(store.clone(), Arc::new(SystemClock));
     let model = ModelName::parse("segmentation_spleen").unwrap();
     let params = json!({"max_epochs": 2}).as_object().cloned().unwrap();
+    // The pinned labels are a blob the request names, however many there are.
+    let labels: Vec<LabelVersionRef> = (0..3)
+        .map(|n| LabelVersionRef {
+            image: ImageId::parse(format!("ct_{n}")).unwrap(),
+            tag: Tag::final_tag(),
+            version: n + 1,
+            image_blob: blob_ref('a'),
+            label_blob: blob_ref('b'),
+        })
+        .collect();
+    let pinned = pin(blobs.as_ref(), &labels, 7).await.unwrap();
     let retried = ctx();
     let job = jobs
         .request(
@@ -32,21 +52,27 @@ pub async fn lifecycle(store: Arc<dyn EventStore>, blobs: Arc<dyn BlobStore>) {
             JobKind::Train,
             Some(model.clone()),
             params.clone(),
-            vec![],
-            Some(7),
+            Some(pinned.clone()),
             false,
         )
         .await
         .unwrap();
     assert_eq!(job.status, JobStatus::Submitted);
+    assert_eq!(job.as_of_position, Some(7));
+    assert_eq!(job.labels_blob.as_ref(), Some(&pinned.blob));
+    assert_eq!(
+        medlabel_events::pinned::pinned(blobs.as_ref(), &job)
+            .await
+            .unwrap(),
+        labels
+    );
     let again = jobs
         .request(
             &retried,
             JobKind::Train,
             Some(model.clone()),
             params.clone(),
-            vec![],
-            Some(7),
+            Some(pinned.clone()),
             true,
         )
         .await
@@ -59,7 +85,6 @@ pub async fn lifecycle(store: Arc<dyn EventStore>, blobs: Arc<dyn BlobStore>) {
             JobKind::Train,
             Some(model.clone()),
             params.clone(),
-            vec![],
             None,
             false
         )
@@ -67,17 +92,9 @@ pub async fn lifecycle(store: Arc<dyn EventStore>, blobs: Arc<dyn BlobStore>) {
         Err(JobError::AlreadyRunning(JobKind::Train))
     ));
     // Another kind runs beside it.
-    jobs.request(
-        &ctx(),
-        JobKind::Scoring,
-        None,
-        Info::new(),
-        vec![],
-        None,
-        false,
-    )
-    .await
-    .unwrap();
+    jobs.request(&ctx(), JobKind::Scoring, None, Info::new(), None, false)
+        .await
+        .unwrap();
 
     // Two runners race for the claim: exactly one wins.
     let (first, second) = (ctx(), ctx());
@@ -188,7 +205,6 @@ pub async fn concurrent_requests_accept_one(store: Arc<dyn EventStore>) {
                 JobKind::Train,
                 Some(model),
                 Info::new(),
-                vec![],
                 None,
                 false,
             )
@@ -224,16 +240,8 @@ pub async fn leases_end_jobs_of_runners_that_went_away(store: Arc<dyn EventStore
     let request = |jobs| {
         let (train, jobs): (_, &Jobs) = (train.clone(), jobs);
         async move {
-            jobs.request(
-                &ctx(),
-                JobKind::Train,
-                train,
-                Info::new(),
-                vec![],
-                None,
-                false,
-            )
-            .await
+            jobs.request(&ctx(), JobKind::Train, train, Info::new(), None, false)
+                .await
         }
     };
     let job = request(&jobs).await.unwrap();

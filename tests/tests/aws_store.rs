@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::AttributeValue;
-use medlabel_events::blob::read_to_vec;
 use medlabel_events::blob::s3::{PART_SIZE, S3BlobStore};
+use medlabel_events::blob::{DownloadAs, read_to_vec};
 use medlabel_events::event::{Event, decode};
 use medlabel_events::store::dynamo::DynamoEventStore;
 use medlabel_events::store::{MAX_EVENT_BYTES, MAX_EVENTS_PER_APPEND};
@@ -429,12 +429,29 @@ async fn presigned_upload_is_adopted_under_its_hash() {
     assert_eq!(store.list().await.unwrap(), std::slice::from_ref(&blob));
 
     let url = store
-        .presign_get(&blob, Duration::from_secs(60))
+        .presign_get(&blob, Duration::from_secs(60), None)
         .await
         .unwrap()
         .unwrap();
     let served = http.get(&url).send().await.unwrap().bytes().await.unwrap();
     assert_eq!(served.as_ref(), bytes.as_slice());
+    // A download URL names the file as a server's file reply would.
+    let download = DownloadAs {
+        content_type: "application/octet-stream".into(),
+        content_disposition: "attachment; filename=\"spleen_3.nii.gz\"".into(),
+    };
+    let url = store
+        .presign_get(&blob, Duration::from_secs(60), Some(&download))
+        .await
+        .unwrap()
+        .unwrap();
+    let served = http.get(&url).send().await.unwrap();
+    assert_eq!(
+        served.headers()["content-disposition"],
+        download.content_disposition.as_str()
+    );
+    assert_eq!(served.headers()["content-type"], "application/octet-stream");
+    assert_eq!(served.bytes().await.unwrap().as_ref(), bytes.as_slice());
 
     let id = upload("too-large".into(), unique_bytes(2 << 20)).await;
     let err = store

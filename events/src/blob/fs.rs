@@ -36,7 +36,7 @@ use async_trait::async_trait;
 use sha2::{Digest, Sha256};
 use tempfile::{NamedTempFile, TempPath};
 
-use crate::blob::{BlobError, BlobReader, BlobRef, BlobStore};
+use crate::blob::{BlobError, BlobReader, BlobRef, BlobStore, DownloadAs};
 use crate::id::Extension;
 use crate::store::StoreError;
 use crate::store::sqlite::SqliteEventStore;
@@ -462,6 +462,7 @@ impl BlobStore for FolderBlobStore {
         &self,
         _blob: &BlobRef,
         _expires_in: Duration,
+        _download: Option<&DownloadAs>,
     ) -> Result<Option<String>, BlobError> {
         Ok(None)
     }

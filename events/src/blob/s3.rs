@@ -32,7 +32,7 @@ use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::blob::{BlobError, BlobReader, BlobRef, BlobStore};
+use crate::blob::{BlobError, BlobReader, BlobRef, BlobStore, DownloadAs};
 use crate::id::Extension;
 
 /// Files above this size go up as a multipart upload in parts of this size.
@@ -466,12 +466,15 @@ impl BlobStore for S3BlobStore {
         &self,
         blob: &BlobRef,
         expires_in: Duration,
+        download: Option<&DownloadAs>,
     ) -> Result<Option<String>, BlobError> {
         let request = self
             .client
             .get_object()
             .bucket(&self.bucket)
             .key(self.blob_key(blob))
+            .set_response_content_type(download.map(|d| d.content_type.clone()))
+            .set_response_content_disposition(download.map(|d| d.content_disposition.clone()))
             .presigned(presigning(expires_in)?)
             .await
             .map_err(backend)?;

@@ -330,7 +330,7 @@ impl Datastore {
         }
         match self
             .blobs
-            .presign_get(blob, Duration::from_secs(3600))
+            .presign_get(blob, Duration::from_secs(3600), None)
             .await?
         {
             Some(url) => Ok(url),

@@ -91,23 +91,7 @@ pub fn job_message(record: &EventRecord) -> Result<Option<JobMessage>, RecordErr
         return Err(mismatch(event.event_type()));
     }
     let (job, action) = match event {
-        Event::JobRequested {
-            job,
-            kind,
-            model,
-            params,
-            labels,
-            as_of_position,
-        } => (
-            job,
-            JobAction::Run {
-                kind,
-                model,
-                params,
-                labels,
-                as_of_position,
-            },
-        ),
+        Event::JobRequested { job, .. } => (job, JobAction::Run),
         Event::JobStopRequested { job } => (job, JobAction::Stop),
         // Unreachable after the two checks above, but an error costs nothing here.
         other => return Err(mismatch(other.event_type())),
@@ -188,6 +172,19 @@ mod tests {
             kind: JobKind::Train,
             model: Some(ModelName::parse("segmentation_spleen").unwrap()),
             params,
+            labels: vec![],
+            labels_blob: Some(blob('c', ".json")),
+            as_of_position: Some(1041),
+        }
+    }
+
+    /// A request from a log written before the pinned labels became a blob.
+    fn inline_train_request() -> Event {
+        Event::JobRequested {
+            job: RunId::parse("run-0").unwrap(),
+            kind: JobKind::Train,
+            model: Some(ModelName::parse("segmentation_spleen").unwrap()),
+            params: Info::new(),
             labels: vec![LabelVersionRef {
                 image: ImageId::parse("spleen_3").unwrap(),
                 tag: Tag::parse("final").unwrap(),
@@ -195,38 +192,30 @@ mod tests {
                 image_blob: blob('a', ".nii.gz"),
                 label_blob: blob('b', ".nii.gz"),
             }],
+            labels_blob: None,
             as_of_position: Some(1041),
         }
     }
 
     #[test]
     fn a_job_request_becomes_a_run_message_with_its_log_coordinates() {
-        let event = train_request();
-        let rec = record("INSERT", event_image("train/run-1", 1, 1042, &event));
+        let rec = record(
+            "INSERT",
+            event_image("tasks/train", 3, 1042, &train_request()),
+        );
         let message = job_message(&rec).unwrap().expect("a job message");
         assert_eq!(message.job.as_str(), "run-1");
-        assert_eq!(message.stream.as_str(), "train/run-1");
-        assert_eq!((message.sequence, message.position), (1, 1042));
-        let Event::JobRequested {
-            kind,
-            model,
-            params,
-            labels,
-            as_of_position,
-            ..
-        } = event
-        else {
-            unreachable!()
-        };
+        assert_eq!(message.stream.as_str(), "tasks/train");
+        assert_eq!((message.sequence, message.position), (3, 1042));
+        assert_eq!(message.action, JobAction::Run);
+        let old = record(
+            "INSERT",
+            event_image("train/run-0", 1, 17, &inline_train_request()),
+        );
+        let message = job_message(&old).unwrap().expect("a job message");
         assert_eq!(
-            message.action,
-            JobAction::Run {
-                kind,
-                model,
-                params,
-                labels,
-                as_of_position
-            }
+            (message.job.as_str(), message.action),
+            ("run-0", JobAction::Run)
         );
     }
 

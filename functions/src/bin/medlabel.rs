@@ -27,6 +27,13 @@
 //!
 //! Authentication is off unless `--auth builtin` (users of the studies folder, managed
 //! with `medlabel user`) or `--auth oidc` asks for it (see `medlabel_functions::auth_cli`).
+//!
+//! `medlabel serve --backend aws --table T --bucket B` serves a cloud deployment's
+//! table and bucket instead, with no studies folder and no runner child: the container
+//! service that takes the routes with large bodies in the cloud
+//! (`medlabel_functions::cloud`, `docs/deploy.md`). Its settings beyond the flags come
+//! from the environment the functions read (`MEDLABEL_AUTH_*`, `MEDLABEL_RUNNER_ENDPOINT`,
+//! `MEDLABEL_LOG_GROUPS`, ...).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -58,8 +65,26 @@ fn cli() -> Command {
                 .arg(
                     Arg::new("studies")
                         .long("studies")
-                        .required(true)
-                        .help("The studies folder (images flat, labels/<tag>/), or a DICOMweb server's URL (http://host:8042/dicom-web; credentials from MEDLABEL_DICOMWEB_TOKEN or MEDLABEL_DICOMWEB_USERNAME/_PASSWORD)"),
+                        .help("The studies folder (images flat, labels/<tag>/), or a DICOMweb server's URL (http://host:8042/dicom-web; credentials from MEDLABEL_DICOMWEB_TOKEN or MEDLABEL_DICOMWEB_USERNAME/_PASSWORD); required with --backend local"),
+                )
+                .arg(
+                    Arg::new("backend")
+                        .long("backend")
+                        .default_value("local")
+                        .value_parser(["local", "aws"])
+                        .help("local: a studies folder on SQLite; aws: a cloud deployment's DynamoDB table and S3 bucket"),
+                )
+                .arg(
+                    Arg::new("table")
+                        .long("table")
+                        .env("MEDLABEL_EVENTS_TABLE")
+                        .help("With --backend aws: the event table (stack output EventsTableName)"),
+                )
+                .arg(
+                    Arg::new("bucket")
+                        .long("bucket")
+                        .env("MEDLABEL_BLOBS_BUCKET")
+                        .help("With --backend aws: the blob bucket (stack output BlobsBucketName)"),
                 )
                 .arg(
                     Arg::new("home")
@@ -142,6 +167,8 @@ fn cli() -> Command {
                 .arg(
                     Arg::new("cors-origin")
                         .long("cors-origin")
+                        .env("MEDLABEL_CORS_ORIGINS")
+                        .value_delimiter(',')
                         .action(ArgAction::Append)
                         .help("A web origin allowed to call the API from a browser, e.g. https://viewer.example (repeatable; default: none)"),
                 )
@@ -281,7 +308,13 @@ async fn publish_bundle(
 async fn main() {
     let matches = cli().get_matches();
     let result = match matches.subcommand() {
-        Some(("serve", args)) => serve(args).await,
+        Some(("serve", args)) => match args.get_one::<String>("backend").map(String::as_str) {
+            #[cfg(feature = "aws")]
+            Some("aws") => serve_cloud(args).await,
+            #[cfg(not(feature = "aws"))]
+            Some("aws") => Err("--backend aws needs medlabel built with the `aws` feature".into()),
+            _ => serve(args).await,
+        },
         Some(("user", args)) => auth_cli::run_user(args),
         Some(("model", args)) => match args.subcommand() {
             Some(("new", args)) => new_model(args).await,
@@ -377,7 +410,9 @@ fn dicomweb_server(url: &str, args: &ArgMatches) -> DicomWeb {
 
 async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
     medlabel_functions::logging::init(false);
-    let studies_arg: &String = args.get_one("studies").expect("required");
+    let studies_arg: &String = args
+        .get_one("studies")
+        .ok_or("--studies is required with --backend local")?;
     let source = if studies_arg.starts_with("http://") || studies_arg.starts_with("https://") {
         Source::DicomWeb(studies_arg.clone())
     } else {
@@ -546,6 +581,56 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(folder) = folder {
         folder.drained(store.as_ref()).await?;
     }
+    Ok(())
+}
+
+/// `medlabel serve --backend aws`: every router over a cloud deployment's table and
+/// bucket, as the container service behind the load balancer runs it.
+#[cfg(feature = "aws")]
+async fn serve_cloud(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
+    use medlabel_functions::cloud::{self, Deployment, Front};
+    // JSON lines, as the functions write them: CloudWatch indexes their fields.
+    medlabel_functions::logging::init(true);
+    let required = |name: &str| {
+        args.get_one::<String>(name)
+            .cloned()
+            .ok_or_else(|| format!("--{name} is required with --backend aws"))
+    };
+    let deployment = Deployment {
+        table: required("table")?,
+        bucket: required("bucket")?,
+    };
+    let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    let front = Front::Container {
+        max_upload_bytes: *args.get_one::<u64>("max-upload-bytes").expect("defaulted"),
+    };
+    let mut config = front.config()?;
+    config.max_session_expiry_s = *args.get_one::<u64>("session-expiry").expect("defaulted");
+    // The stack passes its list joined, empty when no origin is allowed.
+    config.cors_origins = args
+        .get_many::<String>("cors-origin")
+        .into_iter()
+        .flatten()
+        .filter(|origin| !origin.is_empty())
+        .cloned()
+        .collect();
+    let state = cloud::state(&sdk, &deployment, config)
+        .await
+        .map_err(|err| err.to_string())?;
+    tokio::spawn(medlabel_functions::routes::session::sweep_forever(
+        state.sessions.clone(),
+    ));
+    let host: &String = args.get_one("host").expect("defaulted");
+    let port: u16 = *args.get_one("port").expect("defaulted");
+    let listener = tokio::net::TcpListener::bind((host.as_str(), port)).await?;
+    let address: SocketAddr = listener.local_addr()?;
+    println!(
+        "medlabel serving table {} and bucket {} at http://{address}/",
+        deployment.table, deployment.bucket
+    );
+    axum::serve(listener, medlabel_functions::app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
     Ok(())
 }
 

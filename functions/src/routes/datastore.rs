@@ -21,6 +21,7 @@ use tokio_util::io::ReaderStream;
 
 use crate::audit;
 use crate::context::Ctx;
+use crate::downloads::{self, Downloads};
 use crate::error::{ApiError, FieldError};
 use crate::extract::{
     MAX_JSON_BYTES, QueryParams, is_urlencoded, json_object, parse_id, urlencoded_fields,
@@ -215,6 +216,7 @@ async fn download_image(
     State(state): State<AppState>,
     ctx: Ctx,
     query: QueryParams,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let image = query.image_id("image")?;
     let record = image_volume(&state, &image)
@@ -223,23 +225,19 @@ async fn download_image(
             ApiError::NotFound(_) => ApiError::NotFound("Image NOT Found or is a directory".into()),
             other => other,
         })?;
-    let (reader, ()) = tokio::try_join!(
-        async { Ok::<_, ApiError>(state.datastore.blob_store().get(&record.blob).await?) },
-        audit::record(
-            &state,
-            &ctx,
-            DataRead::Image {
-                image: image.clone()
-            },
-            false,
-            "image"
-        ),
-    )?;
-    Ok(reply::blob_file(
+    let read = DataRead::Image {
+        image: image.clone(),
+    };
+    downloads::blob_reply(
+        &state,
+        &ctx,
+        &headers,
         &record.file_name(&image),
         &record.blob,
-        reader,
-    ))
+        Some(read),
+        "image",
+    )
+    .await
 }
 
 /// Image info with `path`, where MONAI Label gives the file's place in the studies
@@ -424,6 +422,7 @@ async fn download_label(
     State(state): State<AppState>,
     ctx: Ctx,
     query: QueryParams,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let image = query.image_id("label")?;
     let tag = query.required_tag("tag")?;
@@ -434,15 +433,16 @@ async fn download_label(
         tag,
         version: latest.version,
     };
-    let (reader, ()) = tokio::try_join!(
-        async { Ok::<_, ApiError>(state.datastore.blob_store().get(&latest.blob).await?) },
-        audit::record(&state, &ctx, read, false, "label"),
-    )?;
-    Ok(reply::blob_file(
+    downloads::blob_reply(
+        &state,
+        &ctx,
+        &headers,
         &format!("{image}{}", latest.ext),
         &latest.blob,
-        reader,
-    ))
+        Some(read),
+        "label",
+    )
+    .await
 }
 
 async fn label_info(
@@ -496,10 +496,14 @@ async fn update_label_info_legacy(
     update_label(state, ctx, query, headers, body, "params").await
 }
 
+/// `dataset.zip` of the final-labelled cases, built for this request. A Lambda cannot
+/// answer a large archive: it stores it as a blob and hands it out like a stored file
+/// (the unreferenced blob goes with the next sweep); servers that stream send it.
 async fn dataset(
     State(state): State<AppState>,
     ctx: Ctx,
     query: QueryParams,
+    request_headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let limit = usize::try_from(query.int("limit_cases", 0)?)
         .ok()
@@ -523,6 +527,20 @@ async fn dataset(
         as_of_position: position,
         limit: limit.map(|n| n as u64),
     };
+    if let Downloads::Redirect { .. } = state.config.downloads {
+        let zip = Extension::parse(".zip").expect("a valid extension");
+        let blob = state.datastore.blob_store().put_file(&path, &zip).await?;
+        return downloads::blob_reply(
+            &state,
+            &ctx,
+            &request_headers,
+            "dataset.zip",
+            &blob,
+            Some(read),
+            "dataset",
+        )
+        .await;
+    }
     let (file, ()) = tokio::try_join!(
         async { Ok::<_, ApiError>(tokio::fs::File::open(&path).await?) },
         audit::record(&state, &ctx, read, false, "dataset"),

@@ -15,11 +15,11 @@ use serde_json::{Map, Value, json};
 
 use crate::catalogue;
 use crate::context::Ctx;
+use crate::downloads;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{Segment, parse_id};
 use crate::model_import::{self, ImportError, ModelImporter};
 use crate::multipart::read_upload;
-use crate::reply;
 use crate::routes::activelearning::strategies_info;
 use crate::state::AppState;
 use crate::weights;
@@ -142,15 +142,17 @@ fn model_name(segment: &Segment) -> Result<ModelName, ApiError> {
     parse_id("path", "model", &segment.0, ModelName::parse)
 }
 
-async fn model_file(State(state): State<AppState>, model: Segment) -> Result<Response, ApiError> {
+async fn model_file(
+    State(state): State<AppState>,
+    ctx: Ctx,
+    model: Segment,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     let name = model_name(&model)?;
     let blob = current_model(&state, &name).await?.weights;
-    let reader = state.datastore.blob_store().get(&blob).await?;
-    Ok(reply::blob_file(
-        &format!("{name}{}", blob.ext),
-        &blob,
-        reader,
-    ))
+    let file_name = format!("{name}{}", blob.ext);
+    // Weights are no patient data: nothing to audit.
+    downloads::blob_reply(&state, &ctx, &headers, &file_name, &blob, None, "model").await
 }
 
 async fn model_info(

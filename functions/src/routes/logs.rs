@@ -69,7 +69,7 @@ async fn logs(State(state): State<AppState>, query: QueryParams) -> Result<Respo
     let html = query.bool("html", true)?;
     let text = query.bool("text", false)?;
     let refresh = query.int("refresh", 0)?;
-    let tail = state.logs.tail(usize::try_from(lines).unwrap_or(0));
+    let tail = state.logs.tail(usize::try_from(lines).unwrap_or(0)).await?;
     let body = tail.join("\n");
     if text || !html {
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response());

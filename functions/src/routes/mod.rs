@@ -34,7 +34,7 @@ pub(crate) async fn blob_uri(state: &AppState, blob: &BlobRef) -> Result<String,
         return Ok(path.to_string_lossy().into_owned());
     }
     Ok(blobs
-        .presign_get(blob, Duration::from_secs(3600))
+        .presign_get(blob, Duration::from_secs(3600), None)
         .await?
         .unwrap_or_else(|| blob.key()))
 }
@@ -52,7 +52,10 @@ pub(crate) async fn client_uri(
     if let Some(path) = blobs.local_file(blob).await? {
         return Ok(path.to_string_lossy().into_owned());
     }
-    match blobs.presign_get(blob, Duration::from_secs(3600)).await? {
+    match blobs
+        .presign_get(blob, Duration::from_secs(3600), None)
+        .await?
+    {
         Some(url) => {
             crate::audit::record(state, ctx, read, true, step).await?;
             Ok(url)

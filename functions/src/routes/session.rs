@@ -133,6 +133,7 @@ async fn get_session(
     ctx: Ctx,
     id: Segment,
     query: QueryParams,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (update_ts, want_image) = (query.bool("update_ts", false)?, query.bool("image", false)?);
     let id = id.run_id().map_err(|_| not_found(&id.0))?;
@@ -145,11 +146,16 @@ async fn get_session(
         let read = DataRead::Session {
             session: session.id.clone(),
         };
-        let (reader, ()) = tokio::try_join!(
-            async { Ok::<_, ApiError>(state.sessions.open(&session).await?) },
-            crate::audit::record(&state, &ctx, read, false, "session-file"),
-        )?;
-        return Ok(reply::blob_file(&session.file_name, &session.blob, reader));
+        return crate::downloads::blob_reply(
+            &state,
+            &ctx,
+            &headers,
+            &session.file_name,
+            &session.blob,
+            Some(read),
+            "session-file",
+        )
+        .await;
     }
     Ok(Json(session_json(&state, &ctx, &session).await?).into_response())
 }

@@ -13,8 +13,11 @@
 //!    `{"parts": [{"part_number", "etag"}…]}`, the `ETag` each part's PUT answered.
 //! 3. `POST /datastore/upload/{upload_id}/image?image=<id>&ext=.nii.gz` (or
 //!    `/label?image=<id>&tag=<tag>&ext=...`) with optional JSON params confirms it: the
-//!    object is hashed as it streams, checked against the size limit, moved to its
-//!    content address, and only then is the image or label event recorded.
+//!    object is hashed as it streams, checked against its own size limit
+//!    ([`crate::Config::max_presigned_upload_bytes`], S3's 5 TiB by default: the bytes
+//!    never pass through a request body), read whole like any upload
+//!    ([`crate::volumes`]), moved to its content address, and only then is the image or
+//!    label event recorded.
 
 use std::time::Duration;
 
@@ -167,7 +170,7 @@ async fn confirm_image(
     let blob = state
         .datastore
         .blob_store()
-        .adopt_upload(&upload.0, &ext, state.config.max_upload_bytes)
+        .adopt_upload(&upload.0, &ext, state.config.max_presigned_upload_bytes)
         .await?;
     // Checked before any event names it; a refused blob is left for the sweep.
     let file = spooled(&state, &blob).await?;
@@ -195,7 +198,7 @@ async fn confirm_label(
     let record = state.datastore.image(&image).await?;
     let blobs = state.datastore.blob_store();
     let mut blob = blobs
-        .adopt_upload(&upload.0, &ext, state.config.max_upload_bytes)
+        .adopt_upload(&upload.0, &ext, state.config.max_presigned_upload_bytes)
         .await?;
     // Checked before any event names it; a refused blob is left for the sweep.
     let file = spooled(&state, &blob).await?;

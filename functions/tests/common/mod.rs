@@ -431,13 +431,21 @@ impl LocalServer {
         extra: &[&std::ffi::OsStr],
         env: &[(&str, &str)],
     ) -> Self {
-        use std::io::{BufRead, BufReader};
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_medlabel"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_medlabel"));
+        command
             .args(["serve", "--studies"])
             .arg(studies)
             .args(["--host", "127.0.0.1", "--port", "0"])
             .args(extra)
-            .envs(env.iter().copied())
+            .envs(env.iter().copied());
+        Self::spawn(command)
+    }
+
+    /// Starts `command` (a `medlabel serve ...` on a free loopback port) and waits for
+    /// the address it prints.
+    pub fn spawn(mut command: std::process::Command) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = command
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::inherit())
             .spawn()
