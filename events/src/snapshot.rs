@@ -37,7 +37,7 @@ use crate::store::{EventStore, ExpectedVersion, StoreError};
 /// snapshotted view (its fields, or their types' fields) changes, so that older
 /// snapshots are skipped rather than misread; a unit test pins the layout and fails
 /// until it is bumped.
-pub const FORMAT: &str = "msgpack+gzip/3";
+pub const FORMAT: &str = "msgpack+gzip/4";
 
 /// A cold start that folded at least this many events past the latest snapshot records
 /// a new one.
@@ -404,8 +404,8 @@ mod tests {
         assert_eq!(
             (FORMAT, hex::encode(digest).as_str()),
             (
-                "msgpack+gzip/3",
-                "39eedae81f21e88e30765523baaef5b5f0685f312d375bba82e13e82e5032bc6"
+                "msgpack+gzip/4",
+                "c44c8f791c1caaa21ca6d44f39ca9e63407770532e5cec6ffa37427b92d7e68d"
             ),
             "the layout of a snapshotted view changed: bump FORMAT and update this digest"
         );

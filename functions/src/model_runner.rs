@@ -23,7 +23,7 @@ use medlabel_events::event::{JobKind, LabelVersionRef};
 use medlabel_events::jobs::{JobError, Jobs};
 use medlabel_events::models::{ModelError, Models, PublishedModel};
 use medlabel_events::pinned::{self, PinnedLabels};
-use medlabel_events::{Actor, BlobStore, Extension, Info, ModelName, Tag};
+use medlabel_events::{Info, ModelName, Tag};
 use serde_json::{Value, json};
 
 use crate::runner::{InferRequest, InferResult, Runner, RunnerError, RunnerInfo, TaskQuery};

@@ -3,6 +3,8 @@
 //! by the real `monailabel` client and by Slicer's urllib download with 50 MB volumes,
 //! then the stream dispatcher and `medlabel-runner sqs-worker` train on the saved label.
 
+#![cfg(feature = "aws")]
+
 use std::path::Path;
 use std::process::Command;
 
@@ -160,7 +162,11 @@ async fn the_python_client_moves_50_mb_volumes_through_the_volume_service_and_th
     let (handled, log) = tokio::task::spawn_blocking(move || Stack::run_logged(worker))
         .await
         .unwrap();
-    assert_eq!(handled["handled"], json!([{"done": {"finished": "DONE"}}]), "{log}");
+    assert_eq!(
+        handled["handled"],
+        json!([{"done": {"finished": "DONE"}}]),
+        "{log}"
+    );
     // The runner logs JSON lines, the shape the stack's job-error metric filter reads
     // (`$.fields.message`, `$.fields.status`).
     let finished: Vec<Value> = log

@@ -18,6 +18,9 @@ use medlabel_dicom::synthetic::{SyntheticCt, synthetic_ct_multiframe, synthetic_
 use medlabel_dicom::{
     SegReadOptions, SegWriteOptions, Segment, SeriesInfo, read_seg, series_to_volume, write_seg,
 };
+use medlabel_events::blob::fs::FolderBlobStore;
+use medlabel_events::blob::{BlobRef, read_to_vec};
+use medlabel_events::store::sqlite::SqliteEventStore;
 use medlabel_imaging::affine::max_abs_diff;
 use medlabel_imaging::io::read_volume_bytes;
 use medlabel_imaging::{DataType, Volume};
@@ -672,6 +675,20 @@ fn payloads(home: &Path, kind: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The images a training job's `JobRequested` pinned: the list is a blob it names.
+async fn pinned_images(home: &Path, requested: &Value) -> Vec<String> {
+    let store = SqliteEventStore::open(home.join("events.db")).unwrap();
+    let blobs = FolderBlobStore::open_with_inline(home.join("blobs"), &store).unwrap();
+    let blob: BlobRef = serde_json::from_value(requested["labels_blob"].clone())
+        .unwrap_or_else(|err| panic!("no pinned label blob ({err}): {requested:#}"));
+    let labels: Vec<Value> =
+        serde_json::from_slice(&read_to_vec(&blobs, &blob).await.unwrap()).unwrap();
+    labels
+        .iter()
+        .map(|l| l["image"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 /// Orthanc → medlabel → inference → DICOM SEG back in Orthanc → label → training, with
 /// the series' SeriesInstanceUID as the image id throughout, as OHIF sends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -800,12 +817,7 @@ async fn orthanc_series_are_inferred_labelled_as_seg_and_trained_on() {
     assert_eq!(done["status"], "DONE", "{done:#}");
     let requested = payloads(home.path(), "JobRequested");
     let train = requested.iter().find(|p| p["kind"] == "train").unwrap();
-    let mut trained_on: Vec<&str> = train["labels"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["image"].as_str().unwrap())
-        .collect();
+    let mut trained_on = pinned_images(home.path(), train).await;
     trained_on.sort_unstable();
     let mut expected = vec![a_uid.as_str(), b_uid.as_str()];
     expected.sort_unstable();

@@ -6,6 +6,8 @@
 //!
 //! One test in its own binary: it sets the process environment the function reads.
 
+#![cfg(feature = "aws")]
+
 mod common;
 
 use std::process::Command;

@@ -14,6 +14,9 @@ use medlabel_imaging::{DataType, Volume};
 use phantom::{BACKGROUND, FOREGROUND, Phantom};
 use serde_json::{Value, json};
 
+/// A file uploaded with a request: its name and bytes.
+type Upload<'a> = (&'a str, Vec<u8>);
+
 /// `Histogram+GraphCut`, as the Python client quotes it into the path.
 const METHOD_PATH: &str = "Histogram%2BGraphCut";
 
@@ -205,7 +208,8 @@ async fn refusals_are_422_and_change_nothing() {
             .map(|&s| if s == FOREGROUND { 0.0 } else { s })
             .collect(),
     );
-    let cases: Vec<(&str, Value, Option<(&str, Vec<u8>)>, &str)> = vec![
+    // (case, params, scribbles upload, the field the 422 names)
+    let cases: Vec<(&str, Value, Option<Upload>, &str)> = vec![
         (
             "shape",
             save.clone(),

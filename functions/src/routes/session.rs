@@ -24,7 +24,6 @@ use crate::context::Ctx;
 use crate::error::{ApiError, FieldError};
 use crate::extract::{QueryParams, Segment};
 use crate::multipart::read_upload;
-use crate::reply;
 use crate::routes::{client_uri, path_text};
 use crate::state::AppState;
 use crate::volumes::check_image;

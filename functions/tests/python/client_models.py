@@ -82,7 +82,7 @@ def main():
     # The `label` upload reaches the runner, which reads it and checks it fits the image.
     fitting = os.path.join(work, "ct_0_label.nii.gz")
     result_path, params = client.infer(MODEL, "ct_2", {}, label_in=fitting)
-    assert params["label_names"] == {"background": 0, "spleen": 1}, params
+    assert params["label_names"] == {"spleen": 1}, params
     wrong = os.path.join(work, "wrong_label.nii.gz")
     nib.save(nib.Nifti1Image(np.zeros((96, 96, 63), np.uint8), np.diag([1.5, 1.5, 2.0, 1.0])), wrong)
     try:
