@@ -33,6 +33,8 @@ with_deps=(
     # MONAI Label's LocalDatastore (the studies-folder test reads the folder with it).
     "filelock==3.20.3"
     "watchdog==6.0.0"
+    # The OHIF panel check (functions/tests/python/ohif_panel.py) talks CDP to Chromium.
+    "websocket-client==1.9.2"
 )
 # Installed alone: torch's CUDA dependencies are gigabytes the CPU build never loads
 # (only libcudart and libcupti are needed to load libtorch_cpu.so), monailabel's
