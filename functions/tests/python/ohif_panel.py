@@ -9,16 +9,22 @@ $CHROMIUM) and does what a user does with the MONAI Label panel (the OHIF extens
 the monailabel 0.8.5 wheel):
 
 1. opens `/ohif/monai-label?StudyInstanceUIDs=STUDY_UID` (the mode route of the wheel's
-   build) and waits until the viewports show pixels: the image came through the proxy;
+   build; its layout has the panel open on the right) and waits until the viewports'
+   canvases show non-black pixels: the frames came through /proxy/dicom/ and
+   cornerstone3D drew them (WebGL on SwiftShader);
 2. types SERVER_URL into the panel's server box and presses its connect button (the panel
-   defaults to port 8000 of the page's host and connects only on that click);
+   defaults to port 8000 of the page's host, takes the URL on blur and connects only on
+   that click), then waits for its action tabs, which need `/info/`;
 3. runs Auto-Segmentation and waits for the server's `/infer/` reply, then for the
-   segment's colour to appear in the viewports: a screenshot before and after are
-   compared, counting viewport pixels that moved towards the segment colour;
+   segment's colour in the viewports: screenshots before and after are compared,
+   counting viewport pixels whose chroma changed towards the segment colour's;
 4. presses Active Learning's "Next Sample", reads the server's `POST /activelearning/`
-   reply from the network events, accepts the panel's form (it reloads the viewer on the
-   chosen study) and waits for that study's pixels;
-5. saves before.png, overlay.png and next.png in OUT_DIR and prints one JSON line.
+   reply from the network events (CDP Network.*), accepts the panel's form (it reloads
+   the viewer on the chosen study) and waits for that study to come through
+   /proxy/dicom/ and be drawn;
+5. saves before.png, overlay.png and next.png in OUT_DIR (failure.png on a failure) and
+   prints one JSON line: ok, overlay_pixels, next_sample (its StudyInstanceUID),
+   next_sample_is_other_study, the /infer/ and /activelearning/ URLs, the screenshots.
 
 Exit 0 only when the overlay and the next sample were both observed; otherwise a message
 on stderr and exit 1. The whole run is bounded (RUN_SECONDS) and Chromium is always
