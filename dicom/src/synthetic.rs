@@ -236,13 +236,22 @@ fn pixel_data(stored: Vec<u16>) -> DataElement<InMemDicomObject> {
 /// One single-frame CT instance per slice, numbered per `spec.reversed`, returned in
 /// InstanceNumber order. Signed 16-bit, RescaleSlope/Intercept varying by slice.
 pub fn synthetic_ct_series(spec: &SyntheticCt) -> Vec<Vec<u8>> {
-    let volume = spec.volume();
+    synthetic_ct_series_of(spec, &spec.volume())
+}
+
+/// [`synthetic_ct_series`] holding `volume`'s voxels (HU in −1024..=3071, `spec.dims`,
+/// i fastest) instead of the seed's noise: a phantom a model can segment, as DICOM.
+pub fn synthetic_ct_series_of(spec: &SyntheticCt, volume: &Volume<f32>) -> Vec<Vec<u8>> {
+    assert_eq!(
+        volume.dims, spec.dims,
+        "the volume has the series' dimensions"
+    );
     let uids = spec.uids();
     spec.numbering()
         .into_iter()
         .enumerate()
         .map(|(n, k)| {
-            let (stored, slope, intercept) = spec.stored_slice(&volume, k);
+            let (stored, slope, intercept) = spec.stored_slice(volume, k);
             let mut obj = spec.common(&uids);
             for e in [
                 str_elem(tags::SOP_CLASS_UID, VR::UI, uids::CT_IMAGE_STORAGE),

@@ -66,14 +66,7 @@ async fn put_model(url: &str, file_name: &str, bytes: Vec<u8>) -> reqwest::Respo
 }
 
 async fn model_checksum(url: &str) -> String {
-    let info: Value = client()
-        .get(format!("{url}/model/info/{MODEL}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = common::get_json(&format!("{url}/model/info/{MODEL}")).await;
     info["checksum"].as_str().unwrap().to_owned()
 }
 
@@ -132,14 +125,7 @@ async fn a_bundle_is_served_and_replaced_by_uploads_and_bad_models_change_nothin
     let url = server.url.clone();
 
     // /info/ lists the bundle's model with the labels its metadata declares.
-    let info: Value = client()
-        .get(format!("{url}/info/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = common::get_json(&format!("{url}/info/")).await;
     assert_eq!(info["models"][MODEL]["labels"]["organ"], 1, "{info}");
     assert!(infer_foreground(&url, "case1").await > 0);
     let first = model_checksum(&url).await;
@@ -236,14 +222,7 @@ async fn a_new_model_for_a_label_set_is_served_and_made_only_once() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("exists already"));
 
     let server = LocalServer::start(&studies, &[]);
-    let info: Value = client()
-        .get(format!("{}/info/", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = common::get_json(&format!("{}/info/", server.url)).await;
     let labels = &info["models"]["abdomen"]["labels"];
     assert_eq!(
         (labels["spleen"].as_i64(), labels["liver"].as_i64()),
@@ -288,14 +267,7 @@ async fn an_imported_torchscript_model_trains_and_the_next_inference_uses_it() {
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(300);
     let done = loop {
-        let task: Value = client()
-            .get(format!("{url}/train/"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let task: Value = common::get_json(&format!("{url}/train/")).await;
         if task["status"] == "DONE" || task["status"] == "ERROR" {
             break task;
         }

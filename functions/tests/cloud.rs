@@ -5,122 +5,46 @@
 
 #![cfg(feature = "aws")]
 
-use std::path::Path;
 use std::process::Command;
 
 use medlabel_dispatcher::Dispatcher;
-use medlabel_tests::emulator::{AwsTestEnv, aws};
 use serde_json::{Value, json};
+use stack::{Stack, run, run_logged};
 
 mod common;
+mod stack;
 
 const MODEL: &str = "segmentation_spleen";
 
-/// One deployment on the emulator: its table, bucket and job queue.
-struct Stack {
-    env: AwsTestEnv,
-    table: String,
-    bucket: String,
-    queue_url: String,
-}
-
-impl Stack {
-    async fn new() -> Self {
-        let env = aws().await;
-        Self {
-            table: env.fresh_table().await,
-            bucket: env.fresh_bucket().await,
-            queue_url: env.fresh_fifo_queue().await,
-            env,
-        }
-    }
-
-    /// `command` with its AWS SDK pointed at this stack's emulator.
-    fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
-        let mut command = Command::new(program);
-        command.envs([
-            ("AWS_ENDPOINT_URL", self.env.endpoint.as_str()),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ]);
-        command
-    }
-
-    /// Runs `command` to its end; the JSON it printed.
-    fn run(command: Command) -> Value {
-        Self::run_logged(command).0
-    }
-
-    /// Runs `command` to its end; the JSON it printed, and its log (stderr).
-    fn run_logged(mut command: Command) -> (Value, String) {
-        let output = command.output().expect("the command starts");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-        assert!(
-            output.status.success(),
-            "{command:?} failed\nstdout: {stdout}\nstderr: {stderr}"
-        );
-        // One JSON document: the runner's is pretty-printed, the script's one line.
-        let answer = serde_json::from_str(stdout.trim())
-            .unwrap_or_else(|err| panic!("{command:?} printed no JSON ({err}): {stdout}"));
-        (answer, stderr)
-    }
-
-    fn publish_starter_model(&self) {
-        let starter = common::manifest_dir()
-            .join("../gpu-runner/models")
-            .join(MODEL);
-        let mut command = self.command(env!("CARGO_BIN_EXE_medlabel"));
-        command.arg("publish-model").arg(starter).args([
-            "--table",
-            &self.table,
-            "--bucket",
-            &self.bucket,
-        ]);
-        assert_eq!(
-            Self::run(command),
-            json!({"model": MODEL, "published": true})
-        );
-    }
-
-    /// `medlabel serve --backend aws` on a free loopback port: the volume service.
-    fn serve(&self) -> common::LocalServer {
-        let mut command = self.command(env!("CARGO_BIN_EXE_medlabel"));
-        command
-            .args([
-                "serve",
-                "--backend",
-                "aws",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-            ])
-            .args(["--table", &self.table, "--bucket", &self.bucket]);
-        common::LocalServer::spawn(command)
-    }
-
-    /// `medlabel-runner sqs-worker --until-empty`, to run with [`Stack::run`].
-    fn worker(&self, work: &Path) -> Command {
-        let mut command = self.command(common::runner_binary());
-        command
-            .args(["sqs-worker", "--until-empty", "--device", "cpu"])
-            .args(["--queue-url", &self.queue_url])
-            .args(["--table", &self.table, "--bucket", &self.bucket])
-            .arg("--work")
-            .arg(work)
-            .env("OMP_NUM_THREADS", "1");
-        command
-    }
+/// `medlabel serve --backend aws` on a free loopback port over `stack`: the volume
+/// service.
+fn serve(stack: &Stack) -> common::LocalServer {
+    let mut command = stack.command(env!("CARGO_BIN_EXE_medlabel"));
+    command
+        .args([
+            "serve",
+            "--backend",
+            "aws",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+        ])
+        .args(["--table", &stack.table, "--bucket", &stack.bucket]);
+    common::LocalServer::spawn(command)
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_python_client_moves_50_mb_volumes_through_the_volume_service_and_the_runner_trains() {
     let stack = Stack::new().await;
-    stack.publish_starter_model();
-    let service = stack.serve();
+    let starter = common::manifest_dir()
+        .join("../gpu-runner/models")
+        .join(MODEL);
+    assert_eq!(
+        stack.publish_model(&starter),
+        json!({"model": MODEL, "published": true})
+    );
+    let service = serve(&stack);
     let work = tempfile::tempdir().unwrap();
 
     let python = common::cache_dir().join("py/bin/python");
@@ -130,7 +54,7 @@ async fn the_python_client_moves_50_mb_volumes_through_the_volume_service_and_th
         .arg(&service.url)
         .arg(work.path())
         .arg("50");
-    let report = tokio::task::spawn_blocking(move || Stack::run(client))
+    let report = tokio::task::spawn_blocking(move || run(client))
         .await
         .unwrap();
     assert_eq!(report["ok"], true, "{report}");
@@ -159,7 +83,7 @@ async fn the_python_client_moves_50_mb_volumes_through_the_volume_service_and_th
     let runner_work = work.path().join("runner");
     std::fs::create_dir_all(&runner_work).unwrap();
     let worker = stack.worker(&runner_work);
-    let (handled, log) = tokio::task::spawn_blocking(move || Stack::run_logged(worker))
+    let (handled, log) = tokio::task::spawn_blocking(move || run_logged(worker))
         .await
         .unwrap();
     assert_eq!(

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use common::LocalServer;
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject, from_reader};
-use medlabel_dicom::synthetic::{SyntheticCt, synthetic_ct_multiframe, synthetic_ct_series};
+use medlabel_dicom::synthetic::{
+    SyntheticCt, synthetic_ct_multiframe, synthetic_ct_series, synthetic_ct_series_of,
+};
 use medlabel_dicom::{
     SegReadOptions, SegWriteOptions, Segment, SeriesInfo, read_seg, series_to_volume, write_seg,
 };
@@ -102,6 +104,39 @@ async fn wait_for(server: &LocalServer, what: &str, done: impl Fn(&Value) -> boo
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Saves `file` as the final label of `image`, as a client's `PUT /datastore/label`
+/// with `params` does, and checks it was taken.
+async fn save_final_label(server: &LocalServer, image: &str, file: Vec<u8>, params: Value) {
+    let form = reqwest::multipart::Form::new()
+        .text("params", params.to_string())
+        .part(
+            "label",
+            reqwest::multipart::Part::bytes(file).file_name(format!("{image}.nii.gz")),
+        );
+    let reply = reqwest::Client::new()
+        .put(format!(
+            "{}/datastore/label?image={image}&tag=final",
+            server.url
+        ))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status(),
+        StatusCode::OK,
+        "{}",
+        reply.text().await.unwrap()
+    );
+}
+
+/// The SeriesInstanceUID of the one SEG series Orthanc holds.
+async fn the_seg_series(orthanc: &Orthanc) -> String {
+    let segs = orthanc.series("Modality=SEG").await;
+    assert_eq!(segs.len(), 1, "{segs:#?}");
+    segs[0]["0020000E"]["Value"][0].as_str().unwrap().to_owned()
 }
 
 fn count(all: &Value) -> usize {
@@ -259,34 +294,14 @@ async fn final_labels_go_to_the_pacs_as_seg_and_seg_series_come_back_as_labels()
     let a_uid = a.uids().series;
     let label = mask(&a, 1.0, 3000);
     let file = medlabel_imaging::nifti::write_nifti_bytes(&label, DataType::U8, true).unwrap();
-    let form = reqwest::multipart::Form::new()
-        .text(
-            "params",
-            json!({"label_info": [{"name": "spleen", "idx": 1}], "client_id": "slicer"})
-                .to_string(),
-        )
-        .part(
-            "label",
-            reqwest::multipart::Part::bytes(file).file_name(format!("{a_uid}.nii.gz")),
-        );
-    let reply = reqwest::Client::new()
-        .put(format!(
-            "{}/datastore/label?image={a_uid}&tag=final",
-            server.url
-        ))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        reply.status(),
-        StatusCode::OK,
-        "{}",
-        reply.text().await.unwrap()
-    );
-    let segs = orthanc.series("Modality=SEG").await;
-    assert_eq!(segs.len(), 1, "{segs:#?}");
-    let seg_uid = segs[0]["0020000E"]["Value"][0].as_str().unwrap().to_owned();
+    save_final_label(
+        &server,
+        &a_uid,
+        file,
+        json!({"label_info": [{"name": "spleen", "idx": 1}], "client_id": "slicer"}),
+    )
+    .await;
+    let seg_uid = the_seg_series(&orthanc).await;
     let (_, info) = get_json(
         &server,
         &format!("/datastore/label/info?label={a_uid}&tag=final"),
@@ -735,30 +750,8 @@ async fn orthanc_series_are_inferred_labelled_as_seg_and_trained_on() {
     // label, and reads back as the label.
     let label = box_mask(&a, 1.0);
     let file = medlabel_imaging::nifti::write_nifti_bytes(&label, DataType::U8, true).unwrap();
-    let form = reqwest::multipart::Form::new()
-        .text("params", json!({"client_id": "ohif"}).to_string())
-        .part(
-            "label",
-            reqwest::multipart::Part::bytes(file).file_name(format!("{a_uid}.nii.gz")),
-        );
-    let reply = reqwest::Client::new()
-        .put(format!(
-            "{}/datastore/label?image={a_uid}&tag=final",
-            server.url
-        ))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        reply.status(),
-        StatusCode::OK,
-        "{}",
-        reply.text().await.unwrap()
-    );
-    let segs = orthanc.series("Modality=SEG").await;
-    assert_eq!(segs.len(), 1, "{segs:#?}");
-    let seg_uid = segs[0]["0020000E"]["Value"][0].as_str().unwrap().to_owned();
+    save_final_label(&server, &a_uid, file, json!({"client_id": "ohif"})).await;
+    let seg_uid = the_seg_series(&orthanc).await;
     let stored = orthanc.series_files(&seg_uid).await.remove(0);
     let stored = read_seg(&stored, &series_info(&a), &SegReadOptions::default()).unwrap();
     assert_eq!(stored.segments[0].label, "spleen");
@@ -886,4 +879,98 @@ async fn ohif_from_the_wheel_lists_the_pacs_studies_through_the_proxy() {
         "the study list lacks the study: {}",
         &dom[..dom.len().min(4000)]
     );
+}
+
+/// A `make-sample` phantom (a bright spleen-like ellipsoid beside a dimmer organ, what
+/// the starter model learned) as a CT series: axial, rows and columns running along
+/// RAS +x and +y so the converted volume is the phantom as it was made.
+fn phantom_series(nifti: &Path, seed: u64) -> (SyntheticCt, Vec<Vec<u8>>) {
+    let mut volume = read_volume_bytes(&std::fs::read(nifti).unwrap(), ".nii.gz").unwrap();
+    for v in &mut volume.data {
+        *v = v.clamp(-1024.0, 3071.0);
+    }
+    let spec = SyntheticCt {
+        dims: volume.dims,
+        spacing: std::array::from_fn(|axis| volume.affine[axis][axis].abs()),
+        orientation: [-1.0, 0.0, 0.0, 0.0, -1.0, 0.0],
+        seed,
+        ..SyntheticCt::default()
+    };
+    let files = synthetic_ct_series_of(&spec, &volume);
+    (spec, files)
+}
+
+/// OHIF's MONAI Label panel in headless Chromium, as a user drives it: the viewer opens
+/// a study from Orthanc through the proxy, Auto-Segmentation draws the model's mask over
+/// it, and Next Sample opens the study the server picked. `tests/python/ohif_panel.py`
+/// drives Chromium over the DevTools protocol and finds the overlay by comparing
+/// screenshots taken before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ohif_panel_segments_a_study_and_opens_the_next_sample() {
+    let orthanc = Orthanc::start().await;
+    let phantoms = tempfile::tempdir().unwrap();
+    let made = std::process::Command::new(common::runner_binary())
+        .args(["make-sample", "--cases", "2", "--seed", "11", "--out"])
+        .arg(phantoms.path())
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let mut studies = Vec::new();
+    for (n, seed) in [(0, 71), (1, 72)] {
+        let (spec, files) =
+            phantom_series(&phantoms.path().join(format!("spleen_00{n}.nii.gz")), seed);
+        orthanc.store_all(&files).await;
+        studies.push(spec.uids().study);
+    }
+    let home = tempfile::tempdir().unwrap();
+    let runner = common::runner_binary();
+    let starter = common::manifest_dir().join("../gpu-runner/models/segmentation_spleen");
+    let ohif = wheel_ohif();
+    let server = serve_url(
+        &orthanc.dicomweb(),
+        home.path(),
+        &[
+            OsStr::new("--runner"),
+            runner.as_os_str(),
+            OsStr::new("--starter-model"),
+            starter.as_os_str(),
+            OsStr::new("--device"),
+            OsStr::new("cpu"),
+            OsStr::new("--ohif"),
+            ohif.as_os_str(),
+        ],
+    );
+    wait_for(&server, "the series", |all| count(all) == 2).await;
+    // The panel's tabs need the model in /info/, which lists it once the runner serves.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while common::get_json(&format!("{}/info/", server.url)).await["models"][MODEL].is_null() {
+        assert!(Instant::now() < deadline, "the runner never served {MODEL}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let out = tempfile::tempdir().unwrap();
+    let mut script = std::process::Command::new(common::python());
+    script
+        .arg(common::manifest_dir().join("tests/python/ohif_panel.py"))
+        .arg(&server.url)
+        .arg(&studies[0])
+        .arg(out.path());
+    let output = tokio::task::spawn_blocking(move || script.output().unwrap())
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the OHIF panel run failed\nstdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["ok"], true, "{report:#}");
+    assert!(
+        report["overlay_pixels"].as_u64().unwrap() >= 50,
+        "{report:#}"
+    );
+    let picked = report["next_sample"].as_str().unwrap();
+    assert!(studies.iter().any(|s| s == picked), "{report:#}");
+    assert!(out.path().join("overlay.png").is_file());
 }

@@ -14,6 +14,7 @@
 #![cfg(feature = "aws")]
 
 mod common;
+mod stack;
 
 use std::path::Path;
 use std::process::Command;
@@ -32,33 +33,14 @@ use medlabel_functions::routes;
 use medlabel_functions::state::{AppState, Config};
 use medlabel_imaging::nifti::read_nifti_bytes;
 use medlabel_imaging::transforms::dice;
-use medlabel_tests::emulator::{AwsTestEnv, aws};
 use serde_json::{Value, json};
+use stack::Stack;
 
 const MODEL: &str = "segmentation_spleen";
 
-/// One deployment on the emulator: its table, bucket and job queue.
-struct Stack {
-    env: AwsTestEnv,
-    table: String,
-    bucket: String,
-    queue_url: String,
-}
-
+/// What these tests need of a deployment beyond [`Stack`]: its stores, its functions
+/// and a runner that drains its queue.
 impl Stack {
-    async fn new() -> Self {
-        let env = aws().await;
-        let table = env.fresh_table().await;
-        let bucket = env.fresh_bucket().await;
-        let queue_url = env.fresh_fifo_queue().await;
-        Self {
-            env,
-            table,
-            bucket,
-            queue_url,
-        }
-    }
-
     fn store(&self) -> Arc<dyn EventStore> {
         Arc::new(DynamoEventStore::new(self.env.dynamodb(), &self.table))
     }
@@ -91,53 +73,12 @@ impl Stack {
         finish(routes(), state)
     }
 
-    /// The environment that points a child process's AWS SDK at this stack's emulator.
-    fn aws_env(&self) -> [(&str, &str); 4] {
-        [
-            ("AWS_ENDPOINT_URL", &self.env.endpoint),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_REGION", "us-east-1"),
-        ]
-    }
-
-    /// Runs `command` against this stack to its end; the JSON it printed.
-    fn run(&self, mut command: Command) -> Value {
-        let output = command
-            .envs(self.aws_env())
-            .output()
-            .expect("the command starts");
-        assert!(
-            output.status.success(),
-            "{command:?} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap()
-    }
-
-    /// `medlabel publish-model DIR` against this stack; what it printed.
-    fn publish_model(&self, dir: &Path) -> Value {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_medlabel"));
-        command.arg("publish-model").arg(dir).args([
-            "--table",
-            &self.table,
-            "--bucket",
-            &self.bucket,
-        ]);
-        self.run(command)
-    }
-
     /// `medlabel-runner sqs-worker --until-empty` against this stack; what it handled.
     fn run_worker(&self, work: &Path) -> Vec<Value> {
-        let mut command = Command::new(common::runner_binary());
-        command
-            .args(["sqs-worker", "--until-empty", "--device", "cpu"])
-            .args(["--queue-url", &self.queue_url])
-            .args(["--table", &self.table, "--bucket", &self.bucket])
-            .arg("--work")
-            .arg(work)
-            .env("OMP_NUM_THREADS", "1");
-        self.run(command)["handled"].as_array().unwrap().clone()
+        stack::run(self.worker(work))["handled"]
+            .as_array()
+            .unwrap()
+            .clone()
     }
 }
 

@@ -118,32 +118,6 @@ fn mirrored() -> Vec<u8> {
     CT.as_slice().iter().rev().copied().collect()
 }
 
-/// Splits a multipart reply into (headers, body) per part.
-fn parts(content_type: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let boundary = content_type.split("boundary=").nth(1).unwrap();
-    let delimiter = format!("--{boundary}");
-    let text = body.to_vec();
-    let mut out = Vec::new();
-    let mut rest = &text[..];
-    while let Some(start) = find(rest, delimiter.as_bytes()) {
-        rest = &rest[start + delimiter.len()..];
-        if rest.starts_with(b"--") {
-            break;
-        }
-        let header_end = find(rest, b"\r\n\r\n").unwrap();
-        let headers = String::from_utf8_lossy(&rest[2..header_end]).into_owned();
-        let content = &rest[header_end + 4..];
-        let end = find(content, format!("\r\n{delimiter}").as_bytes()).unwrap();
-        out.push((headers, content[..end].to_vec()));
-        rest = &content[end + 2..];
-    }
-    out
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
 #[tokio::test]
 async fn infer_replies_in_every_output_and_saves_labels() {
     let h = harness().await;
@@ -168,7 +142,7 @@ async fn infer_replies_in_every_output_and_saves_labels() {
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     let content_type = reply.header("content-type").unwrap().to_owned();
     assert!(content_type.starts_with("multipart/form-data; boundary="));
-    let parts = parts(&content_type, &reply.body);
+    let parts = common::multipart_parts(&content_type, &reply.body);
     assert_eq!(parts.len(), 2);
     assert!(parts[0].0.contains("name=\"params\""));
     let params: Value = serde_json::from_slice(&parts[0].1).unwrap();

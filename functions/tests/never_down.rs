@@ -233,15 +233,7 @@ async fn an_event_no_reader_can_decode_is_quarantined_and_everything_else_works(
     let position = write_undecodable_event(&studies.path().join(".medlabel/events.db"), "image/ct");
 
     let server = LocalServer::start(studies.path(), &no_runner());
-    let http = client();
-    let info: Value = http
-        .get(format!("{}/info/", server.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info: Value = common::get_json(&format!("{}/info/", server.url)).await;
     let quarantined = &info["quarantined_events"][0];
     assert_eq!(quarantined["position"], position);
     assert_eq!(quarantined["stream"], "image/ct");
@@ -460,14 +452,7 @@ async fn train(url: &str, epochs: u32) -> reqwest::Response {
 }
 
 async fn task(url: &str) -> Value {
-    client()
-        .get(format!("{url}/train/"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    common::get_json(&format!("{url}/train/")).await
 }
 
 /// Polls the latest training task until `done` says so.
@@ -548,14 +533,7 @@ async fn a_dead_or_frozen_runner_loses_its_job_and_comes_back() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     let second = train(&url, 1000).await;
     assert_eq!(second.status(), StatusCode::OK, "{:?}", second.text().await);
-    let all: Value = client()
-        .get(format!("{url}/train/?all=true"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all: Value = common::get_json(&format!("{url}/train/?all=true")).await;
     let expired = all
         .as_array()
         .unwrap()

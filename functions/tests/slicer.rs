@@ -198,7 +198,7 @@ async fn slicer_module_flow() {
     .await;
     assert_eq!(inferred.status, 200, "{}", inferred.detail());
     let content_type = inferred.header("content-type").unwrap().to_owned();
-    let parts = multipart_parts(&content_type, &inferred.body);
+    let parts = common::multipart_parts(&content_type, &inferred.body);
     let (file_headers, nrrd) = parts
         .iter()
         .find(|(headers, _)| headers.contains("filename="))
@@ -289,29 +289,4 @@ async fn slicer_module_flow() {
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(bytes))
-}
-
-/// Splits a multipart reply into (headers, body) per part.
-fn multipart_parts(content_type: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let boundary = content_type.split("boundary=").nth(1).unwrap();
-    let delimiter = format!("--{boundary}");
-    let mut out = Vec::new();
-    let mut rest = body;
-    while let Some(start) = find(rest, delimiter.as_bytes()) {
-        rest = &rest[start + delimiter.len()..];
-        if rest.starts_with(b"--") {
-            break;
-        }
-        let header_end = find(rest, b"\r\n\r\n").unwrap();
-        let headers = String::from_utf8_lossy(&rest[2..header_end]).into_owned();
-        let content = &rest[header_end + 4..];
-        let end = find(content, format!("\r\n{delimiter}").as_bytes()).unwrap();
-        out.push((headers, content[..end].to_vec()));
-        rest = &content[end + 2..];
-    }
-    out
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }

@@ -520,3 +520,44 @@ pub fn sample_studies(dir: &std::path::Path, cases: usize) {
         .unwrap();
     assert!(status.success());
 }
+
+/// `GET url` (a 300 s timeout: a server may be busy training); the reply's JSON body,
+/// whatever its status.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(300))
+        .build()
+        .unwrap()
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Splits a multipart reply into (headers, body) per part.
+pub fn multipart_parts(content_type: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let boundary = content_type.split("boundary=").nth(1).unwrap();
+    let delimiter = format!("--{boundary}");
+    let mut out = Vec::new();
+    let mut rest = body;
+    while let Some(start) = find(rest, delimiter.as_bytes()) {
+        rest = &rest[start + delimiter.len()..];
+        if rest.starts_with(b"--") {
+            break;
+        }
+        let header_end = find(rest, b"\r\n\r\n").unwrap();
+        let headers = String::from_utf8_lossy(&rest[2..header_end]).into_owned();
+        let content = &rest[header_end + 4..];
+        let end = find(content, format!("\r\n{delimiter}").as_bytes()).unwrap();
+        out.push((headers, content[..end].to_vec()));
+        rest = &content[end + 2..];
+    }
+    out
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}

@@ -15,6 +15,20 @@ use tch::{Device, Kind, Tensor};
 
 use super::Mode;
 
+/// A convolution's variables: `p/weight` of `shape` and, with `bias`, `p/bias` of
+/// `channels`. Bias first, as tch's own layers draw them, so seeded inits stay as they
+/// were.
+fn conv_variables(
+    p: &nn::Path,
+    shape: [i64; 5],
+    channels: i64,
+    bias: bool,
+) -> (Tensor, Option<Tensor>) {
+    let bs = bias.then(|| p.var("bias", &[channels], nn::Init::Const(0.0)));
+    let ws = p.var("weight", &shape, nn::init::DEFAULT_KAIMING_UNIFORM);
+    (ws, bs)
+}
+
 /// A 3D convolution with per-axis kernel, stride and padding.
 #[derive(Debug)]
 pub struct Conv {
@@ -36,14 +50,9 @@ impl Conv {
         bias: bool,
     ) -> Self {
         let [a, b, c] = kernel;
-        // Bias first, as tch's own layers draw them, so seeded inits stay as they were.
-        let bs = bias.then(|| p.var("bias", &[cout], nn::Init::Const(0.0)));
+        let (ws, bs) = conv_variables(&p, [cout, cin, a, b, c], cout, bias);
         Self {
-            ws: p.var(
-                "weight",
-                &[cout, cin, a, b, c],
-                nn::init::DEFAULT_KAIMING_UNIFORM,
-            ),
+            ws,
             bs,
             stride,
             padding,
@@ -106,13 +115,9 @@ impl ConvTranspose {
         bias: bool,
     ) -> Self {
         let [a, b, c] = kernel;
-        let bs = bias.then(|| p.var("bias", &[cout], nn::Init::Const(0.0)));
+        let (ws, bs) = conv_variables(&p, [cin, cout, a, b, c], cout, bias);
         Self {
-            ws: p.var(
-                "weight",
-                &[cin, cout, a, b, c],
-                nn::init::DEFAULT_KAIMING_UNIFORM,
-            ),
+            ws,
             bs,
             stride,
             padding,
