@@ -101,7 +101,8 @@ echo "machine: $(getconf _NPROCESSORS_ONLN) cores, $(grep -m1 'model name' /proc
 echo "load before: $(uptime)"
 "$python" -c "
 import nibabel as nib, numpy as np
-label = np.random.default_rng(3).integers(0, 2, size=(12, 12, 12), dtype=np.uint8)
+# The images' shape and affine: a label that does not fit its image is refused (422).
+label = np.random.default_rng(3).integers(0, 2, size=(8, 8, 8), dtype=np.uint8)
 nib.save(nib.Nifti1Image(label, np.eye(4)), '$work/label.nii.gz')"
 echo "label upload: $(stat -c %s "$work/label.nii.gz") bytes"
 

@@ -80,7 +80,7 @@ record() { # SIZE PATH OP SECONDS
 moto_port=$(free_port)
 "$python" scripts/moto_server.py -H 127.0.0.1 -p "$moto_port" >"$work/moto.log" 2>&1 &
 pids+=($!)
-export AWS_ENDPOINT_URL=http://127.0.0.1:$moto_port AWS_REGION=us-east-1 \
+export AWS_ENDPOINT_URL=http://127.0.0.1:$moto_port AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 \
     AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_EC2_METADATA_DISABLED=true
 for _ in $(seq 1 300); do
     curl -s -o /dev/null "$AWS_ENDPOINT_URL/_medlabel/busy" && break
