@@ -124,7 +124,7 @@ def monai_label(dicomweb):
             summary(f"monailabel: {name}()", times, images=found)
 
 
-def medlabel(binary, dicomweb, work):
+def medlabel(binary, dicomweb, work, count):
     env = dict(os.environ, MEDLABEL_DICOMWEB_USERNAME=USER, MEDLABEL_DICOMWEB_PASSWORD=PASSWORD)
     started = time.perf_counter()
     child = subprocess.Popen(
@@ -136,7 +136,7 @@ def medlabel(binary, dicomweb, work):
         base = line.strip().rsplit(" at ", 1)[1].rstrip("/")
         http = requests.Session()
         total = 0
-        while total < COUNT:
+        while total < count:
             total = http.get(f"{base}/datastore/?output=stats").json()["total"]
             time.sleep(0.2)
         print(json.dumps({"what": "medlabel: start to every series listed", "seconds": round(time.perf_counter() - started, 3), "images": total}), flush=True)
@@ -157,19 +157,19 @@ def medlabel(binary, dicomweb, work):
 
 
 if __name__ == "__main__":
-    BINARY = sys.argv[1]
-    COUNT = int(sys.argv[2]) if len(sys.argv) > 2 else 10_000
+    binary = sys.argv[1]
+    count = int(sys.argv[2]) if len(sys.argv) > 2 else 10_000
     with tempfile.TemporaryDirectory() as work:
         orthanc, url = start_orthanc(work)
         try:
             http = requests.Session()
             http.auth = (USER, PASSWORD)
             started = time.perf_counter()
-            for n in range(COUNT):
+            for n in range(count):
                 http.post(f"{url}/instances", data=tiny_ct(n)).raise_for_status()
-            print(json.dumps({"what": "orthanc: series stored", "series": COUNT, "seconds": round(time.perf_counter() - started, 1)}), flush=True)
+            print(json.dumps({"what": "orthanc: series stored", "series": count, "seconds": round(time.perf_counter() - started, 1)}), flush=True)
             dicomweb = f"{url}/dicom-web"
             monai_label(dicomweb)
-            medlabel(BINARY, dicomweb, work)
+            medlabel(binary, dicomweb, work, count)
         finally:
             orthanc.kill()
