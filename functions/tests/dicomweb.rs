@@ -139,6 +139,27 @@ async fn the_seg_series(orthanc: &Orthanc) -> String {
     segs[0]["0020000E"]["Value"][0].as_str().unwrap().to_owned()
 }
 
+/// Checks that Orthanc's SEG series `seg_uid` of the series `spec` holds one `spleen`
+/// segment whose mask is `label`.
+async fn assert_spleen_seg(
+    orthanc: &Orthanc,
+    seg_uid: &str,
+    spec: &SyntheticCt,
+    label: &Volume<f32>,
+) {
+    let seg = orthanc.series_files(seg_uid).await.remove(0);
+    let decoded = read_seg(&seg, &series_info(spec), &SegReadOptions::default()).unwrap();
+    assert_eq!(decoded.segments[0].label, "spleen");
+    assert!(
+        decoded
+            .mask
+            .data
+            .iter()
+            .map(|&v| f32::from(v))
+            .eq(label.data.iter().copied())
+    );
+}
+
 fn count(all: &Value) -> usize {
     all["objects"].as_object().map_or(0, |o| o.len())
 }
@@ -309,17 +330,7 @@ async fn final_labels_go_to_the_pacs_as_seg_and_seg_series_come_back_as_labels()
     .await;
     assert_eq!(info["SeriesInstanceUID"], json!(seg_uid));
     assert_eq!(info["label_names"], json!({"spleen": 1}));
-    let seg = orthanc.series_files(&seg_uid).await.remove(0);
-    let decoded = read_seg(&seg, &series_info(&a), &SegReadOptions::default()).unwrap();
-    assert_eq!(decoded.segments[0].label, "spleen");
-    assert!(
-        decoded
-            .mask
-            .data
-            .iter()
-            .map(|&v| f32::from(v))
-            .eq(label.data.iter().copied())
-    );
+    assert_spleen_seg(&orthanc, &seg_uid, &a, &label).await;
 
     // A SEG stored in Orthanc by someone else (OHIF's export) becomes B's final label.
     let b_mask = mask(&b, 1.0, 2500);
@@ -752,17 +763,7 @@ async fn orthanc_series_are_inferred_labelled_as_seg_and_trained_on() {
     let file = medlabel_imaging::nifti::write_nifti_bytes(&label, DataType::U8, true).unwrap();
     save_final_label(&server, &a_uid, file, json!({"client_id": "ohif"})).await;
     let seg_uid = the_seg_series(&orthanc).await;
-    let stored = orthanc.series_files(&seg_uid).await.remove(0);
-    let stored = read_seg(&stored, &series_info(&a), &SegReadOptions::default()).unwrap();
-    assert_eq!(stored.segments[0].label, "spleen");
-    assert!(
-        stored
-            .mask
-            .data
-            .iter()
-            .map(|&v| f32::from(v))
-            .eq(label.data.iter().copied())
-    );
+    assert_spleen_seg(&orthanc, &seg_uid, &a, &label).await;
     let reply = get(
         &server,
         &format!("/datastore/label?label={a_uid}&tag=final"),
