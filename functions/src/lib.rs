@@ -24,6 +24,7 @@ pub mod dicomweb;
 pub mod downloads;
 pub mod error;
 pub mod extract;
+pub mod inference;
 pub mod lambda;
 pub mod log_source;
 pub mod logging;

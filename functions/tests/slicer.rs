@@ -125,7 +125,10 @@ async fn serve(studies: &Path) -> AppState {
     let store: Arc<dyn EventStore> = state.datastore.event_store().clone();
     let folder = Arc::new(StudiesFolder::open(studies, blobs).unwrap());
     let projected = folder.rebuild(&store, &[]).await.unwrap();
-    tokio::spawn(folder.clone().follow(store, projected));
+    folder
+        .clone()
+        .follow_in_background(store, projected)
+        .unwrap();
     let runner = Arc::new(SlicerRunner {
         jobs: state.runner.clone(),
     });

@@ -271,10 +271,35 @@ impl StudiesFolder {
         Ok(state)
     }
 
+    /// Runs [`StudiesFolder::follow`] on a thread of its own, at the lowest scheduling
+    /// priority, for the life of the process.
+    ///
+    /// The follower's work (folding events, placing files, serialising
+    /// `datastore_v2.json` for every image) is not urgent, but on the runtime's worker
+    /// threads each of its steps would stall the requests queued behind it; on a
+    /// thread of its own, niced, the kernel gives the request handlers the cores first
+    /// and the folder catches up when they idle (issue #14: the projection must not
+    /// cost the write path its speed).
+    pub fn follow_in_background(
+        self: Arc<Self>,
+        store: Arc<dyn EventStore>,
+        state: FolderState,
+    ) -> io::Result<std::thread::JoinHandle<()>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        std::thread::Builder::new()
+            .name("studies-folder".into())
+            .spawn(move || {
+                lower_thread_priority();
+                runtime.block_on(self.follow(store, state));
+            })
+    }
+
     /// Follows the log from `state` (as [`StudiesFolder::rebuild`] left it) for as long
     /// as the task runs. Errors are logged and retried: the folder is a projection, and
     /// the next start rebuilds whatever a failure left out.
-    pub async fn follow(self: Arc<Self>, store: Arc<dyn EventStore>, mut state: FolderState) {
+    async fn follow(self: Arc<Self>, store: Arc<dyn EventStore>, mut state: FolderState) {
         let mut dirty = false;
         let mut quiet_since = Instant::now();
         let mut flushed_at = Instant::now();
@@ -482,6 +507,23 @@ impl StudiesFolder {
         let mut written = self.written.subscribe();
         let _ = tokio::time::timeout(SETTLE_LIMIT, written.wait_for(|&p| p >= head)).await;
         Ok(())
+    }
+}
+
+/// Gives the calling thread the lowest CPU priority (nice 19). Linux applies a nice value
+/// to one thread when `setpriority` is given its thread id; failing that, the thread
+/// runs at normal priority, which is only slower for the requests, never wrong.
+fn lower_thread_priority() {
+    // SAFETY: gettid has no preconditions; setpriority only reads its arguments.
+    let done = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
+    };
+    if done != 0 {
+        tracing::debug!(
+            error = %io::Error::last_os_error(),
+            "studies folder: could not lower the follower's priority"
+        );
     }
 }
 

@@ -508,7 +508,9 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
             }
             let folder = Arc::new(StudiesFolder::open(dir, blobs.clone())?);
             let projected = folder.rebuild(&store, &report.leftovers).await?;
-            tokio::spawn(folder.clone().follow(store.clone(), projected));
+            folder
+                .clone()
+                .follow_in_background(store.clone(), projected)?;
             state = state.with_studies_folder(folder.clone());
             Some(folder)
         }

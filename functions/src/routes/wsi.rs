@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 
 use crate::error::{ApiError, FieldError};
 use crate::extract::{QueryParams, Segment, json_body, json_object, parse_id};
+use crate::inference::no_image;
 use crate::multipart::read_upload;
-use crate::routes::infer::no_image;
 use crate::state::AppState;
 
 /// MONAI Label's `WSIInput`: which region of which pyramid level to segment, in tiles.

@@ -511,8 +511,14 @@ impl Drop for LocalServer {
 
 /// Synthetic CT-like studies with final labels, written by the runner (`make-sample`).
 pub fn sample_studies(dir: &std::path::Path, cases: usize) {
+    sample_studies_seeded(dir, cases, 3);
+}
+
+/// [`sample_studies`] from another seed: cases the seed-3 ones never show.
+pub fn sample_studies_seeded(dir: &std::path::Path, cases: usize, seed: u64) {
     let status = std::process::Command::new(runner_binary())
-        .args(["make-sample", "--cases", &cases.to_string(), "--seed", "3"])
+        .args(["make-sample", "--cases", &cases.to_string()])
+        .args(["--seed", &seed.to_string()])
         .args(["--dims", "48,48,32", "--spacing", "3,3,3", "--out"])
         .arg(dir)
         .stdout(std::process::Stdio::null())
