@@ -50,9 +50,15 @@ pub fn content_disposition(file_name: &str) -> HeaderValue {
     HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static("attachment"))
 }
 
+/// Bytes a download stream reads at a time. `ReaderStream`'s default (4 KiB) made a
+/// 300 MB CT 75,000 reads, each a trip to tokio's blocking pool for a file, and as many
+/// body frames: the local server streamed 4–5× slower than the volume service.
+pub(crate) const DOWNLOAD_CHUNK: usize = 256 << 10;
+
 /// Streams a stored blob as a download named `file_name`.
 pub fn blob_file(file_name: &str, blob: &BlobRef, reader: BlobReader) -> Response {
-    let mut response = Body::from_stream(ReaderStream::new(reader)).into_response();
+    let stream = ReaderStream::with_capacity(reader, DOWNLOAD_CHUNK);
+    let mut response = Body::from_stream(stream).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -548,7 +548,8 @@ async fn dataset(
     let size = file.metadata().await?.len();
     // The open handle keeps the bytes readable after the directory is removed.
     drop(dir);
-    let mut response = Body::from_stream(ReaderStream::new(file)).into_response();
+    let stream = ReaderStream::with_capacity(file, reply::DOWNLOAD_CHUNK);
+    let mut response = Body::from_stream(stream).into_response();
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();
     headers.insert(
