@@ -238,7 +238,7 @@ fn postprocess(
 /// The runner's standard post-processing (softmax → invert → argmax) without
 /// materialising what it need not: class labels on the input grid from window logits
 /// `[1, classes, …]` on the network's grid.
-fn labels_on_grid(prep: &Prepared, logits: &Tensor) -> Tensor {
+pub(crate) fn labels_on_grid(prep: &Prepared, logits: &Tensor) -> Tensor {
     let classes = logits.size()[1];
     let size: i64 = logits.size()[2..].iter().product();
     let full = size * classes * 8; // generous: the input grid may be finer
@@ -287,7 +287,7 @@ fn sync_elapsed(device: Device, t: Instant) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{Intensity, ModelConfig};
     use crate::pipeline::Pipeline;
@@ -296,6 +296,8 @@ mod tests {
 
     pub(crate) fn tiny_config(roi: [i64; 3]) -> ModelConfig {
         ModelConfig {
+            model_type: Default::default(),
+            guidance: Default::default(),
             labels: BTreeMap::from([("background".into(), 0), ("spleen".into(), 1)]),
             spacing: [2.0, 2.0, 2.0],
             intensity: Intensity::spleen_ct(),

@@ -224,9 +224,10 @@ impl Pipeline {
 #[derive(Debug, Clone)]
 enum Undo {
     Orientation(Orientation),
-    /// Resampled from `size` (tensor order); sampling back steps by `step`.
+    /// Resampled from `size` to `to` (tensor order); sampling back steps by `step`.
     Resample {
         size: [i64; 3],
+        to: [i64; 3],
         step: [f64; 3],
     },
     /// Cropped from `size` starting at `start` (negative: padded).
@@ -290,6 +291,7 @@ pub fn prepare(
                 lab = lab.map(|l| resample(&l, to, fwd, true));
                 undo.push(Undo::Resample {
                     size: from,
+                    to,
                     step: step(target, spacing),
                 });
                 spacing = target;
@@ -326,6 +328,31 @@ pub fn prepare(
 }
 
 impl Prepared {
+    /// Where voxel position `p` (tensor order) of the input image, of `size` voxels
+    /// (tensor order), lies on the network's grid (tensor order, fractional): how a
+    /// click follows the image through the geometric steps.
+    pub fn to_grid(&self, p: [f64; 3], size: [i64; 3]) -> [f64; 3] {
+        let (mut p, mut size) = (p, size);
+        for u in &self.undo {
+            match u {
+                Undo::Orientation(o) => {
+                    let ras = o.point_to_ras(tensor_order(p), tensor_order(size));
+                    p = tensor_order(ras);
+                    size = tensor_order(o.permute_ijk(tensor_order(size)));
+                }
+                // Output voxel j samples input position j·(target / spacing).
+                Undo::Resample { to, step, .. } => {
+                    p = std::array::from_fn(|d| p[d] * step[d]);
+                    size = *to;
+                }
+                Undo::Crop { start, .. } => {
+                    p = std::array::from_fn(|d| p[d] - start[d] as f64);
+                }
+            }
+        }
+        p
+    }
+
     /// Takes a `[1, C, …]` tensor on the network's grid back to the input's grid and
     /// voxel order (`[1, C, k, j, i]`), undoing the geometric steps in reverse.
     pub fn invert(&self, t: &Tensor, nearest: bool) -> Tensor {
@@ -334,7 +361,7 @@ impl Prepared {
             .rev()
             .fold(t.shallow_clone(), |t, u| match u {
                 Undo::Orientation(o) => o.from_ras(&t).contiguous(),
-                Undo::Resample { size, step } => resample(&t, *size, *step, nearest),
+                Undo::Resample { size, step, .. } => resample(&t, *size, *step, nearest),
                 Undo::Crop { size, start } => {
                     let cur: [i64; 3] = std::array::from_fn(|d| t.size()[2 + d]);
                     // Negative padding crops what the forward step padded.
