@@ -7,7 +7,9 @@
 //! `network.name` picks the architecture ([`NetworkConfig`]), `format` the weights file
 //! ([`WeightsFormat`]), `layout` the axis order the network was trained in ([`Layout`]),
 //! and `pipeline` the exact pre/post-processing of an imported MONAI bundle
-//! ([`Pipeline`]); each is written only when it differs from the original behaviour.
+//! ([`Pipeline`]), `type` a click-guided model ([`ModelType`]: deepgrow, deepedit) and
+//! `guidance` how its clicks become input channels ([`Guidance`]); each is written only
+//! when it differs from the original behaviour.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -436,6 +436,31 @@ mod tests {
     }
 
     #[test]
+    fn a_click_follows_its_voxel_onto_the_network_grid() {
+        // LPS and anisotropic: one bright voxel at (i, j, k) = (13, 5, 6).
+        let dims = [20usize, 16, 10];
+        let mut affine = medlabel_imaging::IDENTITY;
+        (affine[0][0], affine[1][1], affine[2][2]) = (-1.0, -2.0, 3.0);
+        let mut data = vec![0f32; 20 * 16 * 10];
+        data[(6 * 16 + 5) * 20 + 13] = 1000.0;
+        let image = Volume { data, dims, affine };
+        let cfg = ModelConfig {
+            spacing: [2.0, 2.0, 3.0],
+            ..ModelConfig::spleen()
+        };
+        let prep = prepare(&image, None, &cfg, Device::Cpu).unwrap();
+        let at = prep.to_grid([6.0, 5.0, 13.0], [10, 16, 20]);
+        assert_eq!(at, [6.0, 10.0, 3.0]);
+        let grid = prep.image.squeeze();
+        let brightest = grid.argmax(None, false).int64_value(&[]);
+        let [_, h, w] = [grid.size()[0], grid.size()[1], grid.size()[2]];
+        assert_eq!(
+            [brightest / (h * w), brightest / w % h, brightest % w],
+            at.map(|v| v as i64)
+        );
+    }
+
+    #[test]
     fn crop_box_follows_monai_and_inverts() {
         let img = Tensor::zeros([1, 1, 10, 10, 10], (Kind::Float, Device::Cpu));
         let _ = img
