@@ -32,7 +32,10 @@ fn python_client_sends_deepgrow_and_deepedit_clicks() {
 
     let studies = tempfile::tempdir().unwrap();
     let models = common::manifest_dir().join("../gpu-runner/models");
-    let (deepgrow, deepedit) = (models.join("deepgrow_3d"), models.join("deepedit_spleen_liver"));
+    let (deepgrow, deepedit) = (
+        models.join("deepgrow_3d"),
+        models.join("deepedit_spleen_liver"),
+    );
     let server = common::LocalServer::start(
         studies.path(),
         &[

@@ -114,8 +114,11 @@ pub struct Guidance {
     /// Training: the probability that a batch gets clicks at all (MONAI DeepEdit's
     /// `deepgrow_probability`; without clicks it learns automatic segmentation).
     pub click_probability: f64,
-    /// Inference: voxels of context (model grid) around the clicks' box in the ROI.
+    /// Inference: voxels (model grid) around the clicks' box that the clicks may change.
     pub margin: i64,
+    /// Inference: voxels (model grid) at the region's edges that the network sees for
+    /// context but whose labels are not taken (a window's edge is its worst part).
+    pub context: i64,
 }
 
 impl Default for Guidance {
@@ -125,6 +128,7 @@ impl Default for Guidance {
             max_interactions: 3,
             click_probability: 0.5,
             margin: 8,
+            context: 8,
         }
     }
 }

@@ -257,21 +257,29 @@ fn chamfer_distance(region: &[u8], dims: [usize; 3]) -> Vec<f32> {
 /// For each guidance channel, the click that corrects the prediction most: the
 /// deepest voxel of the largest region where the channel's label is true but not
 /// predicted. `truth` and `pred` are `[d, h, w]` label maps on the host; the size of
-/// the region comes with each click.
+/// the region comes with each click. Only voxels at least `min_depth` voxels inside a
+/// missed region count (1: all): on a grid finer than the model's, a boundary one
+/// voxel off is no error a user would click.
 pub fn error_clicks(
     truth: &[u8],
     pred: &[u8],
     dims: [usize; 3],
     labels: &[i64],
+    min_depth: f32,
 ) -> Vec<Option<([i64; 3], usize)>> {
     labels
         .iter()
         .map(|&l| {
-            let missed: Vec<bool> = truth
+            let mut missed: Vec<bool> = truth
                 .iter()
                 .zip(pred)
                 .map(|(&t, &p)| i64::from(t) == l && i64::from(p) != l)
                 .collect();
+            if min_depth > 1.0 {
+                let region: Vec<u8> = missed.iter().map(|&m| u8::from(m)).collect();
+                let depth = chamfer_distance(&region, dims);
+                missed = depth.iter().map(|&d| d >= min_depth).collect();
+            }
             deepest_in_largest(&missed, dims)
         })
         .collect()
@@ -365,6 +373,17 @@ mod tests {
         }
         missed[0] = true;
         assert_eq!(deepest_in_largest(&missed, dims), Some(([4, 4, 4], 125)));
+        // Two voxels deep, the cube's core (3³) remains; a one-voxel-thin slab does not.
+        let truth: Vec<u8> = missed.iter().map(|&m| u8::from(m)).collect();
+        let mut slab = vec![0u8; 729];
+        slab[4 * 81..5 * 81].fill(1);
+        let no = vec![0u8; 729];
+        assert_eq!(
+            error_clicks(&truth, &no, dims, &[1], 2.0),
+            vec![Some(([4, 4, 4], 27))]
+        );
+        assert_eq!(error_clicks(&slab, &no, dims, &[1], 2.0), vec![None]);
+        assert!(error_clicks(&slab, &no, dims, &[1], 1.0)[0].is_some());
         assert_eq!(deepest_in_largest(&[false; 8], [2, 2, 2]), None);
     }
 }

@@ -1,10 +1,11 @@
 //! Training with simulated clicks, as MONAI's DeepGrow/DeepEdit `Interaction` does:
 //! before each loss step the network (in eval mode, without gradients) predicts with
-//! the guidance so far, and every label it misses gets a click where a user would put
-//! one ([`crate::guidance::error_clicks`]), for up to `max_interactions` rounds. The
-//! batch starts with one click inside each label present (MONAI's initial seed
-//! points) or, for deepedit with probability `1 − click_probability`, with no clicks
-//! at all, so the model also learns automatic segmentation.
+//! the guidance so far, and a click goes where a user would put the next one — in the
+//! largest region any label is missed ([`crate::guidance::error_clicks`]) — for up to
+//! `max_interactions` rounds. Deepgrow starts from one click inside the organ (MONAI's
+//! initial seed point); deepedit starts from its automatic segmentation (no clicks),
+//! and with probability `1 − click_probability` gets no clicks at all, so it also
+//! learns automatic segmentation, then corrects it click by click as a user would.
 //!
 //! Deepgrow learns to segment whatever was clicked: each crop's target is one of the
 //! labels present in it (picked at random), as foreground against everything else.
@@ -40,27 +41,22 @@ pub fn simulate(
     let size: [i64; 3] = std::array::from_fn(|d| image.size()[2 + d]);
     let dims = size.map(|s| s as usize);
     let truth = host_labels(&target)?;
-    let deepedit = cfg.model_type == ModelType::Deepedit;
-    let with_clicks = !deepedit || rng.random::<f64>() < cfg.guidance.click_probability;
+    let deepgrow = cfg.model_type == ModelType::Deepgrow;
+    let with_clicks = deepgrow || rng.random::<f64>() < cfg.guidance.click_probability;
+    // Deepgrow's first click: deep inside the organ (channel 0 is its foreground).
     let mut clicks: BatchClicks = truth
         .iter()
         .map(|t| {
-            labels
-                .iter()
-                .map(|&l| {
-                    // Deepgrow starts from a foreground click only, deepedit from one per label.
-                    let seeded = with_clicks && (deepedit || l > 0);
-                    let inside: Vec<bool> = t.iter().map(|&v| i64::from(v) == l).collect();
-                    match deepest_in_largest(&inside, dims) {
-                        Some((p, _)) if seeded => vec![p.map(|c| c as f64)],
-                        _ => Vec::new(),
-                    }
-                })
-                .collect()
+            let mut channels = vec![Vec::new(); labels.len()];
+            let inside: Vec<bool> = t.iter().map(|&v| v > 0).collect();
+            if let (true, Some((p, _))) = (deepgrow, deepest_in_largest(&inside, dims)) {
+                channels[0].push(p.map(|c| c as f64));
+            }
+            channels
         })
         .collect();
     let rounds = if with_clicks {
-        rng.random_range(0..=cfg.guidance.max_interactions)
+        rng.random_range(usize::from(!deepgrow)..=cfg.guidance.max_interactions)
     } else {
         0
     };
@@ -69,10 +65,8 @@ pub fn simulate(
         let pred = tch::no_grad(|| forward_padded(model, &input))?.argmax(1, true);
         let pred = host_labels(&pred)?;
         for ((sample, t), p) in clicks.iter_mut().zip(&truth).zip(&pred) {
-            for (channel, click) in sample.iter_mut().zip(error_clicks(t, p, dims, &labels)) {
-                if let Some((c, _)) = click {
-                    channel.push(c.map(|v| v as f64));
-                }
+            if let Some((channel, click)) = largest_error(t, p, dims, &labels, 1.0) {
+                sample[channel].push(click);
             }
         }
     }
@@ -80,6 +74,24 @@ pub fn simulate(
         with_guidance(image, &clicks, size, cfg.guidance.sigma),
         target,
     ))
+}
+
+/// The next click a user makes: the channel and voxel of the largest region any
+/// label is missed (counting voxels at least `min_depth` inside, see
+/// [`error_clicks`]), or `None` when there is none.
+pub fn largest_error(
+    truth: &[u8],
+    pred: &[u8],
+    dims: [usize; 3],
+    labels: &[i64],
+    min_depth: f32,
+) -> Option<(usize, [f64; 3])> {
+    error_clicks(truth, pred, dims, labels, min_depth)
+        .into_iter()
+        .enumerate()
+        .filter_map(|(c, e)| e.map(|(voxel, size)| (c, voxel, size)))
+        .max_by_key(|&(_, _, size)| size)
+        .map(|(c, voxel, _)| (c, voxel.map(|v| v as f64)))
 }
 
 /// `[B, 1, …]` images with each sample's guidance channels beside them.

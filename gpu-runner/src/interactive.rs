@@ -3,12 +3,14 @@
 //!
 //! As MONAI's deepgrow crops around its guidance (`SpatialCropGuidanced`) and restores
 //! the result to the original geometry (`RestoreLabeld`), the runner crops the input
-//! image around the clicks — their bounding box widened by the guidance `margin`, at
-//! least one model window (`roi_size`) large — runs the usual preprocessing on that
-//! crop only, adds the Gaussian guidance channels ([`crate::guidance`]), runs the
-//! network once, and pastes the labels back into a mask of the whole image. Outside the
-//! region, a deepgrow mask is background and a deepedit mask keeps the automatic
-//! segmentation (the model without clicks), which the caller passes in.
+//! image around the clicks — their bounding box widened by the guidance `margin` and a
+//! ring of `context`, at least one model window (`roi_size`) large — runs the usual
+//! preprocessing on that crop only, adds the Gaussian guidance channels
+//! ([`crate::guidance`]), runs the network (one window for one click, the model's
+//! sliding window over a larger region), and pastes the labels inside the ring
+//! back into a mask of the whole image. Elsewhere, a deepgrow mask is background and a
+//! deepedit mask keeps the automatic segmentation (the model without clicks), which
+//! the caller passes in.
 
 use std::time::Instant;
 
@@ -18,7 +20,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::{Layout, ModelConfig, ModelType};
 use crate::error::{Result, RunnerError};
 use crate::guidance::{Clicks, signal};
-use crate::infer::{InferOptions, Latencies, labels_on_grid, segment};
+use crate::infer::{InferOptions, Latencies, labels_on_grid, segment, sliding_window};
 use crate::model::Model;
 use crate::networks::Mode;
 use crate::pipeline::prepare;
@@ -29,6 +31,15 @@ use crate::transforms::{Orientation, tensor_order};
 pub struct Region {
     pub start: [usize; 3],
     pub size: [usize; 3],
+}
+
+/// Where clicks are answered: the voxels the network `sees`, and the part of them
+/// whose labels are `pasted` (all but the context ring, which stays where it meets
+/// the image's border).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClickRegion {
+    pub seen: Region,
+    pub pasted: Region,
 }
 
 /// The mask for `clicks` on `image`, with the input's dims and affine. `base` is the
@@ -54,7 +65,10 @@ pub fn infer_clicks(
     }
     let cfg = &model.config;
     let device = model.device();
-    let region = click_region(cfg, image, clicks)?;
+    let ClickRegion {
+        seen: region,
+        pasted,
+    } = click_region(cfg, image, clicks)?;
     let crop = crop_volume(image, region);
     let prep = prepare(&crop, None, cfg, device)?;
     let size: [i64; 3] = std::array::from_fn(|d| prep.image.size()[2 + d]);
@@ -78,7 +92,10 @@ pub fn infer_clicks(
 
     let t = Instant::now();
     let amp = opts.amp && device.is_cuda();
-    let logits = tch::no_grad(|| crate::with_amp(amp, || forward_padded(model, &input)))?;
+    // Windows of the training crops' size: instance norm sees what it saw in training.
+    let sw = sliding_window(model, opts);
+    let logits =
+        tch::no_grad(|| crate::with_amp(amp, || sw.run(&input, |x| model.forward(x, Mode::EVAL))))?;
     lat.infer = elapsed(device, t);
 
     let t = Instant::now();
@@ -90,8 +107,12 @@ pub fn infer_clicks(
         .to_kind(Kind::Uint8)
         .to_device(Device::Cpu)
         .flatten(0, -1);
-    let data = Vec::<u8>::try_from(&host)?;
-    paste(&mut mask, &data, region);
+    let block = crop.with_data(Vec::<u8>::try_from(&host)?);
+    let inner = Region {
+        start: std::array::from_fn(|a| pasted.start[a] - region.start[a]),
+        size: pasted.size,
+    };
+    paste(&mut mask, &crop_volume(&block, inner).data, pasted);
     lat.post = t.elapsed().as_secs_f64();
     lat.total = start.elapsed().as_secs_f64();
     Ok((mask, lat))
@@ -121,9 +142,14 @@ pub fn grid_divisor(cfg: &ModelConfig) -> [i64; 3] {
     }
 }
 
-/// The input voxels the network sees for `clicks`: the clicks' box widened by the
-/// guidance margin, at least one model window along each axis, kept inside the image.
-pub fn click_region(cfg: &ModelConfig, image: &Volume<f32>, clicks: &Clicks) -> Result<Region> {
+/// The input voxels the network sees for `clicks` — the clicks' box widened by the
+/// guidance margin and context ring, at least one model window along each axis, kept
+/// inside the image — and the part of them it answers for.
+pub fn click_region(
+    cfg: &ModelConfig,
+    image: &Volume<f32>,
+    clicks: &Clicks,
+) -> Result<ClickRegion> {
     let spacing = image.spacing();
     // Model spacing and window along each input axis (the world axis it runs along).
     let ras = Orientation::from_affine(&image.affine)?;
@@ -132,29 +158,37 @@ pub fn click_region(cfg: &ModelConfig, image: &Volume<f32>, clicks: &Clicks) -> 
             .find(|&r| ras.permute_ijk([0, 1, 2])[r] == c)
             .unwrap_or(c)
     });
-    let mut region = Region {
+    let whole = Region {
         start: [0; 3],
         size: image.dims,
     };
+    let (mut seen, mut pasted) = (whole, whole);
     for c in 0..3 {
         let r = world_of[c];
         let voxels = |model_voxels: i64| model_voxels as f64 * cfg.spacing[r] / spacing[c];
         let lo = clicks.all().map(|p| p[c]).min().unwrap_or(0) as f64;
         let hi = clicks.all().map(|p| p[c]).max().unwrap_or(0) as f64;
-        let margin = voxels(cfg.guidance.margin);
-        let want = (hi - lo + 1.0 + 2.0 * margin)
-            .max(voxels(cfg.roi_size[r]))
-            .ceil() as usize;
+        let ring = voxels(cfg.guidance.context).floor() as usize;
+        let around = 2.0 * (voxels(cfg.guidance.margin) + ring as f64);
+        let want = (hi - lo + 1.0 + around).max(voxels(cfg.roi_size[r])).ceil() as usize;
         let dim = image.dims[c];
-        if want >= dim {
-            continue;
+        if want < dim {
+            let centre = (lo + hi) / 2.0;
+            let first = (centre - want as f64 / 2.0).round().max(0.0) as usize;
+            seen.start[c] = first.min(dim - want);
+            seen.size[c] = want;
         }
-        let centre = (lo + hi) / 2.0;
-        let first = (centre - want as f64 / 2.0).round().max(0.0) as usize;
-        region.start[c] = first.min(dim - want);
-        region.size[c] = want;
+        let end = seen.start[c] + seen.size[c];
+        let from = if seen.start[c] > 0 {
+            seen.start[c] + ring
+        } else {
+            0
+        };
+        let to = if end < dim { end - ring } else { dim };
+        pasted.start[c] = from;
+        pasted.size[c] = to.saturating_sub(from).max(1);
     }
-    Ok(region)
+    Ok(ClickRegion { seen, pasted })
 }
 
 /// The voxels of `region` as a volume of their own, placed where they were in space.
@@ -274,6 +308,7 @@ mod tests {
         cfg.model_type = ModelType::Deepgrow;
         cfg.guidance = Guidance {
             margin: 2,
+            context: 2,
             ..Guidance::default()
         };
         cfg.labels = BTreeMap::from([("background".into(), 0), ("foreground".into(), 1)]);
@@ -313,9 +348,13 @@ mod tests {
             channels: vec![vec![[38, 1, 10]], vec![[30, 3, 9]]],
         };
         let r = click_region(&cfg, &image, &clicks).unwrap();
-        // A window is 8 model voxels of 2 mm = 16 input voxels; the clicks span 9 + 2·4.
-        assert_eq!(r.size, [17, 16, 16]);
-        assert_eq!(r.start, [23, 0, 2]);
+        // A window is 8 model voxels of 2 mm = 16 input voxels; along i the clicks span
+        // 9, plus 2 · 4 of margin and 2 · 4 of context: 25, up to the image's end.
+        assert_eq!(r.seen.start, [15, 0, 1]);
+        assert_eq!(r.seen.size, [25, 19, 18]);
+        // The context ring is not pasted, except where the image ends.
+        assert_eq!(r.pasted.start, [19, 0, 5]);
+        assert_eq!(r.pasted.size, [21, 15, 10]);
     }
 
     #[test]
@@ -329,9 +368,17 @@ mod tests {
         };
         let opts = InferOptions::default();
         let (mask, _) = infer_clicks(&model, &image, &clicks, Some(&base), &opts).unwrap();
-        let region = click_region(&model.config, &image, &clicks).unwrap();
+        let region = click_region(&model.config, &image, &clicks).unwrap().pasted;
         let changed = mask.data.iter().filter(|&&v| v != 7).count();
         assert_eq!(changed, region.size.iter().product::<usize>());
+        assert_eq!(
+            crop_volume(&mask, region)
+                .data
+                .iter()
+                .filter(|&&v| v == 7)
+                .count(),
+            0
+        );
         let (empty, _) = infer_clicks(&model, &image, &Clicks::default(), None, &opts).unwrap();
         assert!(empty.data.iter().all(|&v| v == 0));
     }
