@@ -19,7 +19,7 @@ python=${MEDLABEL_PY:-$HOME/.cache/medlabel/py/bin/python}
 rounds=${1:-20}
 cargo build --release -p medlabel-runner --no-default-features --bin medlabel-runner >&2
 runner=$CARGO_TARGET_DIR/release/medlabel-runner
-server=${BENCH_SERVER:-$(ls -t "$CARGO_TARGET_DIR"/{release,debug}/medlabel 2>/dev/null | head -n 1)}
+server=${BENCH_SERVER:-$( (ls -t "$CARGO_TARGET_DIR"/{release,debug}/medlabel 2>/dev/null || true) | head -n 1)}
 work=$(mktemp -d)
 server_pid=
 cleanup() {

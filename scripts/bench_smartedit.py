@@ -8,9 +8,11 @@ Slicer's DeepGrow click (`foreground` at the spleen, `background` empty) and OHI
 DeepEdit call (`{spleen: [...], liver: [], background: []}`, and with a liver click too,
 which widens the region to both organs), each click a voxel away from the last so no two
 requests are the same. The first DeepEdit call on an image
-makes its automatic segmentation; it is timed apart. Prints one JSON line.
+makes its automatic segmentation; it is timed apart. Prints one JSON line, with the
+runner's own stage timings (medians of the last calls) from the replies.
 """
 
+import email
 import json
 import statistics
 import sys
@@ -23,13 +25,31 @@ import requests
 RESULT = {"result_extension": ".nrrd", "result_dtype": "uint8", "client_id": "bench"}
 
 
+RUNNER = {}
+
+
 def infer(url, model, params):
     start = time.perf_counter()
     r = requests.post(f"{url}/infer/{model}?image=ct", files={"params": (None, json.dumps(dict(params, **RESULT)))})
     body = r.content
     elapsed = time.perf_counter() - start
     assert r.status_code == 200 and len(body) > 1000, (r.status_code, body[:300])
+    RUNNER.setdefault(model, []).append(runner_latencies(r.headers["content-type"], body))
     return elapsed
+
+
+def runner_latencies(content_type, body):
+    """The reply's `params` part: the runner's stage timings (seconds)."""
+    reply = email.message_from_bytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+    for part in reply.walk():
+        if part.get_filename() is None and not part.is_multipart():
+            return json.loads(part.get_payload(decode=True))["latencies"]
+    return {}
+
+
+def median_latencies(model):
+    runs = RUNNER[model][-20:]
+    return {k: round(1000 * statistics.median(r[k] for r in runs), 1) for k in runs[0]}
 
 
 def summary(times):
@@ -69,7 +89,8 @@ def main():
                                {"spleen": [click(1, n)], "liver": [click(2, n)], "background": []}))
     print(json.dumps({"image": list(truth.shape), "deepgrow_click": summary(grow),
                       "deepedit_click_one_organ": summary(edit), "deepedit_clicks_both_organs": summary(edit_both),
-                      "deepedit_first_call_auto_ms": round(auto * 1000, 1)}))
+                      "deepedit_first_call_auto_ms": round(auto * 1000, 1),
+                      "runner_stages_ms": {m: median_latencies(m) for m in RUNNER}}))
 
 
 if __name__ == "__main__":
