@@ -335,7 +335,7 @@ mod tests {
         };
         assert_eq!(world(&crop, [0.0; 3]), world(&image, [3.0, 2.0, 1.0]));
         let mut mask = image.with_data(vec![0u8; image.len()]);
-        paste(&mut mask, &vec![1; 120], region);
+        paste(&mut mask, &[1; 120], region);
         assert_eq!(mask.data.iter().map(|&v| v as usize).sum::<usize>(), 120);
         assert_eq!(crop_volume(&mask, region).data, vec![1; 120]);
     }
