@@ -198,7 +198,12 @@ pub struct Runner {
     /// Required as a bearer token on every request, when set.
     secret: Option<String>,
     source: Option<Arc<dyn ModelSource>>,
+    /// The last image read from a file, with the file's path, length and mtime.
+    last_image: Mutex<Option<(ImageFile, Arc<medlabel_imaging::Volume<f32>>)>>,
 }
+
+/// What identifies an image file's content: path, length, modification time.
+type ImageFile = (PathBuf, u64, Option<SystemTime>);
 
 /// An image's bytes fetched from an `image_url`, with the name or extension that names
 /// its format.
@@ -270,6 +275,7 @@ impl Runner {
             http: reqwest::Client::new(),
             secret: None,
             source: None,
+            last_image: Mutex::new(None),
         })
     }
 
@@ -374,18 +380,23 @@ impl Runner {
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
             .ok_or((StatusCode::NOT_FOUND, format!("unknown model {name:?}")))?;
         let image = match (&req.image, &req.image_b64, fetched) {
-            (Some(p), None, None) => {
-                crate::io::read_image(&self.checked_path(p, true).map_err(bad)?).map_err(bad)?
-            }
+            (Some(p), None, None) => self
+                .image_file(&self.checked_path(p, true).map_err(bad)?)
+                .map_err(bad)?,
             (None, Some(b), None) => {
                 let bytes = B64
                     .decode(b)
                     .map_err(|e| (StatusCode::BAD_REQUEST, format!("image_b64: {e}")))?;
-                crate::io::read_image_bytes(&bytes, req.image_ext.as_deref().unwrap_or(".nii.gz"))
-                    .map_err(bad)?
+                Arc::new(
+                    crate::io::read_image_bytes(
+                        &bytes,
+                        req.image_ext.as_deref().unwrap_or(".nii.gz"),
+                    )
+                    .map_err(bad)?,
+                )
             }
             (None, None, Some(fetched)) => {
-                crate::io::read_image_bytes(&fetched.bytes, &fetched.ext).map_err(bad)?
+                Arc::new(crate::io::read_image_bytes(&fetched.bytes, &fetched.ext).map_err(bad)?)
             }
             _ => {
                 return Err((
@@ -446,6 +457,23 @@ impl Runner {
                 latencies,
             },
         })
+    }
+
+    /// The image in file `path`, decoded once while the file stays the same: clicks
+    /// on one image come one after another, and decoding a CT costs more than a
+    /// click's network pass.
+    fn image_file(&self, path: &Path) -> Result<Arc<medlabel_imaging::Volume<f32>>> {
+        let meta = std::fs::metadata(path).map_err(|e| RunnerError::io(path, e))?;
+        let file = (path.to_path_buf(), meta.len(), meta.modified().ok());
+        let mut last = self.last_image.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((held, image)) = last.as_ref()
+            && *held == file
+        {
+            return Ok(image.clone());
+        }
+        let image = Arc::new(crate::io::read_image(path)?);
+        *last = Some((file, image.clone()));
+        Ok(image)
     }
 
     /// Reads the invocation's label, if any, and checks it lies on `image`'s grid.
