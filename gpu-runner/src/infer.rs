@@ -251,11 +251,25 @@ pub(crate) fn labels_on_grid(prep: &Prepared, logits: &Tensor) -> Tensor {
             .gt(0.5)
             .to_kind(Kind::Uint8)
     } else if full <= MAX_INVERT_ELEMENTS {
-        prep.invert(&logits.softmax(1, Kind::Float), false)
-            .argmax(1, true)
+        channel_argmax(&prep.invert(&logits.softmax(1, Kind::Float), false))
     } else {
         prep.invert(&logits.argmax(1, true), true)
     }
+}
+
+/// `argmax(1, keepdim)` of a `[1, C, …]` tensor as C − 1 element-wise comparisons
+/// (the first maximum wins, as in argmax): libtorch's CPU argmax over the channel axis
+/// is not vectorised and takes about 100 ms on a click's region, this a few.
+fn channel_argmax(t: &Tensor) -> Tensor {
+    let mut best = t.narrow(1, 0, 1);
+    let mut labels = best.zeros_like().to_kind(Kind::Int64);
+    for c in 1..t.size()[1] {
+        let candidate = t.narrow(1, c, 1);
+        let better = candidate.gt_tensor(&best);
+        labels = labels.masked_fill(&better, c);
+        best = best.maximum(&candidate);
+    }
+    labels
 }
 
 /// Reads `image_path`, segments it and writes the uint8 mask to `out_path`.
