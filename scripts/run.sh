@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs medlabel locally: installs the tooling (scripts/setup.sh), builds the server and
 # the GPU runner, makes a synthetic CT studies folder on first use, and serves it on
-# http://127.0.0.1:8000 with the starter segmentation model published, and OHIF (the
+# http://127.0.0.1:8000 with every shipped starter model published (segmentation,
+# DeepEdit, DeepGrow; the scribbles methods are always there), and OHIF (the
 # build MONAI Label's wheel ships, with its MONAI Label panel) at /ohif/.
 #
 #   bash scripts/run.sh [--studies DIR | --studies http://host:8042/dicom-web]
@@ -45,5 +46,7 @@ if [[ $studies != http://* && $studies != https://* && ! -d $studies ]]; then
     find "$studies/labels/final" -type f | sort | tail -n 4 | xargs rm -f
 fi
 
-exec "$CARGO_TARGET_DIR/debug/medlabel" serve --studies "$studies" \
-    --starter-model "$repo/gpu-runner/models/segmentation_spleen" "${args[@]}"
+for model in "$repo"/gpu-runner/models/*/; do
+    args+=(--starter-model "${model%/}")
+done
+exec "$CARGO_TARGET_DIR/debug/medlabel" serve --studies "$studies" "${args[@]}"

@@ -35,6 +35,8 @@ with_deps=(
     "watchdog==6.0.0"
     # The OHIF panel check (functions/tests/python/ohif_panel.py) talks CDP to Chromium.
     "websocket-client==1.9.2"
+    # Slicer's `.nrrd` results in the SmartEdit client test (client_smartedit.py).
+    "pynrrd==1.1.3"
 )
 # Installed alone: torch's CUDA dependencies are gigabytes the CPU build never loads
 # (only libcudart and libcupti are needed to load libtorch_cpu.so), monailabel's

@@ -258,6 +258,46 @@ fn model_error(err: ModelError) -> RunnerError {
     }
 }
 
+/// A published model's `/info/` `type`, `labels` and description, from its
+/// `config.json`: `type` picks the client's panel (segmentation → Auto Segmentation;
+/// deepgrow and deepedit → SmartEdit). A deepedit model lists background among its
+/// labels, as MONAI Label's does, so Slicer sends background clicks; a deepgrow model
+/// segments whatever is clicked and names no labels.
+fn describe_model(
+    config: &Value,
+    description: impl Fn(&str) -> String,
+) -> (&'static str, BTreeMap<String, Value>, String) {
+    let labels = |keep_background: bool| -> BTreeMap<String, Value> {
+        config["labels"]
+            .as_object()
+            .map(|labels| {
+                labels
+                    .iter()
+                    .filter(|(name, _)| keep_background || name.as_str() != "background")
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    match config["type"].as_str() {
+        Some("deepgrow") => (
+            "deepgrow",
+            BTreeMap::new(),
+            description("3D DeepGrow: click-guided segmentation of what is clicked"),
+        ),
+        Some("deepedit") => (
+            "deepedit",
+            labels(true),
+            description("3D DeepEdit: automatic segmentation corrected by clicks per label"),
+        ),
+        _ => (
+            "segmentation",
+            labels(false),
+            description("3D UNet segmentation"),
+        ),
+    }
+}
+
 /// MONAI Label's trainer config, as `/info/` shows it; requests override it.
 fn trainer_config() -> Value {
     json!({
@@ -285,28 +325,21 @@ impl Runner for ModelRunner {
         };
         for model in published {
             let config = self.config(&model.config).await;
-            let labels: BTreeMap<String, Value> = config["labels"]
-                .as_object()
-                .map(|labels| {
-                    labels
-                        .iter()
-                        .filter(|(name, _)| name.as_str() != "background")
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect()
-                })
-                .unwrap_or_default();
-            let description = format!(
-                "3D UNet segmentation, version {}{}",
-                model.version,
-                model
-                    .metric
-                    .map(|m| format!(", validation Dice {m:.3}"))
-                    .unwrap_or_default()
-            );
+            let description = |what: &str| {
+                format!(
+                    "{what}, version {}{}",
+                    model.version,
+                    model
+                        .metric
+                        .map(|m| format!(", validation Dice {m:.3}"))
+                        .unwrap_or_default()
+                )
+            };
+            let (kind, labels, description) = describe_model(&config, description);
             let name = model.model.to_string();
             info.models.insert(
                 name.clone(),
-                json!({"type": "segmentation", "labels": labels, "dimension": 3,
+                json!({"type": kind, "labels": labels, "dimension": 3,
                        "description": description, "config": {"device": ["cuda", "cpu"]}}),
             );
             info.trainers.insert(

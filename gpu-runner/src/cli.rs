@@ -122,6 +122,12 @@ pub struct TrainArgs {
     pub norm: Option<String>,
     #[arg(long)]
     pub dropout: Option<f64>,
+    /// A click-guided model: deepgrow or deepedit (guidance channels join the input).
+    #[arg(long = "type")]
+    pub model_type: Option<String>,
+    /// The new model's labels, `name=channel,…` (channel 0 is background).
+    #[arg(long, value_parser = label, value_delimiter = ',')]
+    pub labels: Option<Vec<(String, i64)>>,
 }
 
 #[derive(Args)]
@@ -229,6 +235,9 @@ pub struct MakeSampleArgs {
     pub dims: [usize; 3],
     #[arg(long, value_parser = triple::<f64>, default_value = "1.5,1.5,2")]
     pub spacing: [f64; 3],
+    /// Label the liver too (2), for multi-label (DeepEdit) training.
+    #[arg(long)]
+    pub liver: bool,
 }
 
 #[derive(Args)]

@@ -7,7 +7,9 @@
 //! `network.name` picks the architecture ([`NetworkConfig`]), `format` the weights file
 //! ([`WeightsFormat`]), `layout` the axis order the network was trained in ([`Layout`]),
 //! and `pipeline` the exact pre/post-processing of an imported MONAI bundle
-//! ([`Pipeline`]); each is written only when it differs from the original behaviour.
+//! ([`Pipeline`]), `type` a click-guided model ([`ModelType`]: deepgrow, deepedit) and
+//! `guidance` how its clicks become input channels ([`Guidance`]); each is written only
+//! when it differs from the original behaviour.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -73,6 +75,70 @@ impl Layout {
     }
 }
 
+/// What a model does, as MONAI Label's `/info/` names it (`type`): the SmartEdit panels
+/// of Slicer and OHIF appear for `deepgrow` and `deepedit` models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelType {
+    /// Automatic segmentation: the image is the network's only input.
+    #[default]
+    Segmentation,
+    /// Click-guided binary segmentation of whatever was clicked (MONAI's DeepGrow):
+    /// two guidance channels, foreground and background clicks.
+    Deepgrow,
+    /// Click-guided multi-label segmentation (MONAI's DeepEdit): one guidance channel
+    /// per label, background included; without clicks it segments automatically.
+    Deepedit,
+}
+
+impl ModelType {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether the network takes click guidance beside the image.
+    pub fn is_interactive(self) -> bool {
+        self != Self::Segmentation
+    }
+}
+
+/// How clicks become guidance channels (MONAI's `AddGuidanceSignal`), and how training
+/// simulates them (MONAI's DeepEdit/DeepGrow interaction loop).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Guidance {
+    /// σ of the Gaussian around each click, in voxels of the model's grid.
+    pub sigma: f64,
+    /// Training: at most this many rounds of simulated clicks before each loss step.
+    pub max_interactions: usize,
+    /// Training: the probability that a batch gets clicks at all (MONAI DeepEdit's
+    /// `deepgrow_probability`; without clicks it learns automatic segmentation).
+    pub click_probability: f64,
+    /// Inference: voxels (model grid) around the clicks' box that the clicks may change.
+    pub margin: i64,
+    /// Inference: voxels (model grid) at the region's edges that the network sees for
+    /// context but whose labels are not taken (a window's edge is its worst part).
+    pub context: i64,
+}
+
+impl Default for Guidance {
+    fn default() -> Self {
+        Self {
+            sigma: 2.0,
+            max_interactions: 3,
+            click_probability: 0.5,
+            margin: 8,
+            context: 8,
+        }
+    }
+}
+
+impl Guidance {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// Intensity normalisation (the pipeline's `intensity` step).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
@@ -118,6 +184,15 @@ impl Intensity {
 /// A model's description: labels, geometry, preprocessing and network.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
+    /// Segmentation, or a click-guided model (whose network takes guidance channels).
+    #[serde(
+        rename = "type",
+        default,
+        skip_serializing_if = "ModelType::is_default"
+    )]
+    pub model_type: ModelType,
+    #[serde(default, skip_serializing_if = "Guidance::is_default")]
+    pub guidance: Guidance,
     /// Label name → output channel; 0 is background and is usually listed too.
     pub labels: BTreeMap<String, i64>,
     /// Voxel spacing (mm, along R, A, S) the network works at.
@@ -146,6 +221,8 @@ impl ModelConfig {
     /// strides 2, two residual units, batch norm, 96³ windows at 1.5 × 1.5 × 2 mm.
     pub fn spleen() -> Self {
         Self {
+            model_type: ModelType::Segmentation,
+            guidance: Guidance::default(),
             labels: BTreeMap::from([("background".into(), 0), ("spleen".into(), 1)]),
             spacing: [1.5, 1.5, 2.0],
             intensity: Intensity::spleen_ct(),
@@ -257,6 +334,20 @@ impl ModelConfig {
                 "label {name:?} = {idx} is outside the network's {out} outputs"
             )));
         }
+        // A segmentation network may take several image channels (an imported bundle's).
+        let inputs = 1 + self.guidance_channels();
+        if self.model_type.is_interactive() && self.network.in_channels() != inputs {
+            return Err(RunnerError::invalid(format!(
+                "a {:?} model needs {inputs} input channels (image and guidance), the network has {}",
+                self.model_type,
+                self.network.in_channels()
+            )));
+        }
+        if self.model_type == ModelType::Deepedit && self.labels.get("background") != Some(&0) {
+            return Err(RunnerError::invalid(
+                "a deepedit model names background = 0 among its labels (it takes background clicks)",
+            ));
+        }
         let torchscript = matches!(self.network, NetworkConfig::TorchScript(_));
         if torchscript != (self.format == WeightsFormat::Torchscript) {
             return Err(RunnerError::invalid(format!(
@@ -284,6 +375,16 @@ impl ModelConfig {
         let text =
             serde_json::to_string_pretty(self).map_err(|e| RunnerError::json("model config", e))?;
         std::fs::write(&path, text + "\n").map_err(|e| RunnerError::io(&path, e))
+    }
+
+    /// Guidance channels beside the image: deepgrow's foreground and background,
+    /// deepedit's one per label (ordered by label index), none for segmentation.
+    pub fn guidance_channels(&self) -> i64 {
+        match self.model_type {
+            ModelType::Segmentation => 0,
+            ModelType::Deepgrow => 2,
+            ModelType::Deepedit => self.labels.len() as i64,
+        }
     }
 
     /// Label names ordered by channel, as MONAI Label's `label_names` result field.

@@ -60,7 +60,11 @@ impl Sample {
         let label = crate::io::read_image(label_path)?;
         let prep = prepare(&image, Some(&label), cfg, device)?;
         let lab = prep.label.expect("a label was given");
-        let classes = cfg.network.out_channels();
+        // Deepgrow trains on any labelled organ, one at a time, against the rest.
+        let classes = match cfg.model_type {
+            crate::config::ModelType::Deepgrow => 256,
+            _ => cfg.network.out_channels(),
+        };
         if lab.max().int64_value(&[]) >= classes || lab.min().int64_value(&[]) < 0 {
             return Err(RunnerError::invalid(format!(
                 "{}: label values must be in 0..{classes}",

@@ -238,7 +238,7 @@ fn postprocess(
 /// The runner's standard post-processing (softmax → invert → argmax) without
 /// materialising what it need not: class labels on the input grid from window logits
 /// `[1, classes, …]` on the network's grid.
-fn labels_on_grid(prep: &Prepared, logits: &Tensor) -> Tensor {
+pub(crate) fn labels_on_grid(prep: &Prepared, logits: &Tensor) -> Tensor {
     let classes = logits.size()[1];
     let size: i64 = logits.size()[2..].iter().product();
     let full = size * classes * 8; // generous: the input grid may be finer
@@ -251,11 +251,25 @@ fn labels_on_grid(prep: &Prepared, logits: &Tensor) -> Tensor {
             .gt(0.5)
             .to_kind(Kind::Uint8)
     } else if full <= MAX_INVERT_ELEMENTS {
-        prep.invert(&logits.softmax(1, Kind::Float), false)
-            .argmax(1, true)
+        channel_argmax(&prep.invert(&logits.softmax(1, Kind::Float), false))
     } else {
         prep.invert(&logits.argmax(1, true), true)
     }
+}
+
+/// `argmax(1, keepdim)` of a `[1, C, …]` tensor as C − 1 element-wise comparisons
+/// (the first maximum wins, as in argmax): libtorch's CPU argmax over the channel axis
+/// is not vectorised and takes about 100 ms on a click's region, this a few.
+fn channel_argmax(t: &Tensor) -> Tensor {
+    let mut best = t.narrow(1, 0, 1);
+    let mut labels = best.zeros_like().to_kind(Kind::Int64);
+    for c in 1..t.size()[1] {
+        let candidate = t.narrow(1, c, 1);
+        let better = candidate.gt_tensor(&best);
+        labels = labels.masked_fill(&better, c);
+        best = best.maximum(&candidate);
+    }
+    labels
 }
 
 /// Reads `image_path`, segments it and writes the uint8 mask to `out_path`.
@@ -287,7 +301,7 @@ fn sync_elapsed(device: Device, t: Instant) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{Intensity, ModelConfig};
     use crate::pipeline::Pipeline;
@@ -296,6 +310,8 @@ mod tests {
 
     pub(crate) fn tiny_config(roi: [i64; 3]) -> ModelConfig {
         ModelConfig {
+            model_type: Default::default(),
+            guidance: Default::default(),
             labels: BTreeMap::from([("background".into(), 0), ("spleen".into(), 1)]),
             spacing: [2.0, 2.0, 2.0],
             intensity: Intensity::spleen_ct(),

@@ -174,7 +174,8 @@ fn run(command: Command) -> Result<Value> {
             json!({"model_dir": a.out, "network": model.config.network.name(), "labels": model.config.labels})
         }
         Command::MakeSample(a) => {
-            let pairs = synth::write_studies(&a.out, a.cases, a.seed, a.dims, a.spacing)?;
+            let pairs =
+                synth::write_labelled_studies(&a.out, a.cases, a.seed, a.dims, a.spacing, a.liver)?;
             json!({"studies": a.out, "cases": pairs.len()})
         }
         Command::Uncertainty(a) => {
@@ -200,6 +201,15 @@ fn train_cmd(a: cli::TrainArgs) -> Result<Value> {
         None => TrainRequest::default(),
     };
     let mut cfg = req.model.clone().unwrap_or_else(ModelConfig::spleen);
+    if let Some(labels) = a.labels {
+        cfg.labels = labels.into_iter().collect();
+    }
+    if let Some(t) = &a.model_type {
+        cfg.model_type =
+            serde_json::from_value(json!(t)).map_err(|e| RunnerError::json("--type", e))?;
+    }
+    let outputs = cfg.labels.values().copied().max().unwrap_or(0) + 1;
+    let inputs = 1 + cfg.guidance_channels();
     cfg.roi_size = a.roi.unwrap_or(cfg.roi_size);
     cfg.spacing = a.spacing.unwrap_or(cfg.spacing);
     if let medlabel_runner::NetworkConfig::UNet(net) = &mut cfg.network {
@@ -215,6 +225,8 @@ fn train_cmd(a: cli::TrainArgs) -> Result<Value> {
             net.norm =
                 serde_json::from_value(json!(n)).map_err(|e| RunnerError::json("--norm", e))?;
         }
+        // The network's inputs and outputs follow the labels and the model type.
+        (net.in_channels, net.out_channels) = (inputs, outputs.max(2));
     }
     req.model = Some(cfg);
     req.pretrained = a.pretrained.or(req.pretrained);

@@ -88,8 +88,16 @@ impl Model {
     }
 
     /// Logits for a `[N, C, D, H, W]` batch in the runner's tensor order, whatever axis
-    /// order the network works in ([`Layout`]).
+    /// order the network works in ([`Layout`]). A click-guided model given the image
+    /// alone sees empty guidance channels: no clicks, automatic segmentation (DeepEdit).
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        let missing = self.config.network.in_channels() - x.size()[1];
+        if self.config.model_type.is_interactive() && missing > 0 {
+            let mut shape = x.size();
+            shape[1] = missing;
+            let empty = Tensor::zeros(shape.as_slice(), (x.kind(), x.device()));
+            return self.forward(&Tensor::cat(&[x.shallow_clone(), empty], 1), mode);
+        }
         match self.config.layout {
             Layout::Zyx => self.net.forward(x, mode),
             Layout::Xyz => {
@@ -119,6 +127,8 @@ mod tests {
     fn save_then_load_gives_identical_outputs() {
         tch::manual_seed(7);
         let config = ModelConfig {
+            model_type: Default::default(),
+            guidance: Default::default(),
             labels: BTreeMap::from([
                 ("background".into(), 0),
                 ("liver".into(), 1),
@@ -166,6 +176,8 @@ mod tests {
     fn loading_a_folder_without_weights_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let config = ModelConfig {
+            model_type: Default::default(),
+            guidance: Default::default(),
             labels: BTreeMap::from([("background".into(), 0)]),
             spacing: [1.0; 3],
             intensity: Intensity::Mr,

@@ -224,9 +224,10 @@ impl Pipeline {
 #[derive(Debug, Clone)]
 enum Undo {
     Orientation(Orientation),
-    /// Resampled from `size` (tensor order); sampling back steps by `step`.
+    /// Resampled from `size` to `to` (tensor order); sampling back steps by `step`.
     Resample {
         size: [i64; 3],
+        to: [i64; 3],
         step: [f64; 3],
     },
     /// Cropped from `size` starting at `start` (negative: padded).
@@ -290,6 +291,7 @@ pub fn prepare(
                 lab = lab.map(|l| resample(&l, to, fwd, true));
                 undo.push(Undo::Resample {
                     size: from,
+                    to,
                     step: step(target, spacing),
                 });
                 spacing = target;
@@ -326,6 +328,31 @@ pub fn prepare(
 }
 
 impl Prepared {
+    /// Where voxel position `p` (tensor order) of the input image, of `size` voxels
+    /// (tensor order), lies on the network's grid (tensor order, fractional): how a
+    /// click follows the image through the geometric steps.
+    pub fn to_grid(&self, p: [f64; 3], size: [i64; 3]) -> [f64; 3] {
+        let (mut p, mut size) = (p, size);
+        for u in &self.undo {
+            match u {
+                Undo::Orientation(o) => {
+                    let ras = o.point_to_ras(tensor_order(p), tensor_order(size));
+                    p = tensor_order(ras);
+                    size = tensor_order(o.permute_ijk(tensor_order(size)));
+                }
+                // Output voxel j samples input position j·(target / spacing).
+                Undo::Resample { to, step, .. } => {
+                    p = std::array::from_fn(|d| p[d] * step[d]);
+                    size = *to;
+                }
+                Undo::Crop { start, .. } => {
+                    p = std::array::from_fn(|d| p[d] - start[d] as f64);
+                }
+            }
+        }
+        p
+    }
+
     /// Takes a `[1, C, …]` tensor on the network's grid back to the input's grid and
     /// voxel order (`[1, C, k, j, i]`), undoing the geometric steps in reverse.
     pub fn invert(&self, t: &Tensor, nearest: bool) -> Tensor {
@@ -334,7 +361,7 @@ impl Prepared {
             .rev()
             .fold(t.shallow_clone(), |t, u| match u {
                 Undo::Orientation(o) => o.from_ras(&t).contiguous(),
-                Undo::Resample { size, step } => resample(&t, *size, *step, nearest),
+                Undo::Resample { size, step, .. } => resample(&t, *size, *step, nearest),
                 Undo::Crop { size, start } => {
                     let cur: [i64; 3] = std::array::from_fn(|d| t.size()[2 + d]);
                     // Negative padding crops what the forward step padded.
@@ -406,6 +433,31 @@ mod tests {
         p.post[2] = PostStep::Threshold { value: 0.5 };
         assert!(p.validate(2).unwrap_err().to_string().contains("threshold"));
         assert!(p.validate(1).is_ok());
+    }
+
+    #[test]
+    fn a_click_follows_its_voxel_onto_the_network_grid() {
+        // LPS and anisotropic: one bright voxel at (i, j, k) = (13, 5, 6).
+        let dims = [20usize, 16, 10];
+        let mut affine = medlabel_imaging::IDENTITY;
+        (affine[0][0], affine[1][1], affine[2][2]) = (-1.0, -2.0, 3.0);
+        let mut data = vec![0f32; 20 * 16 * 10];
+        data[(6 * 16 + 5) * 20 + 13] = 1000.0;
+        let image = Volume { data, dims, affine };
+        let cfg = ModelConfig {
+            spacing: [2.0, 2.0, 3.0],
+            ..ModelConfig::spleen()
+        };
+        let prep = prepare(&image, None, &cfg, Device::Cpu).unwrap();
+        let at = prep.to_grid([6.0, 5.0, 13.0], [10, 16, 20]);
+        assert_eq!(at, [6.0, 10.0, 3.0]);
+        let grid = prep.image.squeeze();
+        let brightest = grid.argmax(None, false).int64_value(&[]);
+        let [_, h, w] = [grid.size()[0], grid.size()[1], grid.size()[2]];
+        assert_eq!(
+            [brightest / (h * w), brightest / w % h, brightest % w],
+            at.map(|v| v as i64)
+        );
     }
 
     #[test]

@@ -17,7 +17,9 @@
 //!   `params` may carry MONAI Label's whole merged request (unknown keys are ignored;
 //!   `result_extension` there works too). An `image_url` is how the cloud's infer
 //!   function hands over an image on S3: the endpoint shares no file system with it, and
-//!   a CT does not fit an InvokeEndpoint payload. The URL's path (or `image_ext`) names
+//!   a CT does not fit an InvokeEndpoint payload. For a deepgrow or deepedit model,
+//!   `params` carries MONAI Label's clicks (`foreground`/`background`, or
+//!   `{<label>: [[i, j, k], ...]}`), answered by [`crate::interactive`]. The URL's path (or `image_ext`) names
 //!   the format; the download is capped like a request body.
 //!   A `label` is MONAI Label's `label` upload of an infer request (a mask or scribbles):
 //!   it is read and must lie on the image's grid, else 422; the segmentation models
@@ -26,7 +28,8 @@
 //!   "label_names", "latencies"}}`: the mask is written to `output` when given, else
 //!   returned inline. `params` is what MONAI Label puts in an infer result's JSON.
 //! - Errors are `{"detail": "…"}`: 400 for a malformed request or unreadable image or
-//!   label, 422 for a label off the image's grid, 404
+//!   label, 422 for a label off the image's grid, a click outside the image or a label
+//!   name the model does not know, 404
 //!   for an unknown model, 500 when inference itself fails.
 //!
 //! Paths in requests are only accepted below the configured roots ([`DataPaths`]:
@@ -63,7 +66,9 @@ use tch::Device;
 
 use crate::config::{CONFIG_FILE, VERSION_FILE};
 use crate::error::{Result, RunnerError};
-use crate::infer::{InferOptions, Latencies, segment};
+use crate::guidance::Clicks;
+use crate::infer::{InferOptions, Latencies};
+use crate::interactive::{AutoMask, answer};
 use crate::model::Model;
 
 /// Largest accepted request body (an inline CT is tens of MB; base64 adds a third).
@@ -132,7 +137,15 @@ impl Stamp {
 
 struct Slot {
     dir: PathBuf,
-    loaded: Option<(Stamp, Model)>,
+    loaded: Option<Loaded>,
+}
+
+/// A slot's model as loaded from the files `stamp` identifies, with what it keeps
+/// between requests.
+struct Loaded {
+    stamp: Stamp,
+    model: Model,
+    auto: AutoMask,
 }
 
 /// Where request paths may point: images are read below `read`, masks written below
@@ -185,7 +198,12 @@ pub struct Runner {
     /// Required as a bearer token on every request, when set.
     secret: Option<String>,
     source: Option<Arc<dyn ModelSource>>,
+    /// The last image read from a file, with the file's path, length and mtime.
+    last_image: Mutex<Option<(ImageFile, Arc<medlabel_imaging::Volume<f32>>)>>,
 }
+
+/// What identifies an image file's content: path, length, modification time.
+type ImageFile = (PathBuf, u64, Option<SystemTime>);
 
 /// An image's bytes fetched from an `image_url`, with the name or extension that names
 /// its format.
@@ -257,6 +275,7 @@ impl Runner {
             http: reqwest::Client::new(),
             secret: None,
             source: None,
+            last_image: Mutex::new(None),
         })
     }
 
@@ -361,18 +380,23 @@ impl Runner {
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
             .ok_or((StatusCode::NOT_FOUND, format!("unknown model {name:?}")))?;
         let image = match (&req.image, &req.image_b64, fetched) {
-            (Some(p), None, None) => {
-                crate::io::read_image(&self.checked_path(p, true).map_err(bad)?).map_err(bad)?
-            }
+            (Some(p), None, None) => self
+                .image_file(&self.checked_path(p, true).map_err(bad)?)
+                .map_err(bad)?,
             (None, Some(b), None) => {
                 let bytes = B64
                     .decode(b)
                     .map_err(|e| (StatusCode::BAD_REQUEST, format!("image_b64: {e}")))?;
-                crate::io::read_image_bytes(&bytes, req.image_ext.as_deref().unwrap_or(".nii.gz"))
-                    .map_err(bad)?
+                Arc::new(
+                    crate::io::read_image_bytes(
+                        &bytes,
+                        req.image_ext.as_deref().unwrap_or(".nii.gz"),
+                    )
+                    .map_err(bad)?,
+                )
             }
             (None, None, Some(fetched)) => {
-                crate::io::read_image_bytes(&fetched.bytes, &fetched.ext).map_err(bad)?
+                Arc::new(crate::io::read_image_bytes(&fetched.bytes, &fetched.ext).map_err(bad)?)
             }
             _ => {
                 return Err((
@@ -392,11 +416,17 @@ impl Runner {
             .transpose()
             .map_err(bad)?;
         let mut slot = slot.lock().unwrap_or_else(|p| p.into_inner());
-        let (model, model_version) = slot
+        let Loaded {
+            stamp, model, auto, ..
+        } = slot
             .current(self.device)
             .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        let model_version = stamp.version();
+        let clicks = Clicks::from_params(&model.config, &req.params, image.dims)
+            .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
         let internal = |e: RunnerError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-        let (mask, mut latencies) = segment(model, &image, &opts).map_err(internal)?;
+        let (mask, mut latencies) =
+            answer(model, &image, &clicks, auto, &opts).map_err(internal)?;
         let t = std::time::Instant::now();
         let (label, label_b64) = match output {
             Some(path) => {
@@ -427,6 +457,23 @@ impl Runner {
                 latencies,
             },
         })
+    }
+
+    /// The image in file `path`, decoded once while the file stays the same: clicks
+    /// on one image come one after another, and decoding a CT costs more than a
+    /// click's network pass.
+    fn image_file(&self, path: &Path) -> Result<Arc<medlabel_imaging::Volume<f32>>> {
+        let meta = std::fs::metadata(path).map_err(|e| RunnerError::io(path, e))?;
+        let file = (path.to_path_buf(), meta.len(), meta.modified().ok());
+        let mut last = self.last_image.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((held, image)) = last.as_ref()
+            && *held == file
+        {
+            return Ok(image.clone());
+        }
+        let image = Arc::new(crate::io::read_image(path)?);
+        *last = Some((file, image.clone()));
+        Ok(image)
     }
 
     /// Reads the invocation's label, if any, and checks it lies on `image`'s grid.
@@ -507,15 +554,18 @@ fn stamp(dir: &Path) -> Result<Stamp> {
 }
 
 impl Slot {
-    /// The model and its version (when its folder is stamped with one), reloaded first
-    /// if the folder changed since it was loaded.
-    fn current(&mut self, device: Device) -> Result<(&Model, Option<u32>)> {
+    /// The loaded model (its version is the stamp's, when the folder has one), reloaded
+    /// first if the folder changed since it was loaded.
+    fn current(&mut self, device: Device) -> Result<&mut Loaded> {
         let now = stamp(&self.dir)?;
-        if self.loaded.as_ref().is_none_or(|(held, _)| *held != now) {
-            self.loaded = Some((now, Model::load(&self.dir, device)?));
+        if self.loaded.as_ref().is_none_or(|held| held.stamp != now) {
+            self.loaded = Some(Loaded {
+                model: Model::load(&self.dir, device)?,
+                stamp: now,
+                auto: AutoMask::default(),
+            });
         }
-        let (stamp, model) = self.loaded.as_ref().expect("loaded just above");
-        Ok((model, stamp.version()))
+        Ok(self.loaded.as_mut().expect("loaded just above"))
     }
 }
 

@@ -16,6 +16,17 @@ use crate::error::{Result, RunnerError};
 
 /// One image and its spleen mask on the same grid.
 pub fn case(seed: u64, dims: [usize; 3], spacing: [f64; 3]) -> (Volume<f32>, Volume<u8>) {
+    labelled_case(seed, dims, spacing, false)
+}
+
+/// [`case`], with the liver labelled too (2) when `liver`: the same image, for
+/// multi-label (DeepEdit) models.
+pub fn labelled_case(
+    seed: u64,
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    liver: bool,
+) -> (Volume<f32>, Volume<u8>) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut affine = IDENTITY;
     for a in 0..3 {
@@ -58,9 +69,10 @@ pub fn case(seed: u64, dims: [usize; 3], spacing: [f64; 3]) -> (Volume<f32>, Vol
                 let body =
                     (p[0] / (half[0] * 0.9)).powi(2) + (p[1] / (half[1] * 0.75)).powi(2) <= 1.0;
                 let spleen = body && inside(p, spleen_c, spleen_r);
+                let in_liver = !spleen && body && inside(p, liver_c, liver_r);
                 let hu = if spleen {
                     110.0
-                } else if body && inside(p, liver_c, liver_r) {
+                } else if in_liver {
                     70.0
                 } else if body {
                     40.0
@@ -71,7 +83,13 @@ pub fn case(seed: u64, dims: [usize; 3], spacing: [f64; 3]) -> (Volume<f32>, Vol
                 let (u1, u2): (f64, f64) = (rng.random_range(1e-12..1.0), rng.random());
                 let noise = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos() * 15.0;
                 img.push((hu + noise) as f32);
-                lab.push(u8::from(spleen));
+                lab.push(if spleen {
+                    1
+                } else if liver && in_liver {
+                    2
+                } else {
+                    0
+                });
             }
         }
     }
@@ -94,11 +112,23 @@ pub fn write_studies(
     dims: [usize; 3],
     spacing: [f64; 3],
 ) -> Result<Vec<(std::path::PathBuf, std::path::PathBuf)>> {
+    write_labelled_studies(dir, cases, seed, dims, spacing, false)
+}
+
+/// [`write_studies`], with the liver labelled too when `liver`.
+pub fn write_labelled_studies(
+    dir: &Path,
+    cases: usize,
+    seed: u64,
+    dims: [usize; 3],
+    spacing: [f64; 3],
+    liver: bool,
+) -> Result<Vec<(std::path::PathBuf, std::path::PathBuf)>> {
     let labels = dir.join("labels").join("final");
     std::fs::create_dir_all(&labels).map_err(|e| RunnerError::io(&labels, e))?;
     (0..cases)
         .map(|c| {
-            let (image, label) = case(seed.wrapping_add(c as u64), dims, spacing);
+            let (image, label) = labelled_case(seed.wrapping_add(c as u64), dims, spacing, liver);
             let name = format!("spleen_{c:03}.nii.gz");
             let (ip, lp) = (dir.join(&name), labels.join(&name));
             medlabel_imaging::nifti::write_nifti(&ip, &image, medlabel_imaging::DataType::I16)?;
@@ -154,6 +184,24 @@ mod tests {
         };
         assert!(
             mean(&|i| la.data[i] == 1) > mean(&|i| la.data[i] == 0 && a.data[i] > -500.0) + 40.0
+        );
+    }
+
+    #[test]
+    fn the_liver_variant_labels_the_liver_on_the_same_image() {
+        let (a, la) = case(5, [24, 20, 16], [3.0, 3.0, 4.0]);
+        let (b, lb) = labelled_case(5, [24, 20, 16], [3.0, 3.0, 4.0], true);
+        assert_eq!(a, b);
+        assert!(
+            la.data
+                .iter()
+                .zip(&lb.data)
+                .all(|(&x, &y)| x == y || (x, y) == (0, 2))
+        );
+        let liver = lb.data.iter().filter(|&&v| v == 2).count();
+        assert!(
+            liver > la.data.iter().filter(|&&v| v == 1).count(),
+            "{liver}"
         );
     }
 

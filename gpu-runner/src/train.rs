@@ -1,6 +1,9 @@
 //! Supervised training (MONAI Label's segmentation trainer): Dice + cross-entropy,
 //! AdamW, random pos/neg crops with flips and intensity shifts, sliding-window
-//! validation Dice every `val_interval` epochs, optional early stopping.
+//! validation Dice every `val_interval` epochs, optional early stopping. Click-guided
+//! models (deepgrow, deepedit) train on each batch after simulated clicks
+//! ([`crate::interaction`]); deepedit validates its automatic segmentation, deepgrow
+//! the mask one click in each organ gives.
 //!
 //! Any model trains: native networks through their var store, TorchScript modules
 //! through the parameters libtorch exposes (registered in the same var store, see
@@ -28,7 +31,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, ModelType};
 use crate::dataset::{Sample, Sampling};
 use crate::error::{Result, RunnerError};
 use crate::infer::{InferOptions, sliding_window};
@@ -259,7 +262,10 @@ pub fn train(
                 .iter()
                 .map(|&idx| train_set[idx].crops(roi, &sampling, &mut rng))
                 .unzip();
-            let (x, y) = (tch::Tensor::cat(&xs, 0), tch::Tensor::cat(&ys, 0));
+            let (mut x, mut y) = (tch::Tensor::cat(&xs, 0), tch::Tensor::cat(&ys, 0));
+            if cfg.model_type.is_interactive() {
+                (x, y) = crate::interaction::simulate(&model, &x, &y, &mut rng)?;
+            }
             let logits = crate::with_amp(amp, || model.forward(&x, Mode::TRAIN))?;
             let loss = dice_ce_loss(&logits.to_kind(tch::Kind::Float), &y);
             opt.backward_step(&loss);
@@ -298,7 +304,11 @@ pub fn train(
             } else {
                 &val_set
             };
-            let score = validate(&model, val, req.sw_overlap, amp)?;
+            let score = if cfg.model_type == ModelType::Deepgrow {
+                crate::interaction::deepgrow_dice(&model, val, req.sw_overlap)?
+            } else {
+                validate(&model, val, req.sw_overlap, amp)?
+            };
             stats.eval.metrics.insert("val_mean_dice".into(), score);
             if score > meta.best_metric {
                 meta.best_metric = score;

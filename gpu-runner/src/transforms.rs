@@ -59,6 +59,19 @@ impl Orientation {
         std::array::from_fn(|r| v[self.axis_of_world[r]])
     }
 
+    /// A voxel position (i, j, k) in an array of `dims` voxels → its position in the
+    /// RAS array, in (R, A, S) order.
+    pub fn point_to_ras(&self, p: [f64; 3], dims: [i64; 3]) -> [f64; 3] {
+        std::array::from_fn(|r| {
+            let c = self.axis_of_world[r];
+            if self.flip[r] {
+                (dims[c] - 1) as f64 - p[c]
+            } else {
+                p[c]
+            }
+        })
+    }
+
     /// `[.., k, j, i]` → `[.., S, A, R]` (tensor order of the RAS array).
     pub fn to_ras(&self, t: &Tensor) -> Tensor {
         let n = t.dim() as i64;

@@ -89,6 +89,8 @@ mod tests {
 
     fn config(dropout: f64) -> ModelConfig {
         ModelConfig {
+            model_type: Default::default(),
+            guidance: Default::default(),
             labels: BTreeMap::from([("background".into(), 0), ("spleen".into(), 1)]),
             spacing: [2.0; 3],
             intensity: Intensity::Mr,

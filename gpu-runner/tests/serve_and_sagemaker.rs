@@ -17,6 +17,8 @@ use tower::ServiceExt;
 
 fn tiny_config() -> ModelConfig {
     ModelConfig {
+        model_type: Default::default(),
+        guidance: Default::default(),
         labels: BTreeMap::from([("background".into(), 0), ("spleen".into(), 1)]),
         spacing: [4.0, 4.0, 4.0],
         intensity: Intensity::spleen_ct(),

@@ -11,6 +11,8 @@ use medlabel_runner::{
 fn request() -> TrainRequest {
     TrainRequest {
         model: Some(ModelConfig {
+            model_type: Default::default(),
+            guidance: Default::default(),
             labels: BTreeMap::from([("background".into(), 0), ("spleen".into(), 1)]),
             spacing: [4.0; 3],
             intensity: Intensity::spleen_ct(),

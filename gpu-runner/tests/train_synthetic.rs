@@ -13,6 +13,8 @@ const SPACING: [f64; 3] = [3.0, 3.0, 3.5];
 
 fn small_config() -> ModelConfig {
     ModelConfig {
+        model_type: Default::default(),
+        guidance: Default::default(),
         labels: BTreeMap::from([("background".into(), 0), ("spleen".into(), 1)]),
         spacing: [3.0, 3.0, 3.5],
         intensity: Intensity::spleen_ct(),

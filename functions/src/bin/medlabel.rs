@@ -21,9 +21,9 @@
 //!
 //! Browsers: no other web origin may call the API unless named by `--cors-origin`, and
 //! a server bound to loopback answers only requests for a loopback name or its address
-//! (DNS rebinding). `--starter-model DIR` publishes a model folder
+//! (DNS rebinding). `--starter-model DIR` (repeatable) publishes a model folder
 //! (`config.json` + `model.safetensors`) as version 1 of its model when none is
-//! published yet, so a fresh studies folder can segment at once.
+//! published yet, so a fresh studies folder can segment, and answer clicks, at once.
 //!
 //! Authentication is off unless `--auth builtin` (users of the studies folder, managed
 //! with `medlabel user`) or `--auth oidc` asks for it (see `medlabel_functions::auth_cli`).
@@ -137,8 +137,9 @@ fn cli() -> Command {
                 .arg(
                     Arg::new("starter-model")
                         .long("starter-model")
+                        .action(ArgAction::Append)
                         .value_parser(value_parser!(PathBuf))
-                        .help("A model folder to publish when its model has no version yet"),
+                        .help("A model folder to publish when its model has no version yet (repeatable)"),
                 )
                 .arg(
                     Arg::new("bundle")
@@ -531,7 +532,11 @@ async fn serve(args: &ArgMatches) -> Result<(), Box<dyn std::error::Error>> {
     ));
 
     let blob_store = state.datastore.blob_store();
-    if let Some(dir) = args.get_one::<PathBuf>("starter-model") {
+    for dir in args
+        .get_many::<PathBuf>("starter-model")
+        .into_iter()
+        .flatten()
+    {
         model_import::publish_model_folder(&state.models, blob_store.as_ref(), dir).await?;
     }
     for bundle in args.get_many::<PathBuf>("bundle").into_iter().flatten() {

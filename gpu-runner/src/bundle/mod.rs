@@ -219,6 +219,8 @@ fn import_dir(root: &Path, out: &Path, opts: &BundleImport) -> Result<ModelConfi
     let torchscript = matches!(network, NetworkConfig::TorchScript(_));
     let mut intensity = pre.intensity;
     let config = ModelConfig {
+        model_type: Default::default(),
+        guidance: Default::default(),
         labels,
         spacing: pre.spacing.unwrap_or([1.0; 3]),
         intensity: if intensity.len() == 1 {
