@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# Click → mask round trip over HTTP (issue #18): Slicer's DeepGrow click and OHIF's
-# DeepEdit call against `medlabel serve` with the runner and the shipped click-guided
-# starter models, on a 256 × 256 × 128 synthetic CT (1.5 × 1.5 × 2.5 mm).
+# Click → mask round trip over HTTP (issue #18): Slicer's DeepGrow click, OHIF's
+# DeepEdit call and Slicer's scribbles call against `medlabel serve` with the runner and
+# the shipped click-guided starter models, on a 256 × 256 × 128 synthetic CT
+# (1.5 × 1.5 × 2.5 mm).
 #
 #   bash scripts/bench-smartedit.sh [ROUNDS]
+#
+# BENCH_PEER=1 then sends the same DeepEdit and scribbles requests to MONAI Label 0.8.5's
+# own server on the same machine and image (scripts/peer_app: its Histogram+GraphCut
+# task and a DeepEdit task as the radiology app builds it), in a venv of its own
+# (~/.cache/medlabel/peer-py: MONAI Label's server dependencies, numpy 1.x for its
+# graph cut, the main venv's torch and MONAI). One JSON line per server.
 #
 # Uses the release `medlabel-runner` (built here with `--no-default-features`) and the
 # `medlabel` server of the dev or release profile, whichever is newer
@@ -40,5 +47,30 @@ for _ in $(seq 120); do
     if curl -fs "http://127.0.0.1:$port/info/" >/dev/null; then break; fi
     sleep 1
 done
-"$python" scripts/bench_smartedit.py "http://127.0.0.1:$port" "$work/sample/spleen_000.nii.gz" \
-    "$work/sample/labels/final/spleen_000.nii.gz" "$rounds"
+image=$work/sample/spleen_000.nii.gz
+truth=$work/sample/labels/final/spleen_000.nii.gz
+"$python" scripts/bench_smartedit.py "http://127.0.0.1:$port" "$image" "$truth" "$rounds" | sed 's/^{/{"server":"medlabel",/'
+kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
+[[ ${BENCH_PEER:-0} == 1 ]] || exit 0
+
+peer=${MEDLABEL_PEER_PY:-$HOME/.cache/medlabel/peer-py}
+if [[ ! -x $peer/bin/python ]]; then
+    "$("$python" -c 'import sys; print(sys._base_executable)')" -m venv "$peer"
+    "$peer/bin/pip" install -q "numpy==1.26.4" "numpymaxflow==0.0.7" "pydicom==2.4.4" \
+        "pynetdicom==2.0.2" fastapi uvicorn python-multipart timeloop schedule expiring-dict \
+        expiringdict passlib bcrypt pyjwt httpx requests-toolbelt einops scipy scikit-learn \
+        scikit-image shapely girder-client google-auth psutil pydantic-settings \
+        opencv-python-headless >&2
+    # torch, MONAI and monailabel come from the main venv, after the peer's own packages.
+    "$python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
+        >"$("$peer/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz-medlabel.pth"
+fi
+site=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+port=$("$python" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+mkdir -p "$work/peer-studies"
+LD_LIBRARY_PATH="$site/nvidia/cu13/lib:$(dirname "$(dirname "$python")")/cuda-stubs" PYTHONWARNINGS=ignore \
+    "$peer/bin/python" -m monailabel.main start_server --app "$repo/scripts/peer_app" \
+    --studies "$work/peer-studies" --host 127.0.0.1 --port "$port" >"$work/peer.log" 2>&1 &
+server_pid=$!
+"$python" scripts/bench_smartedit.py "http://127.0.0.1:$port" "$image" "$truth" "$rounds" \
+    --deepgrow - --deepedit deepedit | sed 's/^{/{"server":"monailabel",/'

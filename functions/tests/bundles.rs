@@ -269,18 +269,7 @@ async fn an_imported_torchscript_model_trains_and_the_next_inference_uses_it() {
         "{}",
         reply.text().await.unwrap()
     );
-    let deadline = std::time::Instant::now() + Duration::from_secs(300);
-    let done = loop {
-        let task: Value = common::get_json(&format!("{url}/train/")).await;
-        if task["status"] == "DONE" || task["status"] == "ERROR" {
-            break task;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "training did not end: {task}"
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let done = common::training_outcome(&url, Duration::from_secs(300)).await;
     assert_eq!(done["status"], "DONE", "{done}");
     // An imported model has no metric yet, so its first training publishes version 2,
     // still TorchScript, and the next inference is served by it.

@@ -148,7 +148,14 @@ async fn assert_spleen_seg(
     label: &Volume<f32>,
 ) {
     let seg = orthanc.series_files(seg_uid).await.remove(0);
-    let decoded = read_seg(&seg, &series_info(spec), &SegReadOptions::default()).unwrap();
+    assert_spleen_mask(&seg, spec, label);
+}
+
+/// Checks that the DICOM SEG `seg` of the series `spec` holds one `spleen` segment whose
+/// mask is `label`, voxel for voxel.
+fn assert_spleen_mask(seg: &[u8], spec: &SyntheticCt, label: &Volume<f32>) {
+    let decoded = read_seg(seg, &series_info(spec), &SegReadOptions::default()).unwrap();
+    assert_eq!(decoded.segments.len(), 1, "{:?}", decoded.segments);
     assert_eq!(decoded.segments[0].label, "spleen");
     assert!(
         decoded
@@ -156,7 +163,8 @@ async fn assert_spleen_seg(
             .data
             .iter()
             .map(|&v| f32::from(v))
-            .eq(label.data.iter().copied())
+            .eq(label.data.iter().copied()),
+        "the SEG's mask differs from the expected one"
     );
 }
 
@@ -739,23 +747,12 @@ async fn orthanc_series_are_inferred_labelled_as_seg_and_trained_on() {
     assert_eq!(reply.status(), StatusCode::OK, "{:?}", reply.text().await);
     assert_eq!(reply.headers()["content-type"], "application/dicom");
     let seg = reply.bytes().await.unwrap();
-    let decoded = read_seg(&seg, &series_info(&a), &SegReadOptions::default()).unwrap();
-    assert_eq!(decoded.segments.len(), 1, "{:?}", decoded.segments);
-    assert_eq!(decoded.segments[0].label, "spleen");
     let reply = infer_when_ready(&server, &a_uid, "image").await;
     assert_eq!(reply.status(), StatusCode::OK);
     let nifti = read_volume_bytes(&reply.bytes().await.unwrap(), ".nii.gz").unwrap();
     assert_eq!(nifti.dims, a.dims);
     assert!(max_abs_diff(&nifti.affine, &a.volume().affine) < 1e-4);
-    assert!(
-        decoded
-            .mask
-            .data
-            .iter()
-            .map(|&v| f32::from(v))
-            .eq(nifti.data.iter().copied()),
-        "the SEG holds the same mask as the NIfTI result"
-    );
+    assert_spleen_mask(&seg, &a, &nifti);
 
     // The annotator's final label goes to Orthanc as a SEG, named after the model's
     // label, and reads back as the label.
@@ -799,15 +796,7 @@ async fn orthanc_series_are_inferred_labelled_as_seg_and_trained_on() {
         .await
         .unwrap();
     assert_eq!(reply.status(), StatusCode::OK, "{:?}", reply.text().await);
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let done = loop {
-        let (_, task) = get_json(&server, "/train/").await;
-        if task["status"] == "DONE" || task["status"] == "ERROR" {
-            break task;
-        }
-        assert!(Instant::now() < deadline, "training did not end: {task}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    };
+    let done = common::training_outcome(&server.url, Duration::from_secs(300)).await;
     assert_eq!(done["status"], "DONE", "{done:#}");
     let requested = payloads(home.path(), "JobRequested");
     let train = requested.iter().find(|p| p["kind"] == "train").unwrap();

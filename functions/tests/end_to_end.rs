@@ -17,7 +17,6 @@ mod common;
 mod stack;
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use axum::Router;
@@ -85,13 +84,7 @@ impl Stack {
 /// A synthetic CT case from the runner (`make-sample`): image and true mask, on the
 /// starter model's own 3 mm grid so its accuracy is not blurred by resampling.
 fn sample_case(dir: &Path) -> (Vec<u8>, Vec<u8>) {
-    let status = Command::new(common::runner_binary())
-        .args(["make-sample", "--cases", "1", "--seed", "7"])
-        .args(["--dims", "64,64,48", "--spacing", "3,3,3", "--out"])
-        .arg(dir)
-        .status()
-        .unwrap();
-    assert!(status.success());
+    common::make_sample(dir, 1, 7, "64,64,48", "3,3,3", false);
     let name = "spleen_000.nii.gz";
     (
         std::fs::read(dir.join(name)).unwrap(),

@@ -2,8 +2,6 @@
 //! `monailabel` client against `medlabel serve` with the runner and the shipped
 //! click-guided starter models.
 
-use std::process::Command;
-
 mod common;
 
 /// A synthetic CT (spleen and liver labelled) from a seed the models never saw, the
@@ -13,14 +11,8 @@ mod common;
 #[test]
 fn python_client_sends_deepgrow_and_deepedit_clicks() {
     let sample = tempfile::tempdir().unwrap();
+    common::make_sample(sample.path(), 1, 4242, "128,128,80", "1.5,1.5,2.5", true);
     let runner = common::runner_binary();
-    let made = Command::new(&runner)
-        .args(["make-sample", "--liver", "--cases", "1", "--seed", "4242"])
-        .args(["--dims", "128,128,80", "--spacing", "1.5,1.5,2.5", "--out"])
-        .arg(sample.path())
-        .status()
-        .unwrap();
-    assert!(made.success());
     let work = tempfile::tempdir().unwrap();
     let name = "spleen_000.nii.gz";
     std::fs::copy(sample.path().join(name), work.path().join("ct.nii.gz")).unwrap();
@@ -60,15 +52,8 @@ fn python_client_sends_deepgrow_and_deepedit_clicks() {
 #[test]
 fn deepedit_trains_through_the_api_with_simulated_clicks() {
     let studies = tempfile::tempdir().unwrap();
+    common::make_sample(studies.path(), 4, 77, "64,64,40", "3,3,4", true);
     let runner = common::runner_binary();
-    let made = Command::new(&runner)
-        .args(["make-sample", "--liver", "--cases", "4", "--seed", "77"])
-        .args(["--dims", "64,64,40", "--spacing", "3,3,4", "--out"])
-        .arg(studies.path())
-        .stdout(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(made.success());
     let model = common::manifest_dir().join("../gpu-runner/models/deepedit_spleen_liver");
     let server = common::LocalServer::start(
         studies.path(),
@@ -96,18 +81,7 @@ fn deepedit_trains_through_the_api_with_simulated_clicks() {
             .unwrap();
         let status = reply.status();
         assert_eq!(status, 200, "{}", reply.text().await.unwrap());
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
-        let done = loop {
-            let task = common::get_json(&format!("{url}/train/")).await;
-            if task["status"] == "DONE" || task["status"] == "ERROR" {
-                break task;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "training did not end: {task}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-        };
+        let done = common::training_outcome(&url, std::time::Duration::from_secs(600)).await;
         assert_eq!(done["status"], "DONE", "{done}");
         let stats = &done["result"]["train_stats"];
         assert_eq!(stats["total_epochs"], 2, "{done}");

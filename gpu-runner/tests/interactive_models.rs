@@ -14,7 +14,7 @@ use tch::Device;
 /// The starter models' training geometry (`make-sample` in their READMEs).
 const DIMS: [usize; 3] = [128, 128, 80];
 const SPACING: [f64; 3] = [1.5, 1.5, 2.5];
-const HELD_OUT: [u64; 8] = [5000, 5001, 5002, 5003, 5004, 5005, 5006, 5007];
+const HELD_OUT: std::ops::Range<u64> = 5000..5016;
 /// A user clicks where the mask is wrong by more than a voxel's outline: errors must
 /// be two voxels deep (of 1.5 mm; the models see 3 mm voxels).
 const MIN_DEPTH: f32 = 2.0;
@@ -46,11 +46,11 @@ fn next_click(mask: &Volume<u8>, truth: &Volume<u8>, labels: &[i64]) -> Option<(
 }
 
 /// A user's session per held-out volume: DeepEdit's automatic mask, then up to five
-/// clicks, each where the mask is most wrong, until no error is left to click. Each
-/// volume ends at a mean organ Dice ≥ 0.9 and no worse than where it started, and
-/// the one the automatic mask gets badly wrong (seed 5007) is rescued by the clicks.
-/// (Single clicks can still set a volume back before the next ones repair it: the
-/// per-click means are printed.)
+/// clicks, each where the mask is most wrong, until no error is left to click (a user
+/// who stops keeps the last mask). No click makes a volume worse, the mean over the
+/// volumes rises with every click some volume still needed, every volume ends at a
+/// mean organ Dice ≥ 0.9, and the ones the automatic mask gets badly wrong (seeds 5007
+/// and 5015) are rescued by the clicks.
 #[test]
 fn deepedit_clicks_correct_the_automatic_mask_to_a_dice_of_0_9() {
     let model = starter("deepedit_spleen_liver");
@@ -58,6 +58,7 @@ fn deepedit_clicks_correct_the_automatic_mask_to_a_dice_of_0_9() {
     let opts = InferOptions::default();
     let clicks_allowed = 5;
     let mut by_click = vec![0.0; clicks_allowed + 1];
+    let mut clicked = vec![false; clicks_allowed + 1];
     for seed in HELD_OUT {
         let (image, truth) = synth::labelled_case(seed, DIMS, SPACING, true);
         let organs = |mask: &Volume<u8>| (dice(mask, &truth, 1) + dice(mask, &truth, 2)) / 2.0;
@@ -77,20 +78,31 @@ fn deepedit_clicks_correct_the_automatic_mask_to_a_dice_of_0_9() {
         }
         eprintln!("seed {seed}: mean organ Dice by click {scores:.4?}");
         let (first, last) = (scores[0], scores[scores.len() - 1]);
+        assert!(last >= 0.9, "seed {seed}: {scores:?}");
         assert!(
-            last >= 0.9 && last >= first - 0.005,
-            "seed {seed}: {scores:?}"
+            scores.windows(2).all(|pair| pair[1] >= pair[0]),
+            "seed {seed}: a click made the mask worse: {scores:?}"
         );
-        if seed == 5007 {
-            assert!(first < 0.7 && last > first + 0.25, "{scores:?}");
+        for made in &mut clicked[1..scores.len()] {
+            *made = true;
+        }
+        if seed == 5007 || seed == 5015 {
+            assert!(first < 0.75 && last > first + 0.2, "{scores:?}");
         }
         // A user who stops clicking keeps the last mask.
         for (n, total) in by_click.iter_mut().enumerate() {
-            *total += scores[n.min(scores.len() - 1)] / HELD_OUT.len() as f64;
+            *total += scores[n.min(scores.len() - 1)] / HELD_OUT.count() as f64;
         }
     }
     eprintln!("mean over volumes by click: {by_click:.4?}");
-    assert!(by_click[clicks_allowed] > by_click[0], "{by_click:?}");
+    for n in 1..=clicks_allowed {
+        let rose = by_click[n] > by_click[n - 1] || !clicked[n] && by_click[n] == by_click[n - 1];
+        assert!(rose, "click {n} did not raise the mean: {by_click:?}");
+    }
+    assert!(
+        clicked[2],
+        "the held-out volumes must ask for more than one click"
+    );
 }
 
 #[test]

@@ -14,7 +14,7 @@
 //! together, each in its own savepoint (group commit): one fsync serves them all, and
 //! one that conflicts is rolled back alone. The file runs in WAL mode with `synchronous = FULL`, so a
 //! commit returns only after the log is fsynced: an acknowledged append survives a
-//! killed process and a power cut. Readers use their own connection and never wait
+//! killed process and a power cut. Readers use their own connections and never wait
 //! behind an append's fsync.
 //!
 //! The same file can also hold a folder blob store's small blobs (table `blobs`, see
@@ -26,14 +26,15 @@
 //!
 //! SQLite calls block. Appends run on tokio's blocking pool, with the two writer
 //! connections behind one mutex; an append can read the log's tail in the same trip
-//! ([`EventStore::append_and_read`]). Reads use the reader connection, behind another
-//! mutex, in place when it is free and on the blocking pool when it is not. Appends
+//! ([`EventStore::append_and_read`]). Reads use a few reader connections, each behind
+//! its own mutex, in place when one is free and on the blocking pool when none is. Appends
 //! made through this handle (or its clones) wake [`EventStore::wait_for_append`] at
 //! once; appends from other processes are noticed by polling the head. Checkpoints
 //! (copying the WAL into the database file) run on a thread of their own, not inside a
 //! commit (see `checkpoint_in_background`).
 
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError, Weak};
 use std::time::Duration;
@@ -50,6 +51,9 @@ use crate::store::{Appended, EventStore, ExpectedVersion, StoreError, Tail, chec
 /// added `blobs`: a file that holds blobs must not be opened by a build that would not
 /// look for them there.
 const LAYOUT_VERSION: i64 = 2;
+
+/// Read connections per handle (see [`Readers`]).
+const READERS: usize = 4;
 
 /// How long a connection waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,7 +102,7 @@ pub struct SqliteEventStore {
 
 struct Inner {
     writer: Mutex<Writers>,
-    reader: Mutex<Connection>,
+    readers: Readers,
     /// Appends waiting for the writer, and whether a leader is committing them.
     pending: Mutex<Queue>,
     /// Highest position this handle has committed, to wake waiters without polling.
@@ -116,6 +120,51 @@ struct Writers {
     /// WAL restarts still sync). Small blobs use it; the next durable commit's fsync of
     /// the same WAL file covers them.
     deferred: Connection,
+}
+
+/// The connections that read, each behind its own lock; a read takes whichever is free.
+///
+/// Several, not one, because a thread holding a connection can be put aside by the
+/// scheduler mid-read: the studies folder's follower reads the log at the lowest CPU
+/// priority, and with a single connection every request's read queued behind it
+/// whenever the request handlers kept both cores busy (issue #14). In WAL mode readers
+/// never block each other or the writer, so extra connections only cost their page
+/// caches.
+struct Readers {
+    connections: Vec<Mutex<Connection>>,
+    /// Which connection a read that found none free waits for, in turn.
+    next: AtomicUsize,
+}
+
+impl Readers {
+    fn open(path: &Path) -> Result<Self, StoreError> {
+        let connections = (0..READERS)
+            .map(|_| connect(path, Synchronous::Full).map(Mutex::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            connections,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    /// A free connection, if one is.
+    fn try_any(&self) -> Option<MutexGuard<'_, Connection>> {
+        self.connections
+            .iter()
+            .find_map(|connection| match connection.try_lock() {
+                Ok(conn) => Some(conn),
+                Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            })
+    }
+
+    /// A free connection, or else the next one in turn once its read is done. Blocks.
+    fn any(&self) -> MutexGuard<'_, Connection> {
+        self.try_any().unwrap_or_else(|| {
+            let turn = self.next.fetch_add(1, Ordering::Relaxed) % self.connections.len();
+            lock(&self.connections[turn])
+        })
+    }
 }
 
 impl Inner {
@@ -170,8 +219,8 @@ impl SqliteEventStore {
         let mut durable = connect(path, Synchronous::Full)?;
         prepare_layout(&mut durable)?;
         let deferred = connect(path, Synchronous::Normal)?;
-        let reader = connect(path, Synchronous::Full)?;
-        let head = query_head(&reader)?;
+        let readers = Readers::open(path)?;
+        let head = query_head(&readers.any())?;
         // Checkpoints run on their own connection and thread (`checkpoint_in_background`),
         // not inside whichever commit crosses SQLite's automatic threshold.
         durable.execute_batch("PRAGMA wal_autocheckpoint = 0;")?;
@@ -180,7 +229,7 @@ impl SqliteEventStore {
         let (checkpoints, wake_ups) = mpsc::sync_channel(1);
         let inner = Arc::new(Inner {
             writer: Mutex::new(Writers { durable, deferred }),
-            reader: Mutex::new(reader),
+            readers,
             pending: Mutex::new(Queue::default()),
             appended: watch::Sender::new(head),
             checkpoints,
@@ -237,8 +286,8 @@ impl SqliteEventStore {
         Ok((appended, tail))
     }
 
-    /// Runs a read on the reader connection: right here when the connection is free,
-    /// on the blocking pool when another read holds it. The reads that keep a view
+    /// Runs a read on a reader connection: right here when one is free, on the
+    /// blocking pool when other reads hold them all. The reads that keep a view
     /// caught up are short indexed queries on hot pages (tens of microseconds), cheaper
     /// than the two thread wake-ups of a trip to the pool, which dominated a loaded
     /// server's profile; a read that does wait for the disk is rare and brief in WAL mode,
@@ -248,13 +297,11 @@ impl SqliteEventStore {
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        match self.inner.reader.try_lock() {
-            Ok(mut conn) => return work(&mut conn),
-            Err(TryLockError::Poisoned(poisoned)) => return work(&mut poisoned.into_inner()),
-            Err(TryLockError::WouldBlock) => {}
+        if let Some(mut conn) = self.inner.readers.try_any() {
+            return work(&mut conn);
         }
         let inner = Arc::clone(&self.inner);
-        tokio::task::spawn_blocking(move || work(&mut lock(&inner.reader)))
+        tokio::task::spawn_blocking(move || work(&mut inner.readers.any()))
             .await
             .map_err(|err| StoreError::Backend(format!("sqlite worker failed: {err}")))?
     }
@@ -278,7 +325,10 @@ impl SqliteEventStore {
 
     /// A stored blob's bytes, or `None`. Blocks.
     pub(crate) fn blob(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(lock(&self.inner.reader)
+        Ok(self
+            .inner
+            .readers
+            .any()
             .prepare_cached("SELECT bytes FROM blobs WHERE name = ?1")?
             .query_row([name], |row| row.get(0))
             .optional()?)
@@ -286,7 +336,10 @@ impl SqliteEventStore {
 
     /// A stored blob's size in bytes, or `None`. Blocks.
     pub(crate) fn blob_size(&self, name: &str) -> Result<Option<u64>, StoreError> {
-        let size: Option<i64> = lock(&self.inner.reader)
+        let size: Option<i64> = self
+            .inner
+            .readers
+            .any()
             .prepare_cached("SELECT length(bytes) FROM blobs WHERE name = ?1")?
             .query_row([name], |row| row.get(0))
             .optional()?;
@@ -295,7 +348,7 @@ impl SqliteEventStore {
 
     /// Every stored blob's name and size. Blocks.
     pub(crate) fn blob_sizes(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let reader = lock(&self.inner.reader);
+        let reader = self.inner.readers.any();
         let mut statement = reader.prepare_cached("SELECT name, length(bytes) FROM blobs")?;
         let rows = statement.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
         rows.map(|row| {

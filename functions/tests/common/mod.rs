@@ -516,15 +516,47 @@ pub fn sample_studies(dir: &std::path::Path, cases: usize) {
 
 /// [`sample_studies`] from another seed: cases the seed-3 ones never show.
 pub fn sample_studies_seeded(dir: &std::path::Path, cases: usize, seed: u64) {
+    make_sample(dir, cases, seed, "48,48,32", "3,3,3", false);
+}
+
+/// `make-sample` into `dir`: `cases` synthetic CTs from `seed` of `dims` voxels
+/// (`"i,j,k"`) at `spacing` mm, with final spleen labels (and liver ones, `liver`).
+pub fn make_sample(
+    dir: &std::path::Path,
+    cases: usize,
+    seed: u64,
+    dims: &str,
+    spacing: &str,
+    liver: bool,
+) {
     let status = std::process::Command::new(runner_binary())
         .args(["make-sample", "--cases", &cases.to_string()])
         .args(["--seed", &seed.to_string()])
-        .args(["--dims", "48,48,32", "--spacing", "3,3,3", "--out"])
+        .args(["--dims", dims, "--spacing", spacing])
+        .args(liver.then_some("--liver"))
+        .arg("--out")
         .arg(dir)
         .stdout(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(status.success());
+}
+
+/// Polls `GET /train/` at `url` until the training task is DONE or ERROR, at most
+/// `limit`; returns the task.
+pub async fn training_outcome(url: &str, limit: std::time::Duration) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let task = get_json(&format!("{url}/train/")).await;
+        if task["status"] == "DONE" || task["status"] == "ERROR" {
+            return task;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "training did not end: {task}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 }
 
 /// `GET url` (a 300 s timeout: a server may be busy training); the reply's JSON body,
