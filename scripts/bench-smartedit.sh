@@ -10,7 +10,8 @@
 # own server on the same machine and image (scripts/peer_app: its Histogram+GraphCut
 # task and a DeepEdit task as the radiology app builds it), in a venv of its own
 # (~/.cache/medlabel/peer-py: MONAI Label's server dependencies, numpy 1.x for its
-# graph cut, the main venv's torch and MONAI). One JSON line per server.
+# graph cut, the main venv's torch). BENCH_PEER_ROUNDS sets its rounds (a DeepEdit call
+# there takes tens of seconds on a CPU). One JSON line per server.
 #
 # Uses the release `medlabel-runner` (built here with `--no-default-features`) and the
 # `medlabel` server of the dev or release profile, whichever is newer
@@ -61,6 +62,9 @@ if [[ ! -x $peer/bin/python ]]; then
         expiringdict passlib bcrypt pyjwt httpx requests-toolbelt einops scipy scikit-learn \
         scikit-image shapely girder-client google-auth psutil pydantic-settings \
         opencv-python-headless >&2
+    # torch 2.11's torchvision; MONAI 1.5, as MONAI Label 0.8.5's scribbles fail under 1.6
+    # (its Spacingd updates every `image_*` entry as a meta dict, `image_path` included).
+    "$peer/bin/pip" install -q --no-deps "torchvision==0.26.0" "monai==1.5.1" >&2
     # torch, MONAI and monailabel come from the main venv, after the peer's own packages.
     "$python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
         >"$("$peer/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz-medlabel.pth"
@@ -70,7 +74,7 @@ port=$("$python" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0));
 mkdir -p "$work/peer-studies"
 LD_LIBRARY_PATH="$site/nvidia/cu13/lib:$(dirname "$(dirname "$python")")/cuda-stubs" PYTHONWARNINGS=ignore \
     "$peer/bin/python" -m monailabel.main start_server --app "$repo/scripts/peer_app" \
-    --studies "$work/peer-studies" --host 127.0.0.1 --port "$port" >"$work/peer.log" 2>&1 &
+    --studies "$work/peer-studies" --host 127.0.0.1 --port "$port" >"${BENCH_PEER_LOG:-$work/peer.log}" 2>&1 &
 server_pid=$!
-"$python" scripts/bench_smartedit.py "http://127.0.0.1:$port" "$image" "$truth" "$rounds" \
-    --deepgrow - --deepedit deepedit | sed 's/^{/{"server":"monailabel",/'
+"$python" scripts/bench_smartedit.py "http://127.0.0.1:$port" "$image" "$truth" \
+    "${BENCH_PEER_ROUNDS:-$rounds}" --deepgrow - --deepedit deepedit | sed 's/^{/{"server":"monailabel",/'

@@ -82,10 +82,10 @@ def scribbles_file(truth_file, work):
     truth = np.asarray(truth_image.dataobj)
     ci, cj, ck = np.round(np.argwhere(truth == 1).mean(axis=0)).astype(int)
     strokes = np.zeros(truth.shape, np.uint8)
-    reach = 25
+    organ_j = np.argwhere(truth[ci, :, ck] == 1)[:, 0]
+    line = slice(max(organ_j.min() - 12, 0), organ_j.max() + 12)
     for k in (ck - 4, ck, ck + 4):
         for i in (ci - 1, ci, ci + 1):
-            line = slice(max(cj - reach, 0), cj + reach)
             strokes[i, line, k] = np.where(truth[i, line, k] == 1, 3, 2)
     path = os.path.join(work, "scribbles.nii.gz")
     nib.save(nib.Nifti1Image(strokes, truth_image.affine), path)
