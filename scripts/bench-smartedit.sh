@@ -55,6 +55,7 @@ kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; server_pid=
 [[ ${BENCH_PEER:-0} == 1 ]] || exit 0
 
 peer=${MEDLABEL_PEER_PY:-$HOME/.cache/medlabel/peer-py}
+site=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 if [[ ! -x $peer/bin/python ]]; then
     "$("$python" -c 'import sys; print(sys._base_executable)')" -m venv "$peer"
     "$peer/bin/pip" install -q "numpy==1.26.4" "numpymaxflow==0.0.7" "pydicom==2.4.4" \
@@ -66,10 +67,8 @@ if [[ ! -x $peer/bin/python ]]; then
     # (its Spacingd updates every `image_*` entry as a meta dict, `image_path` included).
     "$peer/bin/pip" install -q --no-deps "torchvision==0.26.0" "monai==1.5.1" >&2
     # torch, MONAI and monailabel come from the main venv, after the peer's own packages.
-    "$python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])' \
-        >"$("$peer/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz-medlabel.pth"
+    echo "$site" >"$("$peer/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/zz-medlabel.pth"
 fi
-site=$("$python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 port=$("$python" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 mkdir -p "$work/peer-studies"
 LD_LIBRARY_PATH="$site/nvidia/cu13/lib:$(dirname "$(dirname "$python")")/cuda-stubs" PYTHONWARNINGS=ignore \

@@ -41,7 +41,8 @@ def infer(url, model, params, label=None):
     start = time.perf_counter()
     files = {"params": (None, json.dumps(dict(params, **RESULT)))}
     if label:
-        files["label"] = (os.path.basename(label), open(label, "rb"))
+        with open(label, "rb") as f:
+            files["label"] = (os.path.basename(label), f.read())
     r = requests.post(f"{url}/infer/{model}?image=ct", files=files)
     body = r.content
     elapsed = time.perf_counter() - start
@@ -92,7 +93,7 @@ def scribbles_file(truth_file, work):
     return path
 
 
-def wait_until_answering(url, request):
+def wait_until_answering(request):
     deadline = time.time() + 300
     while True:
         try:
@@ -114,7 +115,7 @@ def main():
     ap.add_argument("--scribbles", default="Histogram+GraphCut")
     args = ap.parse_args()
     url, rounds = args.url, args.rounds
-    wait_until_answering(url, lambda: requests.get(f"{url}/info/").raise_for_status())
+    wait_until_answering(lambda: requests.get(f"{url}/info/").raise_for_status())
     with open(args.image, "rb") as f:
         r = requests.put(f"{url}/datastore/?image=ct", files={"file": ("ct.nii.gz", f)},
                          data={"params": json.dumps({"client_id": "bench"})})
@@ -128,14 +129,14 @@ def main():
     report = {"image": list(truth.shape)}
     if args.deepgrow != "-":
         first = {"foreground": [click(1, 0)], "background": []}
-        wait_until_answering(url, lambda: infer(url, args.deepgrow, first))
+        wait_until_answering(lambda: infer(url, args.deepgrow, first))
         report["deepgrow_click"] = summary(
             [infer(url, args.deepgrow, {"label": "spleen", "foreground": [click(1, n)], "background": []})
              for n in range(rounds)])
     if args.deepedit != "-":
         auto = {"spleen": [], "liver": [], "background": []}
         report["deepedit_first_call_auto_ms"] = round(
-            wait_until_answering(url, lambda: infer(url, args.deepedit, auto)) * 1000, 1)
+            wait_until_answering(lambda: infer(url, args.deepedit, auto)) * 1000, 1)
         edit, edit_both = [], []
         for n in range(rounds):
             edit.append(infer(url, args.deepedit, {"spleen": [click(1, n)], "liver": [], "background": []}))

@@ -31,14 +31,7 @@ pub fn keep_largest(
 }
 
 fn keep_largest_of(labels: &mut [u8], dims: [usize; 3], fg: &dyn Fn(u8) -> bool, connectivity: u8) {
-    let [d, h, w] = dims;
-    let offsets: Vec<[isize; 3]> = (-1..=1)
-        .flat_map(|z| (-1..=1).flat_map(move |y| (-1..=1).map(move |x| [z, y, x])))
-        .filter(|o: &[isize; 3]| {
-            let n = o.iter().filter(|&&c| c != 0).count();
-            n > 0 && n <= connectivity.clamp(1, 3) as usize
-        })
-        .collect();
+    let offsets = neighbour_offsets(connectivity);
     // 0: unvisited; otherwise the component's number (1-based).
     let mut comp = vec![0u32; labels.len()];
     let (mut best, mut best_size, mut next) = (0u32, 0usize, 0u32);
@@ -48,34 +41,9 @@ fn keep_largest_of(labels: &mut [u8], dims: [usize; 3], fg: &dyn Fn(u8) -> bool,
             continue;
         }
         next += 1;
-        comp[start] = next;
-        stack.push(start);
-        let mut size = 0;
-        while let Some(i) = stack.pop() {
-            size += 1;
-            let (z, y, x) = (
-                (i / (h * w)) as isize,
-                (i / w % h) as isize,
-                (i % w) as isize,
-            );
-            for o in &offsets {
-                let (nz, ny, nx) = (z + o[0], y + o[1], x + o[2]);
-                if nz < 0
-                    || ny < 0
-                    || nx < 0
-                    || nz >= d as isize
-                    || ny >= h as isize
-                    || nx >= w as isize
-                {
-                    continue;
-                }
-                let j = (nz as usize * h + ny as usize) * w + nx as usize;
-                if comp[j] == 0 && fg(labels[j]) {
-                    comp[j] = next;
-                    stack.push(j);
-                }
-            }
-        }
+        let size = flood(&mut comp, next, start, dims, &offsets, &mut stack, &|j| {
+            fg(labels[j])
+        });
         if size > best_size {
             (best, best_size) = (next, size);
         }
@@ -85,6 +53,78 @@ fn keep_largest_of(labels: &mut [u8], dims: [usize; 3], fg: &dyn Fn(u8) -> bool,
             *v = 0;
         }
     }
+}
+
+/// The voxels of a `[d, h, w]` volume connected to voxel `seed` through voxels where
+/// `inside` holds (`connectivity` as in [`keep_largest`]); none when `seed` is not
+/// inside itself.
+pub fn connected_to(
+    dims: [usize; 3],
+    seed: usize,
+    connectivity: u8,
+    inside: &dyn Fn(usize) -> bool,
+) -> Vec<bool> {
+    let mut comp = vec![0u32; dims.iter().product()];
+    if inside(seed) {
+        let offsets = neighbour_offsets(connectivity);
+        flood(&mut comp, 1, seed, dims, &offsets, &mut Vec::new(), inside);
+    }
+    comp.into_iter().map(|c| c != 0).collect()
+}
+
+/// The neighbours' offsets for `connectivity` 1, 2 or 3 (faces, edges, corners).
+fn neighbour_offsets(connectivity: u8) -> Vec<[isize; 3]> {
+    (-1..=1)
+        .flat_map(|z| (-1..=1).flat_map(move |y| (-1..=1).map(move |x| [z, y, x])))
+        .filter(|o: &[isize; 3]| {
+            let n = o.iter().filter(|&&c| c != 0).count();
+            n > 0 && n <= connectivity.clamp(1, 3) as usize
+        })
+        .collect()
+}
+
+/// Marks `start` and every unmarked voxel reachable from it through voxels where
+/// `inside` holds with `mark` in `comp`; returns how many it marked. `stack` is scratch
+/// space, reused across calls.
+fn flood(
+    comp: &mut [u32],
+    mark: u32,
+    start: usize,
+    dims: [usize; 3],
+    offsets: &[[isize; 3]],
+    stack: &mut Vec<usize>,
+    inside: &dyn Fn(usize) -> bool,
+) -> usize {
+    let [d, h, w] = dims;
+    comp[start] = mark;
+    stack.push(start);
+    let mut size = 0;
+    while let Some(i) = stack.pop() {
+        size += 1;
+        let (z, y, x) = (
+            (i / (h * w)) as isize,
+            (i / w % h) as isize,
+            (i % w) as isize,
+        );
+        for o in offsets {
+            let (nz, ny, nx) = (z + o[0], y + o[1], x + o[2]);
+            if nz < 0
+                || ny < 0
+                || nx < 0
+                || nz >= d as isize
+                || ny >= h as isize
+                || nx >= w as isize
+            {
+                continue;
+            }
+            let j = (nz as usize * h + ny as usize) * w + nx as usize;
+            if comp[j] == 0 && inside(j) {
+                comp[j] = mark;
+                stack.push(j);
+            }
+        }
+    }
+    size
 }
 
 #[cfg(test)]

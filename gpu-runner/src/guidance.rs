@@ -57,19 +57,6 @@ impl Clicks {
     pub fn is_empty(&self) -> bool {
         self.channels.iter().all(Vec::is_empty)
     }
-
-    /// One click, alone in the first channel (where a region for it is all that is
-    /// asked: see [`crate::interactive::click_region`]).
-    pub fn single(click: Click) -> Self {
-        Self {
-            channels: vec![vec![click]],
-        }
-    }
-
-    /// Every click, whatever its channel.
-    pub fn all(&self) -> impl Iterator<Item = &Click> {
-        self.channels.iter().flatten()
-    }
 }
 
 /// Deepedit's channels: label names by label index; `foreground` clicks join the

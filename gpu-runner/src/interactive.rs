@@ -17,6 +17,7 @@ use std::time::Instant;
 use medlabel_imaging::Volume;
 use tch::{Device, Kind, Tensor};
 
+use crate::components::connected_to;
 use crate::config::{Layout, ModelConfig, ModelType};
 use crate::error::{Result, RunnerError};
 use crate::guidance::{Click, Clicks, channel_labels, signal};
@@ -86,11 +87,9 @@ pub fn infer_clicks(
         .zip(&labels)
         .flat_map(|(channel, &label)| channel.iter().map(move |&click| (click, label)))
         .collect();
-    let [di, dj, _] = image.dims;
-    let index = |v: [usize; 3]| (v[2] * dj + v[1]) * di + v[0];
     let mut answers = Vec::with_capacity(points.len());
     for &(point, label) in &points {
-        let region = click_region(&model.config, image, &Clicks::single(point))?;
+        let region = click_region(&model.config, image, &[point])?;
         let block = infer_region(model, image, clicks, region, opts, &mut lat)?;
         let pasted = region.pasted;
         let before: Vec<u8> = match base {
@@ -139,7 +138,8 @@ pub fn infer_clicks(
                                 && proposal(other, v).is_some()
                         });
                     if !outvoted {
-                        mask.data[index(v)] = label;
+                        let at = mask.index(v[0], v[1], v[2]);
+                        mask.data[at] = label;
                     }
                 }
             }
@@ -179,30 +179,9 @@ fn edits(
         Some(label) => label == own,
         None => own != 0 && before[v] == own,
     };
-    let [si, sj, _] = size;
-    let at = |v: [usize; 3]| (v[2] * sj + v[1]) * si + v[0];
-    let mut reached = vec![false; changes.len()];
-    let mut stack = Vec::new();
-    if through(at(click)) {
-        reached[at(click)] = true;
-        stack.push(click);
-    }
-    while let Some(v) = stack.pop() {
-        for axis in 0..3 {
-            for step in [-1isize, 1] {
-                let Some(c) = v[axis].checked_add_signed(step).filter(|&c| c < size[axis]) else {
-                    continue;
-                };
-                let mut next = v;
-                next[axis] = c;
-                let n = at(next);
-                if !reached[n] && through(n) {
-                    reached[n] = true;
-                    stack.push(next);
-                }
-            }
-        }
-    }
+    let [si, sj, sk] = size;
+    let seed = (click[2] * sj + click[1]) * si + click[0];
+    let reached = connected_to([sk, sj, si], seed, 1, &through);
     for (change, reached) in changes.iter_mut().zip(&reached) {
         if *change == Some(own) && !reached {
             *change = None;
@@ -321,13 +300,13 @@ pub fn grid_divisor(cfg: &ModelConfig) -> [i64; 3] {
     }
 }
 
-/// The input voxels the network sees for `clicks` — the clicks' box widened by the
-/// guidance margin and context ring, at least one model window along each axis, kept
-/// inside the image — and the part of them it answers for.
+/// The input voxels the network sees for `points` — their box widened by the guidance
+/// margin and context ring, at least one model window along each axis, kept inside the
+/// image — and the part of them it answers for.
 pub fn click_region(
     cfg: &ModelConfig,
     image: &Volume<f32>,
-    clicks: &Clicks,
+    points: &[Click],
 ) -> Result<ClickRegion> {
     let spacing = image.spacing();
     // Model spacing and window along each input axis (the world axis it runs along).
@@ -345,8 +324,8 @@ pub fn click_region(
     for c in 0..3 {
         let r = world_of[c];
         let voxels = |model_voxels: i64| model_voxels as f64 * cfg.spacing[r] / spacing[c];
-        let lo = clicks.all().map(|p| p[c]).min().unwrap_or(0) as f64;
-        let hi = clicks.all().map(|p| p[c]).max().unwrap_or(0) as f64;
+        let lo = points.iter().map(|p| p[c]).min().unwrap_or(0) as f64;
+        let hi = points.iter().map(|p| p[c]).max().unwrap_or(0) as f64;
         let ring = voxels(cfg.guidance.context).floor() as usize;
         let around = 2.0 * (voxels(cfg.guidance.margin) + ring as f64);
         let want = (hi - lo + 1.0 + around).max(voxels(cfg.roi_size[r])).ceil() as usize;
@@ -506,10 +485,7 @@ mod tests {
     fn the_region_covers_the_clicks_and_a_window_inside_the_image() {
         let cfg = deepgrow();
         let (image, _) = crate::synth::case(1, [40, 30, 20], [1.0, 1.0, 1.0]);
-        let clicks = Clicks {
-            channels: vec![vec![[38, 1, 10]], vec![[30, 3, 9]]],
-        };
-        let r = click_region(&cfg, &image, &clicks).unwrap();
+        let r = click_region(&cfg, &image, &[[38, 1, 10], [30, 3, 9]]).unwrap();
         // A window is 8 model voxels of 2 mm = 16 input voxels; along i the clicks span
         // 9, plus 2 · 4 of margin and 2 · 4 of context: 25, up to the image's end.
         assert_eq!(r.seen.start, [15, 0, 1]);
@@ -528,7 +504,9 @@ mod tests {
             channels: vec![vec![[20, 15, 10]], vec![]],
         };
         let opts = InferOptions::default();
-        let region = click_region(&model.config, &image, &clicks).unwrap().pasted;
+        let region = click_region(&model.config, &image, &[[20, 15, 10]])
+            .unwrap()
+            .pasted;
         let changed_inside = |mask: &Volume<u8>, before: u8| {
             let inside = crop_volume(mask, region).data;
             let outside = mask.data.iter().filter(|&&v| v != before).count()

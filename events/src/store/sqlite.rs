@@ -126,8 +126,8 @@ struct Writers {
 ///
 /// Several, not one, because a thread holding a connection can be put aside by the
 /// scheduler mid-read: the studies folder's follower reads the log at the lowest CPU
-/// priority, and with a single connection every request's read queued behind it
-/// whenever the request handlers kept both cores busy (issue #14). In WAL mode readers
+/// priority, and with a single connection a request's read could queue behind it for
+/// as long as the request handlers kept both cores busy (issue #14). In WAL mode readers
 /// never block each other or the writer, so extra connections only cost their page
 /// caches.
 struct Readers {
