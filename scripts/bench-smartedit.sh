@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Click → mask round trip over HTTP (issue #18): Slicer's DeepGrow click, OHIF's
+# Click → mask round trip over HTTP (issue #18): Slicer's DeepGrow clicks (3D and 2D), OHIF's
 # DeepEdit call and Slicer's scribbles call against `medlabel serve` with the runner and
 # the shipped click-guided starter models, on a 256 × 256 × 128 synthetic CT
 # (1.5 × 1.5 × 2.5 mm).
@@ -8,7 +8,7 @@
 #
 # BENCH_PEER=1 then sends the same DeepEdit and scribbles requests to MONAI Label 0.8.5's
 # own server on the same machine and image (scripts/peer_app: its Histogram+GraphCut
-# task and a DeepEdit task as the radiology app builds it), in a venv of its own
+# task, and DeepEdit and 2D DeepGrow tasks as the radiology app builds them), in a venv of its own
 # (~/.cache/medlabel/peer-py: MONAI Label's server dependencies, numpy 1.x for its
 # graph cut, the main venv's torch). BENCH_PEER_ROUNDS sets its rounds (a DeepEdit call
 # there takes tens of seconds on a CPU). One JSON line per server.
@@ -42,6 +42,7 @@ port=$("$python" -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0));
 mkdir -p "$work/studies"
 "$server" serve --studies "$work/studies" --port "$port" --runner "$runner" --device cpu \
     --starter-model gpu-runner/models/deepgrow_3d \
+    --starter-model gpu-runner/models/deepgrow_2d \
     --starter-model gpu-runner/models/deepedit_spleen_liver >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 120); do
@@ -76,4 +77,4 @@ LD_LIBRARY_PATH="$site/nvidia/cu13/lib:$(dirname "$(dirname "$python")")/cuda-st
     --studies "$work/peer-studies" --host 127.0.0.1 --port "$port" >"${BENCH_PEER_LOG:-$work/peer.log}" 2>&1 &
 server_pid=$!
 "$python" scripts/bench_smartedit.py "http://127.0.0.1:$port" "$image" "$truth" \
-    "${BENCH_PEER_ROUNDS:-$rounds}" --deepgrow - --deepedit deepedit | sed 's/^{/{"server":"monailabel",/'
+    "${BENCH_PEER_ROUNDS:-$rounds}" --deepgrow - --deepgrow-2d deepgrow_2d --deepedit deepedit | sed 's/^{/{"server":"monailabel",/'

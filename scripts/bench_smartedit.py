@@ -1,11 +1,13 @@
 """Click → mask round trip over HTTP (issue #18), timed from a client on loopback.
 
 Usage: bench_smartedit.py <server_url> <image.nii.gz> <truth.nii.gz> [rounds]
-       [--deepgrow NAME] [--deepedit NAME] [--scribbles NAME]   (a NAME of - skips it)
+       [--deepgrow NAME] [--deepgrow-2d NAME] [--deepedit NAME] [--scribbles NAME]
+       (a NAME of - skips it)
 
 Uploads the image as `ct`, waits until the server answers, then times `POST
 /infer/<model>?image=ct` until the whole reply (the `.nrrd` mask) is read:
-Slicer's DeepGrow click (`foreground` at the spleen, `background` empty), OHIF's
+Slicer's DeepGrow click (`foreground` at the spleen, `background` empty; for a 2D
+model with `slice`, the click's k, as Slicer sends it), OHIF's
 DeepEdit call (`{spleen: [...], liver: [], background: []}`, and with a liver click too,
 which widens the region to both organs), each click a voxel away from the last so no two
 requests are the same, and Slicer's scribbles call (foreground and background strokes
@@ -111,6 +113,7 @@ def main():
     ap.add_argument("truth")
     ap.add_argument("rounds", nargs="?", type=int, default=20)
     ap.add_argument("--deepgrow", default="deepgrow_3d")
+    ap.add_argument("--deepgrow-2d", default="deepgrow_2d")
     ap.add_argument("--deepedit", default="deepedit_spleen_liver")
     ap.add_argument("--scribbles", default="Histogram+GraphCut")
     args = ap.parse_args()
@@ -133,6 +136,13 @@ def main():
         report["deepgrow_click"] = summary(
             [infer(url, args.deepgrow, {"label": "spleen", "foreground": [click(1, n)], "background": []})
              for n in range(rounds)])
+    if args.deepgrow_2d != "-":
+        def slice_click(n):
+            point = click(1, n)
+            return {"label": "spleen", "foreground": [point], "background": [], "slice": point[2]}
+        wait_until_answering(lambda: infer(url, args.deepgrow_2d, slice_click(0)))
+        report["deepgrow_2d_click"] = summary([infer(url, args.deepgrow_2d, slice_click(n))
+                                               for n in range(rounds)])
     if args.deepedit != "-":
         auto = {"spleen": [], "liver": [], "background": []}
         report["deepedit_first_call_auto_ms"] = round(

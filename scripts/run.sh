@@ -2,7 +2,7 @@
 # Runs medlabel locally: installs the tooling (scripts/setup.sh), builds the server and
 # the GPU runner, makes a synthetic CT studies folder on first use, and serves it on
 # http://127.0.0.1:8000 with every shipped starter model published (segmentation,
-# DeepEdit, DeepGrow; the scribbles methods are always there), and OHIF (the
+# DeepEdit, DeepGrow 3D and 2D; the scribbles methods are always there), and OHIF (the
 # build MONAI Label's wheel ships, with its MONAI Label panel) at /ohif/.
 #
 #   bash scripts/run.sh [--studies DIR | --studies http://host:8042/dicom-web]

@@ -258,15 +258,22 @@ fn model_error(err: ModelError) -> RunnerError {
     }
 }
 
-/// A published model's `/info/` `type`, `labels` and description, from its
-/// `config.json`: `type` picks the client's panel (segmentation → Auto Segmentation;
-/// deepgrow and deepedit → SmartEdit). A deepedit model lists background among its
-/// labels, as MONAI Label's does, so Slicer sends background clicks; a deepgrow model
-/// segments whatever is clicked and names no labels.
-fn describe_model(
-    config: &Value,
-    description: impl Fn(&str) -> String,
-) -> (&'static str, BTreeMap<String, Value>, String) {
+/// What `/info/` says of a published model.
+struct Description {
+    kind: &'static str,
+    labels: BTreeMap<String, Value>,
+    /// 2 for a network on axial slices: Slicer and OHIF then send one slice's clicks.
+    dimension: u64,
+    text: String,
+}
+
+/// A published model's `/info/` `type`, `labels`, `dimension` and description, from
+/// its `config.json`: `type` picks the client's panel (segmentation → Auto
+/// Segmentation; deepgrow and deepedit → SmartEdit). A deepedit model lists background
+/// among its labels, as MONAI Label's does, so Slicer sends background clicks; a
+/// deepgrow model segments whatever is clicked and names no labels.
+fn describe_model(config: &Value, description: impl Fn(&str) -> String) -> Description {
+    let dimension = config["network"]["spatial_dims"].as_u64().unwrap_or(3);
     let labels = |keep_background: bool| -> BTreeMap<String, Value> {
         config["labels"]
             .as_object()
@@ -279,22 +286,24 @@ fn describe_model(
             })
             .unwrap_or_default()
     };
-    match config["type"].as_str() {
+    let (kind, labels, what) = match config["type"].as_str() {
         Some("deepgrow") => (
             "deepgrow",
             BTreeMap::new(),
-            description("3D DeepGrow: click-guided segmentation of what is clicked"),
+            "DeepGrow: click-guided segmentation of what is clicked",
         ),
         Some("deepedit") => (
             "deepedit",
             labels(true),
-            description("3D DeepEdit: automatic segmentation corrected by clicks per label"),
+            "DeepEdit: automatic segmentation corrected by clicks per label",
         ),
-        _ => (
-            "segmentation",
-            labels(false),
-            description("3D UNet segmentation"),
-        ),
+        _ => ("segmentation", labels(false), "UNet segmentation"),
+    };
+    Description {
+        kind,
+        labels,
+        dimension,
+        text: description(&format!("{dimension}D {what}")),
     }
 }
 
@@ -335,12 +344,17 @@ impl Runner for ModelRunner {
                         .unwrap_or_default()
                 )
             };
-            let (kind, labels, description) = describe_model(&config, description);
+            let Description {
+                kind,
+                labels,
+                dimension,
+                text,
+            } = describe_model(&config, description);
             let name = model.model.to_string();
             info.models.insert(
                 name.clone(),
-                json!({"type": kind, "labels": labels, "dimension": 3,
-                       "description": description, "config": {"device": ["cuda", "cpu"]}}),
+                json!({"type": kind, "labels": labels, "dimension": dimension,
+                       "description": text, "config": {"device": ["cuda", "cpu"]}}),
             );
             info.trainers.insert(
                 name.clone(),

@@ -117,6 +117,9 @@ pub struct TrainArgs {
     pub strides: Option<Vec<i64>>,
     #[arg(long)]
     pub res_units: Option<usize>,
+    /// 2: a UNet on axial slices (its `--roi` one voxel along S); 3 (default): volumes.
+    #[arg(long)]
+    pub spatial_dims: Option<usize>,
     /// instance or batch.
     #[arg(long)]
     pub norm: Option<String>,

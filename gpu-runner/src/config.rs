@@ -228,6 +228,7 @@ impl ModelConfig {
             intensity: Intensity::spleen_ct(),
             roi_size: [96, 96, 96],
             network: UNetConfig {
+                spatial_dims: 3,
                 in_channels: 1,
                 out_channels: 2,
                 channels: vec![16, 32, 64, 128, 256],
@@ -356,7 +357,30 @@ impl ModelConfig {
                 self.format
             )));
         }
+        if self.dimension() == 2 && !self.is_slice_model() {
+            return Err(RunnerError::invalid(format!(
+                "a 2D network works on axial slices: roi_size {:?} must be one voxel along S, \
+                 with the standard pipeline and the zyx layout",
+                self.roi_size
+            )));
+        }
         self.pipeline.validate(out)
+    }
+
+    /// 2 for a network that works on axial slices (a 2D UNet), else 3. MONAI Label
+    /// reports it as the model's `dimension`; Slicer and OHIF then send the clicks of
+    /// one slice.
+    pub fn dimension(&self) -> usize {
+        match &self.network {
+            NetworkConfig::UNet(c) => c.spatial_dims,
+            _ => 3,
+        }
+    }
+
+    /// What a 2D model relies on: windows one slice deep along S, which the standard
+    /// pipeline's orientation puts on the tensor's D axis, the one the network folds.
+    fn is_slice_model(&self) -> bool {
+        self.roi_size[2] == 1 && self.pipeline.is_standard() && self.layout == Layout::Zyx
     }
 
     /// Reads and validates `dir/config.json`.

@@ -42,7 +42,7 @@ impl Clicks {
         params: &Map<String, Value>,
         dims: [usize; 3],
     ) -> Result<Self, ClickError> {
-        let channels = match cfg.model_type {
+        let mut channels = match cfg.model_type {
             ModelType::Segmentation => Vec::new(),
             ModelType::Deepgrow => vec![
                 points(params, "foreground", dims)?,
@@ -50,6 +50,12 @@ impl Clicks {
             ],
             ModelType::Deepedit => deepedit_channels(cfg, params, dims)?,
         };
+        if cfg.dimension() == 2 {
+            let k = clicked_slice(&channels, params.get("slice"), dims)?;
+            channels
+                .iter_mut()
+                .for_each(|c| c.retain(|p| Some(p[2]) == k));
+        }
         Ok(Self { channels })
     }
 
@@ -93,6 +99,34 @@ fn deepedit_channels(
         channels.push(clicks);
     }
     Ok(channels)
+}
+
+/// The slice (k) a 2D model answers, as MONAI's `AddGuidanceFromPointsd` picks it:
+/// `slice` when the request names one (Slicer sends the last click's), else the
+/// lowest slice clicked; `None` without clicks. The clicks of other slices are not
+/// the model's to see, but the named slice must have one.
+fn clicked_slice(
+    channels: &[Vec<Click>],
+    slice: Option<&Value>,
+    dims: [usize; 3],
+) -> Result<Option<i64>, ClickError> {
+    let clicked = || channels.iter().flatten().map(|p| p[2]);
+    let Some(slice) = slice.filter(|v| !v.is_null()) else {
+        return Ok(clicked().min());
+    };
+    let k = slice
+        .as_i64()
+        .filter(|k| (0..dims[2] as i64).contains(k))
+        .ok_or_else(|| {
+            ClickError(format!(
+                "slice: {slice} is not a slice of the image's {} (k)",
+                dims[2]
+            ))
+        })?;
+    if clicked().all(|c| c != k) {
+        return Err(ClickError(format!("slice: no click on slice {k}")));
+    }
+    Ok(Some(k))
 }
 
 /// Label names by label index: the order of deepedit's guidance channels.
@@ -204,7 +238,8 @@ pub fn deepest_in_largest(missed: &[bool], dims: [usize; 3]) -> Option<([i64; 3]
 }
 
 /// Distance (in voxels, 3-4-5-like chamfer weights 1, √2, √3) from each voxel of
-/// `region` to the nearest voxel outside it or outside the volume; 0 outside.
+/// `region` to the nearest voxel outside it or outside the volume; 0 outside. An axis
+/// one voxel long is a plane's (a 2D model's slice): distances are measured in it.
 fn chamfer_distance(region: &[u8], dims: [usize; 3]) -> Vec<f32> {
     let [d, h, w] = dims;
     let far = (d + h + w) as f32;
@@ -212,10 +247,12 @@ fn chamfer_distance(region: &[u8], dims: [usize; 3]) -> Vec<f32> {
         .iter()
         .map(|&v| if v == 1 { far } else { 0.0 })
         .collect();
-    // The 13 neighbours that come earlier in scan order, and their distances.
+    // The neighbours that come earlier in scan order (13 in a volume, 4 in a plane),
+    // and their distances.
     let before: Vec<([isize; 3], f32)> = (-1..=1isize)
         .flat_map(|z| (-1..=1isize).flat_map(move |y| (-1..=1isize).map(move |x| [z, y, x])))
         .filter(|o| (o[0], o[1], o[2]) < (0, 0, 0))
+        .filter(|o| (0..3).all(|a| o[a] == 0 || dims[a] > 1))
         .map(|o| (o, (o.iter().map(|c| c * c).sum::<isize>() as f32).sqrt()))
         .collect();
     let index = |z: isize, y: isize, x: isize| -> Option<usize> {
@@ -338,6 +375,50 @@ mod tests {
     }
 
     #[test]
+    fn a_2d_model_takes_the_clicks_of_one_slice() {
+        let mut cfg = ModelConfig::spleen();
+        cfg.model_type = ModelType::Deepgrow;
+        if let crate::networks::NetworkConfig::UNet(n) = &mut cfg.network {
+            n.spatial_dims = 2;
+        }
+        let dims = [10, 10, 10];
+        let clicks = |v: Value| Clicks::from_params(&cfg, &params(v), dims);
+        let (fg, bg) = (json!([[1, 2, 6], [4, 5, 3]]), json!([[0, 0, 3]]));
+        // Without `slice`, the lowest slice clicked (MONAI's choice); with it, that one.
+        assert_eq!(
+            clicks(json!({"foreground": fg, "background": bg}))
+                .unwrap()
+                .channels,
+            vec![vec![[4, 5, 3]], vec![[0, 0, 3]]]
+        );
+        assert_eq!(
+            clicks(json!({"foreground": fg, "background": bg, "slice": 6}))
+                .unwrap()
+                .channels,
+            vec![vec![[1, 2, 6]], vec![]]
+        );
+        for (slice, why) in [
+            (json!(5), "no click on slice 5"),
+            (json!(10), "not a slice"),
+            (json!("6"), "not a slice"),
+        ] {
+            let err = clicks(json!({"foreground": fg, "slice": slice})).unwrap_err();
+            assert!(err.0.contains(why), "{slice}: {err}");
+        }
+        // A 3D model ignores `slice`.
+        let volume = ModelConfig {
+            network: ModelConfig::spleen().network,
+            ..cfg.clone()
+        };
+        let all = Clicks::from_params(
+            &volume,
+            &params(json!({"foreground": fg, "slice": 5})),
+            dims,
+        );
+        assert_eq!(all.unwrap().channels[0].len(), 2);
+    }
+
+    #[test]
     fn a_point_map_peaks_at_its_click() {
         let g = signal(
             &[vec![[2.0, 3.0, 4.0]], vec![]],
@@ -380,5 +461,15 @@ mod tests {
         assert_eq!(error_clicks(&slab, &no, dims, &[1], 2.0), vec![None]);
         assert!(error_clicks(&slab, &no, dims, &[1], 1.0)[0].is_some());
         assert_eq!(deepest_in_largest(&[false; 8], [2, 2, 2]), None);
+        // In a plane (one voxel deep: a 2D model's), depth is in-plane: a 5×5 square's
+        // centre, not its first voxel.
+        let mut square = vec![false; 81];
+        for y in 2..7 {
+            square[y * 9 + 2..y * 9 + 7].fill(true);
+        }
+        assert_eq!(
+            deepest_in_largest(&square, [1, 9, 9]),
+            Some(([0, 4, 4], 25))
+        );
     }
 }

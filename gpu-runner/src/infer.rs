@@ -317,6 +317,7 @@ pub(crate) mod tests {
             intensity: Intensity::spleen_ct(),
             roi_size: roi,
             network: UNetConfig {
+                spatial_dims: 3,
                 in_channels: 1,
                 out_channels: 2,
                 channels: vec![4, 8],

@@ -136,7 +136,7 @@ fn clicked_organ(label: &Tensor, rng: &mut ChaCha8Rng) -> Result<Tensor> {
 
 /// Validation Dice of a deepgrow model: for each labelled organ of each volume, one
 /// click deep inside it, then the Dice of the mask it gives (whole volumes, sliding
-/// window over image and guidance).
+/// window over image and guidance; a 2D model's clicked slice).
 pub fn deepgrow_dice(model: &Model, set: &[crate::dataset::Sample], overlap: f64) -> Result<f64> {
     let opts = crate::InferOptions {
         overlap: Some(overlap),
@@ -153,11 +153,19 @@ pub fn deepgrow_dice(model: &Model, set: &[crate::dataset::Sample], overlap: f64
             let Some((p, _)) = deepest_in_largest(&inside, size.map(|v| v as usize)) else {
                 continue;
             };
+            // A 2D model answers the clicked slice only, and is scored there.
+            let (image, label, size, p) = if model.config.dimension() == 2 {
+                let slice = |t: &Tensor| t.narrow(2, p[0], 1);
+                let plane = [1, size[1], size[2]];
+                (slice(&s.image), slice(&s.label), plane, [0, p[1], p[2]])
+            } else {
+                (s.image.shallow_clone(), s.label.shallow_clone(), size, p)
+            };
             let clicks = vec![vec![p.map(|c| c as f64)], Vec::new()];
-            let input = with_guidance(&s.image, &vec![clicks], size, model.config.guidance.sigma);
+            let input = with_guidance(&image, &vec![clicks], size, model.config.guidance.sigma);
             let logits =
                 tch::no_grad(|| sw.run(&input, |x| model.forward(x, crate::networks::Mode::EVAL)))?;
-            let target = s.label.eq(i64::from(organ)).to_kind(Kind::Int64);
+            let target = label.eq(i64::from(organ)).to_kind(Kind::Int64);
             if let Some(d) = mean_dice(&logits.argmax(1, true), &target, 2) {
                 scores.push(d);
             }

@@ -320,15 +320,33 @@ pub fn click_region(
         start: [0; 3],
         size: image.dims,
     };
+    // A 2D model answers the slice of its clicks (k, as Slicer numbers slices), in the
+    // plane the network was trained on: only an image whose k runs along S has both.
+    let planar = cfg.dimension() == 2;
+    if planar && world_of[2] != 2 {
+        return Err(RunnerError::invalid(
+            "a 2D model segments axial slices; this image's slices (k) are not axial",
+        ));
+    }
     let (mut seen, mut pasted) = (whole, whole);
     for c in 0..3 {
         let r = world_of[c];
         let voxels = |model_voxels: i64| model_voxels as f64 * cfg.spacing[r] / spacing[c];
         let lo = points.iter().map(|p| p[c]).min().unwrap_or(0) as f64;
         let hi = points.iter().map(|p| p[c]).max().unwrap_or(0) as f64;
-        let ring = voxels(cfg.guidance.context).floor() as usize;
-        let around = 2.0 * (voxels(cfg.guidance.margin) + ring as f64);
-        let want = (hi - lo + 1.0 + around).max(voxels(cfg.roi_size[r])).ceil() as usize;
+        let flat = planar && c == 2;
+        let ring = if flat {
+            0
+        } else {
+            voxels(cfg.guidance.context).floor() as usize
+        };
+        let around = if flat {
+            0.0
+        } else {
+            2.0 * (voxels(cfg.guidance.margin) + ring as f64)
+        };
+        let window = if flat { 1.0 } else { voxels(cfg.roi_size[r]) };
+        let want = (hi - lo + 1.0 + around).max(window).ceil() as usize;
         let dim = image.dims[c];
         if want < dim {
             let centre = (lo + hi) / 2.0;
@@ -493,6 +511,66 @@ mod tests {
         // The context ring is not pasted, except where the image ends.
         assert_eq!(r.pasted.start, [19, 0, 5]);
         assert_eq!(r.pasted.size, [21, 15, 10]);
+    }
+
+    /// A 2D deepgrow model whose network finds foreground everywhere (every weight 0,
+    /// every two-channel bias [0, 1]: the last layer's output is its bias).
+    fn everywhere_2d() -> Model {
+        let mut cfg = deepgrow();
+        cfg.roi_size = [8, 8, 1];
+        if let crate::networks::NetworkConfig::UNet(n) = &mut cfg.network {
+            n.spatial_dims = 2;
+        }
+        let model = Model::new(cfg, Device::Cpu).unwrap();
+        tch::no_grad(|| {
+            for (name, mut t) in model.vs.variables() {
+                let _ = t.zero_();
+                if name.ends_with("bias") && t.size() == [2] {
+                    t.copy_(&Tensor::from_slice(&[0.0f32, 1.0]));
+                }
+            }
+        });
+        model
+    }
+
+    #[test]
+    fn a_2d_model_answers_the_slice_clicked() {
+        let model = everywhere_2d();
+        assert_eq!(model.config.dimension(), 2);
+        let (image, _) = crate::synth::case(1, [40, 30, 20], [1.0, 1.0, 2.5]);
+        let r = click_region(&model.config, &image, &[[20, 15, 7]]).unwrap();
+        assert_eq!((r.seen.start[2], r.seen.size[2]), (7, 1));
+        assert_eq!((r.pasted.start[2], r.pasted.size[2]), (7, 1));
+        // Slicer's request: clicks on two slices, `slice` naming one of them.
+        let params = serde_json::json!({"foreground": [[20, 15, 7], [5, 5, 12]], "background": [], "slice": 7});
+        let clicks =
+            Clicks::from_params(&model.config, params.as_object().unwrap(), image.dims).unwrap();
+        assert_eq!(clicks.channels, vec![vec![[20, 15, 7]], vec![]]);
+        let (mask, _) =
+            infer_clicks(&model, &image, &clicks, None, &InferOptions::default()).unwrap();
+        let plane = image.dims[0] * image.dims[1];
+        let labelled: Vec<usize> = (0..image.dims[2])
+            .map(|k| {
+                mask.data[k * plane..(k + 1) * plane]
+                    .iter()
+                    .filter(|&&v| v == 1)
+                    .count()
+            })
+            .collect();
+        // The pasted window of slice 7 is labelled, whole; no other slice is touched.
+        assert_eq!(
+            labelled[7],
+            r.pasted.size[0] * r.pasted.size[1],
+            "{labelled:?}"
+        );
+        assert_eq!(labelled.iter().sum::<usize>(), labelled[7], "{labelled:?}");
+        // An image whose slices (k) run along R has no axial slice to answer.
+        let mut sagittal = image.clone();
+        for row in sagittal.affine.iter_mut().take(3) {
+            row.swap(0, 2);
+        }
+        let err = click_region(&model.config, &sagittal, &[[20, 15, 7]]).unwrap_err();
+        assert!(err.to_string().contains("axial"), "{err}");
     }
 
     #[test]

@@ -220,6 +220,7 @@ fn train_cmd(a: cli::TrainArgs) -> Result<Value> {
             net.strides = strides;
         }
         net.num_res_units = a.res_units.unwrap_or(net.num_res_units);
+        net.spatial_dims = a.spatial_dims.unwrap_or(net.spatial_dims);
         net.dropout = a.dropout.unwrap_or(net.dropout);
         if let Some(n) = &a.norm {
             net.norm =

@@ -138,6 +138,7 @@ mod tests {
             intensity: Intensity::Mr,
             roi_size: [16, 16, 16],
             network: UNetConfig {
+                spatial_dims: 3,
                 in_channels: 1,
                 out_channels: 3,
                 channels: vec![4, 8, 16],
@@ -183,6 +184,7 @@ mod tests {
             intensity: Intensity::Mr,
             roi_size: [8; 3],
             network: UNetConfig {
+                spatial_dims: 3,
                 in_channels: 1,
                 out_channels: 2,
                 channels: vec![4, 8],

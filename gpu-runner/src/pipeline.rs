@@ -283,7 +283,12 @@ pub fn prepare(
                 undo.push(Undo::Orientation(o));
             }
             PreStep::Spacing { mode } => {
-                let target = tensor_order(cfg.spacing);
+                let mut target = tensor_order(cfg.spacing);
+                if cfg.dimension() == 2 {
+                    // A 2D model keeps the slices as they are (MONAI's 2D DeepGrow
+                    // resamples in-plane only); orientation put S on axis 0.
+                    target[0] = spacing[0];
+                }
                 let from = size(&img);
                 let to = resampled_size(from, spacing, target);
                 let fwd = step(spacing, target);

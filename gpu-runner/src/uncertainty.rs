@@ -96,6 +96,7 @@ mod tests {
             intensity: Intensity::Mr,
             roi_size: [8; 3],
             network: UNetConfig {
+                spatial_dims: 3,
                 in_channels: 1,
                 out_channels: 2,
                 channels: vec![4, 8],

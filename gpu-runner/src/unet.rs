@@ -16,6 +16,12 @@
 //! has weight, bias and running statistics.
 //!
 //! Convolutions use [`crate::networks::layers::Conv`] (oneDNN on the CPU).
+//!
+//! With `spatial_dims: 2` (MONAI's `UNet(spatial_dims=2, …)`, the network of its 2D
+//! DeepGrow) the kernels are squares and the weights are MONAI's 2D shapes. The runner
+//! hands every network `[N, C, D, H, W]` tensors; a 2D UNet runs on each of the `D`
+//! slices on its own (they are folded into the batch), so a window one slice deep is a
+//! plane and a deeper one is a stack of planes.
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
@@ -39,6 +45,9 @@ pub enum Norm {
 /// The settings of MONAI's `UNet(spatial_dims=3, …)` that this network honours.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UNetConfig {
+    /// 3 (volumes) or 2 (slices: see the module doc).
+    #[serde(default = "three", skip_serializing_if = "is_three")]
+    pub spatial_dims: usize,
     pub in_channels: i64,
     pub out_channels: i64,
     /// Feature channels per level, top to bottom; at least two.
@@ -54,9 +63,23 @@ pub struct UNetConfig {
     pub dropout: f64,
 }
 
+fn three() -> usize {
+    3
+}
+
+fn is_three(dims: &usize) -> bool {
+    *dims == 3
+}
+
 impl UNetConfig {
     /// Checks the invariants MONAI asserts at construction.
     pub fn validate(&self) -> Result<()> {
+        if !matches!(self.spatial_dims, 2 | 3) {
+            return Err(RunnerError::invalid(format!(
+                "unet: spatial_dims is 2 or 3, not {}",
+                self.spatial_dims
+            )));
+        }
         if self.channels.len() < 2 {
             return Err(RunnerError::invalid(
                 "unet: channels needs at least two levels",
@@ -90,6 +113,17 @@ impl UNetConfig {
     pub fn size_divisor(&self) -> i64 {
         self.strides.iter().product()
     }
+
+    /// [`Self::size_divisor`] along the runner's tensor axes (D, H, W): a 2D network
+    /// runs slice by slice, so any number of slices fits.
+    pub fn grid_divisor(&self) -> [i64; 3] {
+        let d = self.size_divisor();
+        if self.spatial_dims == 2 {
+            [1, d, d]
+        } else {
+            [d; 3]
+        }
+    }
 }
 
 /// Conv → [Norm → Dropout → PReLU] (MONAI `Convolution` with `adn_ordering="NDA"`).
@@ -103,6 +137,7 @@ struct ConvBlock {
 enum ConvKind {
     Plain(Conv),
     Transposed(nn::ConvTranspose3D),
+    Transposed2d(nn::ConvTranspose2D),
 }
 
 #[derive(Debug)]
@@ -131,14 +166,25 @@ impl ConvBlock {
                 output_padding: stride - 1,
                 ..Default::default()
             };
-            ConvKind::Transposed(nn::conv_transpose3d(conv_path, cin, cout, 3, c))
+            if cfg.spatial_dims == 2 {
+                ConvKind::Transposed2d(nn::conv_transpose2d(conv_path, cin, cout, 3, c))
+            } else {
+                ConvKind::Transposed(nn::conv_transpose3d(conv_path, cin, cout, 3, c))
+            }
         } else {
-            ConvKind::Plain(Conv::cubic(conv_path, cin, cout, 3, stride, true))
+            let dims = cfg.spatial_dims;
+            ConvKind::Plain(Conv::uniform(conv_path, dims, cin, cout, 3, stride, true))
         };
         let adn = (!conv_only).then(|| {
             let adn = &p / "adn";
-            let norm = (cfg.norm == Norm::Batch)
-                .then(|| nn::batch_norm3d(&adn / "N", cout, Default::default()));
+            let norm = (cfg.norm == Norm::Batch).then(|| {
+                let (path, c) = (&adn / "N", Default::default());
+                if cfg.spatial_dims == 2 {
+                    nn::batch_norm2d(path, cout, c)
+                } else {
+                    nn::batch_norm3d(path, cout, c)
+                }
+            });
             // MONAI's PReLU has one shared slope initialised to 0.25.
             let prelu = (&adn / "A").var("weight", &[1], nn::Init::Const(0.25));
             Adn {
@@ -154,6 +200,7 @@ impl ConvBlock {
         let y = match &self.conv {
             ConvKind::Plain(c) => c.forward(x),
             ConvKind::Transposed(c) => c.forward(x),
+            ConvKind::Transposed2d(c) => c.forward(x),
         };
         let Some(adn) = &self.adn else { return y };
         let y = match &adn.norm {
@@ -216,7 +263,15 @@ impl ResidualUnit {
             .collect();
         let residual = (stride != 1 || cin != cout).then(|| {
             let k = if stride == 1 { 1 } else { 3 };
-            Conv::cubic(&p / "residual", cin, cout, k, stride, true)
+            Conv::uniform(
+                &p / "residual",
+                cfg.spatial_dims,
+                cin,
+                cout,
+                k,
+                stride,
+                true,
+            )
         });
         Self { units, residual }
     }
@@ -309,9 +364,19 @@ impl UNet {
     }
 
     /// Logits `[N, out_channels, D, H, W]` for input `[N, in_channels, D, H, W]`; each
-    /// spatial size must be a multiple of [`UNetConfig::size_divisor`].
+    /// spatial size must be a multiple of [`UNetConfig::grid_divisor`]. A 2D network
+    /// takes `[N, C, H, W]` too.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Tensor {
-        self.top.forward(x, mode)
+        if self.config.spatial_dims == 3 || x.dim() == 4 {
+            return self.top.forward(x, mode);
+        }
+        let [n, c, d, h, w] = x.size()[..] else {
+            return self.top.forward(x, mode);
+        };
+        let planes = x.permute([0, 2, 1, 3, 4]).reshape([n * d, c, h, w]);
+        let y = self.top.forward(&planes, mode);
+        let out = y.size()[1];
+        y.reshape([n, d, out, h, w]).permute([0, 2, 1, 3, 4])
     }
 }
 
@@ -406,6 +471,7 @@ mod tests {
 
     fn cfg(channels: &[i64], strides: &[i64], res: usize, norm: Norm) -> UNetConfig {
         UNetConfig {
+            spatial_dims: 3,
             in_channels: 1,
             out_channels: 3,
             channels: channels.to_vec(),
@@ -494,6 +560,60 @@ mod tests {
             UNet::new(&vs.root(), &config).unwrap();
             assert_eq!(parameter_count(&vs), monai, "{c:?} res {res} {norm:?}");
         }
+    }
+
+    #[test]
+    fn two_dimensional_networks_equal_monai_and_run_slice_by_slice() {
+        // Counted with MONAI 1.5.1: UNet(2, 1, 2, …); its state dict holds the same
+        // names with `[cout, cin, 3, 3]` kernels.
+        for (c, s, res, norm, monai) in [
+            (
+                vec![16, 32, 64, 128, 256],
+                vec![2, 2, 2, 2],
+                2,
+                Norm::Batch,
+                1_627_597,
+            ),
+            (vec![8, 16, 32], vec![2, 2], 1, Norm::Instance, 12_062),
+            (vec![4, 8], vec![2], 0, Norm::Instance, 556),
+        ] {
+            let vs = nn::VarStore::new(Device::Cpu);
+            let config = UNetConfig {
+                spatial_dims: 2,
+                out_channels: 2,
+                ..cfg(&c, &s, res, norm)
+            };
+            UNet::new(&vs.root(), &config).unwrap();
+            assert_eq!(parameter_count(&vs), monai, "{c:?} res {res} {norm:?}");
+        }
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let config = UNetConfig {
+            spatial_dims: 2,
+            dropout: 0.0,
+            ..cfg(&[4, 8, 16], &[2, 2], 1, Norm::Instance)
+        };
+        let net = UNet::new(&vs.root(), &config).unwrap();
+        let kernel = &vs.variables()["model.0.conv.unit0.conv.weight"];
+        assert_eq!(kernel.size(), vec![4, 1, 3, 3]);
+        assert_eq!(config.grid_divisor(), [1, 4, 4]);
+        // Three slices of a [1, 1, 3, 8, 12] input: each answered as a plane of its own.
+        let x = Tensor::randn([1, 1, 3, 8, 12], (Kind::Float, Device::Cpu));
+        let y = tch::no_grad(|| net.forward(&x, Mode::EVAL));
+        assert_eq!(y.size(), vec![1, 3, 3, 8, 12]);
+        for d in 0..3 {
+            let plane = tch::no_grad(|| net.forward(&x.select(2, d), Mode::EVAL));
+            assert!(
+                plane.allclose(&y.select(2, d), 1e-5, 1e-5, false),
+                "slice {d}"
+            );
+        }
+        let vs = nn::VarStore::new(Device::Cpu);
+        let bad = UNetConfig {
+            spatial_dims: 1,
+            ..config
+        };
+        assert!(UNet::new(&vs.root(), &bad).is_err());
     }
 
     #[test]

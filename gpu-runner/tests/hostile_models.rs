@@ -56,6 +56,7 @@ fn state_dict_pickle(numel: u32, offset: u8, size: &[u8], stride: &[u8]) -> Vec<
 fn model_folder(dir: &Path, format: WeightsFormat, bytes: &[u8]) {
     let mut cfg = ModelConfig {
         network: UNetConfig {
+            spatial_dims: 3,
             in_channels: 1,
             out_channels: 2,
             channels: vec![4, 8],

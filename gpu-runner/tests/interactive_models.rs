@@ -110,21 +110,82 @@ fn deepgrow_segments_the_organ_that_was_clicked() {
     let model = starter("deepgrow_3d");
     let opts = InferOptions::default();
     let mut auto = AutoMask::default();
+    for_each_organ(|seed, image, organ, organ_only| {
+        let empty = organ_only.with_data(vec![0; organ_only.len()]);
+        // The first click: where the empty mask misses the organ most.
+        let (_, click) = next_click(&empty, organ_only, &[1]).unwrap();
+        let clicks = Clicks {
+            channels: vec![vec![click], Vec::new()],
+        };
+        let (mask, _) = answer(&model, image, &clicks, &mut auto, &opts).unwrap();
+        let d = dice(&mask, organ_only, 1);
+        eprintln!("seed {seed} organ {organ}: Dice {d:.3}");
+        assert!(d > 0.8, "seed {seed} organ {organ}: Dice {d}");
+    });
+}
+
+/// Calls `check(seed, image, organ, organ_only)` for the spleen (1) and the liver (2)
+/// of each held-out volume, `organ_only` the organ's mask (1) against everything else.
+fn for_each_organ(mut check: impl FnMut(u64, &Volume<f32>, u8, &Volume<u8>)) {
     for seed in HELD_OUT {
         let (image, truth) = synth::labelled_case(seed, DIMS, SPACING, true);
         for organ in [1u8, 2] {
             let organ_only =
                 truth.with_data(truth.data.iter().map(|&t| u8::from(t == organ)).collect());
-            let empty = organ_only.with_data(vec![0; organ_only.len()]);
-            // The first click: where the empty mask misses the organ most.
-            let (_, click) = next_click(&empty, &organ_only, &[1]).unwrap();
-            let clicks = Clicks {
-                channels: vec![vec![click], Vec::new()],
-            };
-            let (mask, _) = answer(&model, &image, &clicks, &mut auto, &opts).unwrap();
-            let d = dice(&mask, &organ_only, 1);
-            eprintln!("seed {seed} organ {organ}: Dice {d:.3}");
-            assert!(d > 0.8, "seed {seed} organ {organ}: Dice {d}");
+            check(seed, &image, organ, &organ_only);
         }
     }
+}
+
+/// Slice `k` of `v` as a volume one voxel deep.
+fn slice_of(v: &Volume<u8>, k: usize) -> Volume<u8> {
+    let plane = v.dims[0] * v.dims[1];
+    Volume {
+        data: v.data[k * plane..(k + 1) * plane].to_vec(),
+        dims: [v.dims[0], v.dims[1], 1],
+        affine: v.affine,
+    }
+}
+
+/// 2D DeepGrow as Slicer uses it: a click on an organ on one slice, where the empty
+/// mask misses it most, gives that slice's mask and labels no other slice. For each
+/// organ of each volume, on the slice through its deepest voxel and on the slices
+/// halfway from there to its first and last (where its cross-section is smaller and
+/// its neighbours differ): slice Dice ≥ 0.9 for every click, and ≥ 0.95 on average.
+#[test]
+fn deepgrow_2d_segments_the_clicked_organ_on_its_slice() {
+    let model = starter("deepgrow_2d");
+    let opts = InferOptions::default();
+    let mut auto = AutoMask::default();
+    let mut scores = Vec::new();
+    for_each_organ(|seed, image, organ, organ_only| {
+        let empty = organ_only.with_data(vec![0; organ_only.len()]);
+        let (_, deepest) = next_click(&empty, organ_only, &[1]).unwrap();
+        let present: Vec<usize> = (0..DIMS[2])
+            .filter(|&k| slice_of(organ_only, k).data.contains(&1))
+            .collect();
+        let (k, first, last) = (deepest[2] as usize, present[0], present[present.len() - 1]);
+        for k in [k, (first + k) / 2, (k + last) / 2] {
+            let truth_k = slice_of(organ_only, k);
+            let (_, c) = next_click(&slice_of(&empty, k), &truth_k, &[1]).unwrap();
+            let clicks = Clicks {
+                channels: vec![vec![[c[0], c[1], k as i64]], Vec::new()],
+            };
+            let (mask, _) = answer(&model, image, &clicks, &mut auto, &opts).unwrap();
+            let mask_k = slice_of(&mask, k);
+            let labelled = |v: &Volume<u8>| v.data.iter().filter(|&&v| v != 0).count();
+            assert_eq!(
+                labelled(&mask),
+                labelled(&mask_k),
+                "seed {seed}: other slices"
+            );
+            let d = dice(&mask_k, &truth_k, 1);
+            eprintln!("seed {seed} organ {organ} slice {k}: Dice {d:.3}");
+            assert!(d >= 0.9, "seed {seed} organ {organ} slice {k}: Dice {d}");
+            scores.push(d);
+        }
+    });
+    let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+    eprintln!("mean slice Dice over {} clicks: {mean:.4}", scores.len());
+    assert!(mean >= 0.95, "{scores:?}");
 }

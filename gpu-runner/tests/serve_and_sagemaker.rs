@@ -24,6 +24,7 @@ fn tiny_config() -> ModelConfig {
         intensity: Intensity::spleen_ct(),
         roi_size: [16, 16, 16],
         network: UNetConfig {
+            spatial_dims: 3,
             in_channels: 1,
             out_channels: 2,
             channels: vec![4, 8],

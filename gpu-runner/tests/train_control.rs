@@ -18,6 +18,7 @@ fn request() -> TrainRequest {
             intensity: Intensity::spleen_ct(),
             roi_size: [16; 3],
             network: UNetConfig {
+                spatial_dims: 3,
                 in_channels: 1,
                 out_channels: 2,
                 channels: vec![4, 8],

@@ -1,11 +1,14 @@
 """A minimal MONAI Label 0.8.5 app, the peer for medlabel's interactive benchmark
 (`scripts/bench-smartedit.sh` with BENCH_PEER=1): MONAI Label's own server, its own
 `HistogramBasedGraphCut` scribbles task (from the pip package, with the radiology app's
-settings) and a DeepEdit task built from MONAI's deepedit transforms the way the
+settings), a DeepEdit task built from MONAI's deepedit transforms the way the
 radiology sample app's DeepEdit task is (orientation to RAS, CT window, resize of the
 whole volume to 128³, guidance signal, DynUNet, softmax/argmax, restore to the input
-grid). Test tooling only: no downloads, so the DynUNet has seeded random weights (the
-timing, not the mask, is what is compared).
+grid), and a 2D DeepGrow task built from MONAI's deepgrow transforms the way the
+radiology app's `deepgrow_2d` is (1 mm in-plane, the clicked slice, a 256² crop around
+the guidance, guidance signal, 2D BasicUNet, sigmoid, restored into the volume). Test
+tooling only: no downloads, so the networks have seeded random weights (the timing,
+not the mask, is what is compared).
 """
 
 import torch
@@ -15,19 +18,31 @@ from monai.apps.deepedit.transforms import (
     DiscardAddGuidanced,
     ResizeGuidanceMultipleLabelDeepEditd,
 )
+from monai.apps.deepgrow.transforms import (
+    AddGuidanceFromPointsd,
+    AddGuidanceSignald,
+    Fetch2DSliced,
+    ResizeGuidanced,
+    RestoreLabeld,
+    SpatialCropGuidanced,
+)
 from monai.inferers import SimpleInferer
-from monai.networks.nets import DynUNet
+from monai.networks.nets import BasicUNet, DynUNet
 from monai.transforms import (
     Activationsd,
+    AsChannelLastd,
     AsDiscreted,
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
+    NormalizeIntensityd,
     Orientationd,
     Resized,
     ScaleIntensityRanged,
+    Spacingd,
     SqueezeDimd,
     ToNumpyd,
+    Transposed,
 )
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.tasks.infer_v2 import InferType
@@ -82,6 +97,7 @@ class DeepEdit(BasicInferTask):
         return SimpleInferer()
 
     def inverse_transforms(self, data=None):
+        # The radiology app's choice: invert every pre-transform that can be inverted.
         return []
 
     def post_transforms(self, data=None):
@@ -92,6 +108,51 @@ class DeepEdit(BasicInferTask):
             SqueezeDimd(keys="pred", dim=0),
             ToNumpyd(keys="pred"),
             Restored(keys="pred", ref_image="image"),
+        ]
+
+
+class Deepgrow2D(BasicInferTask):
+    """The radiology app's 2D DeepGrow pipeline: the clicked slice, depth first."""
+
+    def __init__(self, network):
+        super().__init__(
+            path=None,
+            network=network,
+            type=InferType.DEEPGROW,
+            labels=[],
+            dimension=2,
+            description="2D DeepGrow (peer benchmark)",
+            load_strict=False,
+        )
+
+    def pre_transforms(self, data=None):
+        return [
+            LoadImaged(keys="image", image_only=False),
+            Transposed(keys="image", indices=[2, 0, 1]),
+            Spacingd(keys="image", pixdim=[1.0, 1.0], mode="bilinear"),
+            AddGuidanceFromPointsd(ref_image="image", guidance="guidance", spatial_dims=2),
+            Fetch2DSliced(keys="image", guidance="guidance"),
+            EnsureChannelFirstd(keys="image", channel_dim="no_channel"),
+            SpatialCropGuidanced(keys="image", guidance="guidance", spatial_size=(256, 256)),
+            Resized(keys="image", spatial_size=(256, 256), mode="area"),
+            ResizeGuidanced(guidance="guidance", ref_image="image"),
+            NormalizeIntensityd(keys="image", subtrahend=208, divisor=388),
+            AddGuidanceSignald(image="image", guidance="guidance"),
+            EnsureTyped(keys="image"),
+        ]
+
+    def inferer(self, data=None):
+        # No inverse transforms (the default): RestoreLabeld puts the slice back.
+        return SimpleInferer()
+
+    def post_transforms(self, data=None):
+        return [
+            EnsureTyped(keys="pred"),
+            Activationsd(keys="pred", sigmoid=True),
+            AsDiscreted(keys="pred", threshold=0.5),
+            ToNumpyd(keys="pred"),
+            RestoreLabeld(keys="pred", ref_image="image", mode="nearest"),
+            AsChannelLastd(keys="pred"),
         ]
 
 
@@ -112,8 +173,11 @@ class PeerApp(MONAILabelApp):
             deep_supervision=False,
             res_block=True,
         )
+        deepgrow_2d = BasicUNet(spatial_dims=2, in_channels=3, out_channels=1,
+                                features=(32, 64, 128, 256, 512, 32))
         return {
             "deepedit": DeepEdit(network),
+            "deepgrow_2d": Deepgrow2D(deepgrow_2d),
             "Histogram+GraphCut": HistogramBasedGraphCut(
                 intensity_range=(-300, 200, 0.0, 1.0, True),
                 pix_dim=(2.5, 2.5, 5.0),

@@ -1,5 +1,5 @@
 """Slicer's and OHIF's SmartEdit calls through the real MONAI Label Python client
-(monailabel 0.8.5): a DeepGrow click and DeepEdit multi-label clicks.
+(monailabel 0.8.5): 3D and 2D DeepGrow clicks and DeepEdit multi-label clicks.
 
 Usage: client_smartedit.py <server_url> <work_dir>. The work dir holds what the Rust test
 wrote: `ct.nii.gz` (a synthetic CT the models never saw) and `truth.nii.gz` (its spleen 1
@@ -18,6 +18,7 @@ from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
 DEEPGROW = "deepgrow_3d"
+DEEPGROW_2D = "deepgrow_2d"
 DEEPEDIT = "deepedit_spleen_liver"
 # What Slicer and OHIF add to every infer request.
 RESULT = {"result_extension": ".nrrd", "result_dtype": "uint8"}
@@ -50,6 +51,8 @@ def main():
     info = client.info()
     deepgrow, deepedit = info["models"][DEEPGROW], info["models"][DEEPEDIT]
     assert (deepgrow["type"], deepgrow["dimension"]) == ("deepgrow", 3), deepgrow
+    deepgrow_2d = info["models"][DEEPGROW_2D]
+    assert (deepgrow_2d["type"], deepgrow_2d["dimension"]) == ("deepgrow", 2), deepgrow_2d
     assert (deepedit["type"], deepedit["dimension"]) == ("deepedit", 3), deepedit
     assert deepedit["labels"] == {"background": 0, "spleen": 1, "liver": 2}, deepedit
     assert {"background", "spleen", "liver"} <= set(info["labels"]), info["labels"]
@@ -67,6 +70,18 @@ def main():
     grow_dice = dice(mask == 1, truth == 1)
     assert grow_dice >= 0.8, grow_dice
     assert "latencies" in result, result
+
+    # Slicer's 2D DeepGrow click: the clicks of the current slice and `slice`, its k
+    # (a click on another slice is not for this one). The mask covers that slice only.
+    k = spleen[2]
+    params = {"label": "spleen", "foreground": [spleen, liver[:2] + [k + 3]],
+              "background": [], "slice": k}
+    result_file, _ = client.infer(DEEPGROW_2D, "ct", dict(params, **RESULT))
+    mask, _ = nrrd.read(result_file)
+    assert mask.shape == truth.shape, (mask.shape, truth.shape)
+    assert set(np.unique(np.delete(mask, k, axis=2))) == {0}, "a slice was labelled but k"
+    slice_dice = dice(mask[:, :, k] == 1, truth[:, :, k] == 1)
+    assert slice_dice >= 0.8, slice_dice
 
     # OHIF's DeepEdit call: {<label>: [[i, j, k]], background: [...]}.
     params = {"spleen": [spleen], "liver": [liver], "background": [], "result_compress": False,
@@ -88,12 +103,14 @@ def main():
     # A click outside the image and label names the model does not know: 422, nothing saved.
     refused(client, DEEPEDIT, {"spleen": [[truth.shape[0], 0, 0]]}, "outside the image")
     refused(client, DEEPGROW, {"foreground": [[0, -1, 0]], "background": []}, "outside the image")
+    refused(client, DEEPGROW_2D, {"foreground": [spleen], "slice": k + 1}, "no click on slice")
     refused(client, DEEPEDIT, {"kidney": [[1, 1, 1]]}, "unknown label")
     refused(client, DEEPEDIT, {"label": "kidney", "spleen": [spleen]}, "unknown label")
     labels = client.datastore()["objects"]["ct"]["labels"]
     assert labels == {}, labels
 
     print(json.dumps({"ok": True, "deepgrow_dice": round(float(grow_dice), 4),
+                      "deepgrow_2d_slice_dice": round(float(slice_dice), 4),
                       "deepedit_dice": [round(float(d), 4) for d in edit_dice]}))
 
 

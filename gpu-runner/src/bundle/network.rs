@@ -140,6 +140,7 @@ fn unet(a: &mut Args, r: &mut Resolver) -> Result<NetworkConfig> {
         return Err(a.error("supports bias=True and adn_ordering NDA only"));
     }
     let cfg = UNetConfig {
+        spatial_dims: 3,
         in_channels: a
             .get(r, "in_channels")?
             .ok_or_else(|| a.error("needs in_channels"))?,

@@ -20,22 +20,23 @@ use super::Mode;
 /// were.
 fn conv_variables(
     p: &nn::Path,
-    shape: [i64; 5],
+    shape: &[i64],
     channels: i64,
     bias: bool,
 ) -> (Tensor, Option<Tensor>) {
     let bs = bias.then(|| p.var("bias", &[channels], nn::Init::Const(0.0)));
-    let ws = p.var("weight", &shape, nn::init::DEFAULT_KAIMING_UNIFORM);
+    let ws = p.var("weight", shape, nn::init::DEFAULT_KAIMING_UNIFORM);
     (ws, bs)
 }
 
-/// A 3D convolution with per-axis kernel, stride and padding.
+/// A 3D (or, from [`Conv::uniform`], 2D) convolution with per-axis kernel, stride and
+/// padding.
 #[derive(Debug)]
 pub struct Conv {
     pub(crate) ws: Tensor,
     pub(crate) bs: Option<Tensor>,
-    stride: [i64; 3],
-    padding: [i64; 3],
+    stride: Vec<i64>,
+    padding: Vec<i64>,
 }
 
 impl Conv {
@@ -50,18 +51,40 @@ impl Conv {
         bias: bool,
     ) -> Self {
         let [a, b, c] = kernel;
-        let (ws, bs) = conv_variables(&p, [cout, cin, a, b, c], cout, bias);
+        let (ws, bs) = conv_variables(&p, &[cout, cin, a, b, c], cout, bias);
         Self {
             ws,
             bs,
-            stride,
-            padding,
+            stride: stride.to_vec(),
+            padding: padding.to_vec(),
         }
     }
 
     /// A cubic kernel `k` with "same" padding `(k − 1) / 2` and a uniform stride.
     pub fn cubic(p: nn::Path, cin: i64, cout: i64, k: i64, stride: i64, bias: bool) -> Self {
-        Self::new(p, cin, cout, [k; 3], [stride; 3], [(k - 1) / 2; 3], bias)
+        Self::uniform(p, 3, cin, cout, k, stride, bias)
+    }
+
+    /// A kernel `k` along each of `dims` spatial axes (2: a square, 3: a cube), "same"
+    /// padding and a uniform stride.
+    pub fn uniform(
+        p: nn::Path,
+        dims: usize,
+        cin: i64,
+        cout: i64,
+        k: i64,
+        stride: i64,
+        bias: bool,
+    ) -> Self {
+        let mut shape = vec![cout, cin];
+        shape.resize(2 + dims, k);
+        let (ws, bs) = conv_variables(&p, &shape, cout, bias);
+        Self {
+            ws,
+            bs,
+            stride: vec![stride; dims],
+            padding: vec![(k - 1) / 2; dims],
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -69,9 +92,9 @@ impl Conv {
             x.mkldnn_convolution(
                 &self.ws,
                 self.bs.as_ref(),
-                self.padding,
-                self.stride,
-                [1; 3],
+                self.padding.as_slice(),
+                self.stride.as_slice(),
+                self.dilation().as_slice(),
                 1,
             )
         } else {
@@ -81,14 +104,17 @@ impl Conv {
 
     /// libtorch's own dispatch (what every device but the CPU uses).
     pub(crate) fn reference(&self, x: &Tensor) -> Tensor {
-        x.conv3d(
-            &self.ws,
-            self.bs.as_ref(),
-            self.stride,
-            self.padding,
-            [1; 3],
-            1,
-        )
+        let (stride, padding) = (self.stride.as_slice(), self.padding.as_slice());
+        let dilation = self.dilation();
+        if self.stride.len() == 2 {
+            x.conv2d(&self.ws, self.bs.as_ref(), stride, padding, &dilation, 1)
+        } else {
+            x.conv3d(&self.ws, self.bs.as_ref(), stride, padding, &dilation, 1)
+        }
+    }
+
+    fn dilation(&self) -> Vec<i64> {
+        vec![1; self.stride.len()]
     }
 }
 
@@ -115,7 +141,7 @@ impl ConvTranspose {
         bias: bool,
     ) -> Self {
         let [a, b, c] = kernel;
-        let (ws, bs) = conv_variables(&p, [cin, cout, a, b, c], cout, bias);
+        let (ws, bs) = conv_variables(&p, &[cin, cout, a, b, c], cout, bias);
         Self {
             ws,
             bs,
@@ -318,6 +344,13 @@ mod tests {
                 assert!(a.allclose(b, 1e-4, 1e-4, false));
             }
         }
+        // A 2D convolution (a 2D UNet's): square kernels, both paths alike.
+        let conv = Conv::uniform(vs.root() / "plane", 2, 3, 5, 3, 2, true);
+        assert_eq!(conv.ws.size(), vec![5, 3, 3, 3]);
+        let x = Tensor::randn([2, 3, 9, 10], (Kind::Float, Device::Cpu));
+        let ours = conv.forward(&x);
+        assert_eq!(ours.size(), vec![2, 5, 5, 5]);
+        assert!(ours.allclose(&conv.reference(&x), 1e-5, 1e-5, false));
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl NetworkConfig {
     /// The factor each spatial size must be a multiple of, in the network's axis order.
     pub fn size_divisor(&self) -> [i64; 3] {
         match self {
-            NetworkConfig::UNet(c) => [c.size_divisor(); 3],
+            NetworkConfig::UNet(c) => c.grid_divisor(),
             NetworkConfig::SegResNet(c) => [c.size_divisor(); 3],
             NetworkConfig::DynUNet(c) => c.size_divisor(),
             NetworkConfig::TorchScript(c) => c.size_divisor,
