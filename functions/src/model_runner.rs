@@ -273,6 +273,7 @@ struct Description {
 /// among its labels, as MONAI Label's does, so Slicer sends background clicks; a
 /// deepgrow model segments whatever is clicked and names no labels.
 fn describe_model(config: &Value, description: impl Fn(&str) -> String) -> Description {
+    // The runner's `ModelConfig::dimension`: only a UNet names `spatial_dims`.
     let dimension = config["network"]["spatial_dims"].as_u64().unwrap_or(3);
     let labels = |keep_background: bool| -> BTreeMap<String, Value> {
         config["labels"]

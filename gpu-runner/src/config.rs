@@ -305,6 +305,13 @@ impl ModelConfig {
     /// complete and the weights format suits the network.
     pub fn validate(&self) -> Result<()> {
         self.network.validate()?;
+        if self.dimension() == 2 && !self.is_slice_model() {
+            return Err(RunnerError::invalid(format!(
+                "a 2D network works on axial slices: roi_size {:?} must be one voxel along S, \
+                 with the standard preprocessing and the zyx layout",
+                self.roi_size
+            )));
+        }
         let div = self.network.size_divisor();
         // The network's axes are the config's (i, j, k) in MONAI's layout, reversed in
         // the runner's original one.
@@ -357,13 +364,6 @@ impl ModelConfig {
                 self.format
             )));
         }
-        if self.dimension() == 2 && !self.is_slice_model() {
-            return Err(RunnerError::invalid(format!(
-                "a 2D network works on axial slices: roi_size {:?} must be one voxel along S, \
-                 with the standard pipeline and the zyx layout",
-                self.roi_size
-            )));
-        }
         self.pipeline.validate(out)
     }
 
@@ -378,9 +378,10 @@ impl ModelConfig {
     }
 
     /// What a 2D model relies on: windows one slice deep along S, which the standard
-    /// pipeline's orientation puts on the tensor's D axis, the one the network folds.
+    /// preprocessing's orientation puts on the tensor's D axis, the one the network
+    /// folds (and the zyx layout keeps there).
     fn is_slice_model(&self) -> bool {
-        self.roi_size[2] == 1 && self.pipeline.is_standard() && self.layout == Layout::Zyx
+        self.roi_size[2] == 1 && self.pipeline.has_standard_pre() && self.layout == Layout::Zyx
     }
 
     /// Reads and validates `dir/config.json`.

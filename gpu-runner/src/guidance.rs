@@ -50,7 +50,7 @@ impl Clicks {
             ],
             ModelType::Deepedit => deepedit_channels(cfg, params, dims)?,
         };
-        if cfg.dimension() == 2 {
+        if cfg.dimension() == 2 && cfg.model_type.is_interactive() {
             let k = clicked_slice(&channels, params.get("slice"), dims)?;
             channels
                 .iter_mut()

@@ -232,12 +232,16 @@ fn infer_region(
     let prep = prepare(&crop, None, cfg, device)?;
     let size: [i64; 3] = std::array::from_fn(|d| prep.image.size()[2 + d]);
     let crop_size = tensor_order(region.size.map(|s| s as i64));
+    // A 2D model's guidance is the clicks of its slice (a point map keeps clicks off
+    // its grid, at full strength).
+    let planar = cfg.dimension() == 2;
     let on_grid: Vec<Vec<[f64; 3]>> = clicks
         .channels
         .iter()
         .map(|channel| {
             channel
                 .iter()
+                .filter(|c| !planar || c[2] == region.start[2] as i64)
                 .map(|c| {
                     let local = std::array::from_fn(|a| (c[a] - region.start[a] as i64) as f64);
                     prep.to_grid(tensor_order(local), crop_size)

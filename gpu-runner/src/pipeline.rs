@@ -169,6 +169,12 @@ impl Pipeline {
         *self == Self::default()
     }
 
+    /// Whether the preprocessing is the runner's own (orientation to RAS, spacing,
+    /// intensity), whatever the inferer and postprocessing.
+    pub fn has_standard_pre(&self) -> bool {
+        self.pre == default_pre()
+    }
+
     /// Checks the order rules the executor relies on, for a network of `out` channels.
     pub fn validate(&self, out: i64) -> Result<()> {
         let err = |m: String| Err(RunnerError::invalid(format!("pipeline: {m}")));

@@ -425,8 +425,13 @@ impl Runner {
         let clicks = Clicks::from_params(&model.config, &req.params, image.dims)
             .map_err(|e| (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
         let internal = |e: RunnerError| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
+        // What the image cannot give this model (a 2D model on non-axial slices) is the
+        // request's fault, as a bad click is.
         let (mask, mut latencies) =
-            answer(model, &image, &clicks, auto, &opts).map_err(internal)?;
+            answer(model, &image, &clicks, auto, &opts).map_err(|e| match e {
+                RunnerError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, e.to_string()),
+                e => internal(e),
+            })?;
         let t = std::time::Instant::now();
         let (label, label_b64) = match output {
             Some(path) => {

@@ -17,8 +17,8 @@
 //!
 //! Convolutions use [`crate::networks::layers::Conv`] (oneDNN on the CPU).
 //!
-//! With `spatial_dims: 2` (MONAI's `UNet(spatial_dims=2, …)`, the network of its 2D
-//! DeepGrow) the kernels are squares and the weights are MONAI's 2D shapes. The runner
+//! With `spatial_dims: 2` (MONAI's `UNet(spatial_dims=2, …)`) the kernels are squares
+//! and the variables have the names and shapes of MONAI's 2D UNet. The runner
 //! hands every network `[N, C, D, H, W]` tensors; a 2D UNet runs on each of the `D`
 //! slices on its own (they are folded into the batch), so a window one slice deep is a
 //! plane and a deeper one is a stack of planes.
@@ -42,7 +42,7 @@ pub enum Norm {
     Batch,
 }
 
-/// The settings of MONAI's `UNet(spatial_dims=3, …)` that this network honours.
+/// The settings of MONAI's `UNet(spatial_dims, …)` that this network honours.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UNetConfig {
     /// 3 (volumes) or 2 (slices: see the module doc).

@@ -142,8 +142,10 @@ class Deepgrow2D(BasicInferTask):
         ]
 
     def inferer(self, data=None):
-        # No inverse transforms (the default): RestoreLabeld puts the slice back.
         return SimpleInferer()
+
+    # inverse_transforms stays MONAI Label's default (None: none): RestoreLabeld puts
+    # the slice back, as the radiology app's DeepGrow task does.
 
     def post_transforms(self, data=None):
         return [

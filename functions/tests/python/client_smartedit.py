@@ -33,9 +33,9 @@ def dice(mask, truth):
     return 2.0 * np.logical_and(mask, truth).sum() / (mask.sum() + truth.sum())
 
 
-def refused(client, model, params, why):
+def refused(client, model, params, why, image="ct"):
     try:
-        client.infer(model, "ct", dict(params, **RESULT))
+        client.infer(model, image, dict(params, **RESULT))
     except MONAILabelClientException as e:
         assert e.msg.startswith("Status: 422;") and why in e.msg, e.msg
         return
@@ -104,10 +104,18 @@ def main():
     refused(client, DEEPEDIT, {"spleen": [[truth.shape[0], 0, 0]]}, "outside the image")
     refused(client, DEEPGROW, {"foreground": [[0, -1, 0]], "background": []}, "outside the image")
     refused(client, DEEPGROW_2D, {"foreground": [spleen], "slice": k + 1}, "no click on slice")
+    # The same CT with its slices (k) along R: a 2D model has no axial slice to answer.
+    ct = nib.load(os.path.join(work, "ct.nii.gz"))
+    affine = ct.affine.copy()
+    affine[:, [0, 2]] = affine[:, [2, 0]]
+    sagittal = os.path.join(work, "sagittal.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(ct.dataobj), affine), sagittal)
+    client.upload_image(sagittal, image_id="sagittal")
+    refused(client, DEEPGROW_2D, {"foreground": [spleen], "slice": k}, "not axial", image="sagittal")
     refused(client, DEEPEDIT, {"kidney": [[1, 1, 1]]}, "unknown label")
     refused(client, DEEPEDIT, {"label": "kidney", "spleen": [spleen]}, "unknown label")
-    labels = client.datastore()["objects"]["ct"]["labels"]
-    assert labels == {}, labels
+    objects = client.datastore()["objects"]
+    assert objects["ct"]["labels"] == objects["sagittal"]["labels"] == {}, objects
 
     print(json.dumps({"ok": True, "deepgrow_dice": round(float(grow_dice), 4),
                       "deepgrow_2d_slice_dice": round(float(slice_dice), 4),
