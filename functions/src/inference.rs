@@ -154,7 +154,7 @@ pub async fn infer(
 }
 
 /// A JSON flag as MONAI Label's clients send it: a boolean or its string.
-fn is_true(value: &Value) -> bool {
+pub(crate) fn is_true(value: &Value) -> bool {
     value
         .as_bool()
         .unwrap_or_else(|| value.as_str().and_then(parse_bool).unwrap_or(false))

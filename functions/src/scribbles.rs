@@ -26,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use medlabel_imaging::io::{read_volume_bytes_with_limits, write_volume_bytes};
+use medlabel_imaging::io::{read_volume_bytes_with_limits, write_result_bytes};
 use medlabel_imaging::{DataType, ReadLimits, Volume};
 use medlabel_scribbles::{ScribblesError, ScribblesParams, segment};
 use serde_json::{Map, Value, json};
@@ -100,10 +100,14 @@ pub fn run(
 
     let start = Instant::now();
     let bbox = bounding_box(&mask);
-    let encoded = write_volume_bytes(
+    let compress = request
+        .get("result_compress")
+        .is_some_and(crate::inference::is_true);
+    let encoded = write_result_bytes(
         &mask.with_data(mask.data.iter().map(|&m| f32::from(m)).collect()),
         &ext,
         DataType::U8,
+        compress,
     )
     .map_err(|err| ApiError::Internal(format!("scribbles mask: {err}")))?;
     let write = start.elapsed().as_secs_f64();

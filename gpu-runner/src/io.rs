@@ -23,12 +23,14 @@ pub fn write_mask(path: &Path, mask: &Volume<u8>) -> Result<()> {
     Ok(io::write_volume(path, &mask_as_f32(mask), DataType::U8)?)
 }
 
-/// Encodes a label map as uint8 in the format `ext` names.
-pub fn mask_bytes(mask: &Volume<u8>, ext: &str) -> Result<Vec<u8>> {
-    Ok(io::write_volume_bytes(
+/// Encodes a label map as uint8 in the format `ext` names, an NRRD gzip-encoded only
+/// when `compress` (the request's `result_compress`).
+pub fn mask_bytes(mask: &Volume<u8>, ext: &str, compress: bool) -> Result<Vec<u8>> {
+    Ok(io::write_result_bytes(
         &mask_as_f32(mask),
         ext,
         DataType::U8,
+        compress,
     )?)
 }
 

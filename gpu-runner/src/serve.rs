@@ -433,9 +433,13 @@ impl Runner {
                 e => internal(e),
             })?;
         let t = std::time::Instant::now();
+        // MONAI Label's `result_compress`: NRRD results stay raw unless it asks for gzip.
+        let compress = req.params.get("result_compress") == Some(&serde_json::Value::Bool(true));
         let (label, label_b64) = match output {
             Some(path) => {
-                crate::io::write_mask(&path, &mask).map_err(internal)?;
+                let bytes = crate::io::mask_bytes(&mask, &path.to_string_lossy(), compress)
+                    .map_err(internal)?;
+                std::fs::write(&path, bytes).map_err(|e| internal(RunnerError::io(&path, e)))?;
                 (Some(path), None)
             }
             None => {
@@ -444,10 +448,8 @@ impl Runner {
                     .as_deref()
                     .or_else(|| req.params.get("result_extension").and_then(|v| v.as_str()))
                     .unwrap_or(".nii.gz");
-                (
-                    None,
-                    Some(B64.encode(crate::io::mask_bytes(&mask, ext).map_err(bad)?)),
-                )
+                let bytes = crate::io::mask_bytes(&mask, ext, compress).map_err(bad)?;
+                (None, Some(B64.encode(bytes)))
             }
         };
         latencies.write = t.elapsed().as_secs_f64();

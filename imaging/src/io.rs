@@ -143,9 +143,43 @@ pub fn write_volume_bytes(
     }
 }
 
+/// [`write_volume_bytes`] for an inference result: an NRRD is gzip-encoded only when
+/// `compress` asks for it (MONAI Label's `result_compress`; Slicer and OHIF read raw
+/// NRRD), so whoever sends it on need not re-encode it.
+pub fn write_result_bytes(
+    volume: &Volume<f32>,
+    ext: &str,
+    datatype: DataType,
+    compress: bool,
+) -> Result<Vec<u8>, ImageError> {
+    match Format::from_name(ext)? {
+        Format::Nrrd => nrrd::write_nrrd_bytes(volume, datatype, compress),
+        _ => write_volume_bytes(volume, ext, datatype),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn results_are_raw_nrrd_unless_compression_is_asked_for() {
+        let volume = Volume::filled([4, 3, 2], crate::IDENTITY, 1.0f32);
+        let encoding = |ext: &str, compress: bool| {
+            let bytes = write_result_bytes(&volume, ext, DataType::U8, compress).unwrap();
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let back = read_volume_bytes(&bytes, ext).unwrap();
+            assert_eq!(back.data, volume.data, "{ext} {compress}");
+            ["raw", "gzip"]
+                .into_iter()
+                .find(|e| text.contains(&format!("encoding: {e}\n")))
+        };
+        assert_eq!(encoding(".nrrd", false), Some("raw"));
+        assert_eq!(encoding("label.seg.nrrd", true), Some("gzip"));
+        // NIfTI follows its extension whatever is asked.
+        let gz = write_result_bytes(&volume, ".nii.gz", DataType::U8, false).unwrap();
+        assert_eq!(gz[..2], [0x1f, 0x8b]);
+    }
 
     #[test]
     fn formats_from_names() {
