@@ -268,7 +268,7 @@ async fn encode_nrrd_as_asked(
         let bytes = std::fs::read(&file)?;
         let recoded = medlabel_imaging::nrrd::recode_nrrd_bytes(&bytes, compress)
             .map_err(|err| ApiError::Internal(format!("the runner's NRRD result: {err}")))?;
-        if recoded != bytes {
+        if let std::borrow::Cow::Owned(recoded) = recoded {
             std::fs::write(&file, recoded)?;
         }
         Ok::<_, ApiError>(())

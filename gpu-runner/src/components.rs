@@ -72,8 +72,9 @@ pub fn connected_to(
     comp.into_iter().map(|c| c != 0).collect()
 }
 
-/// The neighbours' offsets for `connectivity` 1, 2 or 3 (faces, edges, corners).
-fn neighbour_offsets(connectivity: u8) -> Vec<[isize; 3]> {
+/// The neighbours' offsets for `connectivity` 1, 2 or 3 (faces, edges, corners), in
+/// scan order.
+pub(crate) fn neighbour_offsets(connectivity: u8) -> Vec<[isize; 3]> {
     (-1..=1)
         .flat_map(|z| (-1..=1).flat_map(move |y| (-1..=1).map(move |x| [z, y, x])))
         .filter(|o: &[isize; 3]| {

@@ -12,7 +12,7 @@
 use serde_json::{Map, Value};
 use tch::{Device, Kind, Tensor};
 
-use crate::components::keep_largest;
+use crate::components::{keep_largest, neighbour_offsets};
 use crate::config::{ModelConfig, ModelType};
 
 /// A click: voxel indices (i, j, k) of the input image.
@@ -249,9 +249,9 @@ fn chamfer_distance(region: &[u8], dims: [usize; 3]) -> Vec<f32> {
         .collect();
     // The neighbours that come earlier in scan order (13 in a volume, 4 in a plane),
     // and their distances.
-    let before: Vec<([isize; 3], f32)> = (-1..=1isize)
-        .flat_map(|z| (-1..=1isize).flat_map(move |y| (-1..=1isize).map(move |x| [z, y, x])))
-        .filter(|o| (o[0], o[1], o[2]) < (0, 0, 0))
+    let before: Vec<([isize; 3], f32)> = neighbour_offsets(3)
+        .into_iter()
+        .filter(|o| *o < [0, 0, 0])
         .filter(|o| (0..3).all(|a| o[a] == 0 || dims[a] > 1))
         .map(|o| (o, (o.iter().map(|c| c * c).sum::<isize>() as f32).sqrt()))
         .collect();

@@ -367,10 +367,7 @@ impl UNet {
     /// spatial size must be a multiple of [`UNetConfig::grid_divisor`]. A 2D network
     /// takes `[N, C, H, W]` too.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Tensor {
-        if self.config.spatial_dims == 3 || x.dim() == 4 {
-            return self.top.forward(x, mode);
-        }
-        let [n, c, d, h, w] = x.size()[..] else {
+        let (2, &[n, c, d, h, w]) = (self.config.spatial_dims, x.size().as_slice()) else {
             return self.top.forward(x, mode);
         };
         let planes = x.permute([0, 2, 1, 3, 4]).reshape([n * d, c, h, w]);
@@ -539,53 +536,46 @@ mod tests {
 
     #[test]
     fn parameter_counts_equal_monai_for_real_configs() {
-        // Counted with MONAI 1.6.1: sum(p.numel() for p in UNet(3, 1, 2, …).parameters()).
-        for (c, s, res, norm, monai) in [
+        // Counted with MONAI: sum(p.numel() for p in UNet(dims, 1, 2, …).parameters())
+        // (3D with 1.6.1, 2D with 1.5.1, whose state dict holds the same names with
+        // `[cout, cin, 3, 3]` kernels).
+        for (dims, c, s, res, norm, monai) in [
             (
+                3,
                 vec![16, 32, 64, 128, 256],
                 vec![2, 2, 2, 2],
                 2,
                 Norm::Batch,
                 4_808_917,
             ),
-            (vec![8, 16, 32], vec![2, 2], 1, Norm::Instance, 34_886),
-            (vec![4, 8], vec![2], 0, Norm::Instance, 1_636),
-            (vec![4, 8], vec![2], 1, Norm::Instance, 1_899),
-        ] {
-            let vs = nn::VarStore::new(Device::Cpu);
-            let config = UNetConfig {
-                out_channels: 2,
-                ..cfg(&c, &s, res, norm)
-            };
-            UNet::new(&vs.root(), &config).unwrap();
-            assert_eq!(parameter_count(&vs), monai, "{c:?} res {res} {norm:?}");
-        }
-    }
-
-    #[test]
-    fn two_dimensional_networks_equal_monai_and_run_slice_by_slice() {
-        // Counted with MONAI 1.5.1: UNet(2, 1, 2, …); its state dict holds the same
-        // names with `[cout, cin, 3, 3]` kernels.
-        for (c, s, res, norm, monai) in [
+            (3, vec![8, 16, 32], vec![2, 2], 1, Norm::Instance, 34_886),
+            (3, vec![4, 8], vec![2], 0, Norm::Instance, 1_636),
+            (3, vec![4, 8], vec![2], 1, Norm::Instance, 1_899),
             (
+                2,
                 vec![16, 32, 64, 128, 256],
                 vec![2, 2, 2, 2],
                 2,
                 Norm::Batch,
                 1_627_597,
             ),
-            (vec![8, 16, 32], vec![2, 2], 1, Norm::Instance, 12_062),
-            (vec![4, 8], vec![2], 0, Norm::Instance, 556),
+            (2, vec![8, 16, 32], vec![2, 2], 1, Norm::Instance, 12_062),
+            (2, vec![4, 8], vec![2], 0, Norm::Instance, 556),
         ] {
             let vs = nn::VarStore::new(Device::Cpu);
             let config = UNetConfig {
-                spatial_dims: 2,
+                spatial_dims: dims,
                 out_channels: 2,
                 ..cfg(&c, &s, res, norm)
             };
             UNet::new(&vs.root(), &config).unwrap();
-            assert_eq!(parameter_count(&vs), monai, "{c:?} res {res} {norm:?}");
+            let what = format!("{dims}D {c:?} res {res} {norm:?}");
+            assert_eq!(parameter_count(&vs), monai, "{what}");
         }
+    }
+
+    #[test]
+    fn two_dimensional_networks_run_slice_by_slice() {
         tch::manual_seed(3);
         let vs = nn::VarStore::new(Device::Cpu);
         let config = UNetConfig {

@@ -15,6 +15,7 @@
 //! Numbers are written with Rust's shortest round-trip formatting, so the affine
 //! survives a write/read cycle exactly.
 
+use std::borrow::Cow;
 use std::io::{Read, Write};
 use std::path::Path;
 
@@ -175,11 +176,11 @@ pub fn write_nrrd_bytes(
 
 /// Re-encodes an attached-data NRRD file image as `gzip` or `raw`, leaving every other
 /// header line and the voxels exactly as they are (MONAI Label's `result_compress`:
-/// OHIF reads raw NRRD). Returns the bytes unchanged when they already are.
-pub fn recode_nrrd_bytes(bytes: &[u8], gzip: bool) -> Result<Vec<u8>, ImageError> {
+/// OHIF reads raw NRRD). Borrows the bytes back, uncopied, when they already are.
+pub fn recode_nrrd_bytes(bytes: &[u8], gzip: bool) -> Result<Cow<'_, [u8]>, ImageError> {
     let (header, data_start) = parse_header(bytes)?;
     if header.gzip == gzip {
-        return Ok(bytes.to_vec());
+        return Ok(Cow::Borrowed(bytes));
     }
     let failed =
         |e: std::io::Error| ImageError::InvalidArgument(format!("NRRD re-encoding failed: {e}"));
@@ -200,12 +201,12 @@ pub fn recode_nrrd_bytes(bytes: &[u8], gzip: bool) -> Result<Vec<u8>, ImageError
     if gzip {
         let mut enc = GzEncoder::new(out, Compression::fast());
         enc.write_all(body).map_err(failed)?;
-        enc.finish().map_err(failed)
+        Ok(Cow::Owned(enc.finish().map_err(failed)?))
     } else {
         MultiGzDecoder::new(body)
             .read_to_end(&mut out)
             .map_err(failed)?;
-        Ok(out)
+        Ok(Cow::Owned(out))
     }
 }
 

@@ -348,6 +348,10 @@ fn recoding_switches_gzip_and_raw_and_keeps_the_rest() {
     let raw = write_nrrd_bytes(&vol, DataType::U8, false).unwrap();
     assert_eq!(recode_nrrd_bytes(&gzip, false).unwrap(), raw);
     assert_eq!(recode_nrrd_bytes(&raw, false).unwrap(), raw);
+    assert!(matches!(
+        recode_nrrd_bytes(&raw, false).unwrap(),
+        std::borrow::Cow::Borrowed(_)
+    ));
     let back = recode_nrrd_bytes(&raw, true).unwrap();
     assert!(String::from_utf8_lossy(&back[..300]).contains("encoding: gzip"));
     let read = read_nrrd_bytes(&back).unwrap();
